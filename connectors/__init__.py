@@ -1,0 +1,1 @@
+"""Sources of documents: the `Source` protocol and its filesystem and HTTP implementations."""

@@ -1,0 +1,1 @@
+"""The `ingest` Prefect flow, the configuration it reads, and the `vectormill` CLI."""

@@ -1,0 +1,300 @@
+"""One source's ingest, top to bottom: list → compare → fetch/parse/chunk → embed → write → cursor.
+
+Fetch/parse/chunk runs as Prefect tasks on the task runner, a few batches ahead of embedding,
+so parsing overlaps with the model. Embedding and writing run in the flow's thread: there is
+one model per process and one store writer. Each write holds whole documents, so a crash
+leaves every document either fully stored at its new version or untouched.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from vectormill.connectors.base import Changes, DocumentError, DocumentRef, IncrementalSource, Source, SourceError
+from vectormill.connectors.registry import build_source
+from vectormill.connectors.settings import SourceSettingsBase
+from vectormill.embedding.base import Embedder
+from vectormill.embedding.chunking import Chunk, chunk_document
+from vectormill.embedding.registry import build_embedder
+from vectormill.embedding.settings import EmbeddingSettings
+from vectormill.embedding.tokenizer import ModelTokenizer
+from vectormill.stores.base import VectorStore
+from vectormill.stores.records import ChunkRecord, CursorUpdate, DocumentDelete, DocumentUpsert
+
+from .progress import progress_listener
+
+# Fetch batches in flight ahead of the embedder: enough to keep it fed, few enough to bound memory.
+FETCH_AHEAD = 3
+
+
+@functools.lru_cache(maxsize=None)
+def source_for(settings: SourceSettingsBase) -> Source:
+    """One source object per process, so its HTTP session and rate limiter are shared by all tasks."""
+    return build_source(settings)
+
+
+@functools.lru_cache(maxsize=None)
+def embedder_for(settings: EmbeddingSettings) -> Embedder:
+    """One model per process: loading it costs seconds and memory."""
+    return build_embedder(settings)
+
+
+@functools.lru_cache(maxsize=None)
+def tokenizer_for(model: str) -> ModelTokenizer:
+    return ModelTokenizer.for_model(model)
+
+
+@dataclass(frozen=True)
+class ParsedDocument:
+    source: str
+    id: str
+    version: str
+    title: str
+    location: str
+    modified: str | None
+    chunks: tuple[Chunk, ...]
+    is_new: bool
+
+
+@dataclass(frozen=True)
+class Failure:
+    source: str
+    document: str
+    reason: str
+
+
+@dataclass
+class FetchResult:
+    documents: list[ParsedDocument]
+    failures: list[Failure]
+    seconds: float
+
+
+@dataclass
+class SourceReport:
+    name: str
+    status: str = "completed"  # completed | failed
+    error: str | None = None
+    documents: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(("seen", "new", "changed", "unchanged", "deleted", "failed"), 0))
+    chunks_embedded: int = 0
+    chunks_reused: int = 0
+    failures: list[Failure] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
+        ("list", "fetch_parse_chunk", "embed", "write"), 0.0))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "status": self.status,
+            "error": self.error,
+            "documents": dict(self.documents),
+            "chunks_embedded": self.chunks_embedded,
+            "chunks_reused": self.chunks_reused,
+            "failures": [vars(f) for f in self.failures],
+            "seconds": {stage: round(value, 3) for stage, value in self.seconds.items()},
+        }
+
+
+@task(name="fetch-parse-chunk", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
+def fetch_parse_chunk(
+    settings: SourceSettingsBase,
+    refs: list[tuple[DocumentRef, bool]],
+    model: str,
+    chunk_tokens: int,
+    overlap: int,
+) -> FetchResult:
+    """Fetch, parse and chunk a batch of documents; a bad document becomes a Failure, not an error.
+
+    Retried by Prefect only for unexpected errors (a bug or a lost worker); per-document errors
+    and HTTP retries are handled inside.
+    """
+    started = time.perf_counter()
+    source = source_for(settings)
+    tokenizer = tokenizer_for(model)
+    documents, failures = [], []
+    for ref, is_new in refs:
+        try:
+            document = source.fetch(ref)
+            chunks = chunk_document(document, tokenizer.tokens, chunk_tokens, overlap)
+        except DocumentError as exc:
+            failures.append(Failure(settings.name, ref.id, str(exc)))
+            continue
+        documents.append(ParsedDocument(document.source, document.id, document.version, document.title,
+                                        document.location, document.modified, tuple(chunks), is_new))
+    return FetchResult(documents, failures, time.perf_counter() - started)
+
+
+@task(name="embed-chunks", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def embed_chunks(settings: EmbeddingSettings, texts: list[str]) -> np.ndarray:
+    return embedder_for(settings).embed(texts)
+
+
+def _batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+@dataclass
+class Plan:
+    """What a source's run will do: documents to fetch, deletions, and the cursor to store after."""
+
+    refs: Iterator[tuple[DocumentRef, bool]]  # (ref, is_new) for new or changed documents
+    deletions: list[str]  # filled once `refs` is exhausted for a full listing
+    cursor: str | None
+    incremental: bool
+
+
+def plan_source(source: Source, store: VectorStore, report: SourceReport, full: bool) -> Plan:
+    stored = store.document_versions(source.name)
+    cursor = store.cursor(source.name)
+    deletions: list[str] = []
+
+    def classify(refs: Iterable[DocumentRef], reconcile: bool) -> Iterator[tuple[DocumentRef, bool]]:
+        seen: set[str] = set()
+        for ref in refs:
+            if ref.id in seen:
+                continue
+            seen.add(ref.id)
+            report.documents["seen"] += 1
+            version = stored.get(ref.id)
+            if version == ref.version:
+                report.documents["unchanged"] += 1
+                continue
+            yield ref, version is None
+        if reconcile:
+            deletions.extend(sorted(set(stored) - seen))
+
+    if isinstance(source, IncrementalSource) and cursor and not full:
+        changes: Changes = source.changes_since(cursor)
+        deletions.extend(d for d in changes.deletions if d in stored)
+        return Plan(classify(changes.upserts, reconcile=False), deletions, changes.cursor, incremental=True)
+    # Taken before listing: a change made while we list is seen again next time, never skipped.
+    new_cursor = source.current_cursor() if isinstance(source, IncrementalSource) else None
+    return Plan(classify(source.list_documents(), reconcile=True), deletions, new_cursor, incremental=False)
+
+
+def ingest_source(
+    settings: SourceSettingsBase,
+    store: VectorStore,
+    embedding: EmbeddingSettings,
+    chunk_tokens: int,
+    overlap: int,
+    full: bool = False,
+) -> SourceReport:
+    logger = get_run_logger()
+    listener = progress_listener.get()
+    report = SourceReport(settings.name)
+    listener.source_started(settings.name)
+    try:
+        source = source_for(settings)
+        listed = time.perf_counter()
+        plan = plan_source(source, store, report, full)
+        report.seconds["list"] += time.perf_counter() - listed
+        _embed_and_write(settings, store, embedding, chunk_tokens, overlap, plan, report, listener)
+        deleted = [DocumentDelete(settings.name, document) for document in plan.deletions]
+        if deleted:
+            store.write(deleted)
+            report.documents["deleted"] = len(deleted)
+        if plan.cursor is not None and plan.cursor != store.cursor(settings.name):
+            # Last, after everything it covers is durable: a crash before this line re-reads the changes.
+            store.write([CursorUpdate(settings.name, plan.cursor)])
+    except SourceError as exc:
+        report.status, report.error = "failed", str(exc)
+        logger.error("source %s failed: %s", settings.name, exc)
+    listener.source_finished(settings.name, report.status)
+    logger.info("source %s: %s", settings.name, report.documents)
+    return report
+
+
+def _embed_and_write(settings, store, embedding, chunk_tokens, overlap, plan, report, listener) -> None:
+    in_flight: deque = deque()
+    pending: list[ParsedDocument] = []
+    pending_chunks = 0
+
+    def collect(result: FetchResult) -> None:
+        nonlocal pending_chunks
+        report.seconds["fetch_parse_chunk"] += result.seconds
+        for failure in result.failures:
+            report.failures.append(failure)
+            report.documents["failed"] += 1
+            get_run_logger().warning("%s: %s: %s", failure.source, failure.document, failure.reason)
+        if result.failures:
+            listener.documents_done(settings.name, len(result.failures), 0)
+        pending.extend(result.documents)
+        pending_chunks += sum(len(d.chunks) for d in result.documents)
+
+    def flush() -> None:
+        nonlocal pending_chunks
+        if pending:
+            _write_documents(pending, store, embedding, report, listener)
+            pending.clear()
+            pending_chunks = 0
+
+    listing = time.perf_counter()
+    for batch in _batched(plan.refs, settings.fetch_batch_size):
+        report.seconds["list"] += time.perf_counter() - listing
+        listener.documents_found(settings.name, len(batch))
+        in_flight.append(fetch_parse_chunk.submit(settings, batch, embedding.model, chunk_tokens, overlap))
+        while len(in_flight) > FETCH_AHEAD:
+            collect(in_flight.popleft().result())
+            if pending_chunks >= embedding.task_chunks:
+                flush()
+        listing = time.perf_counter()
+    report.seconds["list"] += time.perf_counter() - listing
+    while in_flight:
+        collect(in_flight.popleft().result())
+        if pending_chunks >= embedding.task_chunks:
+            flush()
+    flush()
+
+
+def _write_documents(documents, store, embedding, report, listener) -> None:
+    """Embed the chunks whose text is not stored yet, then write the documents in one durable record."""
+    vectors_by_chunk: dict[str, np.ndarray] = {}
+    to_embed: list[Chunk] = []
+    for document in documents:
+        reusable = {} if document.is_new else store.stored_vectors(document.source, document.id)
+        for chunk in document.chunks:
+            if chunk.content_hash in reusable:
+                vectors_by_chunk[chunk.id] = reusable[chunk.content_hash]
+            else:
+                to_embed.append(chunk)
+    started = time.perf_counter()
+    if to_embed:
+        embedded = embed_chunks(embedding, [chunk.text for chunk in to_embed])
+        vectors_by_chunk.update(zip((chunk.id for chunk in to_embed), embedded))
+    report.seconds["embed"] += time.perf_counter() - started
+    report.chunks_embedded += len(to_embed)
+    report.chunks_reused += len(vectors_by_chunk) - len(to_embed)
+
+    started = time.perf_counter()
+    dimension = store.dimension
+    operations = []
+    for document in documents:
+        records = tuple(ChunkRecord(c.id, c.position, c.text, c.content_hash, c.page, c.last_page, c.tokens)
+                        for c in document.chunks)
+        vectors = (np.stack([vectors_by_chunk[c.id] for c in document.chunks]) if document.chunks
+                   else np.zeros((0, dimension), dtype=np.float32))
+        operations.append(DocumentUpsert(document.source, document.id, document.version, document.title,
+                                         document.location, document.modified, records, vectors))
+    store.write(operations)
+    report.seconds["write"] += time.perf_counter() - started
+    for document in documents:
+        report.documents["new" if document.is_new else "changed"] += 1
+    listener.documents_done(documents[0].source, len(documents), sum(len(d.chunks) for d in documents))

@@ -1,0 +1,1 @@
+"""Durable vector storage: FAISS + SQLite metadata, a write-ahead log, checkpoints and replicas."""

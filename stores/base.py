@@ -1,0 +1,34 @@
+"""The narrow interface the flow writes through; `FaissStore` implements it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from .records import Operation, SearchHit
+
+
+class VectorStore(Protocol):
+    model: str
+    dimension: int
+    notes: list[str]
+
+    def document_versions(self, source: str) -> dict[str, str]: ...
+
+    def stored_vectors(self, source: str, document: str) -> dict[str, np.ndarray]: ...
+
+    def cursor(self, source: str) -> str | None: ...
+
+    def write(self, operations: Sequence[Operation]) -> int:
+        """Durable once it returns (the write is acknowledged)."""
+        ...
+
+    def checkpoint(self) -> int | None: ...
+
+    def search(self, vector: np.ndarray, k: int = 5) -> list[SearchHit]: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
