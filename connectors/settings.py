@@ -36,6 +36,23 @@ class FilesystemSourceSettings(SourceSettingsBase):
         return root.resolve()
 
 
+class HttpSourceSettings(SourceSettingsBase):
+    """What every HTTP source shares: its rate limit, timeouts, retry bounds and circuit breaker."""
+
+    requests_per_second: float = Field(default=5.0, gt=0)
+    burst: int = Field(default=10, ge=1)
+    # Bind to a Prefect global concurrency limit of this name (a rate limit shared by all runs,
+    # when a Prefect server is present) in addition to the in-process limiter.
+    prefect_rate_limit: str | None = None
+    connect_timeout: float = Field(default=5.0, gt=0)
+    read_timeout: float = Field(default=30.0, gt=0)
+    max_attempts: int = Field(default=6, ge=1)
+    max_retry_seconds: float = Field(default=300.0, gt=0)  # give up on a request after this long
+    max_backoff_seconds: float = Field(default=60.0, gt=0)  # cap of one wait
+    circuit_breaker_failures: int = Field(default=5, ge=1)  # consecutive failed requests that stop the source
+    verify_tls: bool = True
+
+
 SourceSettings = Annotated[
     Union[FilesystemSourceSettings],
     Field(discriminator="type"),

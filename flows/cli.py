@@ -9,56 +9,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from .cli_common import ConfigOption, JsonOption, UserError, console, errors, fail as _fail, load, prefect_defaults
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Batch embedding ingestion: sources → chunks → vectors → FAISS.")
 store_app = typer.Typer(no_args_is_help=True, help="Inspect the vector store.")
 app.add_typer(store_app, name="store")
-
-console = Console()
-errors = Console(stderr=True)
-
-ConfigOption = typer.Option(None, "--config", "-c", help="Config file (default: $VECTORMILL_CONFIG, else ./vectormill.toml).")
-JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables.")
-
-
-class UserError(Exception):
-    """An error the user can act on: printed as one line, exit code 1 (config problems: 2)."""
-
-    def __init__(self, lines: list[str], code: int = 1):
-        super().__init__("\n".join(lines))
-        self.lines, self.code = lines, code
-
-
-def _fail(exc: Exception) -> None:
-    from vectormill.embedding.chunking import ChunkingError
-    from vectormill.flows.config import ConfigError
-    from vectormill.stores.faiss_store import StoreError
-    from vectormill.stores.lock import StoreLockedError
-
-    if isinstance(exc, ConfigError):
-        raise UserError(exc.problems, code=2)
-    if isinstance(exc, (ChunkingError, StoreError, StoreLockedError)):
-        raise UserError([str(exc)])
-    raise exc
-
-
-def load(config_file: Optional[Path]):
-    from vectormill.flows.config import load_config
-
-    try:
-        return load_config(config_file)
-    except Exception as exc:  # noqa: BLE001 - _fail re-raises what it does not know
-        _fail(exc)
-
-
-def _prefect_defaults() -> None:
-    """Settings that make an ephemeral (serverless) run work on a fresh machine; the user's values win."""
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-
 
 # ---- init ------------------------------------------------------------------------------------
 EXAMPLE_CONFIG = '''\
@@ -138,7 +95,7 @@ def run_ingest(config_file: Optional[Path], sources: list[str] | None, full: boo
             _fail(exc)
     if not config.sources:
         raise UserError(["the config has no [[sources]]: add one (see `vectormill init`)"], code=2)
-    _prefect_defaults()
+    prefect_defaults()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from vectormill.flows.ingest import IngestFailed, ingest

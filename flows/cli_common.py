@@ -1,0 +1,53 @@
+"""What every `vectormill` command shares: consoles, options, config loading and one-line errors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+console = Console()
+errors = Console(stderr=True)
+
+ConfigOption = typer.Option(None, "--config", "-c", help="Config file (default: $VECTORMILL_CONFIG, else ./vectormill.toml).")
+JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables.")
+
+
+class UserError(Exception):
+    """An error the user can act on: printed as one line, exit code 1 (config problems: 2)."""
+
+    def __init__(self, lines: list[str], code: int = 1):
+        super().__init__("\n".join(lines))
+        self.lines, self.code = lines, code
+
+
+def fail(exc: Exception) -> None:
+    from vectormill.embedding.chunking import ChunkingError
+    from vectormill.flows.config import ConfigError
+    from vectormill.stores.faiss_store import StoreError
+    from vectormill.stores.lock import StoreLockedError
+
+    if isinstance(exc, ConfigError):
+        raise UserError(exc.problems, code=2)
+    if isinstance(exc, (ChunkingError, StoreError, StoreLockedError)):
+        raise UserError([str(exc)])
+    raise exc
+
+
+def load(config_file: Optional[Path]):
+    from vectormill.flows.config import load_config
+
+    try:
+        return load_config(config_file)
+    except Exception as exc:  # noqa: BLE001 - _fail re-raises what it does not know
+        fail(exc)
+
+
+def prefect_defaults() -> None:
+    """Settings that make an ephemeral (serverless) run work on a fresh machine; the user's values win."""
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
