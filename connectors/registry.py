@@ -1,10 +1,20 @@
-"""Builds the `Source` for a source's settings."""
+"""The source types vectormill knows: their settings (the [[sources]] `type`) and the class that reads them."""
 
 from __future__ import annotations
+
+from typing import Annotated, Union
+
+from pydantic import Field
 
 from .base import Source
 from .filesystem import FilesystemSource
 from .settings import FilesystemSourceSettings, SourceSettingsBase
+
+# One line per source type; `type` in [[sources]] picks the entry.
+SourceSettings = Annotated[
+    Union[FilesystemSourceSettings],
+    Field(discriminator="type"),
+]
 
 SOURCE_TYPES: dict[type[SourceSettingsBase], type] = {
     FilesystemSourceSettings: FilesystemSource,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -51,9 +51,3 @@ class HttpSourceSettings(SourceSettingsBase):
     max_backoff_seconds: float = Field(default=60.0, gt=0)  # cap of one wait
     circuit_breaker_failures: int = Field(default=5, ge=1)  # consecutive failed requests that stop the source
     verify_tls: bool = True
-
-
-SourceSettings = Annotated[
-    Union[FilesystemSourceSettings],
-    Field(discriminator="type"),
-]

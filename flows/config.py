@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from vectormill.connectors.settings import SourceSettings
+from vectormill.connectors.registry import SourceSettings
 from vectormill.embedding.settings import ChunkingSettings, EmbeddingSettings
 from vectormill.stores.settings import StoreSettings
 
