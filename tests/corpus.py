@@ -1,0 +1,82 @@
+"""Corpora for tests and benchmarks: real PDFs (good and broken) with known sentences, and configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pypdf import PdfReader, PdfWriter
+
+from vectormill.flows.sample import write_pdf
+
+# Topics far apart, so a search for a sentence of one document must find that document.
+TOPICS = {
+    "volcanoes": "Basaltic lava from shield volcanoes flows far before it cools into black rock.",
+    "baking": "Sourdough bread needs a lively starter and a long cold proof overnight in the fridge.",
+    "chess": "The Sicilian defence answers the king pawn opening with an early pawn to c5.",
+    "sailing": "When the wind backs to the north, reef the mainsail before the squall arrives.",
+    "taxes": "Quarterly VAT returns must be filed within one month after the period ends.",
+    "astronomy": "Jupiter's great red spot is a storm larger than the whole Earth.",
+}
+
+FILLER = (
+    "This paragraph adds ordinary context about the subject so that each page holds enough text "
+    "to be split into several chunks by the tokenizer. "
+)
+
+
+def topic_pages(topic: str, sentence: str, pages: int = 3) -> list[str]:
+    """Pages about one topic; the known sentence stands on page 2."""
+    out = []
+    for number in range(1, pages + 1):
+        body = f"Notes on {topic}, page {number}. " + FILLER * 3
+        if number == 2:
+            body += sentence + " " + FILLER
+        out.append(body)
+    return out
+
+
+def write_corpus(root: Path, topics: dict[str, str] = TOPICS) -> dict[str, str]:
+    """One 3-page PDF per topic; returns {relative path: known sentence}."""
+    root.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for topic, sentence in topics.items():
+        write_pdf(topic_pages(topic, sentence), root / f"{topic}.pdf", title=topic.title())
+        written[f"{topic}.pdf"] = sentence
+    return written
+
+
+def write_broken_pdfs(root: Path) -> dict[str, str]:
+    """Broken files named .pdf; returns {name: a word the failure reason must contain}."""
+    good = root / "_good.tmp"
+    write_pdf(["A perfectly fine page of text."], good)
+    data = good.read_bytes()
+    good.unlink()
+    (root / "truncated.pdf").write_bytes(data[: len(data) // 3])
+    (root / "not-a-pdf.pdf").write_text("just some text pretending to be a PDF\n")
+
+    writer = PdfWriter()
+    writer.add_blank_page(width=200, height=200)
+    with open(root / "empty-text.pdf", "wb") as handle:
+        writer.write(handle)
+
+    encrypted = PdfWriter(clone_from=None)
+    source = root / "_secret.tmp"
+    write_pdf(["Top secret text."], source)
+    for page in PdfReader(source).pages:
+        encrypted.add_page(page)
+    encrypted.encrypt(user_password="hunter2", algorithm="AES-256")
+    with open(root / "encrypted.pdf", "wb") as handle:
+        encrypted.write(handle)
+    source.unlink()
+    return {"truncated.pdf": "PDF", "not-a-pdf.pdf": "PDF", "empty-text.pdf": "no extractable text",
+            "encrypted.pdf": "encrypted"}
+
+
+def write_config(folder: Path, extra: str = "", chunk_tokens: int = 64, fetch_batch_size: int = 4) -> Path:
+    config = folder / "vectormill.toml"
+    config.write_text(
+        f'[store]\npath = "store"\n\n[chunking]\ntokens = {chunk_tokens}\noverlap = 8\n\n'
+        f'[embedding]\ntask_chunks = 16\n\n'
+        f'[[sources]]\nname = "docs"\ntype = "filesystem"\nroot = "pdfs"\nfetch_batch_size = {fetch_batch_size}\n{extra}'
+    )
+    return config
