@@ -11,7 +11,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from .cli_common import ConfigOption, JsonOption, UserError, console, errors, fail as _fail, load, prefect_defaults
+from .cli_common import ConfigOption, JsonOption, UserError, console, errors, fail as _fail, load, prefect_defaults, print_error, print_warning
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Batch embedding ingestion: sources → chunks → vectors → FAISS.")
 store_app = typer.Typer(no_args_is_help=True, help="Inspect the vector store.")
@@ -155,7 +155,7 @@ def backfill(
     else:
         print_summary(summary)
     if failure:
-        errors.print(f"[red]error:[/red] {failure}", highlight=False)
+        print_error(failure)
         raise typer.Exit(1)
 
 
@@ -182,7 +182,7 @@ def search(
     settings = load(config)
     with open_store_readonly(settings) as store:
         for note in store.notes:
-            errors.print(f"[yellow]warning:[/yellow] {note}", highlight=False)
+            print_warning(note)
         if store.model != settings.embedding.model:
             raise UserError([f"store holds vectors of model {store.model!r}; the config names "
                              f"{settings.embedding.model!r}: set [embedding] model to match"])
@@ -211,7 +211,7 @@ def store_stats(config: Optional[Path] = ConfigOption, as_json: bool = JsonOptio
         stats = store.stats()
         notes = list(store.notes)
     for note in notes:
-        errors.print(f"[yellow]warning:[/yellow] {note}", highlight=False)
+        print_warning(note)
     if as_json:
         print(json.dumps(stats))
         return
@@ -241,7 +241,7 @@ def demo(
     summary, failure = run_ingest(config_file, None, False, show_progress=True)
     print_summary(summary)
     if failure:
-        errors.print(f"[red]error:[/red] {failure}", highlight=False)
+        print_error(failure)
         raise typer.Exit(1)
     console.print(f"\n$ vectormill search {query!r} -k 3 --config {config_file}")
     search(query, k=3, config=config_file, as_json=False)
@@ -252,7 +252,7 @@ def main() -> None:
         app(standalone_mode=False)
     except UserError as exc:
         for line in exc.lines:
-            errors.print(f"[red]error:[/red] {line}", highlight=False)
+            print_error(line)
         sys.exit(exc.code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

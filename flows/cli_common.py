@@ -8,9 +8,19 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 console = Console()
-errors = Console(stderr=True)
+# soft_wrap: an error line stays one line, however narrow the terminal.
+errors = Console(stderr=True, soft_wrap=True)
+
+
+def print_error(line: str) -> None:
+    errors.print(f"[red]error:[/red] {escape(line)}", highlight=False)
+
+
+def print_warning(line: str) -> None:
+    errors.print(f"[yellow]warning:[/yellow] {escape(line)}", highlight=False)
 
 ConfigOption = typer.Option(None, "--config", "-c", help="Config file (default: $VECTORMILL_CONFIG, else ./vectormill.toml).")
 JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables.")

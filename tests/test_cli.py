@@ -1,0 +1,93 @@
+"""The `vectormill` command as users and their scripts run it: a real process, its exit code, stdout and stderr."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .corpus import TOPICS, write_broken_pdfs, write_config, write_corpus
+
+VECTORMILL = str(Path(sys.executable).parent / "vectormill")
+
+
+def run(*args, cwd, env=None, timeout=300):
+    return subprocess.run([VECTORMILL, *args], cwd=cwd, env=env or os.environ, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_bad_config_prints_one_clear_line_and_exits_non_zero(tmp_path):
+    (tmp_path / "vectormill.toml").write_text('[[sources]]\nname = "docs"\ntype = "filesystem"\nroot = "missing"\n')
+    result = run("backfill", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: sources[docs].root: folder '{tmp_path / 'missing'}' does not exist or is not a folder"]
+    assert "Traceback" not in result.stderr
+
+    result = run("backfill", "--config", str(tmp_path / "absent.toml"), cwd=tmp_path)
+    assert result.returncode == 2 and "not found: create one with `vectormill init`" in result.stderr
+
+    (tmp_path / "vectormill.toml").write_text('[[sources]]\nname = "x"\ntype = "gopher"\n')
+    result = run("backfill", cwd=tmp_path)
+    assert result.returncode == 2 and "unknown source type 'gopher'" in result.stderr
+
+
+def test_init_writes_an_example_that_loads(tmp_path):
+    assert run("init", cwd=tmp_path).returncode == 0
+    (tmp_path / "pdfs").mkdir()
+    from vectormill.flows.config import load_config
+
+    config = load_config(tmp_path / "vectormill.toml", environ={})
+    assert config.sources[0].name == "docs"
+    again = run("init", cwd=tmp_path)
+    assert again.returncode == 1 and "--force" in again.stderr
+
+
+def test_commands_that_run_no_flow_import_no_prefect(tmp_path):
+    write_corpus(tmp_path / "pdfs", {"chess": TOPICS["chess"]})
+    write_config(tmp_path)
+    code = ("import sys; from vectormill.flows import cli; sys.argv = ['vectormill', 'store', 'stats'];\n"
+            "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
+            "print('PREFECT LOADED' if 'prefect' in sys.modules else 'NO PREFECT')")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert result.stdout.strip().splitlines()[-1] == "NO PREFECT", result.stderr
+    assert "no store at" in result.stderr  # nothing ingested yet: a clear line, not a traceback
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_harness")
+def test_backfill_search_and_stats_json_contracts(tmp_path):
+    from prefect.settings import PREFECT_API_URL
+
+    env = dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value())
+    known = write_corpus(tmp_path / "pdfs", {k: TOPICS[k] for k in ("chess", "baking", "volcanoes")})
+    broken = write_broken_pdfs(tmp_path / "pdfs")
+    write_config(tmp_path)
+
+    result = run("backfill", "--json", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["documents"] == {"seen": 7, "new": 3, "changed": 0, "unchanged": 0, "deleted": 0, "failed": 4}
+    assert summary["chunks_embedded"] > 0 and set(summary["seconds"]) >= {"total"}
+    assert {f["document"] for f in summary["failures"]} == set(broken)
+    assert all(set(f) >= {"source", "document", "reason"} for f in summary["failures"])
+
+    result = run("search", TOPICS["baking"], "-k", "2", "--json", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    hits = json.loads(result.stdout)
+    assert len(hits) == 2 and hits[0]["score"] >= hits[1]["score"]
+    assert set(hits[0]) >= {"document", "source", "page", "score", "text"}
+    assert (hits[0]["document"], hits[0]["source"], hits[0]["page"]) == ("baking.pdf", "docs", 2)
+
+    result = run("store", "stats", "--json", cwd=tmp_path, env=env)
+    stats = json.loads(result.stdout)
+    assert stats["documents"] == len(known) and stats["vectors"] == summary["chunks_embedded"]
+    assert stats["generation"] >= 1
+
+    # For people: a summary table and the failed documents with their reasons, no JSON.
+    result = run("backfill", cwd=tmp_path, env=env)
+    assert result.returncode == 0
+    assert "ingest summary" in result.stdout and "failed documents" in result.stdout
+    assert "not-a-pdf.pdf" in result.stdout

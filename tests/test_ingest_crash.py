@@ -1,0 +1,79 @@
+"""A real `vectormill backfill` process SIGKILLed at random points, then re-run: no lost, no duplicate vectors."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vectormill.flows.config import load_config
+from vectormill.flows.ingest import ingest
+from vectormill.stores.faiss_store import FaissStore
+
+from .corpus import write_config, write_corpus
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
+
+VECTORMILL = str(Path(sys.executable).parent / "vectormill")
+TOPICS = {f"topic{i:02d}": f"Distinct sentence number {i} about subject {i * 7919 % 1000}." for i in range(16)}
+
+
+def snapshot(config_file):
+    with FaissStore.open(load_config(config_file).store, writable=False) as store:
+        rows = store.db.execute("SELECT count(*), count(DISTINCT chunk_id) FROM chunks").fetchone()
+        return store.chunk_vectors(), store.stats(), rows
+
+
+def backfill(config_file, env):
+    return subprocess.Popen([VECTORMILL, "backfill", "--json", "--config", str(config_file)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wal_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in (folder / "store" / "wal").glob("*.wal")) if (folder / "store" / "wal").is_dir() else 0
+
+
+def test_killed_runs_resume_to_exactly_the_uninterrupted_result(tmp_path):
+    from prefect.settings import PREFECT_API_URL
+
+    # The killed processes talk to the harness's server instead of starting one each.
+    env = dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value(), PREFECT_LOGGING_LEVEL="WARNING")
+    reference_dir, crashed_dir = tmp_path / "reference", tmp_path / "crashed"
+    for folder in (reference_dir, crashed_dir):
+        write_corpus(folder / "pdfs", TOPICS)
+        write_config(folder, fetch_batch_size=2)
+    reference_config, crashed_config = reference_dir / "vectormill.toml", crashed_dir / "vectormill.toml"
+
+    ingest(config_file=str(reference_config))
+    expected, expected_stats, _ = snapshot(reference_config)
+
+    rng = random.Random(20261125)
+    kills = 0
+    for attempt in range(4):
+        process = backfill(crashed_config, env)
+        start_bytes = wal_bytes(crashed_dir)
+        deadline = time.monotonic() + 120
+        # Wait until this run has written something, then kill it a random moment later.
+        while process.poll() is None and wal_bytes(crashed_dir) <= start_bytes + 8 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 1.5))
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            kills += 1
+        process.communicate(timeout=60)
+    assert kills >= 2, "the runs finished before they could be killed: make the corpus larger"
+
+    final = backfill(crashed_config, env)
+    out, err = final.communicate(timeout=300)
+    assert final.returncode == 0, err[-2000:]
+
+    got, stats, (rows, distinct) = snapshot(crashed_config)
+    assert rows == distinct == stats["vectors"] == expected_stats["vectors"]
+    assert stats["documents"] == expected_stats["documents"] == len(TOPICS)
+    assert got.keys() == expected.keys()
+    assert max(float(np.abs(got[k] - expected[k]).max()) for k in expected) < 1e-5
