@@ -28,7 +28,15 @@ path = "store"                      # the FAISS store (created on first run)
 # checkpoint_every_vectors = 50000  # checkpoint after this many vectors…
 # checkpoint_every_seconds = 600    # …or this many seconds, and always at the end of a run
 # keep_generations = 3              # checkpoints kept (older ones are deleted)
-# index_factory = "Flat"            # any faiss.index_factory string
+# index_factory = "Flat"            # any faiss.index_factory string, e.g. "IVF4096,PQ64" or "HNSW32"
+# train_vectors = 100000            # IVF/PQ factories train once the store holds this many vectors
+# search_parameters = ""            # e.g. "nprobe=32" (IVF) or "efSearch=128" (HNSW)
+# min_replicas_confirmed = 1        # replicas that must confirm each checkpoint (none configured: off)
+#
+# [[store.replicas]]                # copies of every checkpoint, verified by checksum
+# name = "backup"
+# url = "s3://bucket/vectormill"    # or a local path; anything fsspec opens
+# storage_options = { client_kwargs = { endpoint_url = "http://127.0.0.1:9000" } }
 
 [chunking]
 # tokens = 256                      # tokens per chunk (default: the model's limit)
@@ -245,6 +253,13 @@ def demo(
         raise typer.Exit(1)
     console.print(f"\n$ vectormill search {query!r} -k 3 --config {config_file}")
     search(query, k=3, config=config_file, as_json=False)
+
+
+# ---- commands of the other areas -------------------------------------------------------------
+from . import cli_store  # noqa: E402 - registered after the core commands, in help order
+
+for module in (cli_store,):
+    module.register(app, store_app)
 
 
 def main() -> None:

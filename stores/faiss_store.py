@@ -3,11 +3,14 @@
 State = the newest valid checkpoint generation + the WAL records after it. Every `write` is
 appended to the WAL and fsync'd before it is applied in memory and acknowledged; a checkpoint
 writes the FAISS index and a SQLite snapshot as a new generation (temp folder, fsync, rename)
-with a checksummed manifest. WAL segments are kept back to the oldest kept generation, so a
-damaged newest generation falls back to an older one plus the log, losing nothing.
+with a checksummed manifest, then copies it to the configured replicas. WAL segments are kept
+back to the oldest kept generation, so a damaged newest generation falls back to an older one
+(or a replica's copy) plus the log, losing nothing; damaged generations are moved to
+`quarantine/`, never deleted.
 
 Raw vectors are kept in SQLite beside the FAISS index: vectors are expensive to recreate, and
-with them the index can be rebuilt with another factory and unchanged chunks are never re-embedded.
+with them the index can be rebuilt (another factory, an index type that cannot remove ids, a
+trained index built once enough vectors exist) and unchanged chunks are never re-embedded.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import logging
 import os
 import shutil
 import sqlite3
+import tempfile
 import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -28,8 +32,9 @@ import numpy as np
 
 from . import wal
 from .lock import WriterLock
-from .manifest import MANIFEST, ManifestError, Problem, build_manifest, check_files, file_sha256, parse_manifest
+from .manifest import MANIFEST, ManifestError, Problem, build_manifest, file_sha256, parse_manifest
 from .records import ChunkRecord, CursorUpdate, DocumentDelete, DocumentUpsert, Operation, SearchHit
+from .replicas import Location, Replicator, generation_name
 from .settings import StoreSettings
 
 log = logging.getLogger("vectormill.store")
@@ -37,6 +42,9 @@ log = logging.getLogger("vectormill.store")
 IDENTITY = "identity.json"
 INDEX_FILE = "index.faiss"
 META_FILE = "meta.sqlite"
+QUARANTINE = "quarantine"
+# Rows read at a time when an index is rebuilt from the stored vectors.
+REBUILD_BATCH = 65_536
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS documents (
@@ -70,13 +78,57 @@ def _fsync_file(path: Path) -> None:
         os.fsync(handle.fileno())
 
 
-def _new_index(dimension: int, factory: str) -> faiss.Index:
-    description = factory if "IDMap" in factory else f"IDMap2,{factory}"
-    return faiss.index_factory(dimension, description, faiss.METRIC_INNER_PRODUCT)
+def _utc_stamp() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+# ---- index factory ---------------------------------------------------------------------------
+def new_index(dimension: int, factory: str) -> faiss.Index:
+    """The configured index over inner product, taking our ids: IVF indexes natively, others in an IDMap2.
+
+    (IDMap over IVF must not be used: its remove_ids assumes the sub-index compacts like a flat one.)
+    """
+    try:
+        index = faiss.index_factory(dimension, factory, faiss.METRIC_INNER_PRODUCT)
+        if "IDMap" in factory or faiss.try_extract_index_ivf(index) is not None:
+            return index
+        return faiss.index_factory(dimension, f"IDMap2,{factory}", faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        raise StoreError(f"[store] index_factory = {factory!r} is not a valid FAISS index factory string: "
+                         f"{str(exc).splitlines()[0]}") from None
+
+
+def index_ids(index: faiss.Index) -> list[int]:
+    """Every id an index holds, duplicates included."""
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is None:
+        return faiss.vector_to_array(faiss.downcast_index(index).id_map).tolist()
+    lists = ivf.invlists
+    return [int(i) for n in range(lists.nlist)
+            for i in faiss.rev_swig_ptr(lists.get_ids(n), lists.list_size(n))]
+
+
+def needs_training(dimension: int, factory: str) -> bool:
+    return not new_index(dimension, factory).is_trained
+
+
+def supports_removal(dimension: int, factory: str) -> bool:
+    """HNSW graphs cannot remove ids; IDMap2 over Flat, IVF or PQ can."""
+    try:
+        new_index(dimension, factory).remove_ids(np.empty(0, dtype=np.int64))
+    except RuntimeError:
+        return False
+    return True
 
 
 class FaissStore:
-    """The `VectorStore` of vectormill. Open with `FaissStore.open`; use as a context manager."""
+    """The `VectorStore` of vectormill. Open with `FaissStore.open`; use as a context manager.
+
+    Index kinds: "final" is built with the configured factory; "staging" is an exact flat index
+    used while a factory that needs training (IVF, PQ) has fewer than `train_vectors` vectors.
+    For factories that cannot remove ids (HNSW), removed ids stay in the index as "stale" until
+    the next checkpoint rebuilds it from the stored vectors; searches skip them meanwhile.
+    """
 
     def __init__(self, settings: StoreSettings, writable: bool):
         self.settings = settings
@@ -84,10 +136,15 @@ class FaissStore:
         self.writable = writable
         self.generations_dir = self.path / "generations"
         self.wal_dir = self.path / "wal"
-        self.notes: list[str] = []  # recovery warnings, shown to the user
+        self.quarantine_dir = self.path / QUARANTINE
+        self.notes: list[str] = []  # recovery and replication warnings, shown to the user
         self.generation = 0
         self.lsn = 0
         self.identity: dict[str, Any] = {}
+        self.replicator = Replicator(settings)
+        self.index_kind = "final"
+        self._removable = True
+        self._stale: dict[int, bytes] = {}  # ids still in a non-removing index, with their vectors
         self._lock = WriterLock(self.path / "LOCK") if writable else None
         self._wal: wal.WalWriter | None = None
         self._changed_vectors = 0
@@ -122,7 +179,7 @@ class FaissStore:
                 folder.mkdir(parents=True, exist_ok=True)
             self._lock.acquire()
             for leftover in self.generations_dir.glob(".tmp-*"):
-                shutil.rmtree(leftover)  # a checkpoint that a crash interrupted
+                shutil.rmtree(leftover)  # a checkpoint or restore that a crash interrupted
         elif not (self.path / IDENTITY).is_file():
             raise StoreError(f"no store at {str(self.path)!r}: run `vectormill backfill` first")
         self._load_identity(model, dimension)
@@ -141,20 +198,38 @@ class FaissStore:
                     f"({self.identity['dimension']} dims), but the config embeds with {model!r} ({dimension} dims): "
                     "point [store] path at a new folder to build a store for this model"
                 )
+            if self.identity["index_factory"] != self.settings.index_factory:
+                self.notes.append(
+                    f"store {str(self.path)!r} was built with index_factory {self.identity['index_factory']!r}; "
+                    f"the config's {self.settings.index_factory!r} applies only to new stores")
             return
         if model is None or dimension is None:
             raise StoreError(f"store {str(self.path)!r} is new: open it with the model and dimension it stores")
+        self._refuse_to_shadow_replicas()
+        new_index(int(dimension), self.settings.index_factory)  # a bad factory string fails here, before any write
         self.identity = {
             "model": model,
             "dimension": int(dimension),
             "index_factory": self.settings.index_factory,
             "created_at": datetime.now(timezone.utc).isoformat(),
         }
-        temporary = identity_path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(self.identity, indent=2))
-        _fsync_file(temporary)
-        temporary.rename(identity_path)
-        wal.fsync_dir(self.path)
+        write_identity(self.path, self.identity)
+
+    def _refuse_to_shadow_replicas(self) -> None:
+        """A lost primary must be restored, not silently replaced: its replicas would prune the backups."""
+        for replica in self.settings.replicas:
+            try:
+                location = Location.replica(replica)
+                held = [g for g in location.generations()
+                        if location.fs.exists(location.path(generation_name(g), MANIFEST))]
+            except Exception as exc:  # noqa: BLE001 - an unreachable replica cannot hold us back
+                self.notes.append(f"replica {replica.name!r} could not be checked before creating the store: {exc}")
+                continue
+            if held:
+                raise StoreError(
+                    f"store {str(self.path)!r} does not exist, but replica {replica.name!r} holds generation "
+                    f"{held[0]}: run `vectormill store restore --from {replica.name}` to bring it back, or point "
+                    "[store] path or the replica at another location to start a new store")
 
     @staticmethod
     def exists(path: Path) -> bool:
@@ -168,73 +243,134 @@ class FaissStore:
     def dimension(self) -> int:
         return int(self.identity["dimension"])
 
+    @property
+    def factory(self) -> str:
+        return self.identity["index_factory"]
+
     def generation_dirs(self) -> list[Path]:
         """Checkpoint folders, newest first."""
         if not self.generations_dir.is_dir():
             return []
         return sorted((p for p in self.generations_dir.iterdir() if p.name.isdigit()), reverse=True)
 
-    def verify_generation(self, folder: Path, where: str = "primary") -> tuple[dict[str, Any] | None, list[Problem]]:
-        try:
-            manifest = parse_manifest((folder / MANIFEST).read_bytes(), f"{folder / MANIFEST}")
-        except FileNotFoundError:
-            return None, [Problem(where, f"{folder.name}/{MANIFEST}", "missing")]
-        except ManifestError as exc:
-            return None, [Problem(where, f"{folder.name}/{MANIFEST}", str(exc))]
-        actual = {}
-        for name in manifest["files"]:
-            file = folder / name
-            actual[name] = (file_sha256(file), file.stat().st_size) if file.is_file() else None
-        problems = check_files(manifest, actual, where)
-        return manifest, [Problem(p.where, f"{folder.name}/{p.file}", p.detail) for p in problems]
-
     def _recover(self) -> None:
-        oldest_wal_lsn = self._oldest_wal_lsn()
-        damaged: list[str] = []
-        chosen: tuple[Path, dict[str, Any]] | None = None
+        primary = Location.primary(self.generations_dir)
+        damaged: list[tuple[Path, list[Problem]]] = []
+        chosen: tuple[Path, dict[str, Any], str] | None = None
         for folder in self.generation_dirs():
-            manifest, problems = self.verify_generation(folder)
+            manifest, problems = primary.verify(int(folder.name))
             if problems:
-                damaged.extend(f"{self.generations_dir.name}/{p.file}: {p.detail}" for p in problems)
+                damaged.append((folder, problems))
                 continue
-            chosen = (folder, manifest)
+            chosen = (folder, manifest, "primary")
             break
 
+        scratch: tempfile.TemporaryDirectory | None = None
+        if damaged:
+            newer_than = chosen[1]["generation"] if chosen else 0
+            if self.writable:
+                fetched = self._fetch_from_replica(newer_than, self.generations_dir / f".tmp-fetch-{_utc_stamp()}")
+            else:
+                scratch = tempfile.TemporaryDirectory(prefix="vectormill-restore-")
+                fetched = self._fetch_from_replica(newer_than, Path(scratch.name) / "generation")
+            if fetched:
+                chosen = fetched
+        try:
+            self._check_log_reaches(chosen, damaged)
+            if damaged and self.writable:
+                chosen = self._quarantine_damaged(damaged, chosen)
+            if damaged:
+                self._warn_recovered(damaged, chosen)
+            self._load(chosen)
+        finally:
+            if scratch is not None:
+                scratch.cleanup()
+        self._replay()
+
+    def _fetch_from_replica(self, newer_than: int, destination: Path) -> tuple[Path, dict[str, Any], str] | None:
+        """The newest valid replica generation newer than `newer_than`, downloaded and checked."""
+        candidates: list[tuple[int, Location]] = []
+        for replica in self.settings.replicas:
+            try:
+                location = Location.replica(replica)
+                candidates.extend((g, location) for g in location.generations() if g > newer_than)
+            except Exception as exc:  # noqa: BLE001 - an unreachable replica is reported, others are tried
+                self.notes.append(f"replica {replica.name!r} unreachable while recovering: {exc}")
+        for generation, location in sorted(candidates, key=lambda item: -item[0]):
+            try:
+                manifest = location.fetch(generation, destination)
+            except Exception as exc:  # noqa: BLE001 - a damaged replica copy: try the next one
+                self.notes.append(f"replica {location.name!r} generation {generation} unusable: {exc}")
+                shutil.rmtree(destination, ignore_errors=True)
+                continue
+            return destination, manifest, f"replica {location.name!r}"
+        return None
+
+    def _quarantine_damaged(self, damaged: list[tuple[Path, list[Problem]]],
+                            chosen: tuple[Path, dict[str, Any], str] | None) -> tuple[Path, dict[str, Any], str] | None:
+        """Move damaged generations aside (kept for inspection) and install a fetched replica copy."""
+        for folder, _ in damaged:
+            self.quarantine_dir.mkdir(exist_ok=True)
+            folder.rename(self.quarantine_dir / f"{folder.name}-{_utc_stamp()}")
+        if chosen and chosen[0].name.startswith(".tmp-"):
+            final = self.generations_dir / generation_name(chosen[1]["generation"])
+            chosen[0].rename(final)
+            chosen = (final, chosen[1], chosen[2])
+        wal.fsync_dir(self.generations_dir)
+        return chosen
+
+    def _check_log_reaches(self, chosen: tuple[Path, dict[str, Any], str] | None,
+                           damaged: list[tuple[Path, list[Problem]]]) -> None:
+        damage = "; ".join(f"{p.file}: {p.detail}" for _, problems in damaged for p in problems)
         if chosen is None and damaged:
             raise StoreCorruptError(
-                f"store {str(self.path)!r} is corrupt and has no valid checkpoint: "
-                + "; ".join(damaged)
-                + ". Restore it from a replica with `vectormill store restore`"
-            )
+                f"store {str(self.path)!r} is corrupt and no valid checkpoint was found on the primary or a "
+                f"replica: {damage}. Run `vectormill store verify` to see every copy")
         start_lsn = chosen[1]["lsn"] if chosen else 0
-        if damaged:
-            if oldest_wal_lsn is not None and oldest_wal_lsn > start_lsn + 1:
-                raise StoreCorruptError(
-                    f"store {str(self.path)!r}: newest checkpoint is corrupt ({'; '.join(damaged)}) and the log "
-                    f"no longer reaches back to generation {chosen[1]['generation']}: "
-                    "restore it from a replica with `vectormill store restore`"
-                )
-            message = (
-                f"CORRUPT CHECKPOINT in {str(self.path)!r}: {'; '.join(damaged)}. Recovered from generation "
-                f"{chosen[1]['generation']} plus the write-ahead log; no acknowledged write was lost. "
-                "Run `vectormill store verify` and replace the damaged files."
-            )
-            self.notes.append(message)
-            log.warning(message)
+        oldest = self._oldest_wal_lsn()
+        if oldest is not None and oldest > start_lsn + 1:
+            raise StoreCorruptError(
+                f"store {str(self.path)!r}: the newest valid checkpoint is generation {chosen[1]['generation'] if chosen else 0} "
+                f"(log position {start_lsn}), but the write-ahead log starts at {oldest}: writes in between would be "
+                f"lost ({damage or 'log segments missing'}). Nothing was changed; run `vectormill store restore` "
+                "to go back to a valid generation knowingly")
 
+    def _warn_recovered(self, damaged: list[tuple[Path, list[Problem]]],
+                        chosen: tuple[Path, dict[str, Any], str]) -> None:
+        damage = "; ".join(f"{p.file}: {p.detail}" for _, problems in damaged for p in problems)
+        where = "moved to quarantine/" if self.writable else "left in place (opened read-only)"
+        message = (
+            f"CORRUPT CHECKPOINT in {str(self.path)!r}: {damage} ({where}). Recovered from generation "
+            f"{chosen[1]['generation']} of the {chosen[2]} plus the write-ahead log; no acknowledged write was lost. "
+            "Run `vectormill store verify` to check every copy.")
+        self.notes.append(message)
+        log.warning(message)
+
+    def _load(self, chosen: tuple[Path, dict[str, Any], str] | None) -> None:
         self.db = sqlite3.connect(":memory:", check_same_thread=False)
+        self._removable = supports_removal(self.dimension, self.factory)
         if chosen:
-            folder, manifest = chosen
+            folder, manifest, _ = chosen
             source = sqlite3.connect(f"file:{folder / META_FILE}?mode=ro", uri=True)
             source.backup(self.db)
             source.close()
             self.index = faiss.read_index(str(folder / INDEX_FILE))
+            self.index_kind = manifest.get("index_kind", "final")
             self.generation = manifest["generation"]
+            self.lsn = manifest["lsn"]
         else:
-            self.index = _new_index(self.dimension, self.identity["index_factory"])
+            if needs_training(self.dimension, self.factory):
+                self.index, self.index_kind = new_index(self.dimension, "Flat"), "staging"
+            else:
+                self.index, self.index_kind = new_index(self.dimension, self.factory), "final"
+        if self.index_kind == "staging":
+            self._removable = True
         self.db.executescript(SCHEMA)
-        self.lsn = start_lsn
-        self._replay()
+        self._apply_search_parameters()
+
+    def _apply_search_parameters(self) -> None:
+        if self.settings.search_parameters and self.index_kind == "final":
+            faiss.ParameterSpace().set_index_parameters(self.index, self.settings.search_parameters)
 
     def _oldest_wal_lsn(self) -> int | None:
         paths = wal.segments(self.wal_dir) if self.wal_dir.is_dir() else []
@@ -243,7 +379,13 @@ class FaissStore:
     def _replay(self) -> None:
         if not self.wal_dir.is_dir():
             return
-        records, torn = wal.read_log(self.wal_dir)
+        try:
+            records, torn = wal.read_log(self.wal_dir)
+        except wal.WalCorruptError as exc:
+            raise StoreCorruptError(
+                f"store {str(self.path)!r}: the write-ahead log is damaged ({exc}); acknowledged writes after "
+                f"generation {self.generation} cannot be read. Run `vectormill store restore` to go back to "
+                "the newest valid generation knowingly") from None
         for record in records:
             if record.lsn <= self.lsn:
                 continue
@@ -280,19 +422,34 @@ class FaissStore:
 
     def _validate(self, operations: Sequence[Operation]) -> None:
         """Refuse bad input before it reaches the log: a logged record must always replay."""
+        owners: dict[int, tuple[str, str]] = {}
         for op in operations:
-            if isinstance(op, DocumentUpsert):
-                if op.vectors.shape != (len(op.chunks), self.dimension):
-                    raise StoreError(
-                        f"{op.source}/{op.document}: {op.vectors.shape} vectors for {len(op.chunks)} chunks "
-                        f"of {self.dimension} dims"
-                    )
-                if not np.isfinite(op.vectors).all():
-                    raise StoreError(f"{op.source}/{op.document}: vectors contain NaN or infinity")
+            if not isinstance(op, DocumentUpsert):
+                continue
+            name = f"{op.source}/{op.document}"
+            if op.vectors.shape != (len(op.chunks), self.dimension):
+                raise StoreError(f"{name}: {op.vectors.shape} vectors for {len(op.chunks)} chunks of {self.dimension} dims")
+            if not np.isfinite(op.vectors).all():
+                raise StoreError(f"{name}: vectors contain NaN or infinity")
+            ids = [faiss_id(chunk.chunk_id) for chunk in op.chunks]
+            if len(set(ids)) != len(ids):
+                raise StoreError(f"{name}: two chunks share a chunk id (or its first 63 bits)")
+            for identifier in ids:
+                if owners.setdefault(identifier, (op.source, op.document)) != (op.source, op.document):
+                    raise StoreError(f"{name}: a chunk id is also used by {'/'.join(owners[identifier])} in this write")
+        # A stored chunk id may only come back in its own document (an upsert replaces that document).
+        ids = list(owners)
+        for start in range(0, len(ids), 10_000):
+            part = ids[start : start + 10_000]
+            for identifier, source, document in self.db.execute(
+                    f"SELECT faiss_id, source, document FROM chunks WHERE faiss_id IN ({','.join('?' * len(part))})", part):
+                if (source, document) != owners[identifier]:
+                    raise StoreError(f"{'/'.join(owners[identifier])}: a chunk id is already stored for {source}/{document}")
 
     def _apply(self, operations: Sequence[Operation]) -> None:
-        removed: set[int] = set()
-        added: dict[int, np.ndarray] = {}
+        """Apply to SQLite, then bring the index to the same state, touching only ids whose vector changed."""
+        before: dict[int, bytes | None] = {}  # what the index holds for an id before these operations
+        after: dict[int, bytes | None] = {}  # what it must hold after them
         cursor = self.db.cursor()
         for op in operations:
             if isinstance(op, CursorUpdate):
@@ -302,11 +459,10 @@ class FaissStore:
                     (op.source, op.cursor),
                 )
                 continue
-            old_ids = [row[0] for row in cursor.execute(
-                "SELECT faiss_id FROM chunks WHERE source = ? AND document = ?", (op.source, op.document))]
-            for old in old_ids:
-                if added.pop(old, None) is None:
-                    removed.add(old)
+            for identifier, blob in cursor.execute(
+                    "SELECT faiss_id, vector FROM chunks WHERE source = ? AND document = ?", (op.source, op.document)):
+                before.setdefault(identifier, blob)
+                after[identifier] = None
             cursor.execute("DELETE FROM chunks WHERE source = ? AND document = ?", (op.source, op.document))
             cursor.execute("DELETE FROM documents WHERE source = ? AND document = ?", (op.source, op.document))
             if isinstance(op, DocumentDelete):
@@ -319,16 +475,76 @@ class FaissStore:
             rows = []
             for chunk, vector in zip(op.chunks, vectors):
                 identifier = faiss_id(chunk.chunk_id)
-                added[identifier] = vector
+                blob = vector.tobytes()
+                before.setdefault(identifier, self._stale.get(identifier))
+                after[identifier] = blob
                 rows.append((identifier, chunk.chunk_id, op.source, op.document, chunk.position, chunk.text,
-                             chunk.content_hash, chunk.page, chunk.last_page, chunk.tokens, vector.tobytes()))
+                             chunk.content_hash, chunk.page, chunk.last_page, chunk.tokens, blob))
             cursor.executemany("INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         self.db.commit()
-        if removed:
-            self.index.remove_ids(np.fromiter(removed, dtype=np.int64))
+        self._update_index(before, after)
+
+    def _update_index(self, before: dict[int, bytes | None], after: dict[int, bytes | None]) -> None:
+        removed, added = [], []
+        for identifier, vector in after.items():
+            old = before[identifier]
+            if old == vector:
+                if vector is not None:
+                    self._stale.pop(identifier, None)  # a stale id taken back with the same vector is live again
+                continue
+            if old is not None and vector is not None and not self._removable:
+                self._rebuild_index()  # a changed vector under an id the index cannot drop: start afresh
+                return
+            if old is not None:
+                removed.append(identifier)
+                if not self._removable:
+                    self._stale[identifier] = old
+            if vector is not None:
+                added.append((identifier, vector))
+        if removed and self._removable:
+            self.index.remove_ids(np.array(removed, dtype=np.int64))
         if added:
-            ids = np.fromiter(added.keys(), dtype=np.int64, count=len(added))
-            self.index.add_with_ids(np.stack(list(added.values())), ids)
+            self._add(added)
+
+    def _add(self, rows: list[tuple[int, bytes]]) -> None:
+        ids = np.fromiter((identifier for identifier, _ in rows), dtype=np.int64, count=len(rows))
+        vectors = np.frombuffer(b"".join(blob for _, blob in rows), dtype=np.float32).reshape(len(rows), self.dimension)
+        self.index.add_with_ids(vectors, ids)
+
+    def _rebuild_index(self) -> None:
+        """Build the configured index afresh from the vectors in SQLite.
+
+        A final index keeps its training (an empty clone); a staging one is replaced by the
+        configured factory, trained on `train_vectors` stored vectors.
+        """
+        if self.index_kind == "final":
+            index = faiss.clone_index(self.index)
+            index.reset()
+        else:
+            index = new_index(self.dimension, self.factory)
+        if not index.is_trained:
+            sample = [blob for (blob,) in self.db.execute(
+                "SELECT vector FROM chunks ORDER BY faiss_id LIMIT ?", (self.settings.train_vectors,))]
+            # Ordered by id, i.e. by a hash of the chunk: a deterministic, well-mixed sample.
+            index.train(np.frombuffer(b"".join(sample), dtype=np.float32).reshape(len(sample), self.dimension))
+        self.index, self.index_kind, self._stale = index, "final", {}
+        self._removable = supports_removal(self.dimension, self.factory)
+        rows = self.db.execute("SELECT faiss_id, vector FROM chunks ORDER BY faiss_id")
+        while batch := rows.fetchmany(REBUILD_BATCH):
+            self._add(batch)
+        self._apply_search_parameters()
+
+    def _prepare_index_for_checkpoint(self) -> None:
+        if self.index_kind == "staging" and self.vector_count() >= self.settings.train_vectors:
+            try:
+                self._rebuild_index()
+            except RuntimeError as exc:  # too few or degenerate training vectors: keep searching exactly
+                message = (f"could not train index {self.factory!r} on {self.settings.train_vectors} vectors "
+                           f"({str(exc).splitlines()[0]}); the store keeps its exact flat index meanwhile")
+                self.notes.append(message)
+                log.warning(message)
+        elif self._stale:
+            self._rebuild_index()
 
     def _checkpoint_due(self) -> bool:
         if self._changed_vectors >= self.settings.checkpoint_every_vectors:
@@ -337,15 +553,21 @@ class FaissStore:
         return seconds is not None and self._changed_vectors > 0 and time.monotonic() - self._last_checkpoint >= seconds
 
     def checkpoint(self) -> int | None:
-        """Write the current state as a new generation; returns it, or None when nothing changed."""
+        """Write the current state as a new generation and replicate it; returns it, or None when nothing changed.
+
+        With nothing changed, the newest generation is still offered to the replicas (a copy that
+        is already there costs one manifest read), so a replica that was down catches up.
+        """
         if not self.writable:
             raise StoreError("store was opened read-only")
         if self.generation and self._changed_vectors == 0:
+            newest = self.generation_dirs()
+            if newest:
+                self._replicate(newest[0], int(newest[0].name))
             return None
-        # Numbered past every folder present, damaged ones included, so none is overwritten.
-        existing = self.generation_dirs()
-        generation = max(self.generation, int(existing[0].name) if existing else 0) + 1
-        temporary = self.generations_dir / f".tmp-{generation:08d}"
+        self._prepare_index_for_checkpoint()
+        generation = self._next_generation()
+        temporary = self.generations_dir / f".tmp-{generation_name(generation)}"
         if temporary.exists():
             shutil.rmtree(temporary)
         temporary.mkdir()
@@ -353,40 +575,60 @@ class FaissStore:
         snapshot = sqlite3.connect(temporary / META_FILE)
         self.db.backup(snapshot)
         snapshot.close()
-        files = {}
-        for name in (INDEX_FILE, META_FILE):
-            _fsync_file(temporary / name)
-            files[name] = (file_sha256(temporary / name), (temporary / name).stat().st_size)
         body = {
             "generation": generation,
             "lsn": self.lsn,
             "created_at": datetime.now(timezone.utc).isoformat(),
-            "vectors": int(self.index.ntotal),
+            "vectors": self.vector_count(),
             "documents": self.document_count(),
             "model": self.model,
             "dimension": self.dimension,
-            "index_factory": self.identity["index_factory"],
+            "index_factory": self.factory,
+            "index_kind": self.index_kind,
         }
-        (temporary / MANIFEST).write_bytes(build_manifest(body, files))
-        _fsync_file(temporary / MANIFEST)
-        wal.fsync_dir(temporary)
-        final = self.generations_dir / f"{generation:08d}"
-        temporary.rename(final)
-        wal.fsync_dir(self.generations_dir)
+        final = seal_generation(temporary, body, self.generations_dir / generation_name(generation))
         self.generation = generation
         self._changed_vectors = 0
         self._last_checkpoint = time.monotonic()
         self._wal.rotate()
         self._prune()
+        self._replicate(final, generation)
         return generation
 
+    def _next_generation(self) -> int:
+        """Past every number present, damaged and quarantined ones included, so none is ever reused."""
+        return max([self.generation, *used_generation_numbers(self.path)]) + 1
+
     def _prune(self) -> None:
-        kept = self.generation_dirs()[: self.settings.keep_generations]
-        for folder in self.generation_dirs()[self.settings.keep_generations :]:
+        folders = self.generation_dirs()
+        for folder in folders[self.settings.keep_generations :]:
+            # Manifest first: a removal cut short must not leave a generation that looks valid.
+            (folder / MANIFEST).unlink(missing_ok=True)
+            wal.fsync_dir(folder)
             shutil.rmtree(folder)
         wal.fsync_dir(self.generations_dir)
-        oldest = parse_manifest((kept[-1] / MANIFEST).read_bytes())
+        try:
+            oldest = parse_manifest((folders[: self.settings.keep_generations][-1] / MANIFEST).read_bytes())
+        except (OSError, ManifestError) as exc:
+            self.notes.append(f"kept all log segments: the oldest kept generation's manifest is unreadable ({exc})")
+            return
+        # The log is kept back to the oldest kept generation: if a newer one turns out damaged, it replays from there.
         self._wal.remove_segments_before(oldest["lsn"])
+
+    def _replicate(self, folder: Path, generation: int) -> None:
+        if not self.settings.replicas:
+            return
+        self.replicator.replicate(folder, generation)
+        problem = self.replicator.problem()
+        failed = [s for s in self.replicator.statuses.values() if s.ok is False]
+        for status in failed:
+            self.notes.append(f"replica {status.name!r} ({status.url}): {status.error}")
+        if problem:
+            log.error(problem)
+
+    def replication_problem(self) -> str | None:
+        """Why the last checkpoint is not confirmed by `min_replicas_confirmed` replicas; None when it is."""
+        return self.replicator.problem()
 
     # ---- reading -------------------------------------------------------------------------
     def document_versions(self, source: str) -> dict[str, str]:
@@ -405,14 +647,18 @@ class FaissStore:
     def document_count(self) -> int:
         return self.db.execute("SELECT count(*) FROM documents").fetchone()[0]
 
+    def vector_count(self) -> int:
+        """Live vectors: those in the index, less stale ids awaiting a rebuild."""
+        return int(self.index.ntotal) - len(self._stale)
+
     def search(self, vector: np.ndarray, k: int = 5) -> list[SearchHit]:
-        if self.index.ntotal == 0:
+        if self.vector_count() <= 0:
             return []
         query = np.ascontiguousarray(vector, dtype=np.float32).reshape(1, -1)
-        scores, ids = self.index.search(query, k)
+        scores, ids = self.index.search(query, min(k + len(self._stale), int(self.index.ntotal)))
         hits = []
         for score, identifier in zip(scores[0], ids[0]):
-            if identifier < 0:
+            if identifier < 0 or int(identifier) in self._stale:
                 continue
             row = self.db.execute(
                 "SELECT c.chunk_id, c.source, c.document, d.title, d.location, c.page, c.text "
@@ -421,6 +667,8 @@ class FaissStore:
             ).fetchone()
             if row:
                 hits.append(SearchHit(float(score), *row))
+            if len(hits) == k:
+                break
         return hits
 
     def chunk_vectors(self) -> dict[str, np.ndarray]:
@@ -428,24 +676,51 @@ class FaissStore:
         return {cid: np.frombuffer(blob, dtype=np.float32) for cid, blob in self.db.execute(
             "SELECT chunk_id, vector FROM chunks ORDER BY chunk_id")}
 
+    def index_ids(self) -> list[int]:
+        """Ids the FAISS index holds, stale ones excluded (for checks: they must match SQLite's)."""
+        return sorted(int(i) for i in index_ids(self.index) if int(i) not in self._stale)
+
+    def generations_info(self) -> list[dict[str, Any]]:
+        info = []
+        for folder in self.generation_dirs():
+            entry: dict[str, Any] = {"generation": int(folder.name)}
+            try:
+                manifest = parse_manifest((folder / MANIFEST).read_bytes())
+                entry.update({key: manifest[key] for key in ("lsn", "created_at", "vectors", "documents")},
+                             bytes=sum(f["bytes"] for f in manifest["files"].values()))
+            except (OSError, ManifestError) as exc:
+                entry["error"] = str(exc)
+            info.append(entry)
+        return info
+
+    def replica_statuses(self) -> list[dict[str, Any]]:
+        """This run's replication results; replicas not written in this process are looked at (no hashing)."""
+        return [self.replicator.probe(status.name).as_dict() if status.ok is None else status.as_dict()
+                for status in self.replicator.statuses.values()]
+
     def stats(self) -> dict[str, Any]:
         per_source = [
             {"source": source, "documents": documents, "vectors": vectors or 0, "cursor": self.cursor(source)}
             for source, documents, vectors in self.db.execute(
                 "SELECT d.source, count(*), sum(d.chunks) FROM documents d GROUP BY d.source ORDER BY d.source")
         ]
+        generations = self.generations_info()
         return {
             "path": str(self.path),
-            "vectors": int(self.index.ntotal),
+            "vectors": self.vector_count(),
             "documents": self.document_count(),
             "generation": self.generation,
             "lsn": self.lsn,
             "model": self.model,
             "dimension": self.dimension,
-            "index_factory": self.identity["index_factory"],
+            "index_factory": self.factory,
+            "index_kind": self.index_kind,
             "sources": per_source,
-            "generations": [folder.name for folder in self.generation_dirs()],
+            "generations": generations,
+            "generation_bytes": sum(g.get("bytes", 0) for g in generations),
             "wal_bytes": sum(p.stat().st_size for p in wal.segments(self.wal_dir)) if self.wal_dir.is_dir() else 0,
+            "replicas": self.replica_statuses(),
+            "min_replicas_confirmed": self.settings.replicas_required,
         }
 
     # ---- closing -------------------------------------------------------------------------
@@ -461,6 +736,42 @@ class FaissStore:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+# ---- generation folders ---------------------------------------------------------------------
+def seal_generation(temporary: Path, body: dict[str, Any], final: Path) -> Path:
+    """fsync the data files, write the manifest (their sha256) last, and rename the folder into place."""
+    files = {}
+    for file in sorted(temporary.iterdir()):
+        if file.name == MANIFEST:
+            continue
+        _fsync_file(file)
+        files[file.name] = (file_sha256(file), file.stat().st_size)
+    (temporary / MANIFEST).write_bytes(build_manifest(body, files))
+    _fsync_file(temporary / MANIFEST)
+    wal.fsync_dir(temporary)
+    temporary.rename(final)
+    wal.fsync_dir(final.parent)
+    return final
+
+
+def used_generation_numbers(path: Path) -> list[int]:
+    """Generation numbers in generations/ and in quarantine/ (as NNNNNNNN-… or restore-…/NNNNNNNN)."""
+    numbers = [int(p.name) for p in (path / "generations").glob("*") if p.name.isdigit()]
+    quarantine = path / QUARANTINE
+    for entry in [*quarantine.glob("*"), *quarantine.glob("restore-*/*")]:
+        head = entry.name.split("-", 1)[0]
+        if len(head) == 8 and head.isdigit():
+            numbers.append(int(head))
+    return numbers
+
+
+def write_identity(path: Path, identity: dict[str, Any]) -> None:
+    temporary = path / f"{IDENTITY}.tmp"
+    temporary.write_text(json.dumps(identity, indent=2))
+    _fsync_file(temporary)
+    temporary.rename(path / IDENTITY)
+    wal.fsync_dir(path)
 
 
 # ---- WAL payloads: a JSON header of operations followed by their float32 vectors ------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class ReplicaSettings(BaseModel):
@@ -13,7 +13,7 @@ class ReplicaSettings(BaseModel):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     url: str  # a local path, file://, s3://… : anything fsspec opens
-    storage_options: dict[str, Any] = Field(default_factory=dict)
+    storage_options: dict[str, Any] = Field(default_factory=dict, repr=False)  # may hold credentials
 
 
 class StoreSettings(BaseModel):
@@ -23,6 +23,31 @@ class StoreSettings(BaseModel):
     checkpoint_every_vectors: int = Field(default=50_000, ge=1)
     checkpoint_every_seconds: float | None = Field(default=600.0, gt=0)
     keep_generations: int = Field(default=3, ge=1)
+    # Any faiss.index_factory string. Factories that need training (IVF…, PQ…) start as an exact
+    # flat index and switch at the first checkpoint that holds at least `train_vectors` vectors.
     index_factory: str = "Flat"
+    train_vectors: int = Field(default=100_000, ge=1)
+    # Applied to the index after loading, e.g. "nprobe=32" (IVF) or "efSearch=128" (HNSW).
+    search_parameters: str = ""
+    # Replicas that must confirm a checkpoint for the run to succeed. With no replicas configured
+    # replication is off; with some, fewer than this is a config error (see below).
     min_replicas_confirmed: int = Field(default=1, ge=0)
+    replica_attempts: int = Field(default=4, ge=1)  # per file, with exponential backoff
+    replica_backoff_seconds: float = Field(default=0.5, gt=0)
     replicas: tuple[ReplicaSettings, ...] = ()
+
+    @model_validator(mode="after")
+    def _replicas_can_confirm(self) -> "StoreSettings":
+        names = [replica.name for replica in self.replicas]
+        if len(set(names)) != len(names):
+            raise ValueError(f"replica names must be unique, got {names}")
+        if self.replicas and len(self.replicas) < self.min_replicas_confirmed:
+            raise ValueError(
+                f"min_replicas_confirmed = {self.min_replicas_confirmed} but only {len(self.replicas)} "
+                "replica(s) are configured: add replicas or lower min_replicas_confirmed")
+        return self
+
+    @property
+    def replicas_required(self) -> int:
+        """How many replicas must confirm each checkpoint (0 when none are configured)."""
+        return min(self.min_replicas_confirmed, len(self.replicas))

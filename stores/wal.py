@@ -75,10 +75,22 @@ def read_segment(path: Path) -> tuple[list[WalRecord], TornTail | None]:
         if len(payload) < length:
             return records, TornTail(path, offset, f"record {lsn} cut short at byte {offset}")
         if _crc(lsn, payload) != crc:
+            if _valid_record_at(data, body_start + length):
+                # Appends are fsync'd one at a time, so only the last record can be torn: a bad
+                # record followed by a good one is damage to acknowledged data, not a crash.
+                raise WalCorruptError(f"{path}: record at byte {offset} fails its checksum and valid records follow it")
             return records, TornTail(path, offset, f"record at byte {offset} fails its checksum")
         records.append(WalRecord(lsn, payload))
         offset = body_start + length
     return records, None
+
+
+def _valid_record_at(data: bytes, offset: int) -> bool:
+    if offset + HEADER.size > len(data):
+        return False
+    lsn, length, crc = HEADER.unpack_from(data, offset)
+    payload = data[offset + HEADER.size : offset + HEADER.size + length]
+    return len(payload) == length and _crc(lsn, payload) == crc
 
 
 def read_log(folder: Path) -> tuple[Iterator[WalRecord], TornTail | None]:
@@ -129,9 +141,19 @@ class WalWriter:
         if self._file is None:
             self._open_segment()
         lsn = self.next_lsn
-        self._file.write(HEADER.pack(lsn, len(payload), _crc(lsn, payload)) + payload)
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        start = self._file.tell()
+        try:
+            self._file.write(HEADER.pack(lsn, len(payload), _crc(lsn, payload)) + payload)
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except BaseException:
+            # A failed append (disk full…) must not leave half a record for the next one to follow.
+            self._file.close()
+            self._file = None
+            with open(self._path, "r+b") as handle:
+                handle.truncate(start)
+                os.fsync(handle.fileno())
+            raise
         self.next_lsn += 1
         return lsn
 

@@ -1,0 +1,77 @@
+"""`vectormill store verify` and `vectormill store restore`: check every copy of the store, bring one back.
+
+Neither runs a flow, so neither imports Prefect.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from .cli_common import ConfigOption, JsonOption, console, errors, fail, load
+
+
+def register(app: typer.Typer, store_app: typer.Typer) -> None:
+    @store_app.command("verify")
+    def verify(config: Optional[Path] = ConfigOption, as_json: bool = JsonOption) -> None:
+        """Hash every file of every generation on the primary and on each replica; exit 1 on any mismatch."""
+        from vectormill.stores.restore import verify_store
+
+        settings = load(config)
+        report = verify_store(settings.store)
+        if as_json:
+            print(json.dumps(report))
+        else:
+            table = Table(title=f"store {settings.store.path}")
+            for column in ("where", "generation", "lsn", "vectors", "documents", "ok"):
+                table.add_column(column)
+            for entry in report["generations"]:
+                table.add_row(entry["where"], str(entry["generation"]), str(entry.get("lsn", "")),
+                              str(entry.get("vectors", "")), str(entry.get("documents", "")),
+                              "[green]ok[/green]" if entry["ok"] else "[red]DAMAGED[/red]")
+            console.print(table)
+            for problem in report["problems"]:
+                errors.print(f"[red]problem:[/red] {problem['where']}: {problem['file']}: {problem['detail']}",
+                             highlight=False)
+            if report["ok"]:
+                console.print("every copy verified")
+        if not report["ok"]:
+            raise typer.Exit(1)
+
+    @store_app.command("restore")
+    def restore(
+        source: Optional[str] = typer.Option(None, "--from", help="Copy to restore from: 'primary' or a replica name "
+                                                                   "(default: the newest valid copy anywhere)."),
+        generation: Optional[int] = typer.Option(None, "--generation", min=1,
+                                                 help="Go back to exactly this generation (later writes are set "
+                                                      "aside in quarantine/); default: repair to the newest valid one."),
+        config: Optional[Path] = ConfigOption,
+        as_json: bool = JsonOption,
+    ) -> None:
+        """Bring back a generation from a replica or from the primary's older generations."""
+        from vectormill.stores.faiss_store import FaissStore
+        from vectormill.stores.restore import restore_store
+
+        settings = load(config)
+        try:
+            result = restore_store(settings.store, source, generation)
+            with FaissStore.open(settings.store, writable=False) as store:  # proves the result opens
+                result["store"] = {key: store.stats()[key] for key in ("vectors", "documents", "generation")}
+                result["notes"] = list(store.notes)
+        except Exception as exc:  # noqa: BLE001 - fail() turns store errors into one line
+            fail(exc)
+        if as_json:
+            print(json.dumps(result))
+            return
+        console.print(f"restored generation {result['restored_generation']} from {result['from']} as generation "
+                      f"{result['as_generation']}: {result['store']['vectors']} vectors, "
+                      f"{result['store']['documents']} documents; log {result['log']}")
+        for item in result["quarantined"]:
+            console.print(f"set aside in quarantine/: {item}")
+        for note in result["notes"]:
+            errors.print(f"[yellow]warning:[/yellow] {note}", highlight=False)
+
