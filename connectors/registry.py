@@ -8,16 +8,20 @@ from pydantic import Field
 
 from .base import Source
 from .filesystem import FilesystemSource
+from .hubspot import HubSpotSource, HubSpotSourceSettings
+from .mediawiki import MediaWikiSource, MediaWikiSourceSettings
 from .settings import FilesystemSourceSettings, SourceSettingsBase
 
 # One line per source type; `type` in [[sources]] picks the entry.
 SourceSettings = Annotated[
-    Union[FilesystemSourceSettings],
+    Union[FilesystemSourceSettings, HubSpotSourceSettings, MediaWikiSourceSettings],
     Field(discriminator="type"),
 ]
 
 SOURCE_TYPES: dict[type[SourceSettingsBase], type] = {
     FilesystemSourceSettings: FilesystemSource,
+    HubSpotSourceSettings: HubSpotSource,
+    MediaWikiSourceSettings: MediaWikiSource,
 }
 
 

@@ -256,9 +256,9 @@ def demo(
 
 
 # ---- commands of the other areas -------------------------------------------------------------
-from . import cli_store  # noqa: E402 - registered after the core commands, in help order
+from . import cli_sources, cli_store  # noqa: E402 - registered after the core commands, in help order
 
-for module in (cli_store,):
+for module in (cli_sources, cli_store):
     module.register(app, store_app)
 
 

@@ -1,0 +1,242 @@
+"""HubSpot CRM objects (companies, contacts, deals, tickets…) through the CRM v3 objects and search APIs.
+
+- Full listing: `GET /crm/v3/objects/{objectType}` with `limit`, `after` paging and the configured
+  properties.
+- Incremental: `POST /crm/v3/objects/{objectType}/search` on `hs_lastmodifieddate` after the
+  stored cursor, ascending. The search API returns at most 10,000 results per query, so when a
+  query reaches that window the search starts again from the last modification time seen
+  (GTE, skipping the records already seen).
+- Deletions: archived objects (`GET …?archived=true`) archived after the cursor.
+
+The cursor is the client's clock taken before listing or searching; each search starts
+`cursor_overlap_seconds` earlier, to cover clock skew and HubSpot's search-index lag (records
+seen again are unchanged versions, which the flow skips without fetching).
+
+A record's id is `<object_type>/<id>`, its version `updatedAt`. `fetch` uses the record kept from
+the listing or search of this run (each is read once), else `GET /crm/v3/objects/{objectType}/{id}`.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from .base import Changes, Document, DocumentError, DocumentRef, Page, SourceError
+from .http import HttpClient, HttpStatusError, HttpUnavailableError
+from .secrets import resolve_secret
+from .settings import HttpSourceSettings
+
+LIST_PAGE_LIMIT = 100  # HubSpot's maximum `limit` for GET /crm/v3/objects/{objectType}
+SEARCH_PAGE_LIMIT = 200  # …and for the search API
+MODIFIED = "hs_lastmodifieddate"
+
+
+class HubSpotSourceSettings(HttpSourceSettings):
+    type: Literal["hubspot"]
+    base_url: str = "https://api.hubapi.com"
+    object_type: str = Field(pattern=r"^[A-Za-z0-9_-]+$")  # companies, contacts, deals, tickets, p_custom…
+    properties: tuple[str, ...] = Field(min_length=1)
+    # The private-app token: from this environment variable, or from this Prefect Secret block.
+    token_env: str | None = None
+    token_secret_block: str | None = None
+    # Record → text, e.g. "{name}\n{domain}\n{description}"; default: one "property: value" line each.
+    template: str | None = None
+    title_property: str | None = None  # default: the first of `properties`
+    # Records per request: HubSpot allows 100 for a listing, 200 for a search.
+    page_size: int = Field(default=SEARCH_PAGE_LIMIT, ge=1, le=SEARCH_PAGE_LIMIT)
+    cursor_overlap_seconds: float = Field(default=120.0, ge=0)
+    search_window: int = Field(default=10_000, ge=1)  # results one search query may page through
+
+    @model_validator(mode="after")
+    def _one_token_source_and_known_template_fields(self) -> "HubSpotSourceSettings":
+        if bool(self.token_env) == bool(self.token_secret_block):
+            raise ValueError("set exactly one of token_env (an environment variable name) and token_secret_block")
+        if self.template is not None:
+            used = {field for _, field, _, _ in string.Formatter().parse(self.template) if field}
+            unknown = sorted(used - set(self.properties))
+            if unknown:
+                raise ValueError(f"template uses {', '.join(unknown)}, which are not in properties")
+        if self.title_property is not None and self.title_property not in self.properties:
+            raise ValueError(f"title_property {self.title_property!r} is not in properties")
+        return self
+
+
+def parse_time(value: str) -> datetime:
+    """HubSpot times: ISO 8601 (`2024-05-01T12:00:00.123Z`) or epoch milliseconds."""
+    if value.isdigit():
+        return datetime.fromtimestamp(int(value) / 1000, tz=timezone.utc)
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def format_time(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def epoch_ms(moment: datetime) -> str:
+    return str(round(moment.timestamp() * 1000))
+
+
+class _BlankForMissing(dict):
+    def __missing__(self, key: str) -> str:
+        return ""
+
+
+class HubSpotSource:
+    def __init__(self, settings: HubSpotSourceSettings):
+        self.settings = settings
+        self.name = settings.name
+        token = resolve_secret(env=settings.token_env, block=settings.token_secret_block,
+                               what=f"HubSpot token of source {settings.name!r}")
+        self.http = HttpClient(settings.name, settings, headers={"Authorization": f"Bearer {token}"},
+                               secret_values=(token,))
+        self.objects_url = f"{settings.base_url.rstrip('/')}/crm/v3/objects/{settings.object_type}"
+        self._listed: dict[str, dict[str, Any]] = {}  # records of this run's listing/search, until fetched
+
+    # ---- listing -------------------------------------------------------------------------
+    def current_cursor(self) -> str:
+        return format_time(datetime.now(timezone.utc))
+
+    def list_documents(self) -> Iterator[DocumentRef]:
+        self._start_run()
+        for record in self._pages(archived=False):
+            yield self._remember(record)
+
+    def changes_since(self, cursor: str) -> Changes:
+        new_cursor = self.current_cursor()
+        since = self._parse_cursor(cursor) - timedelta(seconds=self.settings.cursor_overlap_seconds)
+        self._start_run()
+        deletions = [self._document_id(record) for record in self._pages(archived=True)
+                     if parse_time(record.get("archivedAt") or record["updatedAt"]) > since]
+        return Changes(upserts=(self._remember(r) for r in self._search_modified_after(since)),
+                       deletions=deletions, cursor=new_cursor)
+
+    def _start_run(self) -> None:
+        self._listed.clear()
+        self.http.reset_circuit()
+
+    def _pages(self, archived: bool) -> Iterator[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": min(self.settings.page_size, LIST_PAGE_LIMIT),
+                                  "properties": ",".join(self.settings.properties), "archived": str(archived).lower()}
+        while True:
+            page = self._listing("GET", self.objects_url, params=params)
+            yield from page.get("results", [])
+            after = ((page.get("paging") or {}).get("next") or {}).get("after")
+            if not after:
+                return
+            params["after"] = after
+
+    def _search_modified_after(self, since: datetime) -> Iterator[dict[str, Any]]:
+        """Records modified after `since`, oldest first, across as many 10,000-result windows as needed."""
+        limit = min(self.settings.page_size, self.settings.search_window)
+        operator, boundary = "GT", since
+        seen_at_boundary: set[str] = set()  # ids already yielded whose modification time is `boundary`
+        while True:
+            body: dict[str, Any] = {
+                "filterGroups": [{"filters": [{"propertyName": MODIFIED, "operator": operator,
+                                               "value": epoch_ms(boundary)}]}],
+                "sorts": [{"propertyName": MODIFIED, "direction": "ASCENDING"}],
+                "properties": list(self.settings.properties),
+                "limit": limit,
+            }
+            last_modified, window_full = boundary, False
+            newest_ids: set[str] = set()  # ids seen at `last_modified`
+            while True:
+                page = self._listing("POST", f"{self.objects_url}/search", json=body)
+                for record in page.get("results", []):
+                    modified = self._modified(record)
+                    if modified > last_modified:
+                        last_modified, newest_ids = modified, set()
+                    newest_ids.add(record["id"])
+                    if modified == boundary and record["id"] in seen_at_boundary:
+                        continue
+                    yield record
+                after = ((page.get("paging") or {}).get("next") or {}).get("after")
+                if not after:
+                    return
+                if int(after) + limit > self.settings.search_window:
+                    window_full = True
+                    break
+                body["after"] = after
+            if window_full and last_modified == boundary:
+                raise SourceError(
+                    f"source {self.name!r}: more than {self.settings.search_window} records share the modification "
+                    f"time {format_time(boundary)}, beyond what the search API can page through; "
+                    "run `vectormill backfill --full` for this source")
+            # A new query from the newest time seen (GTE: records sharing it may lie beyond the window).
+            operator, boundary, seen_at_boundary = "GTE", last_modified, newest_ids
+
+    def _modified(self, record: dict[str, Any]) -> datetime:
+        value = (record.get("properties") or {}).get(MODIFIED) or record.get("updatedAt")
+        return parse_time(value)
+
+    def _parse_cursor(self, cursor: str) -> datetime:
+        try:
+            return parse_time(cursor)
+        except ValueError:
+            raise SourceError(f"source {self.name!r}: stored cursor {cursor!r} is not a time; "
+                              "run `vectormill backfill --full` for this source") from None
+
+    def _listing(self, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
+        """One page of a listing or search; a refused request stops the source (it cannot list)."""
+        try:
+            response = self.http.request(method, url, **kwargs)
+        except HttpStatusError as exc:
+            raise SourceError(f"{exc}; check object_type and properties of source {self.name!r}") from None
+        return self._json(response, "listing")
+
+    def _json(self, response, what: str) -> dict[str, Any]:
+        try:
+            return response.json()
+        except ValueError:
+            raise SourceError(f"source {self.name!r}: the {what} answer is not JSON "
+                              f"(is base_url {self.settings.base_url!r} HubSpot's API?)") from None
+
+    def _document_id(self, record: dict[str, Any]) -> str:
+        return f"{self.settings.object_type}/{record['id']}"
+
+    def _remember(self, record: dict[str, Any]) -> DocumentRef:
+        document_id = self._document_id(record)
+        self._listed[document_id] = record
+        return DocumentRef(document_id, record["updatedAt"])
+
+    # ---- fetch ---------------------------------------------------------------------------
+    def fetch(self, ref: DocumentRef) -> Document:
+        record = self._listed.pop(ref.id, None) or self._get(ref.id)
+        properties = {key: value for key, value in (record.get("properties") or {}).items() if value is not None}
+        if self.settings.template is not None:
+            text = self.settings.template.format_map(_BlankForMissing(properties))
+        else:
+            text = "\n".join(f"{key}: {properties[key]}" for key in self.settings.properties if properties.get(key))
+        if not text.strip():
+            raise DocumentError(f"record has no text in its properties {', '.join(self.settings.properties)}")
+        title_property = self.settings.title_property or self.settings.properties[0]
+        return Document(
+            source=self.name,
+            id=ref.id,
+            version=record["updatedAt"],
+            title=str(properties.get(title_property) or ref.id),
+            pages=(Page(None, text),),
+            location=f"{self.objects_url}/{record['id']}",
+            modified=record["updatedAt"],
+            metadata={"object_type": self.settings.object_type, "hubspot_id": str(record["id"])},
+        )
+
+    def _get(self, document_id: str) -> dict[str, Any]:
+        object_id = document_id.removeprefix(f"{self.settings.object_type}/")
+        try:
+            response = self.http.get(f"{self.objects_url}/{object_id}",
+                                     params={"properties": ",".join(self.settings.properties)})
+        except HttpStatusError as exc:
+            if exc.status == 404:
+                raise DocumentError("record not found (deleted or archived since it was listed)") from None
+            raise DocumentError(str(exc)) from None
+        except HttpUnavailableError as exc:  # this record fails; the circuit breaker stops a dead source
+            raise DocumentError(str(exc)) from None
+        return self._json(response, "record")
+
+    def close(self) -> None:
+        self.http.close()

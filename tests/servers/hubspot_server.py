@@ -1,0 +1,170 @@
+"""A HubSpot CRM v3 objects + search API on 127.0.0.1, following HubSpot's documented shapes.
+
+- `GET /crm/v3/objects/{type}?limit&after&properties&archived` → `{"results": [...], "paging": {"next": {"after", "link"}}}`
+  (limit ≤ 100; `after` is opaque);
+- `GET /crm/v3/objects/{type}/{id}?properties` → one object, 404 `OBJECT_NOT_FOUND`;
+- `POST /crm/v3/objects/{type}/search` with `filterGroups`, `sorts`, `properties`, `limit` (≤ 200),
+  `after` → `{"total", "results", "paging"}`; paging past `search_window` (10,000 at HubSpot) is a 400;
+  archived objects are not searchable;
+- every request needs `Authorization: Bearer <token>`, else 401 `INVALID_AUTHENTICATION`;
+- errors are `{"status": "error", "message", "correlationId", "category"}`.
+
+Objects carry `id`, `properties` (the requested ones plus `createdate`, `hs_lastmodifieddate`,
+`hs_object_id`), `createdAt`, `updatedAt`, `archived` and, once archived, `archivedAt`.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from .fault_server import FaultServer, Reply, Request
+
+DEFAULT_PROPERTIES = ("createdate", "hs_lastmodifieddate", "hs_object_id")
+CATEGORIES = {400: "VALIDATION_ERROR", 401: "INVALID_AUTHENTICATION", 403: "MISSING_SCOPES",
+              404: "OBJECT_NOT_FOUND", 429: "RATE_LIMITS"}
+OPERATORS = {"GT": lambda a, b: a > b, "GTE": lambda a, b: a >= b, "LT": lambda a, b: a < b,
+             "LTE": lambda a, b: a <= b, "EQ": lambda a, b: a == b}
+
+
+def iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def to_ms(value: str) -> int:
+    if str(value).isdigit():
+        return int(value)
+    return int(datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp() * 1000)
+
+
+class HubSpotApp:
+    def __init__(self, token: str, search_window: int = 10_000):
+        self.token = token
+        self.search_window = search_window
+        self.objects: dict[str, dict[str, dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+        self._next_id = 1000
+
+    # ---- data ----------------------------------------------------------------------------
+    def _now_ms(self, at_ms: int | None) -> int:
+        """The wall clock in ms (as HubSpot stamps changes; records changed in one ms tie), or a pinned time."""
+        if at_ms is not None:
+            return at_ms
+        return int(time.time() * 1000)
+
+    def add(self, object_type: str, at_ms: int | None = None, **properties: str) -> str:
+        with self._lock:
+            self._next_id += 1
+            object_id = str(self._next_id)
+            moment = iso(self._now_ms(at_ms))
+            self.objects.setdefault(object_type, {})[object_id] = {
+                "id": object_id,
+                "properties": {**properties, "createdate": moment, "hs_lastmodifieddate": moment,
+                               "hs_object_id": object_id},
+                "createdAt": moment,
+                "updatedAt": moment,
+                "archived": False,
+            }
+            return object_id
+
+    def update(self, object_type: str, object_id: str, **properties: str) -> None:
+        with self._lock:
+            record = self.objects[object_type][object_id]
+            moment = iso(self._now_ms(None))
+            record["properties"].update(properties, hs_lastmodifieddate=moment)
+            record["updatedAt"] = moment
+
+    def archive(self, object_type: str, object_id: str) -> None:
+        with self._lock:
+            record = self.objects[object_type][object_id]
+            record["archived"] = True
+            record["archivedAt"] = iso(self._now_ms(None))
+
+    # ---- API -----------------------------------------------------------------------------
+    def error(self, status: int, message: str) -> Reply:
+        return Reply(status, {"status": "error", "message": message, "correlationId": str(uuid.uuid4()),
+                              "category": CATEGORIES.get(status, "INTERNAL_ERROR")})
+
+    def handle(self, request: Request) -> Reply:
+        if request.headers.get("Authorization") != f"Bearer {self.token}":
+            return self.error(401, "Authentication credentials not found. This API supports OAuth 2.0 "
+                                   "authentication and you can find more details at "
+                                   "https://developers.hubspot.com/docs/methods/auth/oauth-overview")
+        parts = request.path.strip("/").split("/")
+        if parts[:3] != ["crm", "v3", "objects"] or len(parts) < 4:
+            return self.error(404, f"No route for {request.method} {request.path}")
+        object_type = parts[3]
+        with self._lock:
+            if request.method == "GET" and len(parts) == 4:
+                return self._list(request, object_type)
+            if request.method == "GET" and len(parts) == 5:
+                return self._get(request, object_type, parts[4])
+            if request.method == "POST" and len(parts) == 5 and parts[4] == "search":
+                return self._search(request, object_type)
+        return self.error(405, f"{request.method} not allowed on {request.path}")
+
+    def _view(self, record: dict[str, Any], properties: list[str]) -> dict[str, Any]:
+        view = {key: value for key, value in record.items() if key != "properties"}
+        view["properties"] = {name: record["properties"].get(name) for name in (*properties, *DEFAULT_PROPERTIES)}
+        return view
+
+    @staticmethod
+    def _requested(value: str | None) -> list[str]:
+        return [name for name in (value or "").split(",") if name]
+
+    def _list(self, request: Request, object_type: str) -> Reply:
+        limit = int(request.param("limit", "10"))
+        if not 1 <= limit <= 100:
+            return self.error(400, f"limit must be between 1 and 100, got {limit}")
+        archived = request.param("archived", "false") == "true"
+        records = [r for _, r in sorted(self.objects.get(object_type, {}).items(), key=lambda item: int(item[0]))
+                   if r["archived"] == archived]
+        after = request.param("after")
+        start = int(base64.urlsafe_b64decode(after).decode()) if after else 0
+        page = records[start:start + limit]
+        body: dict[str, Any] = {"results": [self._view(r, self._requested(request.param("properties"))) for r in page]}
+        if start + limit < len(records):
+            token = base64.urlsafe_b64encode(str(start + limit).encode()).decode()
+            body["paging"] = {"next": {"after": token, "link": f"{request.path}?after={token}"}}
+        return Reply(200, body)
+
+    def _get(self, request: Request, object_type: str, object_id: str) -> Reply:
+        record = self.objects.get(object_type, {}).get(object_id)
+        if record is None or record["archived"]:
+            return self.error(404, f"Object not found.  objectId are usually numeric. {object_id}")
+        return Reply(200, self._view(record, self._requested(request.param("properties"))))
+
+    def _search(self, request: Request, object_type: str) -> Reply:
+        query = request.json()
+        limit = int(query.get("limit", 10))
+        after = int(query.get("after") or 0)
+        if not 1 <= limit <= 200:
+            return self.error(400, f"limit must be between 1 and 200, got {limit}")
+        if after >= self.search_window:
+            return self.error(400, f"after must be less than {self.search_window}: the search API pages through "
+                                   f"at most {self.search_window} results")
+
+        def matches(record: dict[str, Any]) -> bool:
+            groups = query.get("filterGroups") or [{"filters": []}]
+            return any(all(OPERATORS[f["operator"]](to_ms(record["properties"][f["propertyName"]]), to_ms(f["value"]))
+                           for f in group["filters"]) for group in groups)
+
+        records = [r for r in self.objects.get(object_type, {}).values() if not r["archived"] and matches(r)]
+        for sort in reversed(query.get("sorts") or [{"propertyName": "hs_object_id", "direction": "ASCENDING"}]):
+            records.sort(key=lambda r: (to_ms(r["properties"][sort["propertyName"]]), int(r["id"])),
+                         reverse=sort.get("direction") == "DESCENDING")
+        page = records[after:min(after + limit, self.search_window)]
+        body: dict[str, Any] = {"total": len(records),
+                                "results": [self._view(r, query.get("properties") or []) for r in page]}
+        if after + limit < len(records):
+            body["paging"] = {"next": {"after": str(after + limit), "link": f"{request.path}?after={after + limit}"}}
+        return Reply(200, body)
+
+
+def hubspot_server(token: str, search_window: int = 10_000) -> FaultServer:
+    """A HubSpot API server (not started; use it as a context manager). The app is `server.app`."""
+    return FaultServer(HubSpotApp(token, search_window))

@@ -1,0 +1,366 @@
+"""The HubSpot source against a real HubSpot-shaped CRM v3 server on 127.0.0.1."""
+
+import json
+import logging
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+
+import pytest
+from pydantic import ValidationError
+
+from vectormill.connectors.base import DocumentError, DocumentRef, IncrementalSource, SourceError
+from vectormill.connectors.hubspot import HubSpotSource, HubSpotSourceSettings, format_time, parse_time
+from vectormill.flows.config import parse_config
+
+from .servers.hubspot_server import hubspot_server, iso
+
+TOKEN = "pat-na1-0b8d6c3e-2f11-4c5a-9d7e-1234567890ab"
+TOKEN_ENV = "HUBSPOT_TEST_TOKEN"
+
+
+@pytest.fixture
+def server(monkeypatch):
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    with hubspot_server(TOKEN) as running:
+        yield running
+
+
+def source_for(server, **overrides) -> HubSpotSource:
+    values = {"name": "crm", "type": "hubspot", "base_url": server.url, "object_type": "companies",
+              "properties": ["name", "domain", "description"], "token_env": TOKEN_ENV, "page_size": 10,
+              "requests_per_second": 500, "burst": 20, "max_backoff_seconds": 0.2, "cursor_overlap_seconds": 0}
+    return HubSpotSource(HubSpotSourceSettings(**{**values, **overrides}))
+
+
+def add_companies(server, count: int, start: int = 0) -> list[str]:
+    return [server.app.add("companies", name=f"Company {n}", domain=f"company{n}.example",
+                           description=f"Makes widget model {n}.") for n in range(start, start + count)]
+
+
+def searches(server) -> list[dict]:
+    return [r.json() for r in server.requests if r.path.endswith("/search")]
+
+
+def next_millisecond() -> None:
+    """Changes in the same millisecond as a cursor are not after it (HubSpot stamps ms)."""
+    time.sleep(0.003)
+
+
+def test_full_listing_pages_through_hundreds_of_records(server):
+    ids = add_companies(server, 350)
+    server.app.archive("companies", ids[7])
+    source = source_for(server)
+    assert isinstance(source, IncrementalSource)
+
+    refs = list(source.list_documents())
+
+    assert [ref.id for ref in refs] == [f"companies/{i}" for i in ids if i != ids[7]]
+    records = server.app.objects["companies"]
+    assert all(ref.version == records[ref.id.split("/")[1]]["updatedAt"] for ref in refs)
+    listings = [r for r in server.requests if r.method == "GET"]
+    assert len(listings) == 35  # 349 records, 10 per page
+    assert all(r.param("archived") == "false" and r.param("properties") == "name,domain,description"
+               for r in listings)
+
+
+def test_fetch_turns_a_record_into_text_with_the_default_or_a_configured_template(server):
+    add_companies(server, 3)
+    source = source_for(server)
+    refs = list(source.list_documents())
+    sent = len(server.requests)
+
+    document = source.fetch(refs[1])
+    assert len(server.requests) == sent  # the listed record is reused, not fetched again
+    assert document.id == refs[1].id and document.version == refs[1].version
+    assert document.title == "Company 1"
+    assert document.text == "name: Company 1\ndomain: company1.example\ndescription: Makes widget model 1."
+    assert document.location == f"{server.url}/crm/v3/objects/companies/{refs[1].id.split('/')[1]}"
+    assert document.metadata == {"object_type": "companies", "hubspot_id": refs[1].id.split("/")[1]}
+
+    # A fresh source (another worker process) has no listing: it GETs the record.
+    templated = source_for(server, template="{name} ({domain})\n{description}", title_property="domain")
+    document = templated.fetch(refs[2])
+    assert document.text == "Company 2 (company2.example)\nMakes widget model 2."
+    assert document.title == "company2.example"
+    assert server.requests[-1].path == f"/crm/v3/objects/companies/{refs[2].id.split('/')[1]}"
+
+
+def test_fetch_fails_the_document_for_a_record_gone_since_listing_or_without_text(server):
+    first, second = server.app.add("companies", name="Acme"), server.app.add("companies", description="")
+    server.app.archive("companies", first)
+    source = source_for(server)
+    with pytest.raises(DocumentError, match="record not found"):
+        source.fetch(DocumentRef(f"companies/{first}", "v"))
+    with pytest.raises(DocumentError, match="no text"):
+        source.fetch(DocumentRef(f"companies/{second}", "v"))
+
+
+def test_incremental_search_returns_changes_and_archived_records_since_the_cursor(server):
+    ids = add_companies(server, 120)
+    source = source_for(server)
+    next_millisecond()
+    cursor = source.current_cursor()
+    assert len(list(source.list_documents())) == 120
+    next_millisecond()
+    for object_id in ids[10:15]:
+        server.app.update("companies", object_id, description="Now sells gadgets.")
+    added = add_companies(server, 3, start=500)
+    for object_id in ids[40:42]:
+        server.app.archive("companies", object_id)
+
+    before = source.current_cursor()
+    changes = source.changes_since(cursor)
+    upserts = list(changes.upserts)
+
+    assert sorted(ref.id for ref in upserts) == sorted(f"companies/{i}" for i in ids[10:15] + added)
+    assert sorted(changes.deletions) == sorted(f"companies/{i}" for i in ids[40:42])
+    assert before <= changes.cursor <= source.current_cursor()
+    assert "Now sells gadgets." in source.fetch(next(r for r in upserts if r.id == f"companies/{ids[12]}")).text
+    body = searches(server)[0]
+    assert body["filterGroups"] == [{"filters": [{"propertyName": "hs_lastmodifieddate", "operator": "GT",
+                                                  "value": str(round(parse_time(cursor).timestamp() * 1000))}]}]
+    assert body["sorts"] == [{"propertyName": "hs_lastmodifieddate", "direction": "ASCENDING"}]
+    assert body["limit"] <= 200 and body["properties"] == ["name", "domain", "description"]
+
+    # Nothing changed since the new cursor: nothing to do.
+    nothing = source.changes_since(changes.cursor)
+    assert list(nothing.upserts) == [] and nothing.deletions == []
+
+
+def test_the_cursor_overlap_sees_recent_records_again(server):
+    ids = add_companies(server, 4)
+    source = source_for(server, cursor_overlap_seconds=60)
+    next_millisecond()
+    changes = source.changes_since(source.current_cursor())
+    assert sorted(ref.id for ref in changes.upserts) == sorted(f"companies/{i}" for i in ids)
+
+
+def test_search_windows_are_chained_past_the_result_limit_without_losing_ties(monkeypatch):
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    with hubspot_server(TOKEN, search_window=30) as server:
+        base = int(time.time() * 1000) - 60_000
+        # 100 records modified in groups of 5 sharing one millisecond, so windows end inside a group.
+        ids = [server.app.add("companies", at_ms=base + n // 5, name=f"Company {n}") for n in range(100)]
+        source = source_for(server, page_size=7, search_window=30)
+
+        upserts = [ref.id for ref in source.changes_since(iso(base - 1)).upserts]
+
+        assert sorted(upserts) == sorted(f"companies/{i}" for i in ids)
+        assert len(upserts) == len(set(upserts)) == 100
+        bodies = searches(server)
+        assert all(int(b.get("after", 0)) + b["limit"] <= 30 for b in bodies)  # never past the window
+        operators = [b["filterGroups"][0]["filters"][0]["operator"] for b in bodies if "after" not in b]
+        assert operators[0] == "GT" and operators[1:] == ["GTE"] * (len(operators) - 1) and len(operators) >= 4
+
+
+def test_more_ties_than_one_search_window_stop_the_source_with_advice(monkeypatch):
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    with hubspot_server(TOKEN, search_window=20) as server:
+        moment = int(time.time() * 1000) - 60_000
+        for n in range(25):
+            server.app.add("companies", at_ms=moment, name=f"Company {n}")
+        source = source_for(server, page_size=5, search_window=20)
+        with pytest.raises(SourceError, match="backfill --full"):
+            list(source.changes_since(iso(moment - 1)).upserts)
+
+
+def test_listing_completes_through_faults_within_the_rate_limit(server):
+    add_companies(server, 300)
+    # The faults hit consecutive attempts of the first page: one request sees them all.
+    source = source_for(server, requests_per_second=25, burst=3, read_timeout=0.3, max_attempts=10,
+                        max_backoff_seconds=1.5)
+    server.fail_next(2, 429, retry_after="1")
+    server.reset_next(2)
+    server.slow_next(1, 0.8)
+    server.fail_next(3, 503)
+
+    assert len(list(source.list_documents())) == 300
+    assert server.pending_faults == 0
+    assert server.max_requests_in_window(1.0) <= 25 + 3
+    assert source.http.stats.retries == 8
+    assert all(later.arrived - earlier.arrived >= 0.98 for earlier, later in
+               zip(server.requests, server.requests[1:3]))  # Retry-After honoured
+
+
+def test_a_rejected_token_fails_the_source_at_once(server, monkeypatch):
+    add_companies(server, 3)
+    monkeypatch.setenv(TOKEN_ENV, "pat-na1-revoked-token-000")
+    source = source_for(server)
+    with pytest.raises(SourceError, match="credentials rejected by source 'crm'.*HTTP 401") as raised:
+        list(source.list_documents())
+    assert len(server.requests) == 1
+    assert "pat-na1-revoked-token-000" not in str(raised.value)
+
+
+def test_the_token_is_absent_from_logs_errors_and_reprs(server, caplog):
+    add_companies(server, 30)
+    source = source_for(server, max_attempts=3)
+    server.fail_next(1, 503)
+    server.reset_next(1)
+    with caplog.at_level(logging.DEBUG):
+        refs = list(source.list_documents())
+        documents = [source.fetch(ref) for ref in refs]
+        server.fail_next(5, 502)
+        with pytest.raises(SourceError) as raised:
+            list(source.list_documents())
+    assert "retrying GET" in caplog.text
+    seen = caplog.text + str(raised.value) + repr(source.settings) + repr(documents) + repr(vars(source))
+    assert TOKEN not in seen
+
+
+def test_a_missing_token_names_the_variable_not_a_value(server, monkeypatch):
+    monkeypatch.delenv(TOKEN_ENV)
+    with pytest.raises(SourceError, match=f"HubSpot token of source 'crm': environment variable {TOKEN_ENV} is not set"):
+        source_for(server)
+
+
+@pytest.mark.parametrize("entry, problem", [
+    ({"token_env": "A", "token_secret_block": "b"}, "exactly one of token_env"),
+    ({"token_env": None}, "exactly one of token_env"),
+    ({"template": "{name} {phone}"}, "template uses phone"),
+    ({"title_property": "phone"}, "title_property 'phone' is not in properties"),
+    ({"page_size": 500}, "page_size"),
+])
+def test_config_problems_are_reported_by_key(tmp_path, entry, problem):
+    source = {"name": "crm", "type": "hubspot", "object_type": "companies", "properties": ["name", "domain"],
+              "token_env": "HUBSPOT_TOKEN", **entry}
+    source = {key: value for key, value in source.items() if value is not None}
+    with pytest.raises(Exception, match=problem):
+        parse_config({"sources": [source]}, tmp_path, environ={})
+
+
+def test_the_documented_config_contract_parses(tmp_path):
+    config = parse_config({"sources": [{
+        "name": "crm", "type": "hubspot", "base_url": "http://127.0.0.1:8081", "object_type": "companies",
+        "properties": ["name", "domain", "description"], "token_env": "HUBSPOT_TOKEN",
+        "requests_per_second": 5, "burst": 10,
+    }]}, tmp_path, environ={})
+    (crm,) = config.sources
+    assert isinstance(crm, HubSpotSourceSettings) and crm.base_url == "http://127.0.0.1:8081"
+    assert HubSpotSourceSettings(name="x", type="hubspot", object_type="deals", properties=["dealname"],
+                                 token_secret_block="hubspot").base_url == "https://api.hubapi.com"
+    with pytest.raises(ValidationError):
+        HubSpotSourceSettings(name="x", type="hubspot", object_type="deals", properties=[], token_env="T")
+
+
+def test_times_round_trip_between_iso_and_epoch_milliseconds():
+    moment = datetime(2024, 5, 1, 12, 30, 0, 123000, tzinfo=timezone.utc)
+    assert format_time(moment) == "2024-05-01T12:30:00.123Z"
+    assert parse_time("2024-05-01T12:30:00.123Z") == moment == parse_time("1714566600123")
+
+
+CHECK_SCRIPT = """
+import sys, typer
+from vectormill.flows.cli_sources import register
+app = typer.Typer()
+register(app, typer.Typer())
+code = app(["sources", "check", *sys.argv[1:]], standalone_mode=False)
+print("prefect imported" if "prefect" in sys.modules else "prefect not imported", file=sys.stderr)
+sys.exit(code or 0)
+"""
+
+
+def run_sources_check(config, *options):
+    return subprocess.run([sys.executable, "-c", CHECK_SCRIPT, "--config", str(config), *options],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_sources_check_reports_each_source_without_secrets_or_prefect(server, tmp_path, monkeypatch):
+    add_companies(server, 3)
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.md").write_text("# A\n")
+    monkeypatch.setenv("HUBSPOT_BAD_TOKEN", "pat-na1-bad-token-31337")
+    config = tmp_path / "vectormill.toml"
+    config.write_text(
+        '[[sources]]\nname = "docs"\ntype = "filesystem"\nroot = "docs"\n\n'
+        f'[[sources]]\nname = "crm"\ntype = "hubspot"\nbase_url = "{server.url}"\nobject_type = "companies"\n'
+        f'properties = ["name"]\ntoken_env = "{TOKEN_ENV}"\n\n'
+        f'[[sources]]\nname = "crm-bad"\ntype = "hubspot"\nbase_url = "{server.url}"\nobject_type = "companies"\n'
+        'properties = ["name"]\ntoken_env = "HUBSPOT_BAD_TOKEN"\n')
+
+    result = run_sources_check(config, "--json")
+
+    assert result.returncode == 1, result.stderr
+    checks = {entry["name"]: entry for entry in json.loads(result.stdout)}
+    assert checks["docs"]["ok"] is True and "a.md" in checks["docs"]["detail"]
+    assert checks["crm"]["ok"] is True and "companies/" in checks["crm"]["detail"]
+    assert checks["crm-bad"]["ok"] is False and "credentials rejected" in checks["crm-bad"]["detail"]
+    assert "prefect not imported" in result.stderr
+    table = run_sources_check(config)
+    assert table.returncode == 1 and "crm-bad" in table.stdout and "failed" in table.stdout
+    for output in (result.stdout + result.stderr, table.stdout + table.stderr):
+        assert TOKEN not in output and "pat-na1-bad-token-31337" not in output
+
+    config.write_text(config.read_text().split("[[sources]]\nname = \"crm-bad\"")[0])
+    assert run_sources_check(config, "--json").returncode == 0
+
+
+@pytest.mark.slow
+def test_the_ingest_flow_syncs_a_crm_incrementally_and_a_rejected_token_fails_only_its_source(
+        server, tmp_path, monkeypatch, prefect_harness, capfd, caplog):
+    from vectormill.flows.config import load_config
+    from vectormill.flows.ingest import IngestFailed, ingest
+    from vectormill.stores.faiss_store import FaissStore
+
+    ids = add_companies(server, 40)
+    monkeypatch.setenv("HUBSPOT_BAD_TOKEN", "pat-na1-bad-token-31337")
+    config = tmp_path / "vectormill.toml"
+    source = (f'base_url = "{server.url}"\nobject_type = "companies"\nproperties = ["name", "domain", "description"]\n'
+              'page_size = 7\nfetch_batch_size = 8\n')
+    config.write_text(
+        '[store]\npath = "store"\n\n[chunking]\ntokens = 64\noverlap = 8\n\n[embedding]\ntask_chunks = 16\n\n'
+        f'[[sources]]\nname = "crm"\ntype = "hubspot"\ntoken_env = "{TOKEN_ENV}"\n{source}\n'
+        f'[[sources]]\nname = "crm-bad"\ntype = "hubspot"\ntoken_env = "HUBSPOT_BAD_TOKEN"\n{source}')
+
+    with pytest.raises(IngestFailed, match="source 'crm-bad' failed: credentials rejected") as failed:
+        ingest(config_file=str(config))
+    first = {report["name"]: report for report in failed.value.summary["sources"]}
+    assert first["crm"]["status"] == "completed" and first["crm"]["documents"]["new"] == 40
+    assert first["crm-bad"]["status"] == "failed"
+    assert sum(r.headers.get("Authorization") != f"Bearer {TOKEN}" for r in server.requests) == 1  # no retry loop
+    assert not any(r.method == "GET" and r.path.count("/") == 5 for r in server.requests)  # fetch reused listings
+
+    next_millisecond()
+    for object_id in ids[:3]:
+        server.app.update("companies", object_id, description="Pivoted to quantum widgets.")
+    for object_id in ids[20:22]:
+        server.app.archive("companies", object_id)
+    (added,) = add_companies(server, 1, start=900)
+    sent = len(server.requests)
+
+    second = ingest(config_file=str(config), sources=["crm"])
+
+    documents = second["documents"]
+    assert (documents["new"], documents["changed"], documents["deleted"], documents["failed"]) == (1, 3, 2, 0)
+    assert second["chunks_embedded"] == 4  # one short chunk per changed or new record, nothing else
+    run = server.requests[sent:]
+    assert any(r.path.endswith("/search") for r in run)
+    assert not any(r.method == "GET" and r.param("archived") == "false" for r in run)  # no full listing
+    with FaissStore.open(load_config(config).store, writable=False) as store:
+        stored = store.document_versions("crm")
+    records = server.app.objects["companies"]
+    assert stored == {f"companies/{i}": r["updatedAt"] for i, r in records.items() if not r["archived"]}
+    assert f"companies/{added}" in stored and f"companies/{ids[20]}" not in stored
+
+    captured = capfd.readouterr()
+    everything = captured.out + captured.err + caplog.text + json.dumps(second) + json.dumps(failed.value.summary)
+    assert TOKEN not in everything and "pat-na1-bad-token-31337" not in everything
+
+
+def test_fetches_that_keep_failing_fail_their_documents_until_the_circuit_stops_the_source(server):
+    ids = add_companies(server, 5)
+    source = source_for(server, max_attempts=2, circuit_breaker_failures=3)
+    refs = [DocumentRef(f"companies/{i}", "v") for i in ids]  # not listed in this process: fetch GETs them
+    server.fail_next(100, 503)
+    for ref in refs[:3]:
+        with pytest.raises(DocumentError, match="failed after 2 attempt"):
+            source.fetch(ref)
+    sent = len(server.requests)
+    with pytest.raises(SourceError, match="stopped for this run: 3 requests in a row failed"):
+        source.fetch(refs[3])
+    assert len(server.requests) == sent
+    # The next run starts with a closed circuit.
+    server.clear_faults()
+    assert len(list(source.list_documents())) == 5
