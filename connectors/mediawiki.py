@@ -32,7 +32,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from .base import Changes, Document, DocumentError, DocumentRef, Page, SourceError
-from .http import HttpClient, HttpStatusError
+from .http import HttpClient, HttpStatusError, HttpUnavailableError
 from .secrets import resolve_secret
 from .settings import HttpSourceSettings
 
@@ -177,6 +177,7 @@ class MediaWikiSource:
 
     # ---- listing ------------------------------------------------------------------------------
     def list_documents(self) -> Iterator[DocumentRef]:
+        self._client.reset_circuit()  # the source outlives a run in a long-lived process
         for namespace in self.settings.namespaces:
             params = {"action": "query", "generator": "allpages", "gapnamespace": namespace,
                       "gaplimit": self.settings.api_limit, "gapfilterredir": "nonredirects", "prop": "info"}
@@ -197,6 +198,7 @@ class MediaWikiSource:
         Both lists end at the wiki's time taken first, so the newest timestamp seen, returned as
         the next cursor, never passes a change that one list saw and the other did not.
         """
+        self._client.reset_circuit()
         until = self._wiki_time()
         newest = cursor
         touched: dict[str, None] = {}  # titles, in order seen
@@ -338,7 +340,8 @@ class MediaWikiSource:
                 response = self._client.post(self.settings.api_url, data=params, retry_after_body=maxlag_delay)
             else:
                 response = self._client.get(self.settings.api_url, params=params, retry_after_body=maxlag_delay)
-        except HttpStatusError as exc:
+        except (HttpStatusError, HttpUnavailableError) as exc:
+            # Retries exhausted on one page fail that page; the circuit breaker stops a dead wiki.
             raise error(str(exc)) from None
         try:
             body = response.json()
