@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,15 @@ class Source(Protocol):
 
     def fetch(self, ref: DocumentRef) -> Document:
         """The document's text and metadata; raises DocumentError for a bad document."""
+        ...
+
+
+@runtime_checkable
+class HttpBackedSource(Source, Protocol):
+    """A source that reads through the shared HTTP layer; its request counters go in run summaries."""
+
+    @property
+    def http_stats(self) -> Any:  # connectors.http.HttpStats
         ...
 
 

@@ -118,6 +118,16 @@ class HttpStats:
     rate_limit_wait_seconds: float = 0.0  # waited for the token bucket (and the Prefect limit)
     backoff_seconds: float = 0.0  # slept between attempts
 
+    def since(self, earlier: "HttpStats") -> dict[str, Any]:
+        """What happened after `earlier` (a copy taken then), as plain data for a run summary."""
+        return {
+            "requests": self.requests - earlier.requests,
+            "retries": self.retries - earlier.retries,
+            "retry_reasons": dict(self.retry_reasons - earlier.retry_reasons),
+            "rate_limit_wait_seconds": round(self.rate_limit_wait_seconds - earlier.rate_limit_wait_seconds, 3),
+            "backoff_seconds": round(self.backoff_seconds - earlier.backoff_seconds, 3),
+        }
+
 
 def _root_cause(exc: BaseException) -> str:
     """The innermost error's class name ("ConnectionRefusedError", "IncompleteRead"…); its text may hold URLs."""

@@ -26,7 +26,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from .base import Changes, Document, DocumentError, DocumentRef, Page, SourceError
-from .http import HttpClient, HttpStatusError, HttpUnavailableError
+from .http import HttpClient, HttpStats, HttpStatusError, HttpUnavailableError
 from .secrets import resolve_secret
 from .settings import HttpSourceSettings
 
@@ -99,6 +99,10 @@ class HubSpotSource:
     # ---- listing -------------------------------------------------------------------------
     def current_cursor(self) -> str:
         return format_time(datetime.now(timezone.utc))
+
+    @property
+    def http_stats(self) -> HttpStats:
+        return self.http.stats
 
     def list_documents(self) -> Iterator[DocumentRef]:
         self._start_run()

@@ -32,7 +32,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from .base import Changes, Document, DocumentError, DocumentRef, Page, SourceError
-from .http import HttpClient, HttpStatusError, HttpUnavailableError
+from .http import HttpClient, HttpStats, HttpStatusError, HttpUnavailableError
 from .secrets import resolve_secret
 from .settings import HttpSourceSettings
 
@@ -176,6 +176,10 @@ class MediaWikiSource:
         self._warned: set[str] = set()  # API warnings logged already (once each, not once per request)
 
     # ---- listing ------------------------------------------------------------------------------
+    @property
+    def http_stats(self) -> HttpStats:
+        return self._client.stats
+
     def list_documents(self) -> Iterator[DocumentRef]:
         self._client.reset_circuit()  # the source outlives a run in a long-lived process
         for namespace in self.settings.namespaces:

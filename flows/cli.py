@@ -153,11 +153,18 @@ def print_summary(summary: dict[str, Any]) -> None:
 def backfill(
     source: Optional[list[str]] = typer.Option(None, "--source", "-s", help="Only this source (repeatable)."),
     full: bool = typer.Option(False, "--full", help="List everything again (ignore cursors) and reconcile deletions."),
+    deployment: bool = typer.Option(False, "--deployment", help="Run it as a flow run of deployment ingest/<source> "
+                                    "(or ingest/all) on the Prefect server at PREFECT_API_URL, and wait for it."),
     config: Optional[Path] = ConfigOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Run the ingest flow here, now (Prefect's ephemeral mode: no server needed)."""
-    summary, failure = run_ingest(config, source, full, show_progress=not as_json)
+    """Run the ingest flow here, now (Prefect's ephemeral mode: no server needed), or on a deployment."""
+    if deployment:
+        from .cli_ops import backfill_on_deployment
+
+        summary, failure = backfill_on_deployment(config, source, full)
+    else:
+        summary, failure = run_ingest(config, source, full, show_progress=not as_json)
     if as_json:
         print(json.dumps(summary))
     else:
@@ -256,9 +263,9 @@ def demo(
 
 
 # ---- commands of the other areas -------------------------------------------------------------
-from . import cli_sources, cli_store  # noqa: E402 - registered after the core commands, in help order
+from . import cli_ops, cli_sources, cli_store  # noqa: E402 - registered after the core commands, in help order
 
-for module in (cli_sources, cli_store):
+for module in (cli_sources, cli_store, cli_ops):
     module.register(app, store_app)
 
 

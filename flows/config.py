@@ -22,6 +22,8 @@ from vectormill.connectors.registry import SourceSettings
 from vectormill.embedding.settings import ChunkingSettings, EmbeddingSettings
 from vectormill.stores.settings import StoreSettings
 
+from .deploy import DeploymentSettings
+
 ENV_PREFIX = "VECTORMILL_"
 CONFIG_ENV = "VECTORMILL_CONFIG"
 DEFAULT_FILE = "vectormill.toml"
@@ -43,6 +45,7 @@ class VectormillConfig(BaseModel):
     sources: tuple[SourceSettings, ...] = Field(default=())
     chunking: ChunkingSettings = ChunkingSettings()
     embedding: EmbeddingSettings = EmbeddingSettings()
+    deployments: DeploymentSettings = DeploymentSettings()
 
     @field_validator("sources")
     @classmethod

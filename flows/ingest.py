@@ -6,12 +6,16 @@ import time
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.states import Completed
 
 from vectormill.embedding.chunking import validate_chunk_size
 from vectormill.stores.faiss_store import FaissStore
 
+from .artifacts import ArtifactProgress, publish, run_target
 from .config import VectormillConfig, load_config
+from .deploy import occupy, server_url
 from .pipeline import SourceReport, embedder_for, ingest_source, tokenizer_for
+from .progress import progress_listener
 
 
 class IngestFailed(RuntimeError):
@@ -39,22 +43,36 @@ def summarize(reports: list[SourceReport], seconds: dict[str, float], store_stat
         "seconds": stage_seconds,
         "sources": [r.as_dict() for r in reports],
         "store": {key: store_stats[key] for key in ("path", "vectors", "documents", "generation")},
+        "generations": store_stats["generations"],
+        "replicas": store_stats["replicas"],
+        "retries": {r.name: r.http for r in reports if r.http},
     }
 
 
-def failure_message(config: VectormillConfig, reports: list[SourceReport]) -> str | None:
-    problems = []
+def assess(config: VectormillConfig, reports: list[SourceReport],
+           replication: str | None = None) -> tuple[str | None, list[str]]:
+    """(why the run fails or None, warnings): a source that failed or whose failed documents exceed
+    its max_failed_ratio fails the run, and so do too few replicas confirming the checkpoint;
+    failed documents within the ratio are a warning."""
+    problems, warnings = [], []
+    if replication:
+        problems.append(replication)
     for report in reports:
         if report.status == "failed":
             problems.append(f"source {report.name!r} failed: {report.error}")
             continue
         seen, failed = report.documents["seen"], report.documents["failed"]
+        if not failed:
+            continue
         limit = config.source(report.name).max_failed_ratio
-        if seen and failed / seen > limit:
-            problems.append(
-                f"source {report.name!r}: {failed} of {seen} documents failed ({failed / seen:.0%}), "
-                f"above max_failed_ratio = {limit:g}; see the failures listed in the summary")
-    return "; ".join(problems) or None
+        counts = f"{failed} of {seen} documents failed ({failed / seen:.0%})"
+        if failed / seen > limit:
+            problems.append(f"source {report.name!r}: {counts}, above max_failed_ratio = {limit:g}; "
+                            f"see the failures listed in the summary")
+        else:
+            warnings.append(f"source {report.name!r}: {counts}, within max_failed_ratio = {limit:g}; "
+                            f"see the failures listed in the summary")
+    return "; ".join(problems) or None, warnings
 
 
 @flow(name="ingest", log_prints=True)
@@ -64,11 +82,42 @@ def ingest(config_file: str | None = None, sources: list[str] | None = None, ful
     started = time.perf_counter()
     config = load_config(config_file)
     selected = [config.source(name) for name in sources] if sources else list(config.sources)
+    target = run_target(sources)
+    # Global concurrency limits live on a server; an ephemeral run is alone and skips them.
+    limits = config.deployments if server_url() else None
+    if limits is None:
+        logger.info("no Prefect server (PREFECT_API_URL unset): global concurrency limits not used")
 
     tokenizer = tokenizer_for(config.embedding.model)
     chunk_tokens = config.chunking.tokens or tokenizer.max_content_tokens
     validate_chunk_size(chunk_tokens, config.chunking.overlap, tokenizer.max_content_tokens, config.embedding.model)
     seconds: dict[str, float] = {}
+    listener = progress_listener.set(ArtifactProgress(progress_listener.get(), target))
+    try:
+        waiting = time.perf_counter()
+        with occupy(limits.store_limit if limits else None):
+            if limits:
+                seconds["wait_store"] = time.perf_counter() - waiting
+            reports, stats, replication = _ingest_sources(config, selected, chunk_tokens, full, seconds,
+                                             limits.embedding_limit if limits else None)
+    finally:
+        progress_listener.reset(listener)
+    seconds["total"] = time.perf_counter() - started
+    summary = summarize(reports, seconds, stats)
+    failure, summary["warnings"] = assess(config, reports, replication)
+    # Published before the final state, so a failed run still explains itself in the UI.
+    publish(summary, target, failure)
+    if failure:
+        raise IngestFailed(failure, summary)
+    logger.info("ingest finished: %s documents, %s chunks embedded", summary["documents"], summary["chunks_embedded"])
+    if summary["warnings"]:
+        return Completed(message="; ".join(summary["warnings"]), data=summary)
+    return summary
+
+
+def _ingest_sources(config, selected, chunk_tokens, full, seconds, embedding_limit):
+    """Open the store, run each source, checkpoint and replicate; returns (reports, store stats, replication problem)."""
+    logger = get_run_logger()
     # The model loads lazily (first chunk to embed) for an existing store: an unchanged run skips it.
     dimension = None
     if not FaissStore.exists(config.store.path):
@@ -80,19 +129,16 @@ def ingest(config_file: str | None = None, sources: list[str] | None = None, ful
         for note in store.notes:
             logger.warning(note)
         reports = [
-            ingest_source(source, store, config.embedding, chunk_tokens, config.chunking.overlap, full)
+            ingest_source(source, store, config.embedding, chunk_tokens, config.chunking.overlap, full,
+                          embedding_limit=embedding_limit)
             for source in selected
         ]
         checkpointing = time.perf_counter()
+        notes_before = len(store.notes)
         store.checkpoint()
         seconds["checkpoint"] = time.perf_counter() - checkpointing
-        stats = store.stats()
+        for note in store.notes[notes_before:]:
+            logger.warning(note)
+        return reports, store.stats(), store.replication_problem()
     finally:
         store.close()
-    seconds["total"] = time.perf_counter() - started
-    summary = summarize(reports, seconds, stats)
-    message = failure_message(config, reports)
-    if message:
-        raise IngestFailed(message, summary)
-    logger.info("ingest finished: %s documents, %s chunks embedded", summary["documents"], summary["chunks_embedded"])
-    return summary

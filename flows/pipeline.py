@@ -8,6 +8,7 @@ leaves every document either fully stored at its new version or untouched.
 
 from __future__ import annotations
 
+import copy
 import functools
 import time
 from collections import deque
@@ -19,7 +20,8 @@ import numpy as np
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from vectormill.connectors.base import Changes, DocumentError, DocumentRef, IncrementalSource, Source, SourceError
+from vectormill.connectors.base import (
+    Changes, DocumentError, DocumentRef, HttpBackedSource, IncrementalSource, Source, SourceError)
 from vectormill.connectors.registry import build_source
 from vectormill.connectors.settings import SourceSettingsBase
 from vectormill.embedding.base import Embedder
@@ -30,6 +32,7 @@ from vectormill.embedding.tokenizer import ModelTokenizer
 from vectormill.stores.base import VectorStore
 from vectormill.stores.records import ChunkRecord, CursorUpdate, DocumentDelete, DocumentUpsert
 
+from .deploy import occupy
 from .progress import progress_listener
 
 # Fetch batches in flight ahead of the embedder: enough to keep it fed, few enough to bound memory.
@@ -91,6 +94,7 @@ class SourceReport:
     failures: list[Failure] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
         ("list", "fetch_parse_chunk", "embed", "write"), 0.0))
+    http: dict[str, Any] | None = None  # requests, retries by reason, rate-limit and backoff waits
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -102,6 +106,7 @@ class SourceReport:
             "chunks_reused": self.chunks_reused,
             "failures": [vars(f) for f in self.failures],
             "seconds": {stage: round(value, 3) for stage, value in self.seconds.items()},
+            "http": self.http,
         }
 
 
@@ -196,17 +201,24 @@ def ingest_source(
     chunk_tokens: int,
     overlap: int,
     full: bool = False,
+    embedding_limit: str | None = None,
 ) -> SourceReport:
+    """Run one source; `embedding_limit` names the Prefect global concurrency limit each
+    embedding call holds a slot of (None: none, e.g. ephemeral runs)."""
     logger = get_run_logger()
     listener = progress_listener.get()
     report = SourceReport(settings.name)
     listener.source_started(settings.name)
+    source: Source | None = None
+    http_before = None
     try:
         source = source_for(settings)
+        # The source outlives the run in a long-lived process: count this run's requests only.
+        http_before = copy.deepcopy(source.http_stats) if isinstance(source, HttpBackedSource) else None
         listed = time.perf_counter()
         plan = plan_source(source, store, report, full)
         report.seconds["list"] += time.perf_counter() - listed
-        _embed_and_write(settings, store, embedding, chunk_tokens, overlap, plan, report, listener)
+        _embed_and_write(settings, store, embedding, chunk_tokens, overlap, plan, report, listener, embedding_limit)
         deleted = [DocumentDelete(settings.name, document) for document in plan.deletions]
         if deleted:
             store.write(deleted)
@@ -217,12 +229,15 @@ def ingest_source(
     except SourceError as exc:
         report.status, report.error = "failed", str(exc)
         logger.error("source %s failed: %s", settings.name, exc)
+    if http_before is not None:
+        report.http = source.http_stats.since(http_before)
     listener.source_finished(settings.name, report.status)
     logger.info("source %s: %s", settings.name, report.documents)
     return report
 
 
-def _embed_and_write(settings, store, embedding, chunk_tokens, overlap, plan, report, listener) -> None:
+def _embed_and_write(settings, store, embedding, chunk_tokens, overlap, plan, report, listener,
+                     embedding_limit) -> None:
     in_flight: deque = deque()
     pending: list[ParsedDocument] = []
     pending_chunks = 0
@@ -242,7 +257,7 @@ def _embed_and_write(settings, store, embedding, chunk_tokens, overlap, plan, re
     def flush() -> None:
         nonlocal pending_chunks
         if pending:
-            _write_documents(pending, store, embedding, report, listener)
+            _write_documents(pending, store, embedding, report, listener, embedding_limit)
             pending.clear()
             pending_chunks = 0
 
@@ -264,7 +279,7 @@ def _embed_and_write(settings, store, embedding, chunk_tokens, overlap, plan, re
     flush()
 
 
-def _write_documents(documents, store, embedding, report, listener) -> None:
+def _write_documents(documents, store, embedding, report, listener, embedding_limit) -> None:
     """Embed the chunks whose text is not stored yet, then write the documents in one durable record."""
     vectors_by_chunk: dict[str, np.ndarray] = {}
     to_embed: list[Chunk] = []
@@ -277,7 +292,8 @@ def _write_documents(documents, store, embedding, report, listener) -> None:
                 to_embed.append(chunk)
     started = time.perf_counter()
     if to_embed:
-        embedded = embed_chunks(embedding, [chunk.text for chunk in to_embed])
+        with occupy(embedding_limit):
+            embedded = embed_chunks(embedding, [chunk.text for chunk in to_embed])
         vectors_by_chunk.update(zip((chunk.id for chunk in to_embed), embedded))
     report.seconds["embed"] += time.perf_counter() - started
     report.chunks_embedded += len(to_embed)

@@ -1,0 +1,57 @@
+"""`vectormill capacity`: the embedding plan for this machine and the numbers it came from.
+
+It runs no flow and loads no model (torch is imported only when NVML sees a GPU), so it is quick.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from .cli_common import ConfigOption, JsonOption, UserError, console, load
+
+
+def register(app: typer.Typer, store_app: typer.Typer) -> None:
+    @app.command()
+    def capacity(config: Optional[Path] = ConfigOption, as_json: bool = JsonOption) -> None:
+        """How many model replicas run where, with what token budget per batch, and why."""
+        from vectormill.embedding.base import EmbeddingError
+        from vectormill.embedding.capacity import MIB, model_footprint, plan_for_settings
+
+        settings = load(config).embedding
+        try:
+            footprint = model_footprint(settings.model)
+            plan = plan_for_settings(settings, footprint)
+        except EmbeddingError as exc:
+            raise UserError([str(exc)]) from None
+        if as_json:
+            print(json.dumps(plan.as_dict()))
+            return
+
+        inputs = Table(title=f"embedding capacity: model {settings.model}", show_header=False)
+        inputs.add_row("weights", f"{footprint.weight_bytes / MIB:.1f} MiB  ({footprint.weight_source})")
+        inputs.add_row("activations", f"{footprint.activation_bytes_per_token / 1024:.1f} KiB per token  "
+                                      f"({footprint.activation_source})")
+        inputs.add_row("reserve", f"{settings.memory_reserve_fraction:.0%} of each GPU's memory")
+        caps = {"max_workers": settings.max_workers, "max_batch_tokens": settings.max_batch_tokens,
+                "batch_size": settings.batch_size}
+        inputs.add_row("caps", ", ".join(f"{k} = {v}" for k, v in caps.items() if v is not None) or "none")
+        inputs.add_row("device setting", settings.device)
+        console.print(inputs)
+
+        if plan.devices:
+            gpus = Table(title="GPUs (NVML)")
+            for column in ("index", "name", "total MiB", "free MiB", "reserve MiB", "workers", "batch tokens",
+                           "planned MiB", "note"):
+                gpus.add_column(column, justify="left" if column in ("name", "note") else "right")
+            for d in plan.devices:
+                gpus.add_row(str(d.index), d.name, str(d.total_mib), str(d.free_mib), str(d.reserve_mib),
+                             str(d.workers), str(d.batch_tokens), f"{d.planned_mib:.0f}", d.note)
+            console.print(gpus)
+        where = f"{plan.threads} torch threads" if plan.device == "cpu" else "GPU"
+        console.print(f"plan: [bold]{plan.workers} worker(s) on {plan.device}[/bold] ({where}), "
+                      f"{plan.batch_tokens} tokens per batch; {plan.reason}", highlight=False)

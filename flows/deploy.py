@@ -1,0 +1,264 @@
+"""Deployments of the `ingest` flow and the Prefect global concurrency limits they share.
+
+One deployment per configured source (`ingest/<source>`) plus `ingest/all`, each with its cron
+schedule from the config's [deployments] table. The same specs feed `vectormill serve`
+(`flow.to_deployment` + `prefect.serve`, no work pool) and `deployments/prefect.yaml`
+(`prefect deploy`, a process work pool), so both ways deploy the same thing.
+
+Global concurrency limits (created by `vectormill setup-limits` and on `vectormill serve`):
+- `[deployments] store_limit` (1 slot): held by a run for its whole store work. Runs of
+  different deployments (ingest/docs and ingest/all) write the same store, whose file lock
+  would refuse the second writer; with the slot the second one waits instead.
+- `[deployments] embedding_limit` (`embedding_slots` slots): held around each embedding call,
+  so overlapping runs never put more batches on the GPUs than there are slots.
+- one rate limit per HTTP source that sets `prefect_rate_limit` (slots = its burst, decaying at
+  its requests_per_second), shared by every run and process that reads that source.
+They are used only when a Prefect server is present (PREFECT_API_URL set); an ephemeral
+backfill runs alone and skips them with a note in its log.
+
+This module imports Prefect only inside functions: the config (which holds the settings
+below) is loaded by commands that must not import it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+if TYPE_CHECKING:
+    from .config import VectormillConfig
+
+FLOW_NAME = "ingest"
+ALL = "all"  # the deployment that ingests every source; no source may take this name
+ENTRYPOINT = "vectormill.flows.ingest:ingest"
+
+
+def _valid_cron(expression: str | None) -> str | None:
+    if expression is None:
+        return None
+    from cronsim import CronSim, CronSimError  # Prefect's own cron parser
+
+    try:
+        CronSim(expression, datetime(2000, 1, 1))
+    except CronSimError as exc:
+        raise ValueError(f"{expression!r} is not a valid cron expression ({exc})") from None
+    return expression
+
+
+class DeploymentSettings(BaseModel):
+    """The [deployments] table: schedules, the work pool and concurrency of scheduled runs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Work pool (type "process") named in deployments/prefect.yaml; `vectormill serve` needs none.
+    work_pool: str = "vectormill"
+    # Cron per source name, for its deployment ingest/<source>; a source without one is run on demand.
+    schedules: dict[str, str] = Field(default_factory=dict)
+    # Cron of ingest/all.
+    all_schedule: str | None = None
+    timezone: str = "UTC"
+    # Runs of one deployment at once; more wait for a slot (collision strategy ENQUEUE).
+    runs_per_deployment: int = Field(default=1, ge=1)
+    # Global concurrency limits (see the module docstring).
+    store_limit: str = Field(default="vectormill-store", pattern=r"^[a-z0-9][a-z0-9-]*$")
+    embedding_limit: str = Field(default="vectormill-embedding", pattern=r"^[a-z0-9][a-z0-9-]*$")
+    embedding_slots: int = Field(default=1, ge=1)
+
+    @field_validator("schedules")
+    @classmethod
+    def _crons(cls, schedules: dict[str, str]) -> dict[str, str]:
+        for name, expression in schedules.items():
+            try:
+                _valid_cron(expression)
+            except ValueError as exc:
+                raise ValueError(f"schedules.{name}: {exc}") from None
+        return schedules
+
+    @field_validator("all_schedule")
+    @classmethod
+    def _all_cron(cls, expression: str | None) -> str | None:
+        return _valid_cron(expression)
+
+
+class DeploymentConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class DeploymentSpec:
+    """One deployment of the `ingest` flow, independent of how it is deployed."""
+
+    name: str  # the deployment's name: a source's name, or "all"
+    sources: tuple[str, ...] | None  # None: every configured source
+    cron: str | None
+
+    @property
+    def full_name(self) -> str:
+        return f"{FLOW_NAME}/{self.name}"
+
+    def parameters(self, config_file: str) -> dict[str, Any]:
+        return {"config_file": config_file, "sources": list(self.sources) if self.sources else None, "full": False}
+
+    @property
+    def description(self) -> str:
+        what = f"source {self.name!r}" if self.sources else "every configured source"
+        return f"vectormill: bring the store up to date with {what}."
+
+
+def deployment_specs(config: VectormillConfig) -> list[DeploymentSpec]:
+    """ingest/<source> for each configured source, then ingest/all."""
+    settings: DeploymentSettings = config.deployments
+    names = [source.name for source in config.sources]
+    problems = []
+    if ALL in names:
+        problems.append(f"source name {ALL!r} is taken by the deployment of every source "
+                        f"({FLOW_NAME}/{ALL}): rename the source")
+    unknown = sorted(set(settings.schedules) - set(names))
+    if unknown:
+        problems.append(f"deployments.schedules names no configured source: {', '.join(unknown)} "
+                        f"(configured: {', '.join(names) or 'none'})")
+    if problems:
+        raise DeploymentConfigError("; ".join(problems))
+    specs = [DeploymentSpec(name, (name,), settings.schedules.get(name)) for name in names]
+    specs.append(DeploymentSpec(ALL, None, settings.all_schedule))
+    return specs
+
+
+def deployment_tags(spec: DeploymentSpec) -> list[str]:
+    return ["vectormill", f"source:{spec.name}"]
+
+
+def runner_deployments(config: VectormillConfig, config_file: str) -> list[Any]:
+    """The deployments as `RunnerDeployment`s for `prefect.serve` (no work pool needed)."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+    from prefect.client.schemas.schedules import CronSchedule
+
+    from .ingest import ingest
+
+    settings: DeploymentSettings = config.deployments
+    deployments = []
+    for spec in deployment_specs(config):
+        deployments.append(ingest.to_deployment(
+            name=spec.name,
+            schedules=[CronSchedule(cron=spec.cron, timezone=settings.timezone)] if spec.cron else None,
+            parameters=spec.parameters(config_file),
+            concurrency_limit=ConcurrencyLimitConfig(limit=settings.runs_per_deployment,
+                                                     collision_strategy=ConcurrencyLimitStrategy.ENQUEUE),
+            description=spec.description,
+            tags=deployment_tags(spec),
+        ))
+    return deployments
+
+
+def prefect_yaml(config: VectormillConfig, config_file: str) -> dict[str, Any]:
+    """The same deployments as a prefect.yaml document for `prefect deploy --all`."""
+    settings: DeploymentSettings = config.deployments
+    deployments = []
+    for spec in deployment_specs(config):
+        deployments.append({
+            "name": spec.name,
+            "description": spec.description,
+            "entrypoint": ENTRYPOINT,
+            "tags": deployment_tags(spec),
+            "parameters": spec.parameters(config_file),
+            "schedules": [{"cron": spec.cron, "timezone": settings.timezone}] if spec.cron else [],
+            "concurrency_limit": {"limit": settings.runs_per_deployment, "collision_strategy": "ENQUEUE"},
+            "work_pool": {"name": settings.work_pool, "work_queue_name": None, "job_variables": {}},
+        })
+    return {
+        "name": "vectormill",
+        "prefect-version": _prefect_version(),
+        # The flow is imported from the installed package: nothing to clone or copy.
+        "build": None,
+        "push": None,
+        "pull": [{"prefect.deployments.steps.set_working_directory": {"directory": str(Path(config_file).parent)}}],
+        "deployments": deployments,
+    }
+
+
+def _prefect_version() -> str:
+    from importlib.metadata import version
+
+    return version("prefect")
+
+
+# ---- global concurrency limits -----------------------------------------------------------------
+@dataclass(frozen=True)
+class LimitSpec:
+    name: str
+    limit: int
+    slot_decay_per_second: float | None  # set: a rate limit (slots refill at this rate)
+    purpose: str
+
+
+def limit_specs(config: VectormillConfig) -> list[LimitSpec]:
+    """The global concurrency limits the config asks for (pure: tested without a server)."""
+    from vectormill.connectors.settings import HttpSourceSettings
+
+    settings: DeploymentSettings = config.deployments
+    limits = [
+        LimitSpec(settings.store_limit, 1, None, f"one writer at a time on the store {config.store.path}"),
+        LimitSpec(settings.embedding_limit, settings.embedding_slots, None, "embedding calls in flight (GPU/CPU slots)"),
+    ]
+    rates: dict[str, HttpSourceSettings] = {}
+    for source in config.sources:
+        if isinstance(source, HttpSourceSettings) and source.prefect_rate_limit:
+            other = rates.setdefault(source.prefect_rate_limit, source)
+            if (other.requests_per_second, other.burst) != (source.requests_per_second, source.burst):
+                raise DeploymentConfigError(
+                    f"sources {other.name!r} and {source.name!r} share prefect_rate_limit "
+                    f"{source.prefect_rate_limit!r} with different requests_per_second/burst: make them equal")
+    for name, source in rates.items():
+        limits.append(LimitSpec(name, source.burst, source.requests_per_second,
+                                f"requests to source {source.name!r} ({source.requests_per_second:g}/s, burst {source.burst})"))
+    return limits
+
+
+def server_url() -> str | None:
+    """The Prefect server's API URL; None in ephemeral mode (no PREFECT_API_URL)."""
+    from prefect.settings import get_current_settings
+
+    return get_current_settings().api.url or None
+
+
+def ui_url() -> str | None:
+    """Where people open the Prefect UI: PREFECT_UI_URL, else derived from the API URL."""
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    if settings.ui_url:
+        return settings.ui_url.rstrip("/")
+    api = settings.api.url
+    return api.rstrip("/").removesuffix("/api") if api else None
+
+
+def setup_limits(config: VectormillConfig) -> list[LimitSpec]:
+    """Create or update the global concurrency limits on the server; returns what was set."""
+    from prefect.client.orchestration import get_client
+
+    if server_url() is None:
+        raise DeploymentConfigError("no Prefect server: set PREFECT_API_URL (e.g. http://127.0.0.1:4200/api) "
+                                    "to create global concurrency limits; ephemeral runs do not use them")
+    specs = limit_specs(config)
+    with get_client(sync_client=True) as client:
+        for spec in specs:
+            client.upsert_global_concurrency_limit_by_name(spec.name, spec.limit, spec.slot_decay_per_second)
+    return specs
+
+
+@contextlib.contextmanager
+def occupy(name: str | None) -> Iterator[None]:
+    """Hold one slot of the global concurrency limit `name` (waiting for it); None: no limit."""
+    if name is None:
+        yield
+        return
+    from prefect.concurrency.sync import concurrency
+
+    with concurrency(name, occupy=1):
+        yield

@@ -1,0 +1,244 @@
+"""A real Prefect server on 127.0.0.1 and `vectormill serve` serving a known corpus, for the ops tests.
+
+Load with `pytest_plugins = ["tests.servers.prefect_server"]` so every module shares one server
+and one served process per session (the server takes ≈ 11 s to start here, each flow run a few
+seconds more for its subprocess to import the model).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from vectormill.flows.sample import write_pdf
+
+VECTORMILL = str(Path(sys.executable).with_name("vectormill"))
+FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+# Known corpus: each source's documents, and which of them are broken (with the reason's gist).
+GOOD_TEXTS = {
+    "backups.txt": "Backups of the billing database are restored and tested every Friday at noon.",
+    "vpn.txt": "The office VPN gateway rotates its certificates on the first Monday of each quarter.",
+    "travel.txt": "Travel expenses above five hundred euros need a manager's approval before booking.",
+}
+BROKEN = {
+    "truncated.pdf": b"%PDF-1.4\n1 0 obj\n<< /Type /Catalog",  # cut off mid-object
+    "not-a-pdf.pdf": b"this is plain text pretending to be a PDF\n",
+    "empty.txt": b"",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(check, timeout: float, what: str, interval: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@dataclass
+class PrefectServer:
+    api_url: str
+    ui_url: str
+    home: Path
+    log: Path
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.api_url, timeout=30)
+
+
+def start_prefect_server(folder: Path) -> tuple[PrefectServer, subprocess.Popen]:
+    port = free_port()
+    home = folder / "server-home"
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        # Where the UI's scripts call the API (default: port 4200).
+        "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        # An enqueued run (deployment concurrency) is looked at again after this many seconds (default 30).
+        "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "1",
+    }
+    env.pop("PREFECT_API_URL", None)
+    log = folder / "server.log"
+    process = subprocess.Popen(
+        [str(Path(sys.executable).with_name("prefect")), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    server = PrefectServer(f"http://127.0.0.1:{port}/api", f"http://127.0.0.1:{port}", home, log)
+
+    def healthy() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"prefect server exited {process.returncode}: {log.read_text()[-2000:]}")
+        try:
+            return httpx.get(f"{server.api_url}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(healthy, 120, "the Prefect server's /api/health")
+    except BaseException:
+        _stop(process)
+        raise
+    return server, process
+
+
+@dataclass
+class Served:
+    """`vectormill serve` for a config with sources docs (good), mixed (1 of 4 broken), broken (3 of 4)."""
+
+    server: PrefectServer
+    config: Path
+    env: dict[str, str]
+    folder: Path
+    corpus: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        """`vectormill ARGS` against the server (add `--config`, `served.config`, where the command takes one)."""
+        return subprocess.run([VECTORMILL, *args], env=self.env, capture_output=True, text=True, timeout=timeout)
+
+    def flow_run(self, flow_run_id: str) -> dict[str, Any]:
+        with self.server.client() as client:
+            response = client.get(f"/flow_runs/{flow_run_id}")
+            response.raise_for_status()
+            return response.json()
+
+    def wait_for_run(self, flow_run_id: str, timeout: float = 240) -> dict[str, Any]:
+        return wait_until(lambda: (run := self.flow_run(flow_run_id))["state_type"] in FINAL_STATES and run,
+                          timeout, f"flow run {flow_run_id} to finish", interval=1)
+
+    def states(self, flow_run_id: str) -> list[dict[str, Any]]:
+        with self.server.client() as client:
+            response = client.get("/flow_run_states/", params={"flow_run_id": flow_run_id})
+            response.raise_for_status()
+            return sorted(response.json(), key=lambda state: state["timestamp"])
+
+    def artifacts(self, flow_run_id: str) -> dict[str, dict[str, Any]]:
+        """The run's artifacts by key (the latest version of each)."""
+        with self.server.client() as client:
+            response = client.post("/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}})
+            response.raise_for_status()
+            return {artifact["key"]: artifact for artifact in response.json()}
+
+
+def write_corpus(folder: Path) -> dict[str, dict[str, str]]:
+    """Three sources' folders; returns {source: {document: 'ok' | 'broken'}}."""
+    corpus: dict[str, dict[str, str]] = {}
+    layout = {
+        "docs": (list(GOOD_TEXTS), []),
+        "mixed": (list(GOOD_TEXTS), ["truncated.pdf"]),
+        "broken": (["backups.txt"], list(BROKEN)),
+    }
+    for source, (good, broken) in layout.items():
+        root = folder / source
+        root.mkdir(parents=True)
+        corpus[source] = {}
+        for name in good:
+            (root / name).write_text(f"{GOOD_TEXTS[name]} Source {source}.\n", encoding="utf-8")
+            corpus[source][name] = "ok"
+        for name in broken:
+            (root / name).write_bytes(BROKEN[name])
+            corpus[source][name] = "broken"
+    write_pdf(["Incident reviews are written within two business days.", "Each review names an owner."],
+              folder / "docs" / "incidents.pdf", title="Incidents")
+    corpus["docs"]["incidents.pdf"] = "ok"
+    return corpus
+
+
+CONFIG = """\
+[store]
+path = "store"
+
+[chunking]
+tokens = 64
+overlap = 8
+
+[[sources]]
+name = "docs"
+type = "filesystem"
+root = "corpus/docs"
+
+[[sources]]
+name = "mixed"
+type = "filesystem"
+root = "corpus/mixed"
+
+[[sources]]
+name = "broken"
+type = "filesystem"
+root = "corpus/broken"
+
+[deployments]
+all_schedule = "0 3 * * *"
+embedding_slots = 1
+
+[deployments.schedules]
+docs = "0 * * * *"
+"""
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    server, process = start_prefect_server(tmp_path_factory.mktemp("prefect-server"))
+    yield server
+    _stop(process)
+
+
+@pytest.fixture(scope="session")
+def served(prefect_server, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("served")
+    corpus = write_corpus(folder / "corpus")
+    config = folder / "vectormill.toml"
+    config.write_text(CONFIG)
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": prefect_server.api_url,
+        "PREFECT_HOME": str(folder / "client-home"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_RUNNER_POLL_FREQUENCY": "1",  # look for scheduled runs every second (default 10)
+    }
+    log = folder / "serve.log"
+    process = subprocess.Popen([VECTORMILL, "serve", "--config", str(config)], env=env,
+                               stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    served = Served(prefect_server, config, env, folder, corpus)
+
+    def deployed() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"vectormill serve exited {process.returncode}: {log.read_text()[-3000:]}")
+        with prefect_server.client() as client:
+            names = {d["name"] for d in client.post("/deployments/filter", json={}).json()}
+        return {"docs", "mixed", "broken", "all"} <= names
+
+    try:
+        wait_until(deployed, 120, "vectormill serve to register its deployments")
+        yield served
+    finally:
+        _stop(process)

@@ -1,0 +1,221 @@
+"""Operating vectormill on a real Prefect server: serve, trigger, runs, limits, artifacts, flow states.
+
+The pure parts (deployment specs, limits, prefect.yaml) run without a server; the rest share one
+`prefect server start` on 127.0.0.1 and one `vectormill serve` (tests/servers/prefect_server.py).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from datetime import datetime
+from types import SimpleNamespace
+from typing import Literal
+
+import pytest
+import yaml
+
+from tests.servers.prefect_server import FINAL_STATES, VECTORMILL
+from vectormill.connectors.settings import HttpSourceSettings
+from vectormill.flows.config import parse_config
+from vectormill.flows.deploy import DeploymentConfigError, deployment_specs, limit_specs, prefect_yaml
+
+pytest_plugins = ["tests.servers.prefect_server"]
+
+
+def last_json(stdout: str):
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def when(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def table(artifact: dict) -> list[dict]:
+    data = artifact["data"]
+    return json.loads(data) if isinstance(data, str) else data
+
+
+# ---- pure: deployments, limits and prefect.yaml from the config --------------------------------
+def config_for(tmp_path, extra: str = "", names=("docs", "wiki")):
+    for name in names:
+        (tmp_path / name).mkdir(exist_ok=True)
+    sources = "".join(f'[[sources]]\nname = "{n}"\ntype = "filesystem"\nroot = "{n}"\n\n' for n in names)
+    import tomllib
+
+    return parse_config(tomllib.loads(f'[store]\npath = "store"\n\n{sources}{extra}'), tmp_path, environ={})
+
+
+def test_one_deployment_per_source_plus_all_with_their_schedules(tmp_path):
+    config = config_for(tmp_path, '[deployments]\nall_schedule = "0 3 * * *"\n[deployments.schedules]\ndocs = "*/15 * * * *"\n')
+    specs = {spec.full_name: spec for spec in deployment_specs(config)}
+    assert list(specs) == ["ingest/docs", "ingest/wiki", "ingest/all"]
+    assert (specs["ingest/docs"].cron, specs["ingest/wiki"].cron, specs["ingest/all"].cron) == ("*/15 * * * *", None, "0 3 * * *")
+    assert specs["ingest/docs"].parameters("/etc/vm.toml") == {"config_file": "/etc/vm.toml", "sources": ["docs"], "full": False}
+    assert specs["ingest/all"].parameters("/etc/vm.toml")["sources"] is None
+
+
+def test_prefect_yaml_holds_the_same_deployments_on_a_process_pool(tmp_path):
+    config = config_for(tmp_path, '[deployments]\nwork_pool = "ingest-pool"\nruns_per_deployment = 2\n'
+                                  '[deployments.schedules]\nwiki = "0 * * * *"\n')
+    document = yaml.safe_load(yaml.safe_dump(prefect_yaml(config, "/srv/vectormill.toml")))
+    by_name = {d["name"]: d for d in document["deployments"]}
+    assert list(by_name) == ["docs", "wiki", "all"]
+    wiki = by_name["wiki"]
+    assert wiki["entrypoint"] == "vectormill.flows.ingest:ingest"
+    assert wiki["work_pool"]["name"] == "ingest-pool"
+    assert wiki["schedules"] == [{"cron": "0 * * * *", "timezone": "UTC"}] and by_name["docs"]["schedules"] == []
+    assert wiki["concurrency_limit"] == {"limit": 2, "collision_strategy": "ENQUEUE"}
+    assert wiki["parameters"] == {"config_file": "/srv/vectormill.toml", "sources": ["wiki"], "full": False}
+    # The flow is loaded by Prefect from that entrypoint: it must name the real flow.
+    from prefect.flows import load_flow_from_entrypoint
+
+    assert load_flow_from_entrypoint(wiki["entrypoint"]).name == "ingest"
+
+
+def test_deployment_config_mistakes_are_named(tmp_path):
+    with pytest.raises(DeploymentConfigError, match="'all' is taken"):
+        deployment_specs(config_for(tmp_path, names=("docs", "all")))
+    with pytest.raises(DeploymentConfigError, match="schedules names no configured source: wikki"):
+        deployment_specs(config_for(tmp_path, '[deployments.schedules]\nwikki = "0 * * * *"\n'))
+    from vectormill.flows.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"deployments.schedules: .*'every hour' is not a valid cron"):
+        config_for(tmp_path, '[deployments.schedules]\ndocs = "every hour"\n')
+
+
+class _Http(HttpSourceSettings):
+    type: Literal["test-http"] = "test-http"
+
+
+def test_limits_cover_the_store_the_embedding_slots_and_each_shared_http_rate(tmp_path):
+    base = config_for(tmp_path, "[deployments]\nembedding_slots = 4\n")
+    http = (_Http(name="crm", requests_per_second=2.5, burst=5, prefect_rate_limit="crm-api"),
+            _Http(name="crm-eu", requests_per_second=2.5, burst=5, prefect_rate_limit="crm-api"),
+            _Http(name="wiki", requests_per_second=9, burst=3))
+    config = SimpleNamespace(store=base.store, deployments=base.deployments, sources=base.sources + http)
+    limits = {spec.name: spec for spec in limit_specs(config)}
+    assert (limits["vectormill-store"].limit, limits["vectormill-store"].slot_decay_per_second) == (1, None)
+    assert (limits["vectormill-embedding"].limit, limits["vectormill-embedding"].slot_decay_per_second) == (4, None)
+    assert (limits["crm-api"].limit, limits["crm-api"].slot_decay_per_second) == (5, 2.5)
+    assert set(limits) == {"vectormill-store", "vectormill-embedding", "crm-api"}  # wiki binds to none
+    clash = SimpleNamespace(store=base.store, deployments=base.deployments,
+                            sources=(http[0], _Http(name="crm-us", requests_per_second=9, prefect_rate_limit="crm-api")))
+    with pytest.raises(DeploymentConfigError, match="'crm' and 'crm-us' share prefect_rate_limit 'crm-api'"):
+        limit_specs(clash)
+
+
+# ---- on a real server ----------------------------------------------------------------------------
+@pytest.mark.slow
+def test_trigger_returns_while_the_run_goes_on_and_its_artifacts_count_the_corpus(served):
+    result = served.cli("trigger", "docs", "--json", "--config", str(served.config))
+    assert result.returncode == 0, result.stderr
+    started = last_json(result.stdout)
+    # Returned before the run finished: the caller never waits on embedding.
+    assert served.flow_run(started["flow_run_id"])["state_type"] not in FINAL_STATES
+    assert started["url"] == f"{served.server.ui_url}/runs/flow-run/{started['flow_run_id']}"
+
+    run = served.wait_for_run(started["flow_run_id"])
+    assert run["state_type"] == "COMPLETED", run["state"]["message"]
+    artifacts = served.artifacts(run["id"])
+    assert {"ingest-progress-docs", "ingest-source-docs", "ingest-summary-docs"} <= set(artifacts)
+    [row] = table(artifacts["ingest-source-docs"])
+    assert (row["source"], row["status"], row["seen"], row["failed"], row["deleted"]) == ("docs", "completed", 4, 0, 0)
+    assert row["new"] + row["unchanged"] == 4
+    assert (row["chunks"] > 0) == (row["new"] > 0)
+    assert float(artifacts["ingest-progress-docs"]["data"]) == 100.0
+    summary = artifacts["ingest-summary-docs"]["data"]
+    assert "**Status: completed**" in summary and "## Failed documents (0)" in summary
+    assert artifacts["ingest-summary-docs"]["type"] == "markdown"
+
+
+@pytest.mark.slow
+def test_a_second_run_of_the_same_source_waits_for_the_first(served):
+    command = [VECTORMILL, "trigger", "docs", "--json", "--full", "--config", str(served.config)]
+    triggers = [subprocess.Popen(command, env=served.env, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    ids = [last_json(trigger.communicate(timeout=60)[0])["flow_run_id"] for trigger in triggers]
+    runs = [served.wait_for_run(flow_run_id) for flow_run_id in ids]
+    assert [run["state_type"] for run in runs] == ["COMPLETED", "COMPLETED"]
+    first, second = sorted(runs, key=lambda run: run["start_time"])
+    # One slot per deployment: the later run started only after the earlier one ended …
+    assert when(second["start_time"]) >= when(first["end_time"])
+    # … because the server held it back (collision strategy ENQUEUE), not by chance.
+    assert "AwaitingConcurrencySlot" in [state["name"] for state in served.states(second["id"])]
+
+
+@pytest.mark.slow
+def test_backfill_on_the_deployment_completes_with_a_warning_within_the_failure_ratio(served):
+    result = served.cli("backfill", "--deployment", "--source", "mixed", "--json", "--config", str(served.config))
+    assert result.returncode == 0, result.stderr
+    summary = last_json(result.stdout)
+    assert summary["documents"]["seen"] == 4 and summary["documents"]["failed"] == 1
+    assert [(f["source"], f["document"]) for f in summary["failures"]] == [("mixed", "truncated.pdf")]
+    assert set(summary) >= {"documents", "chunks_embedded", "failures", "seconds"}
+    assert "within max_failed_ratio" in summary["warnings"][0]
+
+    [run] = [r for r in last_json(served.cli("runs", "--json").stdout) if r["deployment"] == "ingest/mixed"]
+    assert run["state"] == "Completed" and run["start"] and run["end"]
+    assert "within max_failed_ratio" in served.flow_run(run["id"])["state"]["message"]
+    text = served.artifacts(run["id"])["ingest-summary-mixed"]["data"]
+    assert "**Status: completed with warnings**" in text
+    assert "| mixed | truncated.pdf | not a readable PDF" in text
+
+
+@pytest.mark.slow
+def test_above_the_failure_ratio_the_run_fails_naming_the_source_and_listing_each_broken_document(served):
+    started = last_json(served.cli("trigger", "broken", "--json", "--config", str(served.config)).stdout)
+    run = served.wait_for_run(started["flow_run_id"])
+    assert run["state_type"] == "FAILED"
+    message = run["state"]["message"]
+    assert "source 'broken': 3 of 4 documents failed (75%), above max_failed_ratio = 0.5" in message
+    artifacts = served.artifacts(run["id"])  # published before the run failed
+    [row] = table(artifacts["ingest-source-broken"])
+    assert (row["seen"], row["failed"]) == (4, 3)
+    text = artifacts["ingest-summary-broken"]["data"]
+    assert "**Status: FAILED**" in text and "## Failed documents (3)" in text
+    failed_section = text.split("## Failed documents")[1].split("\n## ")[0]
+    lines = {line.split(" | ")[1]: line for line in failed_section.splitlines() if line.startswith("| broken | ")}
+    assert set(lines) == {"truncated.pdf", "not-a-pdf.pdf", "empty.txt"}
+    assert "not a readable PDF" in lines["not-a-pdf.pdf"]
+    assert "no text" in lines["empty.txt"].lower() or "empty" in lines["empty.txt"].lower()
+
+    runs = {r["id"]: r for r in last_json(served.cli("runs", "--json").stdout)}
+    assert runs[run["id"]]["deployment"] == "ingest/broken" and runs[run["id"]]["state"] == "Failed"
+
+
+@pytest.mark.slow
+def test_setup_limits_creates_the_global_concurrency_limits(served):
+    result = served.cli("setup-limits", "--json", "--config", str(served.config))
+    assert result.returncode == 0, result.stderr
+    assert {spec["name"] for spec in last_json(result.stdout)} == {"vectormill-store", "vectormill-embedding"}
+    with served.server.client() as client:
+        limits = {limit["name"]: limit for limit in client.post("/v2/concurrency_limits/filter", json={}).json()}
+    assert limits["vectormill-store"]["limit"] == 1 and limits["vectormill-embedding"]["limit"] == 1
+
+
+@pytest.mark.slow
+def test_deployments_carry_schedules_parameters_and_the_per_source_limit(served):
+    with served.server.client() as client:
+        deployments = {d["name"]: d for d in client.post("/deployments/filter", json={}).json()}
+    docs, all_ = deployments["docs"], deployments["all"]
+    assert [s["schedule"]["cron"] for s in docs["schedules"]] == ["0 * * * *"]
+    assert [s["schedule"]["cron"] for s in all_["schedules"]] == ["0 3 * * *"]
+    assert deployments["mixed"]["schedules"] == []
+    assert docs["parameters"] == {"config_file": str(served.config), "sources": ["docs"], "full": False}
+    assert docs["global_concurrency_limit"]["limit"] == 1
+    assert docs["concurrency_options"]["collision_strategy"] == "ENQUEUE"
+
+
+def test_trigger_without_a_server_says_how_to_get_one(tmp_path):
+    config = tmp_path / "vectormill.toml"
+    (tmp_path / "docs").mkdir()
+    config.write_text('[store]\npath = "store"\n[[sources]]\nname = "docs"\ntype = "filesystem"\nroot = "docs"\n')
+    env = {key: value for key, value in __import__("os").environ.items() if key != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(tmp_path / "home")
+    result = subprocess.run([VECTORMILL, "trigger", "docs", "--config", str(config)], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "no Prefect server: set PREFECT_API_URL" in result.stderr
+    unknown = subprocess.run([VECTORMILL, "trigger", "wiki", "--config", str(config)], env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert unknown.returncode == 2 and "no source named 'wiki'" in unknown.stderr
