@@ -11,6 +11,16 @@ from .models import resolve_model
 from .tokenizer import ModelTokenizer
 
 
+def refuse_truncation(counts: Sequence[int], limit: int, model: str) -> None:
+    """sentence-transformers truncates silently past max_seq_length; refuse instead."""
+    for index, count in enumerate(counts):
+        if count > limit:
+            raise EmbeddingError(
+                f"text {index} has {count} tokens, over model {model!r}'s limit of {limit}: "
+                "it would be truncated; chunk it smaller"
+            )
+
+
 class SentenceTransformerEmbedder:
     def __init__(self, model: str, device: str = "cpu", batch_size: int = 64, tokenizer: ModelTokenizer | None = None):
         from sentence_transformers import SentenceTransformer
@@ -24,16 +34,6 @@ class SentenceTransformerEmbedder:
         self._model = SentenceTransformer(resolve_model(model), device=device)
         self.dimension = int(self._model.get_embedding_dimension())
         self.tokenizer = tokenizer or ModelTokenizer.for_model(model)
-
-    def check_lengths(self, texts: Sequence[str]) -> None:
-        """sentence-transformers truncates silently past max_seq_length; refuse instead."""
-        limit = self.tokenizer.max_tokens
-        for index, count in enumerate(self.tokenizer.count(texts)):
-            if count > limit:
-                raise EmbeddingError(
-                    f"text {index} has {count} tokens, over model {self.model!r}'s limit of {limit}: "
-                    "it would be truncated; chunk it smaller"
-                )
 
     def encode(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
         """The bare model call (sentence-transformers sorts by length within it to cut padding)."""
@@ -49,5 +49,5 @@ class SentenceTransformerEmbedder:
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        self.check_lengths(texts)
+        refuse_truncation(self.tokenizer.count(texts), self.tokenizer.max_tokens, self.model)
         return self.encode(texts)

@@ -23,12 +23,34 @@ class ChunkingSettings(BaseModel):
         return self
 
 
+class ServiceSettings(BaseModel):
+    """A running text-embeddings-inference server that embeds instead of a local model ([embedding.service])."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str  # e.g. http://tei.internal:8080
+    requests_per_second: float = Field(default=20.0, gt=0)  # never saturate a shared model server
+    burst: int = Field(default=8, ge=1)
+    concurrency: int = Field(default=4, ge=1)  # batches in flight
+    batch_size: int | None = Field(default=None, ge=1)  # caps the server's max_client_batch_size
+    read_timeout: float = Field(default=60.0, gt=0)
+    max_attempts: int = Field(default=8, ge=1)
+    token_env: str | None = None  # environment variable holding the server's --api-key
+
+
 class EmbeddingSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # A sentence-transformers model path or name; the default is the packaged all-MiniLM-L6-v2.
     model: str = PACKAGED_MODEL
+    # auto: the GPUs NVML reports, else CPU; cuda: GPUs or an error; cpu: one CPU worker.
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    batch_size: int = Field(default=64, ge=1, le=4096)
+    # Caps on what the capacity planner chooses (embedding/capacity.py); None = planned.
+    batch_size: int | None = Field(default=None, ge=1, le=4096)  # chunks per model batch
+    max_workers: int | None = Field(default=None, ge=1)  # model replicas in all
+    max_batch_tokens: int | None = Field(default=None, ge=1)  # padded tokens per model batch
+    memory_reserve_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)  # of each GPU's memory, left free
     # Chunks handed to one embedding task (several model batches).
     task_chunks: int = Field(default=256, ge=1)
+    # Set: embed through this text-embeddings-inference server; `model` must be what it serves.
+    service: ServiceSettings | None = None

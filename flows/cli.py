@@ -44,8 +44,16 @@ overlap = 32                        # tokens shared by neighbouring chunks
 
 [embedding]
 # model = "all-MiniLM-L6-v2"        # packaged default; any sentence-transformers path or name
-device = "auto"                     # auto | cpu | cuda
-batch_size = 64
+device = "auto"                     # auto | cpu | cuda (GPUs sized from the free memory NVML reports)
+# batch_size = 64                   # cap on chunks per model batch (default: from the token budget)
+# max_workers = 2                   # cap on model replicas
+# max_batch_tokens = 16384          # cap on padded tokens per model batch
+# memory_reserve_fraction = 0.1     # share of each GPU's memory left free
+#
+# [embedding.service]               # embed through a text-embeddings-inference server instead
+# url = "http://tei.internal:8080"  # [embedding] model must name the model it serves
+# requests_per_second = 20
+# token_env = "TEI_API_KEY"
 
 [[sources]]
 name = "docs"
@@ -263,9 +271,9 @@ def demo(
 
 
 # ---- commands of the other areas -------------------------------------------------------------
-from . import cli_ops, cli_sources, cli_store  # noqa: E402 - registered after the core commands, in help order
+from . import cli_capacity, cli_ops, cli_sources, cli_store  # noqa: E402 - registered after the core commands, in help order
 
-for module in (cli_sources, cli_store, cli_ops):
+for module in (cli_sources, cli_store, cli_capacity, cli_ops):
     module.register(app, store_app)
 
 

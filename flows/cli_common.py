@@ -35,6 +35,8 @@ class UserError(Exception):
 
 
 def fail(exc: Exception) -> None:
+    from vectormill.connectors.base import SourceError
+    from vectormill.embedding.base import EmbeddingError
     from vectormill.embedding.chunking import ChunkingError
     from vectormill.flows.config import ConfigError
     from vectormill.stores.faiss_store import StoreError
@@ -42,7 +44,7 @@ def fail(exc: Exception) -> None:
 
     if isinstance(exc, ConfigError):
         raise UserError(exc.problems, code=2)
-    if isinstance(exc, (ChunkingError, StoreError, StoreLockedError)):
+    if isinstance(exc, (ChunkingError, EmbeddingError, SourceError, StoreError, StoreLockedError)):
         raise UserError([str(exc)])
     raise exc
 

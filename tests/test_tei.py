@@ -90,3 +90,17 @@ def test_the_api_key_is_sent_and_never_shown(caplog):
 def test_an_unreachable_service_is_an_embedding_error():
     with pytest.raises(EmbeddingError, match="embedding service unusable.*ConnectionRefusedError"):
         TeiEmbedder("http://127.0.0.1:9", http(max_attempts=2))
+
+
+def test_the_config_selects_the_service_instead_of_a_local_model(monkeypatch):
+    from vectormill.embedding.registry import build_embedder
+    from vectormill.embedding.settings import EmbeddingSettings
+
+    monkeypatch.setenv("TEI_KEY", "s3cret-key")
+    with tei_server(max_client_batch_size=8, dimension=48) as server:
+        settings = EmbeddingSettings.model_validate(
+            {"model": MODEL, "service": {"url": server.url, "requests_per_second": 100, "token_env": "TEI_KEY"}})
+        embedder = build_embedder(settings)
+        assert isinstance(embedder, TeiEmbedder) and embedder.dimension == 48
+        np.testing.assert_allclose(embedder.embed(["a chunk"]), [expected_vector("a chunk", 48)], atol=1e-6)
+        assert server.requests[-1].headers.get("Authorization") == "Bearer s3cret-key"

@@ -1,0 +1,99 @@
+"""Embedding throughput: plain `model.encode` at batch 16/32/64/128 against the pool at its plan.
+
+Run: `python benchmarks/pool_throughput.py [--chunks 256] [--rounds 2] [--model NAME] [--device auto]`
+
+It makes its own ~200-word chunks (words drawn from the bundled sample corpus, each kept under
+the model's token limit), times every setting on the same chunks in the same process, and
+prints chunks/s and the ratio of the pool to the best plain setting. Rounds interleave the
+settings and keep each one's best time, so a burst of load on a shared machine skews less.
+The pool is fed the way the flow feeds it: `embed()` calls of [embedding] task_chunks chunks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import time
+from pathlib import Path
+
+from vectormill.embedding.capacity import plan_for_settings
+from vectormill.embedding.pool import EmbeddingPool
+from vectormill.embedding.sentence_transformer import SentenceTransformerEmbedder
+from vectormill.embedding.settings import EmbeddingSettings
+from vectormill.embedding.tokenizer import ModelTokenizer
+
+PLAIN_BATCHES = (16, 32, 64, 128)
+CORPUS = Path(__file__).resolve().parent.parent / "flows" / "sample_corpus"
+
+
+def make_chunks(count: int, words_per_chunk: int, tokenizer: ModelTokenizer, seed: int = 7) -> list[str]:
+    vocabulary = sorted({w for f in CORPUS.iterdir() for w in re.findall(r"[A-Za-z][A-Za-z'-]+", f.read_text())})
+    rng = random.Random(seed)
+    chunks = []
+    for _ in range(count):
+        # Lengths vary ±25 % like real chunks do, so sorting by length has padding to save.
+        words = rng.choices(vocabulary, k=rng.randint(words_per_chunk * 3 // 4, words_per_chunk * 5 // 4))
+        while tokenizer.count([" ".join(words)])[0] > tokenizer.max_tokens:
+            words = words[:-5]
+        chunks.append(" ".join(words))
+    return chunks
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--chunks", type=int, default=256)
+    parser.add_argument("--words", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--model", default=EmbeddingSettings().model)
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
+    args = parser.parse_args()
+
+    settings = EmbeddingSettings(model=args.model, device=args.device)
+    tokenizer = ModelTokenizer.for_model(settings.model)
+    chunks = make_chunks(args.chunks, args.words, tokenizer)
+    counts = tokenizer.count(chunks)
+    plan = plan_for_settings(settings)
+    plain_device = "cpu" if plan.device == "cpu" else f"cuda:{next(d.cuda_index for d in plan.devices if d.workers)}"
+    plain = SentenceTransformerEmbedder(settings.model, device=plain_device, tokenizer=tokenizer)
+    pool = EmbeddingPool(settings.model, plan, tokenizer=tokenizer)
+    print(f"{len(chunks)} chunks, {min(counts)}–{max(counts)} tokens (mean {sum(counts) / len(counts):.0f}); "
+          f"plan: {plan.workers} worker(s) on {plan.device}, {plan.batch_tokens} tokens per batch, "
+          f"threads {plan.threads} ({plan.reason})")
+
+    def run_plain(batch: int) -> None:
+        plain.encode(chunks, batch_size=batch)
+
+    def run_pool() -> None:
+        for start in range(0, len(chunks), settings.task_chunks):
+            pool.embed(chunks[start:start + settings.task_chunks])
+
+    settings_to_time = {f"plain batch {b}": (lambda b=b: run_plain(b)) for b in PLAIN_BATCHES}
+    settings_to_time["pool (planned)"] = run_pool
+    plain.encode(chunks[:16], batch_size=16)  # warm-up: first calls pay one-off allocation costs
+    pool.embed(chunks[:16])
+    best: dict[str, float] = {}
+    for _ in range(args.rounds):
+        for name, run in settings_to_time.items():
+            started = time.perf_counter()
+            run()
+            best[name] = min(best.get(name, float("inf")), time.perf_counter() - started)
+
+    rates = {name: len(chunks) / seconds for name, seconds in best.items()}
+    best_plain = max((name for name in rates if name.startswith("plain")), key=rates.__getitem__)
+    for name, rate in rates.items():
+        print(f"{name:<16} {rate:8.1f} chunks/s  ({best[name]:.2f} s)")
+    ratio = rates["pool (planned)"] / rates[best_plain]
+    print(f"pool / best plain ({best_plain}): {ratio:.3f}")
+    summary = pool.telemetry_summary()
+    print(f"telemetry while the pool embedded: {json.dumps(summary)}")
+    if args.json:
+        print(json.dumps({"chunks": len(chunks), "chunks_per_s": {k: round(v, 2) for k, v in rates.items()},
+                          "ratio": round(ratio, 3), "plan": plan.as_dict(), "telemetry": summary}))
+    pool.close()
+
+
+if __name__ == "__main__":
+    main()
