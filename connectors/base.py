@@ -16,10 +16,14 @@ from typing import Any, Protocol, runtime_checkable
 
 @dataclass(frozen=True)
 class DocumentRef:
-    """A document as listed: its id within the source and a version that changes with its content."""
+    """A document as listed: its id within the source and a version that changes with its content.
+
+    `modified` (ISO 8601, when the source reports it) lets a backfill select a time window.
+    """
 
     id: str
     version: str
+    modified: str | None = None
 
 
 @dataclass(frozen=True)

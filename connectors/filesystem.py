@@ -17,6 +17,10 @@ from .settings import FilesystemSourceSettings
 TEXT_SUFFIXES = {".txt", ".md", ".markdown"}
 
 
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat()
+
+
 class FilesystemSource:
     """Lists files by glob under `root` and reads them; never follows a path out of `root`.
 
@@ -42,7 +46,8 @@ class FilesystemSource:
                 except OSError:
                     # A dangling link or a file removed while listing: fetch reports it if listed again.
                     continue
-                yield DocumentRef(id=relative, version=f"{stat.st_size}-{stat.st_mtime_ns}")
+                yield DocumentRef(id=relative, version=f"{stat.st_size}-{stat.st_mtime_ns}",
+                                  modified=_iso(stat.st_mtime))
 
     def _selected(self, relative: str) -> bool:
         posix = PurePosixPath(relative)
@@ -83,7 +88,7 @@ class FilesystemSource:
             raise DocumentError(f"unsupported file type {path.suffix!r} (PDF, .txt and .md are read)")
         if not any(page.text.strip() for page in pages):
             raise DocumentError("no extractable text (empty, or scanned images without a text layer)")
-        modified = datetime.fromtimestamp(stat.st_mtime, tz=timezone.utc).isoformat()
+        modified = _iso(stat.st_mtime)
         return Document(
             source=self.name,
             id=ref.id,

@@ -205,7 +205,7 @@ class HubSpotSource:
     def _remember(self, record: dict[str, Any]) -> DocumentRef:
         document_id = self._document_id(record)
         self._listed[document_id] = record
-        return DocumentRef(document_id, record["updatedAt"])
+        return DocumentRef(document_id, record["updatedAt"], record["updatedAt"])
 
     # ---- fetch ---------------------------------------------------------------------------
     def fetch(self, ref: DocumentRef) -> Document:

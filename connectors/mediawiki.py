@@ -188,7 +188,7 @@ class MediaWikiSource:
             for body in self._continued(params):
                 for page in body.get("query", {}).get("pages", []):
                     if "lastrevid" in page:
-                        yield DocumentRef(page["title"], str(page["lastrevid"]))
+                        yield DocumentRef(page["title"], str(page["lastrevid"]), page.get("touched"))
 
     def current_cursor(self) -> str:
         """The wiki's current time (`meta=siteinfo`), not the newest recent change: recent changes
@@ -246,7 +246,7 @@ class MediaWikiSource:
                     if page.get("missing") or page.get("redirect"):
                         deletions.append(page["title"])
                     elif "lastrevid" in page:
-                        upserts.append(DocumentRef(page["title"], str(page["lastrevid"])))
+                        upserts.append(DocumentRef(page["title"], str(page["lastrevid"]), page.get("touched")))
         return upserts, deletions
 
     # ---- one page -------------------------------------------------------------------------------
