@@ -35,6 +35,7 @@ OPTIONAL_SECTIONS = {
     "retries": ("Retries and rate-limit waits", "source"),
     "telemetry": ("GPU/CPU telemetry", "device"),
     "replicas": ("Replicas", "replica"),
+    "drift": ("Embedding drift against each source's baseline", "source"),
 }
 JSON_FENCE = re.compile(r"```json\n(.*?)\n```", re.DOTALL)
 # Seconds between two updates of the progress artifact (each is a request to the server).

@@ -271,9 +271,9 @@ def demo(
 
 
 # ---- commands of the other areas -------------------------------------------------------------
-from . import cli_capacity, cli_ops, cli_sources, cli_store  # noqa: E402 - registered after the core commands, in help order
+from . import cli_capacity, cli_drift, cli_ops, cli_sources, cli_store  # noqa: E402 - registered after the core commands, in help order
 
-for module in (cli_sources, cli_store, cli_capacity, cli_ops):
+for module in (cli_sources, cli_store, cli_capacity, cli_ops, cli_drift):
     module.register(app, store_app)
 
 

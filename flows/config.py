@@ -19,10 +19,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from vectormill.connectors.registry import SourceSettings
+from vectormill.embedding.drift import DriftSettings
 from vectormill.embedding.settings import ChunkingSettings, EmbeddingSettings
 from vectormill.stores.settings import StoreSettings
 
 from .deploy import DeploymentSettings
+from .execution import ExecutionSettings
 
 ENV_PREFIX = "VECTORMILL_"
 CONFIG_ENV = "VECTORMILL_CONFIG"
@@ -46,6 +48,8 @@ class VectormillConfig(BaseModel):
     chunking: ChunkingSettings = ChunkingSettings()
     embedding: EmbeddingSettings = EmbeddingSettings()
     deployments: DeploymentSettings = DeploymentSettings()
+    execution: ExecutionSettings = ExecutionSettings()
+    drift: DriftSettings = DriftSettings()
 
     @field_validator("sources")
     @classmethod

@@ -1,8 +1,14 @@
-"""The `ingest` Prefect flow: every selected source through the pipeline, then a checkpoint."""
+"""The `ingest` Prefect flow: every selected source through the pipeline, then a checkpoint.
+
+Tasks run where `[execution]` says (flows/execution.py): in this process, or on Dask workers
+with this process as the one store writer.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -14,7 +20,8 @@ from vectormill.stores.faiss_store import FaissStore
 from .artifacts import ArtifactProgress, publish, run_target
 from .config import VectormillConfig, load_config
 from .deploy import occupy, server_url
-from .pipeline import SourceReport, embedder_for, ingest_source, tokenizer_for
+from .execution import open_execution
+from .pipeline import SourceReport, embedding_dimension, ingest_source, tokenizer_for
 from .progress import progress_listener
 
 
@@ -46,6 +53,7 @@ def summarize(reports: list[SourceReport], seconds: dict[str, float], store_stat
         "generations": store_stats["generations"],
         "replicas": store_stats["replicas"],
         "retries": {r.name: r.http for r in reports if r.http},
+        "drift": {r.name: r.drift for r in reports if r.drift},
     }
 
 
@@ -53,11 +61,16 @@ def assess(config: VectormillConfig, reports: list[SourceReport],
            replication: str | None = None) -> tuple[str | None, list[str]]:
     """(why the run fails or None, warnings): a source that failed or whose failed documents exceed
     its max_failed_ratio fails the run, and so do too few replicas confirming the checkpoint;
-    failed documents within the ratio are a warning."""
+    failed documents within the ratio and embeddings that drifted from a source's baseline are
+    warnings."""
     problems, warnings = [], []
     if replication:
         problems.append(replication)
     for report in reports:
+        if report.drift and report.drift["status"] == "drift":
+            warnings.append(f"source {report.name!r}: embeddings drifted from the baseline of run "
+                            f"{report.drift['baseline_run']}: {report.drift['reasons']}; look at what changed "
+                            "in the source (another language, topic or format?)")
         if report.status == "failed":
             problems.append(f"source {report.name!r} failed: {report.error}")
             continue
@@ -92,18 +105,15 @@ def ingest(config_file: str | None = None, sources: list[str] | None = None, ful
     chunk_tokens = config.chunking.tokens or tokenizer.max_content_tokens
     validate_chunk_size(chunk_tokens, config.chunking.overlap, tokenizer.max_content_tokens, config.embedding.model)
     seconds: dict[str, float] = {}
-    listener = progress_listener.set(ArtifactProgress(progress_listener.get(), target))
-    try:
-        waiting = time.perf_counter()
-        with occupy(limits.store_limit if limits else None):
-            if limits:
-                seconds["wait_store"] = time.perf_counter() - waiting
-            reports, stats, replication = _ingest_sources(config, selected, chunk_tokens, full, seconds,
-                                             limits.embedding_limit if limits else None)
-    finally:
-        progress_listener.reset(listener)
+    waiting = time.perf_counter()
+    with _artifact_progress(target), occupy(limits.store_limit if limits else None):
+        if limits:
+            seconds["wait_store"] = time.perf_counter() - waiting
+        reports, stats, replication, execution = _ingest_sources(config, selected, chunk_tokens, full, seconds,
+                                                                 limits.embedding_limit if limits else None)
     seconds["total"] = time.perf_counter() - started
     summary = summarize(reports, seconds, stats)
+    summary["execution"] = execution
     failure, summary["warnings"] = assess(config, reports, replication)
     # Published before the final state, so a failed run still explains itself in the UI.
     publish(summary, target, failure)
@@ -115,30 +125,46 @@ def ingest(config_file: str | None = None, sources: list[str] | None = None, ful
     return summary
 
 
-def _ingest_sources(config, selected, chunk_tokens, full, seconds, embedding_limit):
-    """Open the store, run each source, checkpoint and replicate; returns (reports, store stats, replication problem)."""
-    logger = get_run_logger()
-    # The model loads lazily (first chunk to embed) for an existing store: an unchanged run skips it.
-    dimension = None
-    if not FaissStore.exists(config.store.path):
-        loading = time.perf_counter()
-        dimension = embedder_for(config.embedding).dimension
-        seconds["load_model"] = time.perf_counter() - loading
-    store = FaissStore.open(config.store, model=config.embedding.model, dimension=dimension)
+@contextlib.contextmanager
+def _artifact_progress(target: str) -> Iterator[None]:
+    """Progress goes to the run's artifacts too while the block runs.
+
+    (A function of its own: on Dask, prefect-dask ships this flow, with the globals its body
+    names, to the workers, so the body must not name the unpicklable context variable.)
+    """
+    token = progress_listener.set(ArtifactProgress(progress_listener.get(), target))
     try:
-        for note in store.notes:
-            logger.warning(note)
-        reports = [
-            ingest_source(source, store, config.embedding, chunk_tokens, config.chunking.overlap, full,
-                          embedding_limit=embedding_limit)
-            for source in selected
-        ]
-        checkpointing = time.perf_counter()
-        notes_before = len(store.notes)
-        store.checkpoint()
-        seconds["checkpoint"] = time.perf_counter() - checkpointing
-        for note in store.notes[notes_before:]:
-            logger.warning(note)
-        return reports, store.stats(), store.replication_problem()
+        yield
     finally:
-        store.close()
+        progress_listener.reset(token)
+
+
+def _ingest_sources(config, selected, chunk_tokens, full, seconds, embedding_limit):
+    """Open the execution and the store, run each source, checkpoint and replicate;
+    returns (reports, store stats, replication problem, where the tasks ran)."""
+    logger = get_run_logger()
+    with open_execution(config.execution, server_url(), logger) as execution:
+        # The model loads lazily (first chunk to embed) for an existing store: an unchanged run skips it.
+        dimension = None
+        if not FaissStore.exists(config.store.path):
+            loading = time.perf_counter()
+            dimension = execution.run(embedding_dimension, {"settings": config.embedding})
+            seconds["load_model"] = time.perf_counter() - loading
+        store = FaissStore.open(config.store, model=config.embedding.model, dimension=dimension)
+        try:
+            for note in store.notes:
+                logger.warning(note)
+            reports = [
+                ingest_source(source, store, config.embedding, chunk_tokens, config.chunking.overlap, full,
+                              embedding_limit=embedding_limit, execution=execution, drift=config.drift)
+                for source in selected
+            ]
+            checkpointing = time.perf_counter()
+            notes_before = len(store.notes)
+            store.checkpoint()
+            seconds["checkpoint"] = time.perf_counter() - checkpointing
+            for note in store.notes[notes_before:]:
+                logger.warning(note)
+            return reports, store.stats(), store.replication_problem(), execution.describe()
+        finally:
+            store.close()

@@ -1,9 +1,15 @@
 """One source's ingest, top to bottom: list → compare → fetch/parse/chunk → embed → write → cursor.
 
-Fetch/parse/chunk runs as Prefect tasks on the task runner, a few batches ahead of embedding,
-so parsing overlaps with the model. Embedding and writing run in the flow's thread: there is
-one model per process and one store writer. Each write holds whole documents, so a crash
-leaves every document either fully stored at its new version or untouched.
+Fetch/parse/chunk runs as Prefect tasks a few batches ahead of embedding, so parsing overlaps
+with the model. Where the tasks run is the run's `Execution` (flows/execution.py): locally,
+fetching runs on the flow's thread pool and embedding in the flow's thread (one model per
+process); on Dask, both run on the workers and at most `embed_tasks_in_flight` embedding tasks
+are outstanding. Either way the flow process is the one store writer: it takes the vectors back
+in order and writes whole documents, so a crash leaves every document either fully stored at
+its new version or untouched.
+
+Each source's run also records a baseline of the vectors it embedded (embedding/drift.py) and
+compares it with the source's previous one.
 """
 
 from __future__ import annotations
@@ -14,11 +20,14 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+from uuid import uuid4
 
 import numpy as np
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
 
 from vectormill.connectors.base import (
     Changes, DocumentError, DocumentRef, HttpBackedSource, IncrementalSource, Source, SourceError)
@@ -26,17 +35,19 @@ from vectormill.connectors.registry import build_source
 from vectormill.connectors.settings import SourceSettingsBase
 from vectormill.embedding.base import Embedder
 from vectormill.embedding.chunking import Chunk, chunk_document
+from vectormill.embedding.drift import DriftProfile, DriftSettings, compare, sampling_key
 from vectormill.embedding.registry import build_embedder
 from vectormill.embedding.settings import EmbeddingSettings
 from vectormill.embedding.tokenizer import ModelTokenizer
 from vectormill.stores.base import VectorStore
-from vectormill.stores.records import ChunkRecord, CursorUpdate, DocumentDelete, DocumentUpsert
+from vectormill.stores.records import BaselineRecord, ChunkRecord, CursorUpdate, DocumentDelete, DocumentUpsert
 
-from .deploy import occupy
+from .deploy import occupy, server_url
+from .execution import LocalExecution, fetch_settings
 from .progress import progress_listener
 
-# Fetch batches in flight ahead of the embedder: enough to keep it fed, few enough to bound memory.
-FETCH_AHEAD = 3
+if TYPE_CHECKING:
+    from .execution import Execution
 
 
 @functools.lru_cache(maxsize=None)
@@ -95,6 +106,7 @@ class SourceReport:
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
         ("list", "fetch_parse_chunk", "embed", "write"), 0.0))
     http: dict[str, Any] | None = None  # requests, retries by reason, rate-limit and backoff waits
+    drift: dict[str, Any] | None = None  # this run's embeddings against the source's baseline
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -107,6 +119,7 @@ class SourceReport:
             "failures": [vars(f) for f in self.failures],
             "seconds": {stage: round(value, 3) for stage, value in self.seconds.items()},
             "http": self.http,
+            "drift": self.drift,
         }
 
 
@@ -140,8 +153,16 @@ def fetch_parse_chunk(
 
 
 @task(name="embed-chunks", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
-def embed_chunks(settings: EmbeddingSettings, texts: list[str]) -> np.ndarray:
-    return embedder_for(settings).embed(texts)
+def embed_chunks(settings: EmbeddingSettings, texts: list[str], limit: str | None = None) -> np.ndarray:
+    """Vectors of texts with this process's model, holding a slot of the global limit `limit` (None: none)."""
+    with occupy(limit):
+        return embedder_for(settings).embed(texts)
+
+
+@task(name="embedding-dimension", cache_policy=NO_CACHE, retries=1)
+def embedding_dimension(settings: EmbeddingSettings) -> int:
+    """The model's dimension, from the model where embedding runs (loading it there once)."""
+    return embedder_for(settings).dimension
 
 
 def _batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
@@ -202,13 +223,21 @@ def ingest_source(
     overlap: int,
     full: bool = False,
     embedding_limit: str | None = None,
+    execution: Execution | None = None,
+    drift: DriftSettings | None = None,
 ) -> SourceReport:
     """Run one source; `embedding_limit` names the Prefect global concurrency limit each
-    embedding call holds a slot of (None: none, e.g. ephemeral runs)."""
+    embedding call holds a slot of (None: none, e.g. ephemeral runs). `execution` says where
+    tasks run (default: locally); `drift` how this run's embeddings are profiled and compared."""
     logger = get_run_logger()
     listener = progress_listener.get()
+    execution = execution or LocalExecution()
+    drift = drift or DriftSettings()
     report = SourceReport(settings.name)
     listener.source_started(settings.name)
+    # Every process that fetches (the flow lists) gets the same, possibly divided, rate limit.
+    settings = fetch_settings(settings, execution.fetch_processes, server_url() is not None)
+    profile = DriftProfile(store.dimension, drift) if drift.enabled else None
     source: Source | None = None
     http_before = None
     try:
@@ -218,11 +247,15 @@ def ingest_source(
         listed = time.perf_counter()
         plan = plan_source(source, store, report, full)
         report.seconds["list"] += time.perf_counter() - listed
-        _embed_and_write(settings, store, embedding, chunk_tokens, overlap, plan, report, listener, embedding_limit)
+        _embed_and_write(settings, store, embedding, chunk_tokens, overlap, plan, report, listener, embedding_limit,
+                         execution, profile)
         deleted = [DocumentDelete(settings.name, document) for document in plan.deletions]
         if deleted:
             store.write(deleted)
             report.documents["deleted"] = len(deleted)
+        if profile is not None and profile.count:
+            # Before the cursor: a crash in between re-embeds nothing, so no baseline would follow.
+            store.write([_baseline(settings.name, store, profile, drift, report)])
         if plan.cursor is not None and plan.cursor != store.cursor(settings.name):
             # Last, after everything it covers is durable: a crash before this line re-reads the changes.
             store.write([CursorUpdate(settings.name, plan.cursor)])
@@ -236,9 +269,39 @@ def ingest_source(
     return report
 
 
+def _baseline(name: str, store: VectorStore, profile: DriftProfile, drift: DriftSettings,
+              report: SourceReport) -> BaselineRecord:
+    """This run's baseline record, after comparing it with the source's previous one (into the report)."""
+    stats = profile.stats()
+    previous = store.baselines(name)
+    if previous:
+        comparison = compare(stats, previous[-1].stats, drift)
+        report.drift = {**comparison.as_dict(), "baseline_run": previous[-1].run_id,
+                        "baseline_created_at": previous[-1].created_at}
+        if comparison.drifted:
+            get_run_logger().warning("source %s: embeddings drifted from the baseline of run %s (%s): %s",
+                                     name, previous[-1].run_id, previous[-1].created_at, "; ".join(comparison.reasons))
+    else:
+        report.drift = {"status": "first baseline", "vectors": stats["vectors"]}
+    context = FlowRunContext.get()
+    run_id = str(context.flow_run.id) if context and context.flow_run else uuid4().hex
+    return BaselineRecord(name, run_id, datetime.now(timezone.utc).isoformat(), stats)
+
+
+@dataclass
+class _EmbedBatch:
+    """Documents whose new chunks are being embedded (`embedded`: a future of their vectors)."""
+
+    documents: list[ParsedDocument]
+    reused: dict[str, np.ndarray]  # chunk id → stored vector of the same text
+    to_embed: list[Chunk]
+    embedded: Any
+
+
 def _embed_and_write(settings, store, embedding, chunk_tokens, overlap, plan, report, listener,
-                     embedding_limit) -> None:
-    in_flight: deque = deque()
+                     embedding_limit, execution, profile) -> None:
+    fetches: deque = deque()
+    embeds: deque[_EmbedBatch] = deque()
     pending: list[ParsedDocument] = []
     pending_chunks = 0
 
@@ -257,52 +320,72 @@ def _embed_and_write(settings, store, embedding, chunk_tokens, overlap, plan, re
     def flush() -> None:
         nonlocal pending_chunks
         if pending:
-            _write_documents(pending, store, embedding, report, listener, embedding_limit)
+            embeds.append(_start_embedding(list(pending), store, embedding, report, embedding_limit, execution))
             pending.clear()
             pending_chunks = 0
+        # The writer takes the oldest batch once more are in flight than allowed: memory stays bounded.
+        while len(embeds) > execution.embed_tasks_in_flight:
+            _write_documents(embeds.popleft(), store, report, listener, profile)
 
     listing = time.perf_counter()
     for batch in _batched(plan.refs, settings.fetch_batch_size):
         report.seconds["list"] += time.perf_counter() - listing
         listener.documents_found(settings.name, len(batch))
-        in_flight.append(fetch_parse_chunk.submit(settings, batch, embedding.model, chunk_tokens, overlap))
-        while len(in_flight) > FETCH_AHEAD:
-            collect(in_flight.popleft().result())
+        fetches.append(execution.submit_fetch(fetch_parse_chunk, {
+            "settings": settings, "refs": batch, "model": embedding.model, "chunk_tokens": chunk_tokens,
+            "overlap": overlap}))
+        while len(fetches) > execution.fetch_ahead:
+            collect(fetches.popleft().result())
             if pending_chunks >= embedding.task_chunks:
                 flush()
         listing = time.perf_counter()
     report.seconds["list"] += time.perf_counter() - listing
-    while in_flight:
-        collect(in_flight.popleft().result())
+    while fetches:
+        collect(fetches.popleft().result())
         if pending_chunks >= embedding.task_chunks:
             flush()
     flush()
+    while embeds:
+        _write_documents(embeds.popleft(), store, report, listener, profile)
 
 
-def _write_documents(documents, store, embedding, report, listener, embedding_limit) -> None:
-    """Embed the chunks whose text is not stored yet, then write the documents in one durable record."""
-    vectors_by_chunk: dict[str, np.ndarray] = {}
+def _start_embedding(documents, store, embedding, report, embedding_limit, execution) -> _EmbedBatch:
+    """Look up the chunks whose text is stored already, and start embedding the others."""
+    reused: dict[str, np.ndarray] = {}
     to_embed: list[Chunk] = []
     for document in documents:
         reusable = {} if document.is_new else store.stored_vectors(document.source, document.id)
         for chunk in document.chunks:
             if chunk.content_hash in reusable:
-                vectors_by_chunk[chunk.id] = reusable[chunk.content_hash]
+                reused[chunk.id] = reusable[chunk.content_hash]
             else:
                 to_embed.append(chunk)
     started = time.perf_counter()
-    if to_embed:
-        with occupy(embedding_limit):
-            embedded = embed_chunks(embedding, [chunk.text for chunk in to_embed])
-        vectors_by_chunk.update(zip((chunk.id for chunk in to_embed), embedded))
+    embedded = (execution.embed(embed_chunks, {"settings": embedding, "texts": [chunk.text for chunk in to_embed],
+                                               "limit": embedding_limit})
+                if to_embed else None)
     report.seconds["embed"] += time.perf_counter() - started
-    report.chunks_embedded += len(to_embed)
-    report.chunks_reused += len(vectors_by_chunk) - len(to_embed)
+    return _EmbedBatch(documents, reused, to_embed, embedded)
+
+
+def _write_documents(batch: _EmbedBatch, store, report, listener, profile) -> None:
+    """Take the batch's vectors, then write its documents in one durable record."""
+    started = time.perf_counter()
+    vectors_by_chunk = dict(batch.reused)
+    if batch.to_embed:
+        embedded = batch.embedded.result()
+        vectors_by_chunk.update(zip((chunk.id for chunk in batch.to_embed), embedded))
+        if profile is not None:
+            profile.add([sampling_key(chunk.id) for chunk in batch.to_embed], embedded,
+                        [chunk.tokens for chunk in batch.to_embed])
+    report.seconds["embed"] += time.perf_counter() - started
+    report.chunks_embedded += len(batch.to_embed)
+    report.chunks_reused += len(batch.reused)
 
     started = time.perf_counter()
     dimension = store.dimension
     operations = []
-    for document in documents:
+    for document in batch.documents:
         records = tuple(ChunkRecord(c.id, c.position, c.text, c.content_hash, c.page, c.last_page, c.tokens)
                         for c in document.chunks)
         vectors = (np.stack([vectors_by_chunk[c.id] for c in document.chunks]) if document.chunks
@@ -311,6 +394,7 @@ def _write_documents(documents, store, embedding, report, listener, embedding_li
                                          document.location, document.modified, records, vectors))
     store.write(operations)
     report.seconds["write"] += time.perf_counter() - started
-    for document in documents:
+    for document in batch.documents:
         report.documents["new" if document.is_new else "changed"] += 1
-    listener.documents_done(documents[0].source, len(documents), sum(len(d.chunks) for d in documents))
+    listener.documents_done(batch.documents[0].source, len(batch.documents),
+                            sum(len(d.chunks) for d in batch.documents))

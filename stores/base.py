@@ -7,7 +7,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .records import Operation, SearchHit
+from .records import BaselineRecord, Operation, SearchHit
 
 
 class VectorStore(Protocol):
@@ -20,6 +20,8 @@ class VectorStore(Protocol):
     def stored_vectors(self, source: str, document: str) -> dict[str, np.ndarray]: ...
 
     def cursor(self, source: str) -> str | None: ...
+
+    def baselines(self, source: str | None = None) -> list[BaselineRecord]: ...
 
     def write(self, operations: Sequence[Operation]) -> int:
         """Durable once it returns (the write is acknowledged)."""

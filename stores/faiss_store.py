@@ -33,7 +33,7 @@ import numpy as np
 from . import wal
 from .lock import WriterLock
 from .manifest import MANIFEST, ManifestError, Problem, build_manifest, file_sha256, parse_manifest
-from .records import ChunkRecord, CursorUpdate, DocumentDelete, DocumentUpsert, Operation, SearchHit
+from .records import BaselineRecord, ChunkRecord, CursorUpdate, DocumentDelete, DocumentUpsert, Operation, SearchHit
 from .replicas import Location, Replicator, generation_name
 from .settings import StoreSettings
 
@@ -57,6 +57,9 @@ CREATE TABLE IF NOT EXISTS chunks (
     page INTEGER, last_page INTEGER, tokens INTEGER NOT NULL, vector BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS chunks_by_document ON chunks (source, document);
 CREATE TABLE IF NOT EXISTS cursors (source TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS baselines (
+    source TEXT NOT NULL, run_id TEXT NOT NULL, created_at TEXT NOT NULL, stats TEXT NOT NULL,
+    PRIMARY KEY (source, run_id));
 """
 
 
@@ -459,6 +462,10 @@ class FaissStore:
                     (op.source, op.cursor),
                 )
                 continue
+            if isinstance(op, BaselineRecord):
+                cursor.execute("INSERT OR REPLACE INTO baselines VALUES (?, ?, ?, ?)",
+                               (op.source, op.run_id, op.created_at, json.dumps(op.stats, separators=(",", ":"))))
+                continue
             for identifier, blob in cursor.execute(
                     "SELECT faiss_id, vector FROM chunks WHERE source = ? AND document = ?", (op.source, op.document)):
                 before.setdefault(identifier, blob)
@@ -644,6 +651,13 @@ class FaissStore:
         row = self.db.execute("SELECT value FROM cursors WHERE source = ?", (source,)).fetchone()
         return row[0] if row else None
 
+    def baselines(self, source: str | None = None) -> list[BaselineRecord]:
+        """Embedding baselines, oldest first: of one source, or of every source."""
+        query = "SELECT source, run_id, created_at, stats FROM baselines"
+        rows = (self.db.execute(f"{query} WHERE source = ? ORDER BY created_at, rowid", (source,)) if source is not None
+                else self.db.execute(f"{query} ORDER BY source, created_at, rowid"))
+        return [BaselineRecord(name, run_id, created_at, json.loads(stats)) for name, run_id, created_at, stats in rows]
+
     def document_count(self) -> int:
         return self.db.execute("SELECT count(*) FROM documents").fetchone()[0]
 
@@ -789,6 +803,9 @@ def encode_operations(operations: Sequence[Operation]) -> bytes:
             blobs.append(np.ascontiguousarray(op.vectors, dtype=np.float32).tobytes())
         elif isinstance(op, DocumentDelete):
             header.append({"op": "delete", "source": op.source, "document": op.document})
+        elif isinstance(op, BaselineRecord):
+            header.append({"op": "baseline", "source": op.source, "run_id": op.run_id,
+                           "created_at": op.created_at, "stats": op.stats})
         else:
             header.append({"op": "cursor", "source": op.source, "cursor": op.cursor})
     encoded = json.dumps(header, separators=(",", ":")).encode()
@@ -810,6 +827,8 @@ def decode_operations(payload: bytes, dimension: int) -> list[Operation]:
                                              entry["location"], entry["modified"], chunks, vectors))
         elif entry["op"] == "delete":
             operations.append(DocumentDelete(entry["source"], entry["document"]))
+        elif entry["op"] == "baseline":
+            operations.append(BaselineRecord(entry["source"], entry["run_id"], entry["created_at"], entry["stats"]))
         else:
             operations.append(CursorUpdate(entry["source"], entry["cursor"]))
     return operations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -44,7 +45,21 @@ class CursorUpdate:
     cursor: str | None
 
 
-Operation = DocumentUpsert | DocumentDelete | CursorUpdate
+@dataclass(frozen=True)
+class BaselineRecord:
+    """Statistics of the vectors one run embedded for a source, kept as that source's baseline.
+
+    `stats` is plain JSON data (numbers, lists, dicts); the store keeps it as it is given.
+    One record per (source, run_id): a run written again replaces its record.
+    """
+
+    source: str
+    run_id: str
+    created_at: str  # ISO 8601, UTC
+    stats: dict[str, Any] = field(repr=False)
+
+
+Operation = DocumentUpsert | DocumentDelete | CursorUpdate | BaselineRecord
 
 
 @dataclass(frozen=True)
