@@ -23,7 +23,10 @@ from .servers.store_batches import DIMENSION, SOURCE
 from .test_store import assert_holds
 
 REPO = Path(__file__).resolve().parents[1]
-TOTAL_BATCHES = 900
+# The killed writers never run out of batches, so every kill lands while writing; the last run
+# then finishes FINAL_EXTRA batches past what the kills left.
+ENDLESS = 10**7
+FINAL_EXTRA = 100
 KILLS = 24
 
 WRITER = """
@@ -88,7 +91,7 @@ def test_sigkill_at_random_points_loses_no_acknowledged_write(tmp_path):
     rng = random.Random(20240605)
     acks = tmp_path / "acks"
     script = tmp_path / "writer.py"
-    script.write_text(WRITER.format(repo=str(REPO), root=str(tmp_path), acks=str(acks), total=TOTAL_BATCHES))
+    script.write_text(WRITER.format(repo=str(REPO), root=str(tmp_path), acks=str(acks), total=ENDLESS))
     seen: dict[str, int] = {"checkpoint": 0, "replication": 0, "torn write": 0}
     kills = 0
     while kills < KILLS:
@@ -98,15 +101,17 @@ def test_sigkill_at_random_points_loses_no_acknowledged_write(tmp_path):
         writer.send_signal(signal.SIGKILL)
         writer.wait()
         writer.stdout.close()
-        assert writer.returncode == -signal.SIGKILL, "the writer finished before the kill: raise TOTAL_BATCHES"
+        assert writer.returncode == -signal.SIGKILL
         kills += 1
         for trace, hit in check_store(tmp_path, acks).items():
             seen[trace] += hit
     print(f"{kills} kills; interrupted: {seen}")
 
     # A re-run completes the corpus.
+    total = last_acknowledged(acks) + FINAL_EXTRA
+    script.write_text(WRITER.format(repo=str(REPO), root=str(tmp_path), acks=str(acks), total=total))
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.split()[-1] == "done", done.stderr
     check_store(tmp_path, acks)
     with FaissStore.open(crash_settings(str(tmp_path)), writable=False) as store:
-        assert_holds(store, TOTAL_BATCHES)
+        assert_holds(store, total)
