@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
 
@@ -101,7 +102,8 @@ class RichProgress:
         self.progress.update(bar, total=max(total, 1), completed=max(total, 1), description=f"{source}: {status}")
 
 
-def run_ingest(config_file: Optional[Path], sources: list[str] | None, full: bool, show_progress: bool):
+def run_ingest(config_file: Optional[Path], sources: list[str] | None, full: bool, show_progress: bool,
+               window: dict[str, Any] | None = None):
     """Validate, then run the flow in-process (ephemeral Prefect, no server); returns (summary, failure)."""
     config = load(config_file)
     for name in sources or []:
@@ -123,7 +125,8 @@ def run_ingest(config_file: Optional[Path], sources: list[str] | None, full: boo
     with progress:
         token = progress_listener.set(RichProgress(progress))
         try:
-            state = ingest(config_file=resolved, sources=sources or None, full=full, return_state=True)
+            state = ingest(config_file=resolved, sources=sources or None, full=full, **(window or {}),
+                           return_state=True)
         finally:
             progress_listener.reset(token)
     if state.is_completed():
@@ -161,18 +164,24 @@ def print_summary(summary: dict[str, Any]) -> None:
 def backfill(
     source: Optional[list[str]] = typer.Option(None, "--source", "-s", help="Only this source (repeatable)."),
     full: bool = typer.Option(False, "--full", help="List everything again (ignore cursors) and reconcile deletions."),
+    since: Optional[datetime] = typer.Option(None, "--since", help="Backfill the documents modified at or after "
+                                             "this date/time (UTC unless it says otherwise), even if unchanged."),
+    until: Optional[datetime] = typer.Option(None, "--until", help="…and at or before this one."),
     deployment: bool = typer.Option(False, "--deployment", help="Run it as a flow run of deployment ingest/<source> "
                                     "(or ingest/all) on the Prefect server at PREFECT_API_URL, and wait for it."),
     config: Optional[Path] = ConfigOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Run the ingest flow here, now (Prefect's ephemeral mode: no server needed), or on a deployment."""
+    if since and until and since > until:
+        raise UserError([f"--since {since} is after --until {until}"], code=2)
+    window = {key: value for key, value in (("since", since), ("until", until)) if value is not None}
     if deployment:
         from .cli_ops import backfill_on_deployment
 
-        summary, failure = backfill_on_deployment(config, source, full)
+        summary, failure = backfill_on_deployment(config, source, full, {k: v.isoformat() for k, v in window.items()})
     else:
-        summary, failure = run_ingest(config, source, full, show_progress=not as_json)
+        summary, failure = run_ingest(config, source, full, show_progress=not as_json, window=window)
     if as_json:
         print(json.dumps(summary))
     else:

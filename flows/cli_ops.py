@@ -86,7 +86,8 @@ def _wait(flow_run_id, poll_seconds: float = 2.0):
             time.sleep(poll_seconds)
 
 
-def backfill_on_deployment(config_file: Optional[Path], sources: list[str] | None, full: bool):
+def backfill_on_deployment(config_file: Optional[Path], sources: list[str] | None, full: bool,
+                           window: dict[str, Any] | None = None):
     """Run ingest/<source> (or ingest/all) on the server, wait, and read its summary artifact.
 
     Returns (summary, failure) like `run_ingest`: failure is None when the run completed.
@@ -107,7 +108,7 @@ def backfill_on_deployment(config_file: Optional[Path], sources: list[str] | Non
     prefect_defaults()
     _require_server()
     name = sources[0] if sources and len(sources) == 1 else ALL
-    parameters: dict[str, Any] = {"full": full}
+    parameters: dict[str, Any] = {"full": full, **(window or {})}
     if sources and len(sources) > 1:
         parameters["sources"] = sources
     started = _start_run(name, parameters)

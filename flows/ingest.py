@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -21,7 +22,7 @@ from .artifacts import ArtifactProgress, publish, run_target
 from .config import VectormillConfig, load_config
 from .deploy import occupy, server_url
 from .execution import open_execution
-from .pipeline import SourceReport, embedding_dimension, ingest_source, tokenizer_for
+from .pipeline import SourceReport, Window, embedder_for, embedding_dimension, ingest_source, tokenizer_for
 from .progress import progress_listener
 
 
@@ -89,10 +90,21 @@ def assess(config: VectormillConfig, reports: list[SourceReport],
 
 
 @flow(name="ingest", log_prints=True)
-def ingest(config_file: str | None = None, sources: list[str] | None = None, full: bool = False) -> dict[str, Any]:
-    """Bring the store up to date with the configured sources (all, or those named)."""
+def ingest(
+    config_file: str | None = None,
+    sources: list[str] | None = None,
+    full: bool = False,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> dict[str, Any]:
+    """Bring the store up to date with the configured sources (all, or those named).
+
+    With `since`/`until`, backfill the documents modified in that window instead: done again even
+    if unchanged, no deletions by reconciliation, cursors left where they are.
+    """
     logger = get_run_logger()
     started = time.perf_counter()
+    window = Window(_utc(since), _utc(until)) if since or until else None
     config = load_config(config_file)
     selected = [config.source(name) for name in sources] if sources else list(config.sources)
     target = run_target(sources)
@@ -110,10 +122,14 @@ def ingest(config_file: str | None = None, sources: list[str] | None = None, ful
         if limits:
             seconds["wait_store"] = time.perf_counter() - waiting
         reports, stats, replication, execution = _ingest_sources(config, selected, chunk_tokens, full, seconds,
-                                                                 limits.embedding_limit if limits else None)
+                                                                 limits.embedding_limit if limits else None, window)
     seconds["total"] = time.perf_counter() - started
     summary = summarize(reports, seconds, stats)
     summary["execution"] = execution
+    telemetry = _embedding_telemetry(config)
+    if telemetry:
+        summary["telemetry"] = telemetry
+        logger.info("embedding telemetry: %s", telemetry)
     failure, summary["warnings"] = assess(config, reports, replication)
     # Published before the final state, so a failed run still explains itself in the UI.
     publish(summary, target, failure)
@@ -139,7 +155,22 @@ def _artifact_progress(target: str) -> Iterator[None]:
         progress_listener.reset(token)
 
 
-def _ingest_sources(config, selected, chunk_tokens, full, seconds, embedding_limit):
+def _utc(moment: datetime | None) -> datetime | None:
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=timezone.utc)  # a date without a zone means UTC
+
+
+def _embedding_telemetry(config: VectormillConfig) -> dict[str, Any] | None:
+    """GPU/CPU use while this process embedded during the run (None when it loaded no model here)."""
+    if not embedder_for.cache_info().currsize or config.execution.task_runner != "local":
+        return None
+    embedder = embedder_for(config.embedding)
+    telemetry = getattr(embedder, "telemetry_summary", None)
+    return telemetry(reset=True) if telemetry else None
+
+
+def _ingest_sources(config, selected, chunk_tokens, full, seconds, embedding_limit, window):
     """Open the execution and the store, run each source, checkpoint and replicate;
     returns (reports, store stats, replication problem, where the tasks ran)."""
     logger = get_run_logger()
@@ -156,7 +187,8 @@ def _ingest_sources(config, selected, chunk_tokens, full, seconds, embedding_lim
                 logger.warning(note)
             reports = [
                 ingest_source(source, store, config.embedding, chunk_tokens, config.chunking.overlap, full,
-                              embedding_limit=embedding_limit, execution=execution, drift=config.drift)
+                              embedding_limit=embedding_limit, execution=execution, drift=config.drift,
+                              window=window)
                 for source in selected
             ]
             checkpointing = time.perf_counter()

@@ -186,7 +186,26 @@ class Plan:
     incremental: bool
 
 
-def plan_source(source: Source, store: VectorStore, report: SourceReport, full: bool) -> Plan:
+@dataclass(frozen=True)
+class Window:
+    """A backfill of the documents modified in [since, until] (either end open)."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def holds(self, ref: DocumentRef) -> bool:
+        if ref.modified is None:
+            return True  # the source does not say: look at the document
+        modified = datetime.fromisoformat(ref.modified.replace("Z", "+00:00"))
+        return (self.since is None or modified >= self.since) and (self.until is None or modified <= self.until)
+
+
+def plan_source(source: Source, store: VectorStore, report: SourceReport, full: bool,
+                window: Window | None = None) -> Plan:
+    """What to do for a source: its changes since the stored cursor (incremental sources), else a
+    full listing reconciled with the store; with a window, the documents modified in it are done
+    again even if unchanged (their unchanged chunk texts reuse stored vectors), nothing is deleted
+    by reconciliation and the cursor stays where it is."""
     stored = store.document_versions(source.name)
     cursor = store.cursor(source.name)
     deletions: list[str] = []
@@ -194,18 +213,24 @@ def plan_source(source: Source, store: VectorStore, report: SourceReport, full: 
     def classify(refs: Iterable[DocumentRef], reconcile: bool) -> Iterator[tuple[DocumentRef, bool]]:
         seen: set[str] = set()
         for ref in refs:
-            if ref.id in seen:
+            if ref.id in seen or (window is not None and not window.holds(ref)):
                 continue
             seen.add(ref.id)
             report.documents["seen"] += 1
             version = stored.get(ref.id)
-            if version == ref.version:
+            if version == ref.version and window is None:
                 report.documents["unchanged"] += 1
                 continue
             yield ref, version is None
         if reconcile:
             deletions.extend(sorted(set(stored) - seen))
 
+    if window is not None:
+        if isinstance(source, IncrementalSource) and window.since is not None and not full:
+            changes = source.changes_since(window.since.strftime("%Y-%m-%dT%H:%M:%SZ"))
+            deletions.extend(d for d in changes.deletions if d in stored)
+            return Plan(classify(changes.upserts, reconcile=False), deletions, None, incremental=True)
+        return Plan(classify(source.list_documents(), reconcile=False), deletions, None, incremental=False)
     if isinstance(source, IncrementalSource) and cursor and not full:
         changes: Changes = source.changes_since(cursor)
         deletions.extend(d for d in changes.deletions if d in stored)
@@ -225,6 +250,7 @@ def ingest_source(
     embedding_limit: str | None = None,
     execution: Execution | None = None,
     drift: DriftSettings | None = None,
+    window: Window | None = None,
 ) -> SourceReport:
     """Run one source; `embedding_limit` names the Prefect global concurrency limit each
     embedding call holds a slot of (None: none, e.g. ephemeral runs). `execution` says where
@@ -245,7 +271,7 @@ def ingest_source(
         # The source outlives the run in a long-lived process: count this run's requests only.
         http_before = copy.deepcopy(source.http_stats) if isinstance(source, HttpBackedSource) else None
         listed = time.perf_counter()
-        plan = plan_source(source, store, report, full)
+        plan = plan_source(source, store, report, full, window)
         report.seconds["list"] += time.perf_counter() - listed
         _embed_and_write(settings, store, embedding, chunk_tokens, overlap, plan, report, listener, embedding_limit,
                          execution, profile)

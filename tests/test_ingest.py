@@ -50,6 +50,7 @@ def test_good_documents_are_searchable_and_broken_ones_reported(tmp_path):
     for name, word in broken.items():
         assert word in reasons[name]
     assert summary["chunks_embedded"] > len(known) * 3  # several chunks per 3-page document
+    assert summary["telemetry"]["device"] == "cpu"  # sampled while the model embedded
 
     for document, sentence in known.items():
         best = search(config, sentence)[0]
@@ -119,3 +120,21 @@ def test_a_second_writer_is_refused(corpus):
     with FaissStore.open(settings.store, model=settings.embedding.model, dimension=384):
         with pytest.raises(StoreLockedError, match="already open for writing by another process"):
             ingest(config_file=str(config))
+
+
+def test_a_backfill_window_redoes_the_documents_modified_in_it_and_nothing_else(corpus):
+    from datetime import datetime, timezone
+
+    folder, config, known = corpus
+    old = datetime(2020, 6, 1, tzinfo=timezone.utc).timestamp()
+    for name in ("chess.pdf", "taxes.pdf"):
+        os.utime(folder / "pdfs" / name, (old, old))
+    ingest(config_file=str(config))
+    os.remove(folder / "pdfs" / "sailing.pdf")  # outside the window: a window never reconciles deletions
+
+    summary = ingest(config_file=str(config), since=datetime(2020, 1, 1), until=datetime(2020, 12, 31))
+
+    assert summary["documents"]["seen"] == 2 and summary["documents"]["changed"] == 2
+    assert summary["documents"]["deleted"] == 0
+    assert summary["chunks_embedded"] == 0 and summary["chunks_reused"] > 0  # same text: stored vectors reused
+    assert stored(config)[1]["documents"] == len(known)
