@@ -64,6 +64,32 @@ root = "pdfs"                       # folder of PDFs, .txt and .md files
 # exclude = ["drafts/**"]
 # max_file_mb = 100
 # max_failed_ratio = 0.5            # the run fails when more of this source's documents fail
+
+# [[sources]]
+# name = "wiki"
+# type = "mediawiki"
+# api_url = "https://wiki.example.org/w/api.php"
+# namespaces = [0]
+# requests_per_second = 5
+# burst = 10
+#
+# [[sources]]
+# name = "crm"
+# type = "hubspot"
+# object_type = "companies"
+# properties = ["name", "domain", "description"]
+# token_env = "HUBSPOT_TOKEN"       # or token_secret_block = "hubspot-token"
+
+# [deployments]                     # schedules of `vectormill serve` / deployments/prefect.yaml
+# all_schedule = "0 3 * * *"
+# [deployments.schedules]
+# docs = "0 * * * *"
+
+# [execution]
+# task_runner = "local"             # or "dask" (dask_address = "tcp://host:8786")
+
+# [drift]
+# min_centroid_cosine = 0.7         # warn when a run's vectors move away from the last run's
 '''
 
 
