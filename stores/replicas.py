@@ -23,7 +23,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from .manifest import MANIFEST, ManifestError, Problem, check_files, parse_manifest
+from .manifest import MANIFEST, ManifestError, Problem, check_files, file_sha256, parse_manifest
 from .settings import ReplicaSettings, StoreSettings
 
 log = logging.getLogger("vectormill.store.replicas")
@@ -136,7 +136,7 @@ class Location:
         for name, expected in manifest["files"].items():
             target = destination / name
             self.fs.get_file(self.path(folder, name), str(target))
-            found = (file_digest(target), target.stat().st_size)
+            found = (file_sha256(target), target.stat().st_size)
             if found != (expected["sha256"], expected["bytes"]):
                 raise ReplicaCopyError(f"{self.name}: {folder}/{name} does not match its manifest")
             _fsync(target)
@@ -155,12 +155,6 @@ class Location:
         self.fs.invalidate_cache(self.root)
 
 
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _fsync(path: Path) -> None:

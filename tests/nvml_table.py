@@ -72,3 +72,14 @@ class TableNvml:
         value = next(self._cycles[handle])
         self.utilisation_read.setdefault(handle, []).append(value)
         return pynvml.c_nvmlUtilization_t(gpu=value, memory=value // 2)
+
+
+def driver_present() -> bool:
+    """Whether this machine has a real NVIDIA driver (NVML's library loads)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libnvidia-ml.so.1")
+    except OSError:
+        return False
+    return True

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open
 
+from tests.nvml_table import driver_present
 from vectormill.embedding.base import EmbeddingError
 from vectormill.embedding.capacity import (
     ALLOCATOR_HEADROOM,
@@ -224,18 +225,10 @@ def test_capacity_table_and_the_cuda_error(tmp_path):
     table = run_capacity(tmp_path, "[embedding]\ndevice = \"cpu\"\n")
     weights = f"{model_footprint('all-MiniLM-L6-v2').weight_bytes / MIB:.1f} MiB"
     assert table.returncode == 0 and weights in table.stdout and "1 worker(s) on cpu" in table.stdout
-    if not _driver_present():
+    if not driver_present():
         refused = run_capacity(tmp_path, "[embedding]\ndevice = \"cuda\"\n")
         assert refused.returncode == 1
         assert 'error: [embedding] device = "cuda" but no GPU can be used: no NVIDIA driver' in refused.stderr
         assert "Traceback" not in refused.stderr
 
 
-def _driver_present() -> bool:
-    import ctypes
-
-    try:
-        ctypes.CDLL("libnvidia-ml.so.1")
-    except OSError:
-        return False
-    return True

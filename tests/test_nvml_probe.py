@@ -2,28 +2,21 @@
 
 from __future__ import annotations
 
-import ctypes
 import logging
 
 import pynvml
 import pytest
 
-from tests.nvml_table import TableGpu, TableNvml
+from tests.nvml_table import TableGpu, TableNvml, driver_present
 from vectormill.embedding.base import EmbeddingError
 from vectormill.embedding.capacity import model_footprint, plan_for_settings
 from vectormill.embedding.nvml import probe_devices
 from vectormill.embedding.settings import EmbeddingSettings
 
 
-def _driver_present() -> bool:
-    try:
-        ctypes.CDLL("libnvidia-ml.so.1")
-    except OSError:
-        return False
-    return True
 
 
-@pytest.mark.skipif(_driver_present(), reason="an NVIDIA driver is installed on this machine")
+@pytest.mark.skipif(driver_present(), reason="an NVIDIA driver is installed on this machine")
 def test_real_pynvml_without_driver_gives_cpu_plan_and_a_log_line(caplog):
     caplog.set_level(logging.INFO, logger="vectormill.embedding.nvml")
     probe = probe_devices()
