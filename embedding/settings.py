@@ -51,6 +51,6 @@ class EmbeddingSettings(BaseModel):
     max_batch_tokens: int | None = Field(default=None, ge=1)  # padded tokens per model batch
     memory_reserve_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)  # of each GPU's memory, left free
     # Chunks handed to one embedding task (several model batches).
-    task_chunks: int = Field(default=256, ge=1)
+    task_chunks: int = Field(default=64, ge=1)
     # Set: embed through this text-embeddings-inference server; `model` must be what it serves.
     service: ServiceSettings | None = None
