@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from datetime import datetime
@@ -128,6 +129,15 @@ class RichProgress:
         self.progress.update(bar, total=max(total, 1), completed=max(total, 1), description=f"{source}: {status}")
 
 
+class _DropTracebacksOf(logging.Filter):
+    def __init__(self, kind: type[BaseException]):
+        super().__init__()
+        self.kind = kind
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], self.kind))
+
+
 def run_ingest(config_file: Optional[Path], sources: list[str] | None, full: bool, show_progress: bool,
                window: dict[str, Any] | None = None):
     """Validate, then run the flow in-process (ephemeral Prefect, no server); returns (summary, failure)."""
@@ -148,6 +158,9 @@ def run_ingest(config_file: Optional[Path], sources: list[str] | None, full: boo
     resolved = str(Path(config_file or os.environ.get("VECTORMILL_CONFIG") or "vectormill.toml").resolve())
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=errors, disable=not show_progress)
+    # A run that fails on its own terms ends with a summary and one line, not Prefect's traceback.
+    expected_failure = _DropTracebacksOf(IngestFailed)
+    logging.getLogger("prefect.flow_runs").addFilter(expected_failure)
     with progress:
         token = progress_listener.set(RichProgress(progress))
         try:
@@ -155,6 +168,7 @@ def run_ingest(config_file: Optional[Path], sources: list[str] | None, full: boo
                            return_state=True)
         finally:
             progress_listener.reset(token)
+            logging.getLogger("prefect.flow_runs").removeFilter(expected_failure)
     if state.is_completed():
         return state.result(), None
     error = state.result(raise_on_failure=False)
@@ -314,7 +328,10 @@ for module in (cli_sources, cli_store, cli_capacity, cli_ops, cli_drift):
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        # Outside standalone mode click returns, not raises, the code of a `typer.Exit`.
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except UserError as exc:
         for line in exc.lines:
             print_error(line)
