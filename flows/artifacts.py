@@ -11,7 +11,7 @@ Artifact keys are stable, so the UI's Artifacts page shows each one's history ac
 
 Keys hold only lowercase letters, digits and dashes (`slug`). The summary renders these optional
 keys of the summary dict when a flow adds them (one line each in the flow):
-`retries` (HTTP retries and rate-limit waits per source), `telemetry` (GPU/CPU), `replicas`.
+`retries` (HTTP retries and rate-limit waits per source), `telemetry` (GPU/CPU), `replicas`, `drift`.
 Each may be a dict of rows (name → dict), a list of dicts, or a dict of values.
 
 Rendering is pure (tested without a server); `publish` and `ArtifactProgress` talk to Prefect.
