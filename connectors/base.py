@@ -4,7 +4,7 @@ A source lists lightweight `DocumentRef`s (id + version) so the flow can compare
 what the store already holds, and fetches a full `Document` only for new or changed ones.
 Sources that can report changes since a cursor (wikis, CRMs) also implement
 `IncrementalSource`; the cursor is stored with the vectors and advanced only after the
-changes it covers are durable.
+changes it covers are durable. The errors sources raise live in `errors.py`.
 """
 
 from __future__ import annotations
@@ -61,14 +61,6 @@ class Changes:
     upserts: Iterable[DocumentRef]
     deletions: Iterable[str]
     cursor: str | None
-
-
-class DocumentError(Exception):
-    """One document cannot be read (corrupt, encrypted, empty, too large…): recorded, the run goes on."""
-
-
-class SourceError(Exception):
-    """The whole source is unusable (bad credentials, listing failed, circuit open): its run stops."""
 
 
 @runtime_checkable

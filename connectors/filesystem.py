@@ -11,7 +11,8 @@ from pathlib import Path, PurePosixPath
 from pypdf import PdfReader
 from pypdf.errors import FileNotDecryptedError, PdfReadError, PyPdfError
 
-from .base import Document, DocumentError, DocumentRef, Page
+from .base import Document, DocumentRef, Page
+from .errors import DocumentError
 from .settings import FilesystemSourceSettings
 
 TEXT_SUFFIXES = {".txt", ".md", ".markdown"}

@@ -40,7 +40,7 @@ import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, stop_before_delay
 from tenacity.wait import wait_random_exponential
 
-from .base import SourceError
+from .errors import SourceError
 from .ratelimit import shared_bucket
 from .settings import HttpSourceSettings
 

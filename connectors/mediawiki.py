@@ -31,7 +31,8 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from .base import Changes, Document, DocumentError, DocumentRef, Page, SourceError
+from .base import Changes, Document, DocumentRef, Page
+from .errors import DocumentError, SourceError
 from .http import HttpClient, HttpStats, HttpStatusError, HttpUnavailableError
 from .secrets import resolve_secret
 from .settings import HttpSourceSettings

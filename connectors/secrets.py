@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from .base import SourceError
+from .errors import SourceError
 
 
 def resolve_secret(*, env: str | None, block: str | None, what: str) -> str:

@@ -10,14 +10,34 @@ import bisect
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-
-from vectormill.connectors.base import Document
+from typing import Protocol
 
 from .tokenizer import Token
 
 
 class ChunkingError(ValueError):
     pass
+
+
+class PageText(Protocol):
+    @property
+    def number(self) -> int | None: ...  # 1-based; None for sources without pages
+
+    @property
+    def text(self) -> str: ...
+
+
+class PagedDocument(Protocol):
+    """What chunking reads of a document: the connectors' `Document` is one."""
+
+    @property
+    def source(self) -> str: ...
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def pages(self) -> Sequence[PageText]: ...
 
 
 @dataclass(frozen=True)
@@ -92,7 +112,7 @@ def _windows(spans: list[tuple[int, int]], size: int, overlap: int) -> list[tupl
 
 
 def chunk_document(
-    document: Document,
+    document: PagedDocument,
     tokenize: Callable[[str], list[Token]],
     chunk_tokens: int,
     overlap: int,

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from vectormill.connectors.base import SourceError
+from vectormill.connectors.errors import SourceError
 from vectormill.connectors.http import HttpClient, HttpStatusError
 from vectormill.connectors.settings import HttpSourceSettings
 

@@ -1,1 +1,2 @@
-"""The `ingest` Prefect flow, the configuration it reads, and the `vectormill` CLI."""
+"""The `ingest` Prefect flow, its pipeline and plan, the configuration it reads, deployments, and the
+operations the command line calls (search, source checks, capacity, drift history, server runs)."""

@@ -23,7 +23,7 @@ from vectormill.embedding.drift import DriftSettings
 from vectormill.embedding.settings import ChunkingSettings, EmbeddingSettings
 from vectormill.stores.settings import StoreSettings
 
-from .deploy import DeploymentSettings
+from .settings import DeploymentSettings
 from .execution import ExecutionSettings
 
 ENV_PREFIX = "VECTORMILL_"

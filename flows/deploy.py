@@ -16,20 +16,19 @@ Global concurrency limits (created by `vectormill setup-limits` and on `vectormi
 They are used only when a Prefect server is present (PREFECT_API_URL set); an ephemeral
 backfill runs alone and skips them with a note in its log.
 
-This module imports Prefect only inside functions: the config (which holds the settings
-below) is loaded by commands that must not import it.
+The [deployments] settings live in `settings.py`, and what a run shares with deployments at run
+time (the server's URL, holding a limit's slot) in `server.py`, so the flow never imports this
+module. It imports Prefect only inside functions.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from .server import server_url
+from .settings import DeploymentSettings
 
 if TYPE_CHECKING:
     from .config import VectormillConfig
@@ -37,53 +36,6 @@ if TYPE_CHECKING:
 FLOW_NAME = "ingest"
 ALL = "all"  # the deployment that ingests every source; no source may take this name
 ENTRYPOINT = "vectormill.flows.ingest:ingest"
-
-
-def _valid_cron(expression: str | None) -> str | None:
-    if expression is None:
-        return None
-    from cronsim import CronSim, CronSimError  # Prefect's own cron parser
-
-    try:
-        CronSim(expression, datetime(2000, 1, 1))
-    except CronSimError as exc:
-        raise ValueError(f"{expression!r} is not a valid cron expression ({exc})") from None
-    return expression
-
-
-class DeploymentSettings(BaseModel):
-    """The [deployments] table: schedules, the work pool and concurrency of scheduled runs."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    # Work pool (type "process") named in deployments/prefect.yaml; `vectormill serve` needs none.
-    work_pool: str = "vectormill"
-    # Cron per source name, for its deployment ingest/<source>; a source without one is run on demand.
-    schedules: dict[str, str] = Field(default_factory=dict)
-    # Cron of ingest/all.
-    all_schedule: str | None = None
-    timezone: str = "UTC"
-    # Runs of one deployment at once; more wait for a slot (collision strategy ENQUEUE).
-    runs_per_deployment: int = Field(default=1, ge=1)
-    # Global concurrency limits (see the module docstring).
-    store_limit: str = Field(default="vectormill-store", pattern=r"^[a-z0-9][a-z0-9-]*$")
-    embedding_limit: str = Field(default="vectormill-embedding", pattern=r"^[a-z0-9][a-z0-9-]*$")
-    embedding_slots: int = Field(default=1, ge=1)
-
-    @field_validator("schedules")
-    @classmethod
-    def _crons(cls, schedules: dict[str, str]) -> dict[str, str]:
-        for name, expression in schedules.items():
-            try:
-                _valid_cron(expression)
-            except ValueError as exc:
-                raise ValueError(f"schedules.{name}: {exc}") from None
-        return schedules
-
-    @field_validator("all_schedule")
-    @classmethod
-    def _all_cron(cls, expression: str | None) -> str | None:
-        return _valid_cron(expression)
 
 
 class DeploymentConfigError(ValueError):
@@ -220,24 +172,6 @@ def limit_specs(config: VectormillConfig) -> list[LimitSpec]:
     return limits
 
 
-def server_url() -> str | None:
-    """The Prefect server's API URL; None in ephemeral mode (no PREFECT_API_URL)."""
-    from prefect.settings import get_current_settings
-
-    return get_current_settings().api.url or None
-
-
-def ui_url() -> str | None:
-    """Where people open the Prefect UI: PREFECT_UI_URL, else derived from the API URL."""
-    from prefect.settings import get_current_settings
-
-    settings = get_current_settings()
-    if settings.ui_url:
-        return settings.ui_url.rstrip("/")
-    api = settings.api.url
-    return api.rstrip("/").removesuffix("/api") if api else None
-
-
 def setup_limits(config: VectormillConfig) -> list[LimitSpec]:
     """Create or update the global concurrency limits on the server; returns what was set."""
     from prefect.client.orchestration import get_client
@@ -250,15 +184,3 @@ def setup_limits(config: VectormillConfig) -> list[LimitSpec]:
         for spec in specs:
             client.upsert_global_concurrency_limit_by_name(spec.name, spec.limit, spec.slot_decay_per_second)
     return specs
-
-
-@contextlib.contextmanager
-def occupy(name: str | None) -> Iterator[None]:
-    """Hold one slot of the global concurrency limit `name` (waiting for it); None: no limit."""
-    if name is None:
-        yield
-        return
-    from prefect.concurrency.sync import concurrency
-
-    with concurrency(name, occupy=1):
-        yield

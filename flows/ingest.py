@@ -20,9 +20,10 @@ from vectormill.stores.faiss_store import FaissStore
 
 from .artifacts import ArtifactProgress, publish, run_target
 from .config import VectormillConfig, load_config
-from .deploy import occupy, server_url
+from .server import occupy, server_url
 from .execution import open_execution
-from .pipeline import SourceReport, Window, embedder_for, embedding_dimension, ingest_source, tokenizer_for
+from .pipeline import SourceReport, embedder_for, embedding_dimension, ingest_source, tokenizer_for
+from .plan import Window
 from .progress import progress_listener
 
 

@@ -29,8 +29,8 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 
-from vectormill.connectors.base import (
-    Changes, DocumentError, DocumentRef, HttpBackedSource, IncrementalSource, Source, SourceError)
+from vectormill.connectors.base import DocumentRef, HttpBackedSource, Source
+from vectormill.connectors.errors import DocumentError, SourceError
 from vectormill.connectors.registry import build_source
 from vectormill.connectors.settings import SourceSettingsBase
 from vectormill.embedding.base import Embedder
@@ -42,8 +42,9 @@ from vectormill.embedding.tokenizer import ModelTokenizer
 from vectormill.stores.base import VectorStore
 from vectormill.stores.records import BaselineRecord, ChunkRecord, CursorUpdate, DocumentDelete, DocumentUpsert
 
-from .deploy import occupy, server_url
+from .server import occupy, server_url
 from .execution import LocalExecution, fetch_settings
+from .plan import Window, plan_source
 from .progress import progress_listener
 
 if TYPE_CHECKING:
@@ -176,70 +177,6 @@ def _batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield batch
 
 
-@dataclass
-class Plan:
-    """What a source's run will do: documents to fetch, deletions, and the cursor to store after."""
-
-    refs: Iterator[tuple[DocumentRef, bool]]  # (ref, is_new) for new or changed documents
-    deletions: list[str]  # filled once `refs` is exhausted for a full listing
-    cursor: str | None
-    incremental: bool
-
-
-@dataclass(frozen=True)
-class Window:
-    """A backfill of the documents modified in [since, until] (either end open)."""
-
-    since: datetime | None = None
-    until: datetime | None = None
-
-    def holds(self, ref: DocumentRef) -> bool:
-        if ref.modified is None:
-            return True  # the source does not say: look at the document
-        modified = datetime.fromisoformat(ref.modified.replace("Z", "+00:00"))
-        return (self.since is None or modified >= self.since) and (self.until is None or modified <= self.until)
-
-
-def plan_source(source: Source, store: VectorStore, report: SourceReport, full: bool,
-                window: Window | None = None) -> Plan:
-    """What to do for a source: its changes since the stored cursor (incremental sources), else a
-    full listing reconciled with the store; with a window, the documents modified in it are done
-    again even if unchanged (their unchanged chunk texts reuse stored vectors), nothing is deleted
-    by reconciliation and the cursor stays where it is."""
-    stored = store.document_versions(source.name)
-    cursor = store.cursor(source.name)
-    deletions: list[str] = []
-
-    def classify(refs: Iterable[DocumentRef], reconcile: bool) -> Iterator[tuple[DocumentRef, bool]]:
-        seen: set[str] = set()
-        for ref in refs:
-            if ref.id in seen or (window is not None and not window.holds(ref)):
-                continue
-            seen.add(ref.id)
-            report.documents["seen"] += 1
-            version = stored.get(ref.id)
-            if version == ref.version and window is None:
-                report.documents["unchanged"] += 1
-                continue
-            yield ref, version is None
-        if reconcile:
-            deletions.extend(sorted(set(stored) - seen))
-
-    if window is not None:
-        if isinstance(source, IncrementalSource) and window.since is not None and not full:
-            changes = source.changes_since(window.since.strftime("%Y-%m-%dT%H:%M:%SZ"))
-            deletions.extend(d for d in changes.deletions if d in stored)
-            return Plan(classify(changes.upserts, reconcile=False), deletions, None, incremental=True)
-        return Plan(classify(source.list_documents(), reconcile=False), deletions, None, incremental=False)
-    if isinstance(source, IncrementalSource) and cursor and not full:
-        changes: Changes = source.changes_since(cursor)
-        deletions.extend(d for d in changes.deletions if d in stored)
-        return Plan(classify(changes.upserts, reconcile=False), deletions, changes.cursor, incremental=True)
-    # Taken before listing: a change made while we list is seen again next time, never skipped.
-    new_cursor = source.current_cursor() if isinstance(source, IncrementalSource) else None
-    return Plan(classify(source.list_documents(), reconcile=True), deletions, new_cursor, incremental=False)
-
-
 def ingest_source(
     settings: SourceSettingsBase,
     store: VectorStore,
@@ -271,7 +208,7 @@ def ingest_source(
         # The source outlives the run in a long-lived process: count this run's requests only.
         http_before = copy.deepcopy(source.http_stats) if isinstance(source, HttpBackedSource) else None
         listed = time.perf_counter()
-        plan = plan_source(source, store, report, full, window)
+        plan = plan_source(source, store, report.documents, full, window)
         report.seconds["list"] += time.perf_counter() - listed
         _embed_and_write(settings, store, embedding, chunk_tokens, overlap, plan, report, listener, embedding_limit,
                          execution, profile)

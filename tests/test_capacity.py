@@ -187,8 +187,8 @@ def test_footprint_without_safetensors_uses_bin_size_or_a_config_estimate(tmp_pa
 # ---- `vectormill capacity` ------------------------------------------------------------------------
 CAPACITY_APP = """
 import json, sys, typer
-from vectormill.flows.cli_capacity import register
-from vectormill.flows.cli_common import UserError
+from vectormill.cli.capacity import register
+from vectormill.cli.common import UserError
 app = typer.Typer()
 register(app, typer.Typer())
 app.callback()(lambda: None)

@@ -1,5 +1,3 @@
-from pathlib import Path
-
 import pytest
 
 from vectormill.flows.config import ConfigError, load_config, parse_config

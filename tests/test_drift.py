@@ -315,7 +315,7 @@ def test_a_run_over_another_language_drifts_and_one_over_the_same_kind_does_not(
 
 
 def test_the_drift_command_does_not_import_prefect(tmp_path):
-    code = ("import sys\nfrom typer.testing import CliRunner\nfrom vectormill.flows.cli import app\n"
+    code = ("import sys\nfrom typer.testing import CliRunner\nfrom vectormill.cli.main import app\n"
             "result = CliRunner().invoke(app, ['drift', '--json', '--config', 'vectormill.toml'])\n"
             "print(result.output)\n"
             "print(result.exit_code, 'PREFECT LOADED' if 'prefect' in sys.modules else 'NO PREFECT')")

@@ -2,7 +2,8 @@ import os
 
 import pytest
 
-from vectormill.connectors.base import DocumentError, DocumentRef
+from vectormill.connectors.base import DocumentRef
+from vectormill.connectors.errors import DocumentError
 from vectormill.connectors.filesystem import FilesystemSource
 from vectormill.connectors.settings import FilesystemSourceSettings
 

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from vectormill.connectors.base import SourceError
+from vectormill.connectors.errors import SourceError
 from vectormill.connectors.http import (
     CircuitOpenError,
     HttpClient,

@@ -10,7 +10,8 @@ from datetime import datetime, timezone
 import pytest
 from pydantic import ValidationError
 
-from vectormill.connectors.base import DocumentError, DocumentRef, IncrementalSource, SourceError
+from vectormill.connectors.base import DocumentRef, IncrementalSource
+from vectormill.connectors.errors import DocumentError, SourceError
 from vectormill.connectors.hubspot import HubSpotSource, HubSpotSourceSettings, format_time, parse_time
 from vectormill.flows.config import parse_config
 
@@ -253,7 +254,7 @@ def test_times_round_trip_between_iso_and_epoch_milliseconds():
 
 CHECK_SCRIPT = """
 import sys, typer
-from vectormill.flows.cli_sources import register
+from vectormill.cli.sources import register
 app = typer.Typer()
 register(app, typer.Typer())
 code = app(["sources", "check", *sys.argv[1:]], standalone_mode=False)

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from vectormill.connectors.base import DocumentError, DocumentRef, SourceError
+from vectormill.connectors.base import DocumentRef
+from vectormill.connectors.errors import DocumentError, SourceError
 from vectormill.connectors.mediawiki import MediaWikiSource, MediaWikiSourceSettings, html_to_text
 from vectormill.flows.config import ConfigError, parse_config
 

@@ -151,11 +151,7 @@ def toml_value(value):
 
 
 def run_cli(tmp_path, config, args):
-    from vectormill.flows.cli import app, store_app
-    from vectormill.flows.cli_store import register
-
-    if not any(c.name == "verify" for c in store_app.registered_commands):
-        register(app, store_app)
+    from vectormill.cli.main import app
     config_file = tmp_path / "vectormill.toml"
     replicas = "".join(
         f'\n[[store.replicas]]\nname = "{r.name}"\nurl = "{r.url}"\nstorage_options = {toml_value(r.storage_options)}\n'

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -22,6 +22,7 @@ def print_error(line: str) -> None:
 def print_warning(line: str) -> None:
     errors.print(f"[yellow]warning:[/yellow] {escape(line)}", highlight=False)
 
+
 ConfigOption = typer.Option(None, "--config", "-c", help="Config file (default: $VECTORMILL_CONFIG, else ./vectormill.toml).")
 JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables.")
 
@@ -34,19 +35,14 @@ class UserError(Exception):
         self.lines, self.code = lines, code
 
 
-def fail(exc: Exception) -> None:
-    from vectormill.connectors.base import SourceError
-    from vectormill.embedding.base import EmbeddingError
-    from vectormill.embedding.chunking import ChunkingError
-    from vectormill.flows.config import ConfigError
-    from vectormill.stores.faiss_store import StoreError
-    from vectormill.stores.lock import StoreLockedError
+def fail(exc: Exception) -> NoReturn:
+    """Raise `exc` as a UserError when the user can act on it; re-raise anything else (a bug)."""
+    from vectormill.flows.errors import user_error
 
-    if isinstance(exc, ConfigError):
-        raise UserError(exc.problems, code=2)
-    if isinstance(exc, (ChunkingError, EmbeddingError, SourceError, StoreError, StoreLockedError)):
-        raise UserError([str(exc)])
-    raise exc
+    known = user_error(exc)
+    if known is None:
+        raise exc
+    raise UserError(*known) from None
 
 
 def load(config_file: Optional[Path]):
@@ -54,8 +50,15 @@ def load(config_file: Optional[Path]):
 
     try:
         return load_config(config_file)
-    except Exception as exc:  # noqa: BLE001 - _fail re-raises what it does not know
+    except Exception as exc:  # noqa: BLE001 - fail() re-raises what it does not know
         fail(exc)
+
+
+def config_file_path(config_file: Optional[Path]) -> str:
+    """The config's absolute path: flow runs and deployments run elsewhere (another folder, a worker)."""
+    from vectormill.flows.config import config_path
+
+    return str(config_path(config_file).resolve())
 
 
 def prefect_defaults() -> None:

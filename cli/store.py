@@ -1,6 +1,6 @@
-"""`vectormill store verify` and `vectormill store restore`: check every copy of the store, bring one back.
+"""`vectormill store stats|verify|restore`: what the store holds, check every copy of it, bring one back.
 
-Neither runs a flow, so neither imports Prefect.
+None runs a flow, so none imports Prefect.
 """
 
 from __future__ import annotations
@@ -12,10 +12,38 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .cli_common import ConfigOption, JsonOption, console, errors, fail, load
+from .common import ConfigOption, JsonOption, console, errors, fail, load, print_warning
 
 
 def register(app: typer.Typer, store_app: typer.Typer) -> None:
+    @store_app.command("stats")
+    def store_stats(config: Optional[Path] = ConfigOption, as_json: bool = JsonOption) -> None:
+        """Vectors, documents, generations and sources of the store."""
+        from vectormill.stores.faiss_store import FaissStore
+
+        settings = load(config)
+        try:
+            with FaissStore.open(settings.store, writable=False) as store:
+                stats = store.stats()
+                notes = list(store.notes)
+        except Exception as exc:  # noqa: BLE001 - fail() turns store errors into one line
+            fail(exc)
+        for note in notes:
+            print_warning(note)
+        if as_json:
+            print(json.dumps(stats))
+            return
+        table = Table(title=f"store {stats['path']}", show_header=False)
+        for key in ("vectors", "documents", "generation", "model", "dimension", "index_factory", "wal_bytes"):
+            table.add_row(key, str(stats[key]))
+        console.print(table)
+        sources = Table(title="sources")
+        for column in ("source", "documents", "vectors", "cursor"):
+            sources.add_column(column)
+        for row in stats["sources"]:
+            sources.add_row(row["source"], str(row["documents"]), str(row["vectors"]), str(row["cursor"] or ""))
+        console.print(sources)
+
     @store_app.command("verify")
     def verify(config: Optional[Path] = ConfigOption, as_json: bool = JsonOption) -> None:
         """Hash every file of every generation on the primary and on each replica; exit 1 on any mismatch."""
@@ -73,5 +101,5 @@ def register(app: typer.Typer, store_app: typer.Typer) -> None:
         for item in result["quarantined"]:
             console.print(f"set aside in quarantine/: {item}")
         for note in result["notes"]:
-            errors.print(f"[yellow]warning:[/yellow] {note}", highlight=False)
+            print_warning(note)
 

@@ -12,22 +12,22 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .cli_common import ConfigOption, JsonOption, UserError, console, load
+from .common import ConfigOption, JsonOption, console, fail, load
+
+MIB = 1024 * 1024
 
 
 def register(app: typer.Typer, store_app: typer.Typer) -> None:
     @app.command()
     def capacity(config: Optional[Path] = ConfigOption, as_json: bool = JsonOption) -> None:
         """How many model replicas run where, with what token budget per batch, and why."""
-        from vectormill.embedding.base import EmbeddingError
-        from vectormill.embedding.capacity import MIB, model_footprint, plan_for_settings
+        from vectormill.flows.capacity import capacity_plan
 
         settings = load(config).embedding
         try:
-            footprint = model_footprint(settings.model)
-            plan = plan_for_settings(settings, footprint)
-        except EmbeddingError as exc:
-            raise UserError([str(exc)]) from None
+            footprint, plan = capacity_plan(settings)
+        except Exception as exc:  # noqa: BLE001 - fail() turns embedding errors into one line
+            fail(exc)
         if as_json:
             print(json.dumps(plan.as_dict()))
             return

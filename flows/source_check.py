@@ -7,17 +7,14 @@ so it never imports Prefect (unless a source's token lives in a Prefect Secret b
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Any
 
-import typer
-from rich.table import Table
-
-from .cli_common import ConfigOption, JsonOption, console, load
+from vectormill.connectors.errors import DocumentError, SourceError
+from vectormill.connectors.http import HttpStatusError
+from vectormill.connectors.registry import build_source
 
 
 @dataclass
@@ -30,10 +27,6 @@ class SourceCheck:
 
 
 def check_source(settings: Any) -> SourceCheck:
-    from vectormill.connectors.base import DocumentError, SourceError
-    from vectormill.connectors.http import HttpStatusError
-    from vectormill.connectors.registry import build_source
-
     started = time.perf_counter()
     source = None
     try:
@@ -54,26 +47,3 @@ def check_source(settings: Any) -> SourceCheck:
         if close is not None:
             close()
     return SourceCheck(settings.name, settings.type, ok, detail, round(time.perf_counter() - started, 3))
-
-
-def register(app: typer.Typer, store_app: typer.Typer) -> None:
-    sources_app = typer.Typer(no_args_is_help=True, help="The configured sources.")
-    app.add_typer(sources_app, name="sources")
-
-    @sources_app.command("check")
-    def check(config: Optional[Path] = ConfigOption, as_json: bool = JsonOption) -> None:
-        """Test connectivity and credentials of each configured source (lists one page of each)."""
-        settings = load(config)
-        results = [check_source(source) for source in settings.sources]
-        if as_json:
-            print(json.dumps([asdict(result) for result in results]))
-        else:
-            table = Table(title="sources")
-            for column in ("source", "type", "status", "detail"):
-                table.add_column(column, overflow="fold")
-            for result in results:
-                status = "[green]ok[/green]" if result.ok else "[red]failed[/red]"
-                table.add_row(result.name, result.type, status, result.detail)
-            console.print(table)
-        if not all(result.ok for result in results):
-            raise typer.Exit(1)

@@ -1,0 +1,1 @@
+"""The `vectormill` command line (console script `vectormill` → `vectormill.cli.main:main`)."""

@@ -1,0 +1,181 @@
+"""`vectormill backfill` and `vectormill demo`: run the ingest flow here (or on a deployment) and show its summary."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.table import Table
+
+from .common import (ConfigOption, JsonOption, UserError, config_file_path, console, errors, fail, load,
+                     prefect_defaults, print_error)
+
+
+class RichProgress:
+    """Progress bars per source, fed by the flow through `progress_listener`."""
+
+    def __init__(self, progress):
+        self.progress = progress
+        self.bars: dict[str, Any] = {}
+
+    def source_started(self, source: str) -> None:
+        self.bars[source] = self.progress.add_task(f"{source}: listing", total=0)
+
+    def documents_found(self, source: str, to_process: int) -> None:
+        bar = self.bars[source]
+        total = self.progress.tasks[bar].total or 0
+        self.progress.update(bar, total=total + to_process, description=f"{source}: documents")
+
+    def documents_done(self, source: str, count: int, chunks: int) -> None:
+        self.progress.advance(self.bars[source], count)
+
+    def source_finished(self, source: str, status: str) -> None:
+        bar = self.bars[source]
+        total = self.progress.tasks[bar].total or 0
+        self.progress.update(bar, total=max(total, 1), completed=max(total, 1), description=f"{source}: {status}")
+
+
+class _DropTracebacksOf(logging.Filter):
+    def __init__(self, kind: type[BaseException]):
+        super().__init__()
+        self.kind = kind
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], self.kind))
+
+
+def run_ingest(config_file: Optional[Path], sources: list[str] | None, full: bool, show_progress: bool,
+               window: dict[str, Any] | None = None):
+    """Validate, then run the flow in-process (ephemeral Prefect, no server); returns (summary, failure)."""
+    config = load(config_file)
+    for name in sources or []:
+        try:
+            config.source(name)
+        except Exception as exc:  # noqa: BLE001
+            fail(exc)
+    if not config.sources:
+        raise UserError(["the config has no [[sources]]: add one (see `vectormill init`)"], code=2)
+    prefect_defaults()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from vectormill.flows.ingest import IngestFailed, ingest
+    from vectormill.flows.progress import progress_listener
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=errors, disable=not show_progress)
+    # A run that fails on its own terms ends with a summary and one line, not Prefect's traceback.
+    expected_failure = _DropTracebacksOf(IngestFailed)
+    logging.getLogger("prefect.flow_runs").addFilter(expected_failure)
+    with progress:
+        token = progress_listener.set(RichProgress(progress))
+        try:
+            state = ingest(config_file=config_file_path(config_file), sources=sources or None, full=full,
+                           **(window or {}), return_state=True)
+        finally:
+            progress_listener.reset(token)
+            logging.getLogger("prefect.flow_runs").removeFilter(expected_failure)
+    if state.is_completed():
+        return state.result(), None
+    error = state.result(raise_on_failure=False)
+    if isinstance(error, IngestFailed):
+        return error.summary, str(error)
+    if isinstance(error, BaseException):
+        fail(error)
+    raise UserError([f"ingest ended in state {state.name}: {state.message}"])
+
+
+def run_on_deployment(config_file: Optional[Path], sources: list[str] | None, full: bool,
+                      window: dict[str, Any] | None = None):
+    """Run ingest/<source> (or ingest/all) on the server, wait, and read its summary artifact.
+
+    Returns (summary, failure) like `run_ingest`: failure is None when the run completed.
+    """
+    from vectormill.flows import remote
+
+    config = load(config_file)
+    prefect_defaults()
+    try:
+        target, parameters = remote.deployment_target(config, sources)
+        parameters.update(full=full, **(window or {}))
+        started = remote.start_run(target, parameters)
+        errors.print(f"waiting for flow run {started.id} of {remote.deployment_name(target)} "
+                     f"{remote.run_url(started.id) or ''}", highlight=False)
+        return remote.summary_of(remote.wait_for(started.id), target, parameters)
+    except Exception as exc:  # noqa: BLE001 - fail() turns known errors into one line
+        fail(exc)
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    table = Table(title="ingest summary")
+    for column in ("source", "status", "seen", "new", "changed", "unchanged", "deleted", "failed", "chunks embedded"):
+        table.add_column(column, justify="left" if column in ("source", "status") else "right")
+    for source in summary["sources"]:
+        d = source["documents"]
+        table.add_row(source["name"], source["status"], *(str(d[k]) for k in
+                      ("seen", "new", "changed", "unchanged", "deleted", "failed")), str(source["chunks_embedded"]))
+    console.print(table)
+    if summary["failures"]:
+        failures = Table(title="failed documents")
+        for column in ("source", "document", "reason"):
+            failures.add_column(column)
+        for failure in summary["failures"]:
+            failures.add_row(failure["source"], failure["document"], failure["reason"])
+        console.print(failures)
+    seconds = ", ".join(f"{stage} {value:.1f}s" for stage, value in summary["seconds"].items())
+    console.print(f"store: {summary['store']['vectors']} vectors, {summary['store']['documents']} documents, "
+                  f"generation {summary['store']['generation']}  ·  {seconds}")
+
+
+def register(app: typer.Typer, store_app: typer.Typer) -> None:
+    @app.command()
+    def backfill(
+        source: Optional[list[str]] = typer.Option(None, "--source", "-s", help="Only this source (repeatable)."),
+        full: bool = typer.Option(False, "--full", help="List everything again (ignore cursors) and reconcile deletions."),
+        since: Optional[datetime] = typer.Option(None, "--since", help="Backfill the documents modified at or after "
+                                                 "this date/time (UTC unless it says otherwise), even if unchanged."),
+        until: Optional[datetime] = typer.Option(None, "--until", help="…and at or before this one."),
+        deployment: bool = typer.Option(False, "--deployment", help="Run it as a flow run of deployment "
+                                        "ingest/<source> (or ingest/all) on the Prefect server at PREFECT_API_URL, "
+                                        "and wait for it."),
+        config: Optional[Path] = ConfigOption,
+        as_json: bool = JsonOption,
+    ) -> None:
+        """Run the ingest flow here, now (Prefect's ephemeral mode: no server needed), or on a deployment."""
+        if since and until and since > until:
+            raise UserError([f"--since {since} is after --until {until}"], code=2)
+        window = {key: value for key, value in (("since", since), ("until", until)) if value is not None}
+        if deployment:
+            summary, failure = run_on_deployment(config, source, full, {k: v.isoformat() for k, v in window.items()})
+        else:
+            summary, failure = run_ingest(config, source, full, show_progress=not as_json, window=window)
+        if as_json:
+            print(json.dumps(summary))
+        else:
+            print_summary(summary)
+        if failure:
+            print_error(failure)
+            raise typer.Exit(1)
+
+    @app.command()
+    def demo(
+        folder: Path = typer.Option(Path("vectormill-demo"), "--dir", help="Where to put the sample corpus and store."),
+        query: str = typer.Option("How often are backups tested?", "--query", help="What to search for afterwards."),
+    ) -> None:
+        """Ingest a bundled sample corpus (PDFs and Markdown) into a local store, then search it."""
+        from vectormill.flows.sample import write_sample_corpus
+
+        from .search import show_search
+
+        config_file = write_sample_corpus(folder)
+        console.print(f"sample corpus and config in {folder}/ ; ingesting…")
+        summary, failure = run_ingest(config_file, None, False, show_progress=True)
+        print_summary(summary)
+        if failure:
+            print_error(failure)
+            raise typer.Exit(1)
+        console.print(f"\n$ vectormill search {query!r} -k 3 --config {config_file}")
+        show_search(query, k=3, config_file=config_file, as_json=False)

@@ -1,0 +1,93 @@
+"""`vectormill init`: write a commented example config. Needs no config file itself."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .common import UserError, console
+
+EXAMPLE_CONFIG = '''\
+# vectormill configuration. Relative paths are relative to this file's folder.
+# Any key can be overridden from the environment: VECTORMILL_STORE__PATH=/data/store,
+# VECTORMILL_EMBEDDING__DEVICE=cpu, VECTORMILL_SOURCES__DOCS__ROOT=/mnt/share.
+
+[store]
+path = "store"                      # the FAISS store (created on first run)
+# checkpoint_every_vectors = 50000  # checkpoint after this many vectors…
+# checkpoint_every_seconds = 600    # …or this many seconds, and always at the end of a run
+# keep_generations = 3              # checkpoints kept (older ones are deleted)
+# index_factory = "Flat"            # any faiss.index_factory string, e.g. "IVF4096,PQ64" or "HNSW32"
+# train_vectors = 100000            # IVF/PQ factories train once the store holds this many vectors
+# search_parameters = ""            # e.g. "nprobe=32" (IVF) or "efSearch=128" (HNSW)
+# min_replicas_confirmed = 1        # replicas that must confirm each checkpoint (none configured: off)
+#
+# [[store.replicas]]                # copies of every checkpoint, verified by checksum
+# name = "backup"
+# url = "s3://bucket/vectormill"    # or a local path; anything fsspec opens
+# storage_options = { client_kwargs = { endpoint_url = "http://127.0.0.1:9000" } }
+
+[chunking]
+# tokens = 256                      # tokens per chunk (default: the model's limit)
+overlap = 32                        # tokens shared by neighbouring chunks
+
+[embedding]
+# model = "all-MiniLM-L6-v2"        # packaged default; any sentence-transformers path or name
+device = "auto"                     # auto | cpu | cuda (GPUs sized from the free memory NVML reports)
+# batch_size = 64                   # cap on chunks per model batch (default: from the token budget)
+# max_workers = 2                   # cap on model replicas
+# max_batch_tokens = 16384          # cap on padded tokens per model batch
+# memory_reserve_fraction = 0.1     # share of each GPU's memory left free
+#
+# [embedding.service]               # embed through a text-embeddings-inference server instead
+# url = "http://tei.internal:8080"  # [embedding] model must name the model it serves
+# requests_per_second = 20
+# token_env = "TEI_API_KEY"
+
+[[sources]]
+name = "docs"
+type = "filesystem"
+root = "pdfs"                       # folder of PDFs, .txt and .md files
+# include = ["**/*.pdf", "**/*.txt", "**/*.md"]
+# exclude = ["drafts/**"]
+# max_file_mb = 100
+# max_failed_ratio = 0.5            # the run fails when more of this source's documents fail
+
+# [[sources]]
+# name = "wiki"
+# type = "mediawiki"
+# api_url = "https://wiki.example.org/w/api.php"
+# namespaces = [0]
+# requests_per_second = 5
+# burst = 10
+#
+# [[sources]]
+# name = "crm"
+# type = "hubspot"
+# object_type = "companies"
+# properties = ["name", "domain", "description"]
+# token_env = "HUBSPOT_TOKEN"       # or token_secret_block = "hubspot-token"
+
+# [deployments]                     # schedules of `vectormill serve` / deployments/prefect.yaml
+# all_schedule = "0 3 * * *"
+# [deployments.schedules]
+# docs = "0 * * * *"
+
+# [execution]
+# task_runner = "local"             # or "dask" (dask_address = "tcp://host:8786")
+
+# [drift]
+# min_centroid_cosine = 0.7         # warn when a run's vectors move away from the last run's
+'''
+
+
+def register(app: typer.Typer, store_app: typer.Typer) -> None:
+    @app.command()
+    def init(path: Path = typer.Argument(Path("vectormill.toml"), help="Where to write the example config."),
+             force: bool = typer.Option(False, help="Overwrite an existing file.")) -> None:
+        """Write a commented example config."""
+        if path.exists() and not force:
+            raise UserError([f"{path} exists; pass --force to overwrite it"])
+        path.write_text(EXAMPLE_CONFIG)
+        console.print(f"wrote {path}: edit the [[sources]] entry, then run `vectormill backfill`")

@@ -1,0 +1,138 @@
+"""Commands that operate vectormill on a Prefect server: serve, trigger, runs, setup-limits, prefect-yaml.
+
+They all talk to the server at PREFECT_API_URL (Prefect is imported inside each command, so
+`vectormill --help` and the commands that run no flow stay light).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from .common import ConfigOption, JsonOption, UserError, config_file_path, console, errors, fail, load, prefect_defaults
+
+RECENT_RUNS = 20
+
+
+def register(app: typer.Typer, store_app: typer.Typer) -> None:
+    @app.command()
+    def serve(config: Optional[Path] = ConfigOption,
+              limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Flow runs at once in this process.")) -> None:
+        """Serve the ingest deployments (ingest/<source>, ingest/all) from this process: no work pool needed."""
+        from vectormill.flows.deploy import runner_deployments, setup_limits
+        from vectormill.flows.remote import require_server
+
+        settings = load(config)
+        prefect_defaults()
+        try:
+            require_server()
+            for spec in setup_limits(settings):
+                errors.print(f"global concurrency limit {spec.name}: {spec.limit} slots"
+                             + (f", {spec.slot_decay_per_second:g}/s" if spec.slot_decay_per_second else ""),
+                             highlight=False)
+            deployments = runner_deployments(settings, config_file_path(config))
+        except Exception as exc:  # noqa: BLE001 - fail() turns server and deployment errors into one line
+            fail(exc)
+        from prefect import serve as prefect_serve
+
+        prefect_serve(*deployments, limit=limit)
+
+    @app.command()
+    def trigger(source: str = typer.Argument(..., help="A configured source's name, or `all`."),
+                full: bool = typer.Option(False, "--full", help="List everything again and reconcile deletions."),
+                config: Optional[Path] = ConfigOption,
+                as_json: bool = JsonOption) -> None:
+        """Start a run of deployment ingest/SOURCE on the server and return at once (the run goes on)."""
+        from vectormill.flows import remote
+        from vectormill.flows.deploy import ALL
+
+        if source != ALL:
+            settings = load(config)
+            known = [s.name for s in settings.sources]
+            if source not in known:
+                raise UserError([f"no source named {source!r} in the config (configured: "
+                                 f"{', '.join(known) or 'none'}; or `all`)"], code=2)
+        prefect_defaults()
+        try:
+            flow_run = remote.start_run(source, {"full": True} if full else {})
+        except Exception as exc:  # noqa: BLE001
+            fail(exc)
+        result = {"flow_run_id": str(flow_run.id), "url": remote.run_url(flow_run.id)}
+        if as_json:
+            print(json.dumps(result))
+        else:
+            console.print(f"started flow run {flow_run.name} ({flow_run.id}) of {remote.deployment_name(source)}")
+            if result["url"]:
+                console.print(result["url"])
+
+    @app.command()
+    def runs(limit: int = typer.Option(RECENT_RUNS, "--limit", "-n", min=1, help="How many runs."),
+             as_json: bool = JsonOption) -> None:
+        """Recent runs of the ingest flow, newest first, with their states."""
+        from vectormill.flows.remote import recent_runs
+
+        prefect_defaults()
+        try:
+            rows = recent_runs(limit)
+        except Exception as exc:  # noqa: BLE001
+            fail(exc)
+        if as_json:
+            print(json.dumps(rows))
+            return
+        table = Table(title="ingest runs")
+        for column in ("id", "deployment", "state", "start", "end"):
+            table.add_column(column, overflow="fold")
+        for row in rows:
+            table.add_row(row["id"], row["deployment"] or "", row["state"], row["start"] or "", row["end"] or "")
+        console.print(table)
+
+    @app.command("setup-limits")
+    def setup_limits_command(config: Optional[Path] = ConfigOption, as_json: bool = JsonOption) -> None:
+        """Create (or update) the Prefect global concurrency limits for the store, embedding and HTTP sources."""
+        from vectormill.flows.deploy import setup_limits
+        from vectormill.flows.remote import require_server
+
+        settings = load(config)
+        prefect_defaults()
+        try:
+            require_server()
+            specs = setup_limits(settings)
+        except Exception as exc:  # noqa: BLE001
+            fail(exc)
+        if as_json:
+            print(json.dumps([vars(spec) for spec in specs]))
+            return
+        table = Table(title="global concurrency limits")
+        for column in ("name", "slots", "decay/s", "for"):
+            table.add_column(column)
+        for spec in specs:
+            table.add_row(spec.name, str(spec.limit), f"{spec.slot_decay_per_second:g}" if spec.slot_decay_per_second
+                          else "", spec.purpose)
+        console.print(table)
+
+    @app.command("prefect-yaml")
+    def prefect_yaml_command(config: Optional[Path] = ConfigOption,
+                             output: Path = typer.Option(Path("prefect.yaml"), "--output", "-o",
+                                                         help="Where to write it (`-` for stdout).")) -> None:
+        """Write a prefect.yaml with the ingest deployments of this config, for `prefect deploy --all`."""
+        import yaml
+
+        from vectormill.flows.deploy import prefect_yaml
+
+        settings = load(config)
+        try:
+            document = prefect_yaml(settings, config_file_path(config))
+        except Exception as exc:  # noqa: BLE001
+            fail(exc)
+        text = yaml.safe_dump(document, sort_keys=False)
+        if str(output) == "-":
+            print(text, end="")
+            return
+        output.write_text(text)
+        pool = settings.deployments.work_pool
+        console.print(f"wrote {output}: `prefect work-pool create {pool} --type process`, "
+                      f"`prefect deploy --all --prefect-file {output}`, then `prefect worker start --pool {pool}`")

@@ -1,0 +1,47 @@
+"""`vectormill search`: the nearest chunks to a text. Runs no flow, so it never imports Prefect."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from .common import ConfigOption, JsonOption, console, fail, load, print_warning
+
+
+def show_search(text: str, k: int, config_file: Optional[Path], as_json: bool) -> None:
+    from vectormill.flows.search import search_store
+
+    config = load(config_file)
+    try:
+        result = search_store(config, text, k)
+    except Exception as exc:  # noqa: BLE001 - fail() turns store errors into one line
+        fail(exc)
+    for note in result.notes:
+        print_warning(note)
+    if as_json:
+        print(json.dumps(result.hits))
+        return
+    table = Table(title=f"search: {text}")
+    for column in ("score", "source", "document", "page", "text"):
+        table.add_column(column, overflow="fold")
+    for hit in result.hits:
+        snippet = " ".join(hit["text"].split())
+        table.add_row(f"{hit['score']:.3f}", hit["source"], hit["document"], str(hit["page"] or ""),
+                      snippet[:200] + ("…" if len(snippet) > 200 else ""))
+    console.print(table)
+
+
+def register(app: typer.Typer, store_app: typer.Typer) -> None:
+    @app.command()
+    def search(
+        text: str = typer.Argument(..., help="What to look for."),
+        k: int = typer.Option(5, "-k", min=1, help="How many hits."),
+        config: Optional[Path] = ConfigOption,
+        as_json: bool = JsonOption,
+    ) -> None:
+        """Nearest chunks to TEXT, best first."""
+        show_search(text, k, config, as_json)

@@ -1,0 +1,11 @@
+"""The errors of sources and of the HTTP layer: plain types that every layer above may render."""
+
+from __future__ import annotations
+
+
+class DocumentError(Exception):
+    """One document cannot be read (corrupt, encrypted, empty, too large…): recorded, the run goes on."""
+
+
+class SourceError(Exception):
+    """The whole source is unusable (bad credentials, listing failed, circuit open): its run stops."""

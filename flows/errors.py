@@ -1,0 +1,35 @@
+"""Which errors a user can act on, and how the command line reports them.
+
+The types come from every layer (config, sources, chunking, embedding, store, deployments);
+collecting them here lets the command line render them without importing connectors or
+embedding itself. Imports happen inside the function: it runs only when something failed.
+"""
+
+from __future__ import annotations
+
+CONFIG_PROBLEM = 2  # exit code of a bad config or deployment setting
+FAILED = 1  # exit code of anything else the user can act on
+
+
+class ServerError(RuntimeError):
+    """No Prefect server, or it lacks what the command needs (a deployment, an artifact)."""
+
+
+def user_error(exc: BaseException) -> tuple[list[str], int] | None:
+    """(lines to print, exit code) for an error the user can act on; None for anything else (a bug)."""
+    from vectormill.connectors.errors import SourceError
+    from vectormill.embedding.base import EmbeddingError
+    from vectormill.embedding.chunking import ChunkingError
+    from vectormill.stores.faiss_store import StoreError
+    from vectormill.stores.lock import StoreLockedError
+
+    from .config import ConfigError
+    from .deploy import DeploymentConfigError
+
+    if isinstance(exc, ConfigError):
+        return exc.problems, CONFIG_PROBLEM
+    if isinstance(exc, DeploymentConfigError):
+        return [str(exc)], CONFIG_PROBLEM
+    if isinstance(exc, (ChunkingError, EmbeddingError, SourceError, StoreError, StoreLockedError, ServerError)):
+        return [str(exc)], FAILED
+    return None

@@ -1,0 +1,34 @@
+"""Search the store for a text: embed the query with the store's model, return the nearest chunks.
+
+Runs no flow, so it never imports Prefect.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from vectormill.stores.faiss_store import FaissStore, StoreError
+
+from .config import VectormillConfig
+
+
+@dataclass
+class SearchResult:
+    hits: list[dict[str, Any]]  # best first: document, source, page, score, text, title, location, chunk_id
+    notes: list[str]  # the store's warnings (recovery, replicas), for the user
+
+
+def search_store(config: VectormillConfig, text: str, k: int) -> SearchResult:
+    from vectormill.embedding.registry import build_embedder
+
+    with FaissStore.open(config.store, writable=False) as store:
+        if store.model != config.embedding.model:
+            raise StoreError(f"store holds vectors of model {store.model!r}; the config names "
+                             f"{config.embedding.model!r}: set [embedding] model to match")
+        embedder = build_embedder(config.embedding)
+        hits = store.search(embedder.embed([text])[0], k)
+        notes = list(store.notes)
+    return SearchResult([{"document": h.document, "source": h.source, "page": h.page, "score": round(h.score, 4),
+                          "text": h.text, "title": h.title, "location": h.location, "chunk_id": h.chunk_id}
+                         for h in hits], notes)

@@ -1,0 +1,58 @@
+"""The [deployments] table: schedules, the work pool and the concurrency of scheduled runs.
+
+Plain settings (pydantic, no Prefect): the config holds them, and commands that must not import
+Prefect load the config. What the limits are for is told in `deploy.py`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+def _valid_cron(expression: str | None) -> str | None:
+    if expression is None:
+        return None
+    from cronsim import CronSim, CronSimError  # Prefect's own cron parser
+
+    try:
+        CronSim(expression, datetime(2000, 1, 1))
+    except CronSimError as exc:
+        raise ValueError(f"{expression!r} is not a valid cron expression ({exc})") from None
+    return expression
+
+
+class DeploymentSettings(BaseModel):
+    """The [deployments] table: schedules, the work pool and concurrency of scheduled runs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Work pool (type "process") named in deployments/prefect.yaml; `vectormill serve` needs none.
+    work_pool: str = "vectormill"
+    # Cron per source name, for its deployment ingest/<source>; a source without one is run on demand.
+    schedules: dict[str, str] = Field(default_factory=dict)
+    # Cron of ingest/all.
+    all_schedule: str | None = None
+    timezone: str = "UTC"
+    # Runs of one deployment at once; more wait for a slot (collision strategy ENQUEUE).
+    runs_per_deployment: int = Field(default=1, ge=1)
+    # Global concurrency limits (see the module docstring).
+    store_limit: str = Field(default="vectormill-store", pattern=r"^[a-z0-9][a-z0-9-]*$")
+    embedding_limit: str = Field(default="vectormill-embedding", pattern=r"^[a-z0-9][a-z0-9-]*$")
+    embedding_slots: int = Field(default=1, ge=1)
+
+    @field_validator("schedules")
+    @classmethod
+    def _crons(cls, schedules: dict[str, str]) -> dict[str, str]:
+        for name, expression in schedules.items():
+            try:
+                _valid_cron(expression)
+            except ValueError as exc:
+                raise ValueError(f"schedules.{name}: {exc}") from None
+        return schedules
+
+    @field_validator("all_schedule")
+    @classmethod
+    def _all_cron(cls, expression: str | None) -> str | None:
+        return _valid_cron(expression)
