@@ -7,7 +7,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .records import BaselineRecord, Operation, SearchHit
+from .records import BaselineRecord, Operation, QueuedDocument, SearchHit
 
 
 class VectorStore(Protocol):
@@ -22,6 +22,12 @@ class VectorStore(Protocol):
     def cursor(self, source: str) -> str | None: ...
 
     def baselines(self, source: str | None = None) -> list[BaselineRecord]: ...
+
+    def retry_queue(self, source: str | None = None) -> list[QueuedDocument]:
+        """Documents that failed and have not landed since, oldest first failure first."""
+        ...
+
+    def properties(self) -> dict[str, str]: ...
 
     def write(self, operations: Sequence[Operation]) -> int:
         """Durable once it returns (the write is acknowledged)."""

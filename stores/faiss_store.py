@@ -33,7 +33,10 @@ import numpy as np
 from . import wal
 from .lock import WriterLock
 from .manifest import MANIFEST, ManifestError, Problem, build_manifest, file_sha256, parse_manifest
-from .records import BaselineRecord, ChunkRecord, CursorUpdate, DocumentDelete, DocumentUpsert, Operation, SearchHit
+from .records import (
+    BaselineRecord, ChunkRecord, CursorUpdate, DocumentDelete, DocumentFailed, DocumentUpsert, Operation, PropertyUpdate,
+    QueuedDocument, SearchHit,
+)
 from .replicas import Location, Replicator, generation_name
 from .settings import StoreSettings
 
@@ -54,13 +57,20 @@ CREATE TABLE IF NOT EXISTS documents (
 CREATE TABLE IF NOT EXISTS chunks (
     faiss_id INTEGER PRIMARY KEY, chunk_id TEXT NOT NULL UNIQUE, source TEXT NOT NULL,
     document TEXT NOT NULL, position INTEGER NOT NULL, text TEXT NOT NULL, content_hash TEXT NOT NULL,
-    page INTEGER, last_page INTEGER, tokens INTEGER NOT NULL, vector BLOB NOT NULL);
+    page INTEGER, last_page INTEGER, tokens INTEGER NOT NULL, vector BLOB NOT NULL, ocr INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS chunks_by_document ON chunks (source, document);
 CREATE TABLE IF NOT EXISTS cursors (source TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS baselines (
     source TEXT NOT NULL, run_id TEXT NOT NULL, created_at TEXT NOT NULL, stats TEXT NOT NULL,
     PRIMARY KEY (source, run_id));
+CREATE TABLE IF NOT EXISTS retry_queue (
+    source TEXT NOT NULL, document TEXT NOT NULL, ref TEXT NOT NULL, reason TEXT NOT NULL,
+    attempts INTEGER NOT NULL, first_failed TEXT NOT NULL, last_failed TEXT NOT NULL,
+    PRIMARY KEY (source, document));
+CREATE TABLE IF NOT EXISTS properties (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+CHUNK_COLUMNS = ("faiss_id, chunk_id, source, document, position, text, content_hash, page, last_page, tokens, "
+                 "vector, ocr")
 
 
 class StoreError(RuntimeError):
@@ -369,6 +379,8 @@ class FaissStore:
         if self.index_kind == "staging":
             self._removable = True
         self.db.executescript(SCHEMA)
+        if "ocr" not in {row[1] for row in self.db.execute("PRAGMA table_info(chunks)")}:
+            self.db.execute("ALTER TABLE chunks ADD COLUMN ocr INTEGER NOT NULL DEFAULT 0")  # generations before OCR
         self._apply_search_parameters()
 
     def _apply_search_parameters(self) -> None:
@@ -466,6 +478,20 @@ class FaissStore:
                 cursor.execute("INSERT OR REPLACE INTO baselines VALUES (?, ?, ?, ?)",
                                (op.source, op.run_id, op.created_at, json.dumps(op.stats, separators=(",", ":"))))
                 continue
+            if isinstance(op, DocumentFailed):
+                cursor.execute(
+                    "INSERT INTO retry_queue VALUES (?, ?, ?, ?, 1, ?, ?) ON CONFLICT(source, document) DO UPDATE SET "
+                    "ref = excluded.ref, reason = excluded.reason, attempts = attempts + 1, "
+                    "last_failed = excluded.last_failed",
+                    (op.source, op.document, op.ref, op.reason, op.failed_at, op.failed_at))
+                continue
+            if isinstance(op, PropertyUpdate):
+                if op.value is None:
+                    cursor.execute("DELETE FROM properties WHERE key = ?", (op.key,))
+                else:
+                    cursor.execute("INSERT OR REPLACE INTO properties VALUES (?, ?)", (op.key, op.value))
+                continue
+            cursor.execute("DELETE FROM retry_queue WHERE source = ? AND document = ?", (op.source, op.document))
             for identifier, blob in cursor.execute(
                     "SELECT faiss_id, vector FROM chunks WHERE source = ? AND document = ?", (op.source, op.document)):
                 before.setdefault(identifier, blob)
@@ -486,8 +512,8 @@ class FaissStore:
                 before.setdefault(identifier, self._stale.get(identifier))
                 after[identifier] = blob
                 rows.append((identifier, chunk.chunk_id, op.source, op.document, chunk.position, chunk.text,
-                             chunk.content_hash, chunk.page, chunk.last_page, chunk.tokens, blob))
-            cursor.executemany("INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                             chunk.content_hash, chunk.page, chunk.last_page, chunk.tokens, blob, int(chunk.ocr)))
+            cursor.executemany(f"INSERT INTO chunks ({CHUNK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         self.db.commit()
         self._update_index(before, after)
 
@@ -658,6 +684,15 @@ class FaissStore:
                 else self.db.execute(f"{query} ORDER BY source, created_at, rowid"))
         return [BaselineRecord(name, run_id, created_at, json.loads(stats)) for name, run_id, created_at, stats in rows]
 
+    def retry_queue(self, source: str | None = None) -> list[QueuedDocument]:
+        """Documents that failed and have not landed since (of one source, or all), oldest failure first."""
+        query = ("SELECT source, document, ref, reason, attempts, first_failed, last_failed FROM retry_queue"
+                 + (" WHERE source = ?" if source is not None else "") + " ORDER BY first_failed, source, document")
+        return [QueuedDocument(*row) for row in self.db.execute(query, (source,) if source is not None else ())]
+
+    def properties(self) -> dict[str, str]:
+        return dict(self.db.execute("SELECT key, value FROM properties"))
+
     def document_count(self) -> int:
         return self.db.execute("SELECT count(*) FROM documents").fetchone()[0]
 
@@ -675,12 +710,12 @@ class FaissStore:
             if identifier < 0 or int(identifier) in self._stale:
                 continue
             row = self.db.execute(
-                "SELECT c.chunk_id, c.source, c.document, d.title, d.location, c.page, c.text "
+                "SELECT c.chunk_id, c.source, c.document, d.title, d.location, c.page, c.text, c.ocr "
                 "FROM chunks c JOIN documents d USING (source, document) WHERE c.faiss_id = ?",
                 (int(identifier),),
             ).fetchone()
             if row:
-                hits.append(SearchHit(float(score), *row))
+                hits.append(SearchHit(float(score), *row[:-1], ocr=bool(row[-1])))
             if len(hits) == k:
                 break
         return hits
@@ -797,7 +832,7 @@ def encode_operations(operations: Sequence[Operation]) -> bytes:
             header.append({
                 "op": "upsert", "source": op.source, "document": op.document, "version": op.version,
                 "title": op.title, "location": op.location, "modified": op.modified,
-                "chunks": [[c.chunk_id, c.position, c.text, c.content_hash, c.page, c.last_page, c.tokens]
+                "chunks": [[c.chunk_id, c.position, c.text, c.content_hash, c.page, c.last_page, c.tokens, c.ocr]
                            for c in op.chunks],
             })
             blobs.append(np.ascontiguousarray(op.vectors, dtype=np.float32).tobytes())
@@ -806,6 +841,11 @@ def encode_operations(operations: Sequence[Operation]) -> bytes:
         elif isinstance(op, BaselineRecord):
             header.append({"op": "baseline", "source": op.source, "run_id": op.run_id,
                            "created_at": op.created_at, "stats": op.stats})
+        elif isinstance(op, DocumentFailed):
+            header.append({"op": "failed", "source": op.source, "document": op.document, "ref": op.ref,
+                           "reason": op.reason, "failed_at": op.failed_at})
+        elif isinstance(op, PropertyUpdate):
+            header.append({"op": "property", "key": op.key, "value": op.value})
         else:
             header.append({"op": "cursor", "source": op.source, "cursor": op.cursor})
     encoded = json.dumps(header, separators=(",", ":")).encode()
@@ -819,7 +859,7 @@ def decode_operations(payload: bytes, dimension: int) -> list[Operation]:
     operations: list[Operation] = []
     for entry in header:
         if entry["op"] == "upsert":
-            chunks = tuple(ChunkRecord(*fields) for fields in entry["chunks"])
+            chunks = tuple(ChunkRecord(*fields) for fields in entry["chunks"])  # 7 fields before OCR: ocr=False
             count = len(chunks) * dimension
             vectors = np.frombuffer(payload, dtype=np.float32, count=count, offset=offset).reshape(len(chunks), dimension)
             offset += count * 4
@@ -829,6 +869,11 @@ def decode_operations(payload: bytes, dimension: int) -> list[Operation]:
             operations.append(DocumentDelete(entry["source"], entry["document"]))
         elif entry["op"] == "baseline":
             operations.append(BaselineRecord(entry["source"], entry["run_id"], entry["created_at"], entry["stats"]))
+        elif entry["op"] == "failed":
+            operations.append(DocumentFailed(entry["source"], entry["document"], entry["ref"], entry["reason"],
+                                             entry["failed_at"]))
+        elif entry["op"] == "property":
+            operations.append(PropertyUpdate(entry["key"], entry["value"]))
         else:
             operations.append(CursorUpdate(entry["source"], entry["cursor"]))
     return operations

@@ -17,11 +17,15 @@ class ChunkRecord:
     page: int | None
     last_page: int | None
     tokens: int
+    ocr: bool = False  # its text was read by OCR from page images
 
 
 @dataclass(frozen=True)
 class DocumentUpsert:
-    """Replace everything stored for (source, document) by these chunks and vectors."""
+    """Replace everything stored for (source, document) by these chunks and vectors.
+
+    It also takes the document off its source's retry queue: it has landed.
+    """
 
     source: str
     document: str
@@ -35,6 +39,8 @@ class DocumentUpsert:
 
 @dataclass(frozen=True)
 class DocumentDelete:
+    """Remove (source, document) and take it off the retry queue (gone at the source)."""
+
     source: str
     document: str
 
@@ -59,7 +65,44 @@ class BaselineRecord:
     stats: dict[str, Any] = field(repr=False)
 
 
-Operation = DocumentUpsert | DocumentDelete | CursorUpdate | BaselineRecord
+@dataclass(frozen=True)
+class DocumentFailed:
+    """A document of a source failed in a run: put it on (or keep it on) the source's retry queue.
+
+    `ref` is what the source needs to fetch it again (opaque to the store, e.g. JSON). A document
+    already queued keeps its first failure; its attempts count up and its reason and last failure
+    are replaced. Written in the same `write` as the cursor that moves past it.
+    """
+
+    source: str
+    document: str
+    ref: str
+    reason: str
+    failed_at: str  # ISO 8601, UTC
+
+
+@dataclass(frozen=True)
+class QueuedDocument:
+    """A document on a source's retry queue, as `VectorStore.retry_queue` returns it."""
+
+    source: str
+    document: str
+    ref: str
+    reason: str
+    attempts: int
+    first_failed: str
+    last_failed: str
+
+
+@dataclass(frozen=True)
+class PropertyUpdate:
+    """Set a store-wide property (e.g. the precision its vectors were embedded in); None removes it."""
+
+    key: str
+    value: str | None
+
+
+Operation = DocumentUpsert | DocumentDelete | CursorUpdate | BaselineRecord | DocumentFailed | PropertyUpdate
 
 
 @dataclass(frozen=True)
@@ -72,3 +115,4 @@ class SearchHit:
     location: str
     page: int | None
     text: str
+    ocr: bool = False

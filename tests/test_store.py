@@ -1,5 +1,6 @@
 """The FAISS store on real files: WAL replay, checkpoints, corrupt checkpoints, the writer lock, index factories."""
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -8,10 +9,10 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from .servers.store_batches import DIMENSION, SOURCE, batch, expected_after, upsert, vector_for
+from .servers.store_batches import DIMENSION, SOURCE, batch, chunk_text, expected_after, upsert, vector_for
 from vectormill.stores.faiss_store import FaissStore, StoreCorruptError, StoreError, faiss_id
 from vectormill.stores.lock import StoreLockedError
-from vectormill.stores.records import DocumentDelete
+from vectormill.stores.records import CursorUpdate, DocumentDelete, DocumentFailed, DocumentUpsert, PropertyUpdate
 from vectormill.stores.settings import StoreSettings
 
 
@@ -219,3 +220,39 @@ def test_replica_policy_is_validated():
     assert StoreSettings().replicas_required == 0  # no replicas: replication is off
     secret = StoreSettings(replicas=[{"name": "a", "url": "s3://b/p", "storage_options": {"secret": "hunter2"}}])
     assert "hunter2" not in repr(secret)
+
+
+def test_the_retry_queue_counts_failures_and_empties_as_documents_land(tmp_path):
+    config = settings(tmp_path)
+    first, later = "2026-01-01T00:00:00+00:00", "2026-01-02T00:00:00+00:00"
+    with open_store(config) as store:
+        store.write([DocumentFailed(SOURCE, "d0", '{"id": "d0"}', "503 from the server", first),
+                     DocumentFailed(SOURCE, "gone", '{"id": "gone"}', "timed out", first),
+                     DocumentFailed("other", "x", "{}", "unreadable", first), CursorUpdate(SOURCE, "past them")])
+        store.write([DocumentFailed(SOURCE, "d0", '{"id": "d0", "v": 2}', "reset by peer", later)])
+        store.checkpoint()
+        queued = store.retry_queue(SOURCE)
+        assert [(q.document, q.attempts, q.reason, q.first_failed, q.last_failed, q.ref) for q in queued] == [
+            ("d0", 2, "reset by peer", first, later, '{"id": "d0", "v": 2}'),
+            ("gone", 1, "timed out", first, first, '{"id": "gone"}')]
+        store.write([upsert("d0", 1, 2), DocumentDelete(SOURCE, "gone")])  # landed; deleted at the source
+    for writable in (True, False):  # from the checkpoint plus the log, by the writer and by a reader
+        with FaissStore.open(config, writable=writable) as store:
+            assert store.retry_queue(SOURCE) == []
+            assert [q.document for q in store.retry_queue()] == ["x"]
+            assert store.cursor(SOURCE) == "past them"
+
+
+def test_properties_and_the_ocr_flag_survive_reopening(tmp_path):
+    config = settings(tmp_path)
+    scanned = upsert("scan", 1, 1)
+    scanned = DocumentUpsert(SOURCE, "scan", "v1", "scan", "scan.pdf", None,
+                             (dataclasses.replace(scanned.chunks[0], ocr=True),), scanned.vectors)
+    with open_store(config) as store:
+        store.write([scanned, PropertyUpdate("precision", "bf16")])
+        store.checkpoint()
+        store.write([upsert("text", 1, 1), PropertyUpdate("note", "x"), PropertyUpdate("note", None)])
+    with FaissStore.open(config, writable=False) as store:
+        assert store.properties() == {"precision": "bf16"}
+        assert store.search(scanned.vectors[0], k=1)[0].ocr is True
+        assert store.search(vector_for(chunk_text("text", 0, 1)), k=1)[0].ocr is False
