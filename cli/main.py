@@ -6,9 +6,11 @@ Commands parse, call a function of `flows` or `stores`, and render. Commands tha
 
 from __future__ import annotations
 
+import inspect
 import sys
 
 import typer
+from rich.markup import escape
 
 from . import backfill, capacity, drift, init, ops, search, sources, store
 from .common import UserError, errors, print_error
@@ -19,6 +21,17 @@ app.add_typer(store_app, name="store")
 
 for module in (init, backfill, search, sources, store, capacity, ops, drift):
     module.register(app, store_app)
+
+
+def literal_help(typer_app: typer.Typer) -> None:
+    """Commands' help is plain text: rich would read "[drift]" in a docstring as markup and drop it."""
+    for command in typer_app.registered_commands:
+        command.help = escape(command.help or inspect.getdoc(command.callback) or "")
+    for group in typer_app.registered_groups:
+        literal_help(group.typer_instance)
+
+
+literal_help(app)
 
 
 def main() -> None:
