@@ -39,7 +39,7 @@ class TeiEmbedder:
         self.concurrency = concurrency
         self.http = HttpClient(http.name, http, headers={"Authorization": f"Bearer {token}"} if token else None,
                                secret_values=(token,) if token else ())
-        self.shown_url = self.http.display_url(self.url)  # for messages: credentials and secret values masked
+        self.shown_url = self.http.display_url(self.url).rstrip("/")  # for messages: credentials, secrets masked
         info = self._call("GET", "/info").json()
         served = info.get("model_id")
         if model is not None and served != model:
