@@ -54,12 +54,13 @@ def test_init_writes_an_example_that_loads(tmp_path):
 def test_commands_that_run_no_flow_import_no_prefect(tmp_path):
     write_corpus(tmp_path / "pdfs", {"chess": TOPICS["chess"]})
     write_config(tmp_path)
-    code = ("import sys; from vectormill.cli import main as cli; sys.argv = ['vectormill', 'store', 'stats'];\n"
-            "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
-            "print('PREFECT LOADED' if 'prefect' in sys.modules else 'NO PREFECT')")
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
-    assert result.stdout.strip().splitlines()[-1] == "NO PREFECT", result.stderr
-    assert "no store at" in result.stderr  # nothing ingested yet: a clear line, not a traceback
+    for command in (["store", "stats"], ["failures"]):
+        code = (f"import sys; from vectormill.cli import main as cli; sys.argv = ['vectormill', *{command!r}];\n"
+                "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
+                "print('PREFECT LOADED' if 'prefect' in sys.modules else 'NO PREFECT')")
+        result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+        assert result.stdout.strip().splitlines()[-1] == "NO PREFECT", (command, result.stderr)
+        assert "no store at" in result.stderr  # nothing ingested yet: a clear line, not a traceback
 
 
 @pytest.mark.slow
