@@ -52,10 +52,11 @@ def plan_source(source: Source, store: VectorStore, counts: MutableMapping[str, 
     by their refs whatever the cursor says (unless the changes delete them). A full listing instead
     fetches each queued document it lists, changed or not, and drops the queued ones it no longer
     lists. Stuck documents (`max_attempts` failed runs) are fetched only when listed as changed
-    since they failed, or by a full run."""
+    since they failed, or by a `full` run."""
     stored = store.document_versions(source.name)
     cursor = store.cursor(source.name)
-    queued = {q.document: (DocumentRef.from_json(q.ref), is_stuck(q, max_attempts)) for q in store.retry_queue(source.name)}
+    queued = {queued.document: (DocumentRef.from_json(queued.ref), is_stuck(queued, max_attempts))
+              for queued in store.retry_queue(source.name)}
     deletions: list[str] = []
 
     def wanted(ref: DocumentRef) -> bool:
@@ -81,25 +82,27 @@ def plan_source(source: Source, store: VectorStore, counts: MutableMapping[str, 
         if reconcile:
             deletions.extend(sorted((set(stored) | set(queued)) - listed))
 
-    def retries_then(changes: Changes) -> Iterator[tuple[DocumentRef, bool]]:
-        gone = set(changes.deletions)
-        deletions.extend(sorted(d for d in gone if d in stored or d in queued))
-        retried: set[str] = set()
-        for document, (ref, stuck) in queued.items():
-            if document not in gone and (full or not stuck):
-                retried.add(document)
+    def queue_then_changes(changes: Changes, cursor: str | None) -> Plan:
+        gone = list(changes.deletions)
+        deletions.extend(d for d in gone if d in stored or d in queued)
+        removed = set(gone)
+        retries = [ref for document, (ref, stuck) in queued.items() if not stuck and document not in removed]
+
+        def refs() -> Iterator[tuple[DocumentRef, bool]]:
+            for ref in retries:
                 counts["seen"] += 1
-                yield ref, document not in stored
-        yield from classify(changes.upserts, reconcile=False, seen=retried)
+                yield ref, ref.id not in stored
+            yield from classify(changes.upserts, reconcile=False, seen={ref.id for ref in retries})
+
+        return Plan(refs(), deletions, cursor, incremental=True)
 
     if window is not None:
         if isinstance(source, IncrementalSource) and window.since is not None and not full:
-            changes = source.changes_since(window.since.strftime("%Y-%m-%dT%H:%M:%SZ"))
-            return Plan(retries_then(changes), deletions, None, incremental=True)
+            return queue_then_changes(source.changes_since(window.since.strftime("%Y-%m-%dT%H:%M:%SZ")), None)
         return Plan(classify(source.list_documents(), reconcile=False, seen=set()), deletions, None, incremental=False)
     if isinstance(source, IncrementalSource) and cursor and not full:
-        changes: Changes = source.changes_since(cursor)
-        return Plan(retries_then(changes), deletions, changes.cursor, incremental=True)
+        changes = source.changes_since(cursor)
+        return queue_then_changes(changes, changes.cursor)
     # Taken before listing: a change made while we list is seen again next time, never skipped.
     new_cursor = source.current_cursor() if isinstance(source, IncrementalSource) else None
     return Plan(classify(source.list_documents(), reconcile=True, seen=set()), deletions, new_cursor, incremental=False)
