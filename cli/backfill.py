@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from .common import (ConfigOption, JsonOption, UserError, config_file_path, console, errors, fail, load,
@@ -131,7 +132,8 @@ def print_summary(summary: dict[str, Any]) -> None:
         for column in ("source", "document", "attempts", "reason"):
             table.add_column(column)
         for entry in stuck:
-            table.add_row(entry["source"], entry["document"], str(entry["attempts"]), entry["reason"])
+            table.add_row(escape(entry["source"]), escape(entry["document"]), str(entry["attempts"]),
+                          escape(entry["reason"]))
         console.print(table)
     queued = sum(summary.get("retry_queue", {}).values())
     if queued:

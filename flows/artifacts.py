@@ -5,10 +5,11 @@ Artifact keys are stable, so the UI's Artifacts page shows each one's history ac
 
 - `ingest-progress-<target>`  progress (0–100) of the documents to process, updated while the run goes
 - `ingest-source-<source>`    table: seen / new / changed / unchanged / deleted / failed / chunks / seconds
-- `ingest-summary-<target>`   markdown: status and warnings, sources, documents queued for retry,
+- `ingest-summary-<target>`   markdown: status and warnings, documents queued for retry, sources,
                               failed documents with reasons, stuck documents (queued past
-                              max_document_attempts), embedding throughput, stage seconds, store, then the optional sections
-                              below, then the summary as JSON (what `backfill --deployment --json` prints)
+                              max_document_attempts), embedding throughput, stage seconds, store, then
+                              the optional sections below, then the summary as JSON (what
+                              `backfill --deployment --json` prints)
 
 Keys hold only lowercase letters, digits and dashes (`slug`). The summary renders these optional
 keys of the summary dict when a flow adds them (one line each in the flow):

@@ -141,8 +141,8 @@ def fetch_parse_chunk(
     chunk_tokens: int,
     overlap: int,
 ) -> FetchResult:
-    """Fetch, parse and chunk a batch of documents; a bad document becomes a Failure (one gone at the
-    source, a deletion), not an error.
+    """Fetch, parse and chunk a batch of documents; a bad document becomes a Failure, and one the source
+    says is gone a deletion, not an error.
 
     Retried by Prefect only for unexpected errors (a bug or a lost worker); per-document errors
     and HTTP retries are handled inside.
@@ -237,8 +237,9 @@ def ingest_source(
         # Last, after everything it covers is durable: a crash before this write re-reads the changes.
         # The failed documents go on the retry queue in the same write as the cursor that moves past them.
         failed_at = datetime.now(timezone.utc).isoformat()
-        final: list[DocumentFailed | CursorUpdate] = [DocumentFailed(settings.name, f.document, failed_refs[f.document].to_json(), f.reason,
-                                           failed_at) for f in report.failures]
+        final: list[DocumentFailed | CursorUpdate] = [
+            DocumentFailed(settings.name, failure.document, failed_refs[failure.document].to_json(), failure.reason,
+                           failed_at) for failure in report.failures]
         if plan.cursor is not None and plan.cursor != store.cursor(settings.name):
             final.append(CursorUpdate(settings.name, plan.cursor))
         if final:
