@@ -16,6 +16,11 @@ from rich.table import Table
 from .common import ConfigOption, JsonOption, console, fail, load
 
 
+def _when(moment: str) -> str:
+    """An ISO 8601 UTC time to the second, for a table (the JSON keeps it whole)."""
+    return moment[:19].replace("T", " ")
+
+
 def register(app: typer.Typer, store_app: typer.Typer) -> None:
     @app.command()
     def failures(
@@ -39,8 +44,8 @@ def register(app: typer.Typer, store_app: typer.Typer) -> None:
             table.add_column(column, justify="right" if column == "attempts" else "left", overflow="fold")
         for entry in entries:
             attempts = f"[red]{entry.attempts} stuck[/red]" if entry.stuck else str(entry.attempts)
-            table.add_row(escape(entry.source), escape(entry.document), attempts, entry.first_failed, entry.last_failed,
-                          escape(entry.reason))
+            table.add_row(escape(entry.source), escape(entry.document), attempts, _when(entry.first_failed),
+                          _when(entry.last_failed), escape(entry.reason))
         console.print(table)
         stuck = sum(entry.stuck for entry in entries)
         console.print(f"{len(entries)} queued for retry, {stuck} stuck (failed in max_document_attempts runs: "
