@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from .common import (ConfigOption, JsonOption, UserError, config_file_path, console, errors, fail, load,
@@ -125,6 +126,19 @@ def print_summary(summary: dict[str, Any]) -> None:
         for failure in summary["failures"]:
             failures.add_row(failure["source"], failure["document"], failure["reason"])
         console.print(failures)
+    stuck = summary.get("stuck", [])
+    if stuck:
+        table = Table(title="stuck documents (failed in max_document_attempts runs; still queued)")
+        for column in ("source", "document", "attempts", "reason"):
+            table.add_column(column)
+        for entry in stuck:
+            table.add_row(escape(entry["source"]), escape(entry["document"]), str(entry["attempts"]),
+                          escape(entry["reason"]))
+        console.print(table)
+    queued = sum(summary.get("retry_queue", {}).values())
+    if queued:
+        console.print(f"queued for retry: {queued}, {len(stuck)} stuck "
+                      "(`vectormill failures` lists them)", highlight=False)
     seconds = ", ".join(f"{stage} {value:.1f}s" for stage, value in summary["seconds"].items())
     console.print(f"store: {summary['store']['vectors']} vectors, {summary['store']['documents']} documents, "
                   f"generation {summary['store']['generation']}  ·  {seconds}")

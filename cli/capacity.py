@@ -1,11 +1,13 @@
 """`vectormill capacity`: the embedding plan for this machine and the numbers it came from.
 
 It runs no flow and loads no model (torch is imported only when NVML sees a GPU), so it is quick.
+It needs no config file: without one it plans for the default model and settings.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -17,13 +19,26 @@ from .common import ConfigOption, JsonOption, console, fail, load
 MIB = 1024 * 1024
 
 
+def _embedding_settings(config: Optional[Path]):
+    """[embedding] of the config; of the defaults (and VECTORMILL_* overrides) when no file is named
+    (--config, $VECTORMILL_CONFIG) and ./vectormill.toml does not exist."""
+    from vectormill.flows.config import CONFIG_ENV, config_path, parse_config
+
+    if config is not None or os.environ.get(CONFIG_ENV) or config_path(None).exists():
+        return load(config).embedding
+    try:
+        return parse_config({}, Path.cwd()).embedding
+    except Exception as exc:  # noqa: BLE001 - fail() turns config errors into one line
+        fail(exc)
+
+
 def register(app: typer.Typer, store_app: typer.Typer) -> None:
     @app.command()
     def capacity(config: Optional[Path] = ConfigOption, as_json: bool = JsonOption) -> None:
         """How many model replicas run where, with what token budget per batch, and why."""
         from vectormill.flows.capacity import capacity_plan
 
-        settings = load(config).embedding
+        settings = _embedding_settings(config)
         try:
             footprint, plan = capacity_plan(settings)
         except Exception as exc:  # noqa: BLE001 - fail() turns embedding errors into one line

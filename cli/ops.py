@@ -7,6 +7,7 @@ They all talk to the server at PREFECT_API_URL (Prefect is imported inside each 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -16,6 +17,9 @@ from rich.table import Table
 from .common import ConfigOption, JsonOption, UserError, config_file_path, console, errors, fail, load, prefect_defaults
 
 RECENT_RUNS = 20
+# What `serve` and the flow runs it starts (its subprocesses) log, to the terminal and the UI's Logs tab,
+# unless the user set it: progress (task runs) and per-source lines are INFO.
+SERVE_LOGGING_LEVEL = "INFO"
 
 
 def register(app: typer.Typer, store_app: typer.Typer) -> None:
@@ -27,6 +31,8 @@ def register(app: typer.Typer, store_app: typer.Typer) -> None:
         from vectormill.flows.remote import require_server
 
         settings = load(config)
+        # Before prefect_defaults(), which quiets Prefect to warnings for one-off commands.
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", SERVE_LOGGING_LEVEL)
         prefect_defaults()
         try:
             require_server()

@@ -5,10 +5,15 @@ what the store already holds, and fetches a full `Document` only for new or chan
 Sources that can report changes since a cursor (wikis, CRMs) also implement
 `IncrementalSource`; the cursor is stored with the vectors and advanced only after the
 changes it covers are durable. The errors sources raise live in `errors.py`.
+
+A document that fails is kept on its source's retry queue with its ref (`DocumentRef.to_json`),
+and later runs fetch it again by that ref: every source's `fetch` takes a ref it did not just
+list, and raises `DocumentGone` when the document no longer exists.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -24,6 +29,14 @@ class DocumentRef:
     id: str
     version: str
     modified: str | None = None
+
+    def to_json(self) -> str:
+        """The ref as the retry queue keeps it (what `fetch` needs to read the document again)."""
+        return json.dumps({"id": self.id, "version": self.version, "modified": self.modified}, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> "DocumentRef":
+        return cls(**json.loads(text))
 
 
 @dataclass(frozen=True)
@@ -72,7 +85,8 @@ class Source(Protocol):
         ...
 
     def fetch(self, ref: DocumentRef) -> Document:
-        """The document's text and metadata; raises DocumentError for a bad document."""
+        """The document's text and metadata; raises DocumentError for a bad document, DocumentGone
+        (a DocumentError) for one that no longer exists. `ref` may come from an earlier run's listing."""
         ...
 
 

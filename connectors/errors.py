@@ -7,5 +7,9 @@ class DocumentError(Exception):
     """One document cannot be read (corrupt, encrypted, empty, too large…): recorded, the run goes on."""
 
 
+class DocumentGone(DocumentError):
+    """The document no longer exists at the source (deleted, archived, moved away): it is removed from the store."""
+
+
 class SourceError(Exception):
     """The whole source is unusable (bad credentials, listing failed, circuit open): its run stops."""

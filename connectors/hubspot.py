@@ -13,7 +13,8 @@ The cursor is the client's clock taken before listing or searching; each search 
 seen again are unchanged versions, which the flow skips without fetching).
 
 A record's id is `<object_type>/<id>`, its version `updatedAt`. `fetch` uses the record kept from
-the listing or search of this run (each is read once), else `GET /crm/v3/objects/{objectType}/{id}`.
+the listing or search of this run (each is read once), else `GET /crm/v3/objects/{objectType}/{id}`
+(a record on the retry queue, or one fetched in another process than the listing's).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from .base import Changes, Document, DocumentRef, Page
-from .errors import DocumentError, SourceError
+from .errors import DocumentError, DocumentGone, SourceError
 from .http import HttpClient, HttpStats, HttpStatusError, HttpUnavailableError
 from .secrets import resolve_secret
 from .settings import HttpSourceSettings
@@ -237,7 +238,7 @@ class HubSpotSource:
                                      params={"properties": ",".join(self.settings.properties)})
         except HttpStatusError as exc:
             if exc.status == 404:
-                raise DocumentError("record not found (deleted or archived since it was listed)") from None
+                raise DocumentGone("record not found (deleted or archived since it was listed)") from None
             raise DocumentError(str(exc)) from None
         except HttpUnavailableError as exc:  # this record fails; the circuit breaker stops a dead source
             raise DocumentError(str(exc)) from None

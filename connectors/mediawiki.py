@@ -32,7 +32,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from .base import Changes, Document, DocumentRef, Page
-from .errors import DocumentError, SourceError
+from .errors import DocumentError, DocumentGone, SourceError
 from .http import HttpClient, HttpStats, HttpStatusError, HttpUnavailableError
 from .secrets import resolve_secret
 from .settings import HttpSourceSettings
@@ -268,9 +268,9 @@ class MediaWikiSource:
         if page.get("invalid"):
             raise DocumentError(f"not a valid page title: {page.get('invalidreason', 'rejected by the wiki')}")
         if page.get("missing") or not page.get("revisions"):
-            raise DocumentError("page no longer exists on the wiki (deleted or moved since it was listed)")
+            raise DocumentGone("page no longer exists on the wiki (deleted or moved since it was listed)")
         if page.get("redirect"):
-            raise DocumentError("page is now a redirect (moved since it was listed); its new title is read on its own")
+            raise DocumentGone("page is now a redirect (moved since it was listed); its new title is read on its own")
         revision = page["revisions"][0]
         parsed = self._call({"action": "parse", "oldid": revision["revid"], "prop": "text",
                              "disablelimitreport": 1, "disableeditsection": 1}, DocumentError)

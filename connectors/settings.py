@@ -16,6 +16,9 @@ class SourceSettingsBase(BaseModel):
     max_failed_ratio: float = Field(default=0.5, ge=0.0, le=1.0)
     # Documents handed to one fetch/parse/chunk task.
     fetch_batch_size: int = Field(default=16, ge=1, le=10_000)
+    # Runs a document may fail before it counts as stuck: it stays on the retry queue, reported,
+    # and is fetched again only when the source reports it changed, or by a --full run.
+    max_document_attempts: int = Field(default=10, ge=1)
 
 
 class FilesystemSourceSettings(SourceSettingsBase):

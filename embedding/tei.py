@@ -39,10 +39,11 @@ class TeiEmbedder:
         self.concurrency = concurrency
         self.http = HttpClient(http.name, http, headers={"Authorization": f"Bearer {token}"} if token else None,
                                secret_values=(token,) if token else ())
+        self.shown_url = self.http.display_url(self.url).rstrip("/")  # for messages: credentials, secrets masked
         info = self._call("GET", "/info").json()
         served = info.get("model_id")
         if model is not None and served != model:
-            raise EmbeddingError(f"embedding service {self.url} serves model {served!r}, but [embedding] model is "
+            raise EmbeddingError(f"embedding service {self.shown_url} serves model {served!r}, but [embedding] model is "
                                  f"{model!r}: set model to {served!r} (vectors of different models do not mix)")
         self.model = model or served
         self.max_input_length = int(info.get("max_input_length") or 0)  # tokens, for sizing chunks
@@ -57,7 +58,7 @@ class TeiEmbedder:
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(batches))) as pool:
             vectors = np.vstack(list(pool.map(self._embed_batch, batches)))
         if vectors.shape != (len(texts), self.dimension):
-            raise EmbeddingError(f"embedding service {self.url} returned vectors of shape {vectors.shape} for "
+            raise EmbeddingError(f"embedding service {self.shown_url} returned vectors of shape {vectors.shape} for "
                                  f"{len(texts)} texts of dimension {self.dimension}")
         return vectors
 
@@ -65,7 +66,7 @@ class TeiEmbedder:
         answer = self._call("POST", "/embed", json={"inputs": texts, "normalize": True, "truncate": False}).json()
         vectors = np.asarray(answer, dtype=np.float32)
         if vectors.ndim != 2 or len(vectors) != len(texts):
-            raise EmbeddingError(f"embedding service {self.url} answered {len(answer)} vectors for {len(texts)} texts")
+            raise EmbeddingError(f"embedding service {self.shown_url} answered {len(answer)} vectors for {len(texts)} texts")
         # The server normalizes already; normalizing again costs nothing and guarantees the protocol.
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         return vectors / np.where(norms > 0, norms, 1.0)

@@ -5,9 +5,11 @@ Artifact keys are stable, so the UI's Artifacts page shows each one's history ac
 
 - `ingest-progress-<target>`  progress (0–100) of the documents to process, updated while the run goes
 - `ingest-source-<source>`    table: seen / new / changed / unchanged / deleted / failed / chunks / seconds
-- `ingest-summary-<target>`   markdown: status and warnings, sources, failed documents with reasons,
-                              embedding throughput, stage seconds, store, then the optional sections
-                              below, then the summary as JSON (what `backfill --deployment --json` prints)
+- `ingest-summary-<target>`   markdown: status and warnings, documents queued for retry, sources,
+                              failed documents with reasons, stuck documents (queued past
+                              max_document_attempts), embedding throughput, stage seconds, store, then
+                              the optional sections below, then the summary as JSON (what
+                              `backfill --deployment --json` prints)
 
 Keys hold only lowercase letters, digits and dashes (`slug`). The summary renders these optional
 keys of the summary dict when a flow adds them (one line each in the flow):
@@ -125,7 +127,13 @@ def summary_markdown(summary: dict[str, Any], target: str, failure: str | None =
     lines += [""] if warnings else []
     lines += [f"Documents: {documents['seen']} seen, {documents['new']} new, {documents['changed']} changed, "
               f"{documents['unchanged']} unchanged, {documents['deleted']} deleted, {documents['failed']} failed; "
-              f"{summary['chunks_embedded']} chunks embedded.", "", "## Sources", ""]
+              f"{summary['chunks_embedded']} chunks embedded.", ""]
+    stuck = summary.get("stuck", [])
+    if "retry_queue" in summary:
+        lines += [f"Documents queued for retry: {sum(summary['retry_queue'].values())}"
+                  + (f", of which {len(stuck)} stuck after max_document_attempts" if stuck else "")
+                  + " (`vectormill failures` lists them).", ""]
+    lines += ["## Sources", ""]
     lines += _table([source_row(source) for source in summary["sources"]])
     for source in summary["sources"]:
         if source["error"]:
@@ -139,6 +147,11 @@ def summary_markdown(summary: dict[str, Any], target: str, failure: str | None =
             lines += ["", f"… and {len(failures) - MARKDOWN_FAILURES} more, listed in the JSON summary below."]
     else:
         lines += ["None."]
+    if stuck:
+        lines += ["", f"## Stuck documents ({len(stuck)})", "",
+                  "Failed in max_document_attempts runs: still queued, fetched again when they change at the source "
+                  "or by a --full run.", ""]
+        lines += _table(stuck[:MARKDOWN_FAILURES])
 
     seconds = summary["seconds"]
     embed_seconds = seconds.get("embed", 0.0)

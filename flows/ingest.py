@@ -56,6 +56,8 @@ def summarize(reports: list[SourceReport], seconds: dict[str, float], store_stat
         "replicas": store_stats["replicas"],
         "retries": {r.name: r.http for r in reports if r.http},
         "drift": {r.name: r.drift for r in reports if r.drift},
+        "retry_queue": {r.name: r.retry_queue for r in reports},
+        "stuck": [entry for r in reports for entry in r.stuck],
     }
 
 

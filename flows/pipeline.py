@@ -9,7 +9,8 @@ in order and writes whole documents, so a crash leaves every document either ful
 its new version or untouched.
 
 Each source's run also records a baseline of the vectors it embedded (embedding/drift.py) and
-compares it with the source's previous one.
+compares it with the source's previous one. A document that fails goes on the source's retry
+queue (flows/retry_queue.py) in the same write as the cursor that moves past it.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 
 from vectormill.connectors.base import DocumentRef, HttpBackedSource, Source
-from vectormill.connectors.errors import DocumentError, SourceError
+from vectormill.connectors.errors import DocumentError, DocumentGone, SourceError
 from vectormill.connectors.registry import build_source
 from vectormill.connectors.settings import SourceSettingsBase
 from vectormill.embedding.base import Embedder
@@ -40,11 +41,13 @@ from vectormill.embedding.registry import build_embedder
 from vectormill.embedding.settings import EmbeddingSettings
 from vectormill.embedding.tokenizer import ModelTokenizer
 from vectormill.stores.base import VectorStore
-from vectormill.stores.records import BaselineRecord, ChunkRecord, CursorUpdate, DocumentDelete, DocumentUpsert
+from vectormill.stores.records import (BaselineRecord, ChunkRecord, CursorUpdate, DocumentDelete, DocumentFailed,
+                                       DocumentUpsert)
 
 from .server import occupy, server_url
 from .execution import LocalExecution, fetch_settings
 from .plan import Window, plan_source
+from .retry_queue import QueueEntry
 from .progress import progress_listener
 
 if TYPE_CHECKING:
@@ -92,6 +95,8 @@ class FetchResult:
     documents: list[ParsedDocument]
     failures: list[Failure]
     seconds: float
+    failed_refs: dict[str, DocumentRef] = field(default_factory=dict)  # failed document → its ref, to retry it
+    gone: list[str] = field(default_factory=list)  # documents the source says no longer exist
 
 
 @dataclass
@@ -108,6 +113,8 @@ class SourceReport:
         ("list", "fetch_parse_chunk", "embed", "write"), 0.0))
     http: dict[str, Any] | None = None  # requests, retries by reason, rate-limit and backoff waits
     drift: dict[str, Any] | None = None  # this run's embeddings against the source's baseline
+    retry_queue: int = 0  # documents on the source's retry queue after the run
+    stuck: list[dict[str, Any]] = field(default_factory=list)  # those queued past max_document_attempts
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -121,6 +128,8 @@ class SourceReport:
             "seconds": {stage: round(value, 3) for stage, value in self.seconds.items()},
             "http": self.http,
             "drift": self.drift,
+            "retry_queue": self.retry_queue,
+            "stuck": list(self.stuck),
         }
 
 
@@ -132,7 +141,8 @@ def fetch_parse_chunk(
     chunk_tokens: int,
     overlap: int,
 ) -> FetchResult:
-    """Fetch, parse and chunk a batch of documents; a bad document becomes a Failure, not an error.
+    """Fetch, parse and chunk a batch of documents; a bad document becomes a Failure, and one the source
+    says is gone a deletion, not an error.
 
     Retried by Prefect only for unexpected errors (a bug or a lost worker); per-document errors
     and HTTP retries are handled inside.
@@ -140,17 +150,22 @@ def fetch_parse_chunk(
     started = time.perf_counter()
     source = source_for(settings)
     tokenizer = tokenizer_for(model)
-    documents, failures = [], []
+    result = FetchResult([], [], 0.0)
     for ref, is_new in refs:
         try:
             document = source.fetch(ref)
             chunks = chunk_document(document, tokenizer.tokens, chunk_tokens, overlap)
-        except DocumentError as exc:
-            failures.append(Failure(settings.name, ref.id, str(exc)))
+        except DocumentGone:
+            result.gone.append(ref.id)
             continue
-        documents.append(ParsedDocument(document.source, document.id, document.version, document.title,
-                                        document.location, document.modified, tuple(chunks), is_new))
-    return FetchResult(documents, failures, time.perf_counter() - started)
+        except DocumentError as exc:
+            result.failures.append(Failure(settings.name, ref.id, str(exc)))
+            result.failed_refs[ref.id] = ref
+            continue
+        result.documents.append(ParsedDocument(document.source, document.id, document.version, document.title,
+                                               document.location, document.modified, tuple(chunks), is_new))
+    result.seconds = time.perf_counter() - started
+    return result
 
 
 @task(name="embed-chunks", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
@@ -208,28 +223,47 @@ def ingest_source(
         # The source outlives the run in a long-lived process: count this run's requests only.
         http_before = copy.deepcopy(source.http_stats) if isinstance(source, HttpBackedSource) else None
         listed = time.perf_counter()
-        plan = plan_source(source, store, report.documents, full, window)
+        plan = plan_source(source, store, report.documents, full, window, settings.max_document_attempts)
         report.seconds["list"] += time.perf_counter() - listed
-        _embed_and_write(settings, store, embedding, chunk_tokens, overlap, plan, report, listener, embedding_limit,
-                         execution, profile)
-        deleted = [DocumentDelete(settings.name, document) for document in plan.deletions]
+        failed_refs, gone = _embed_and_write(settings, store, embedding, chunk_tokens, overlap, plan, report, listener,
+                                             embedding_limit, execution, profile)
+        deleted = [DocumentDelete(settings.name, document) for document in dict.fromkeys([*plan.deletions, *gone])]
         if deleted:
             store.write(deleted)
             report.documents["deleted"] = len(deleted)
         if profile is not None and profile.count:
             # Before the cursor: a crash in between re-embeds nothing, so no baseline would follow.
             store.write([_baseline(settings.name, store, profile, drift, report)])
+        # Last, after everything it covers is durable: a crash before this write re-reads the changes.
+        # The failed documents go on the retry queue in the same write as the cursor that moves past them.
+        failed_at = datetime.now(timezone.utc).isoformat()
+        final: list[DocumentFailed | CursorUpdate] = [
+            DocumentFailed(settings.name, failure.document, failed_refs[failure.document].to_json(), failure.reason,
+                           failed_at) for failure in report.failures]
         if plan.cursor is not None and plan.cursor != store.cursor(settings.name):
-            # Last, after everything it covers is durable: a crash before this line re-reads the changes.
-            store.write([CursorUpdate(settings.name, plan.cursor)])
+            final.append(CursorUpdate(settings.name, plan.cursor))
+        if final:
+            store.write(final)
     except SourceError as exc:
         report.status, report.error = "failed", str(exc)
         logger.error("source %s failed: %s", settings.name, exc)
+    _report_queue(settings, store, report)
     if http_before is not None:
         report.http = source.http_stats.since(http_before)
     listener.source_finished(settings.name, report.status)
     logger.info("source %s: %s", settings.name, report.documents)
     return report
+
+
+def _report_queue(settings: SourceSettingsBase, store: VectorStore, report: SourceReport) -> None:
+    """The source's retry queue after the run, in the report: its size and the stuck documents."""
+    entries = [QueueEntry.of(q, settings.max_document_attempts) for q in store.retry_queue(settings.name)]
+    report.retry_queue = len(entries)
+    report.stuck = [entry.as_json() for entry in entries if entry.stuck]
+    if entries:
+        get_run_logger().info("source %s: %d document(s) queued for retry, %d stuck after max_document_attempts = %d "
+                              "(`vectormill failures --source %s` lists them)", settings.name, len(entries),
+                              len(report.stuck), settings.max_document_attempts, settings.name)
 
 
 def _baseline(name: str, store: VectorStore, profile: DriftProfile, drift: DriftSettings,
@@ -262,8 +296,11 @@ class _EmbedBatch:
 
 
 def _embed_and_write(settings, store, embedding, chunk_tokens, overlap, plan, report, listener,
-                     embedding_limit, execution, profile) -> None:
+                     embedding_limit, execution, profile) -> tuple[dict[str, DocumentRef], list[str]]:
+    """Fetch, embed and write the plan's documents; returns the refs of the failed ones and the gone ones."""
     fetches: deque = deque()
+    failed_refs: dict[str, DocumentRef] = {}
+    gone: list[str] = []
     embeds: deque[_EmbedBatch] = deque()
     pending: list[ParsedDocument] = []
     pending_chunks = 0
@@ -275,8 +312,12 @@ def _embed_and_write(settings, store, embedding, chunk_tokens, overlap, plan, re
             report.failures.append(failure)
             report.documents["failed"] += 1
             get_run_logger().warning("%s: %s: %s", failure.source, failure.document, failure.reason)
-        if result.failures:
-            listener.documents_done(settings.name, len(result.failures), 0)
+        failed_refs.update(result.failed_refs)
+        for document in result.gone:
+            get_run_logger().info("%s: %s is gone at the source: removed", settings.name, document)
+        gone.extend(result.gone)
+        if result.failures or result.gone:
+            listener.documents_done(settings.name, len(result.failures) + len(result.gone), 0)
         pending.extend(result.documents)
         pending_chunks += sum(len(d.chunks) for d in result.documents)
 
@@ -310,6 +351,7 @@ def _embed_and_write(settings, store, embedding, chunk_tokens, overlap, plan, re
     flush()
     while embeds:
         _write_documents(embeds.popleft(), store, report, listener, profile)
+    return failed_refs, gone
 
 
 def _start_embedding(documents, store, embedding, report, embedding_limit, execution) -> _EmbedBatch:

@@ -13,6 +13,8 @@ from datetime import datetime
 from vectormill.connectors.base import Changes, DocumentRef, IncrementalSource, Source
 from vectormill.stores.base import VectorStore
 
+from .retry_queue import is_stuck
+
 
 @dataclass
 class Plan:
@@ -39,41 +41,68 @@ class Window:
 
 
 def plan_source(source: Source, store: VectorStore, counts: MutableMapping[str, int], full: bool,
-                window: Window | None = None) -> Plan:
+                window: Window | None = None, max_attempts: int = 10) -> Plan:
     """What to do for a source: its changes since the stored cursor (incremental sources), else a
     full listing reconciled with the store; with a window, the documents modified in it are done
     again even if unchanged (their unchanged chunk texts reuse stored vectors), nothing is deleted
     by reconciliation and the cursor stays where it is. `counts` gets "seen" and "unchanged" as
-    the listing is read."""
+    the listing is read.
+
+    The source's retry queue comes first: after reading changes, its queued documents are fetched
+    by their refs whatever the cursor says (unless the changes delete them). A full listing instead
+    fetches each queued document it lists, changed or not, and drops the queued ones it no longer
+    lists. Stuck documents (`max_attempts` failed runs) are fetched only when listed as changed
+    since they failed, or by a `full` run."""
     stored = store.document_versions(source.name)
     cursor = store.cursor(source.name)
+    queued = {queued.document: (DocumentRef.from_json(queued.ref), is_stuck(queued, max_attempts))
+              for queued in store.retry_queue(source.name)}
     deletions: list[str] = []
 
-    def classify(refs: Iterable[DocumentRef], reconcile: bool) -> Iterator[tuple[DocumentRef, bool]]:
-        seen: set[str] = set()
+    def wanted(ref: DocumentRef) -> bool:
+        """A listed document to fetch: a queued one (unless stuck and unchanged since), or a changed one."""
+        if ref.id in queued:
+            failed_ref, stuck = queued[ref.id]
+            return full or not stuck or ref.version != failed_ref.version
+        return window is not None or stored.get(ref.id) != ref.version
+
+    def classify(refs: Iterable[DocumentRef], reconcile: bool, seen: set[str]) -> Iterator[tuple[DocumentRef, bool]]:
+        listed: set[str] = set()
         for ref in refs:
-            if ref.id in seen or (window is not None and not window.holds(ref)):
+            if ref.id in seen or ref.id in listed:
                 continue
-            seen.add(ref.id)
+            listed.add(ref.id)
+            if window is not None and ref.id not in queued and not window.holds(ref):
+                continue
             counts["seen"] += 1
-            version = stored.get(ref.id)
-            if version == ref.version and window is None:
-                counts["unchanged"] += 1
+            if not wanted(ref):
+                counts["unchanged"] += ref.id not in queued
                 continue
-            yield ref, version is None
+            yield ref, ref.id not in stored
         if reconcile:
-            deletions.extend(sorted(set(stored) - seen))
+            deletions.extend(sorted((set(stored) | set(queued)) - listed))
+
+    def queue_then_changes(changes: Changes, cursor: str | None) -> Plan:
+        gone = list(changes.deletions)
+        deletions.extend(d for d in gone if d in stored or d in queued)
+        removed = set(gone)
+        retries = [ref for document, (ref, stuck) in queued.items() if not stuck and document not in removed]
+
+        def refs() -> Iterator[tuple[DocumentRef, bool]]:
+            for ref in retries:
+                counts["seen"] += 1
+                yield ref, ref.id not in stored
+            yield from classify(changes.upserts, reconcile=False, seen={ref.id for ref in retries})
+
+        return Plan(refs(), deletions, cursor, incremental=True)
 
     if window is not None:
         if isinstance(source, IncrementalSource) and window.since is not None and not full:
-            changes = source.changes_since(window.since.strftime("%Y-%m-%dT%H:%M:%SZ"))
-            deletions.extend(d for d in changes.deletions if d in stored)
-            return Plan(classify(changes.upserts, reconcile=False), deletions, None, incremental=True)
-        return Plan(classify(source.list_documents(), reconcile=False), deletions, None, incremental=False)
+            return queue_then_changes(source.changes_since(window.since.strftime("%Y-%m-%dT%H:%M:%SZ")), None)
+        return Plan(classify(source.list_documents(), reconcile=False, seen=set()), deletions, None, incremental=False)
     if isinstance(source, IncrementalSource) and cursor and not full:
-        changes: Changes = source.changes_since(cursor)
-        deletions.extend(d for d in changes.deletions if d in stored)
-        return Plan(classify(changes.upserts, reconcile=False), deletions, changes.cursor, incremental=True)
+        changes = source.changes_since(cursor)
+        return queue_then_changes(changes, changes.cursor)
     # Taken before listing: a change made while we list is seen again next time, never skipped.
     new_cursor = source.current_cursor() if isinstance(source, IncrementalSource) else None
-    return Plan(classify(source.list_documents(), reconcile=True), deletions, new_cursor, incremental=False)
+    return Plan(classify(source.list_documents(), reconcile=True, seen=set()), deletions, new_cursor, incremental=False)

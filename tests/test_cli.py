@@ -1,14 +1,20 @@
 """The `vectormill` command as users and their scripts run it: a real process, its exit code, stdout and stderr."""
 
+import inspect
 import json
+import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 
 from .corpus import TOPICS, write_broken_pdfs, write_config, write_corpus
+
+pytest_plugins = ["tests.servers.prefect_server"]
 
 VECTORMILL = str(Path(sys.executable).parent / "vectormill")
 
@@ -48,12 +54,13 @@ def test_init_writes_an_example_that_loads(tmp_path):
 def test_commands_that_run_no_flow_import_no_prefect(tmp_path):
     write_corpus(tmp_path / "pdfs", {"chess": TOPICS["chess"]})
     write_config(tmp_path)
-    code = ("import sys; from vectormill.cli import main as cli; sys.argv = ['vectormill', 'store', 'stats'];\n"
-            "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
-            "print('PREFECT LOADED' if 'prefect' in sys.modules else 'NO PREFECT')")
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
-    assert result.stdout.strip().splitlines()[-1] == "NO PREFECT", result.stderr
-    assert "no store at" in result.stderr  # nothing ingested yet: a clear line, not a traceback
+    for command in (["store", "stats"], ["failures"]):
+        code = (f"import sys; from vectormill.cli import main as cli; sys.argv = ['vectormill', *{command!r}];\n"
+                "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
+                "print('PREFECT LOADED' if 'prefect' in sys.modules else 'NO PREFECT')")
+        result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+        assert result.stdout.strip().splitlines()[-1] == "NO PREFECT", (command, result.stderr)
+        assert "no store at" in result.stderr  # nothing ingested yet: a clear line, not a traceback
 
 
 @pytest.mark.slow
@@ -78,6 +85,7 @@ def test_backfill_search_and_stats_json_contracts(tmp_path):
     assert summary["chunks_embedded"] > 0 and set(summary["seconds"]) >= {"total"}
     assert {f["document"] for f in summary["failures"]} == set(broken)
     assert all(set(f) >= {"source", "document", "reason"} for f in summary["failures"])
+    assert summary["retry_queue"] == {"docs": 4} and summary["stuck"] == []
 
     result = run("search", TOPICS["baking"], "-k", "2", "--json", cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
@@ -97,3 +105,61 @@ def test_backfill_search_and_stats_json_contracts(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "ingest summary" in result.stdout and "failed documents" in result.stdout
     assert "not-a-pdf.pdf" in result.stdout
+
+
+def test_commands_that_need_no_source_or_store_work_without_a_config_file(tmp_path, monkeypatch):
+    from typer.main import get_command
+    from typer.testing import CliRunner
+
+    from vectormill.cli.main import app
+
+    env = {key: value for key, value in os.environ.items() if key != "VECTORMILL_CONFIG"}
+    result = run("capacity", "--json", cwd=tmp_path, env=env)  # no vectormill.toml here
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert plan["workers"] >= 1 and plan["batch_tokens"] > 0
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("VECTORMILL_CONFIG", raising=False)
+    runner = CliRunner(env={"COLUMNS": "200"})
+
+    def commands(group: click.Group, path: list[str]):
+        for name, command in group.commands.items():
+            yield [*path, name], command
+            if isinstance(command, click.Group):
+                yield from commands(command, [*path, name])
+
+    root = get_command(app)
+    for path, command in [([], root), *commands(root, [])]:
+        shown = runner.invoke(app, [*path, "--help"])
+        assert shown.exit_code == 0, (path, shown.output)
+        # What help texts say in brackets ("[drift] thresholds") is shown, not taken for markup.
+        texts = [inspect.getdoc(command.callback) or "" if command.callback else command.help or ""]
+        texts += [param.help or "" for param in command.params if isinstance(param, click.Option)]
+        for bracketed in re.findall(r"\[[^\]\s]+\]", " ".join(texts)):
+            assert bracketed in shown.output, (path, bracketed)
+    assert "([drift] thresholds)" in runner.invoke(app, ["--help"]).output
+    assert not list(tmp_path.iterdir())  # nothing written, nothing needed
+
+
+def test_failures_names_what_is_missing(tmp_path):
+    write_config(tmp_path)
+    (tmp_path / "pdfs").mkdir()
+    result = run("failures", cwd=tmp_path)
+    assert result.returncode == 1 and "no store at" in result.stderr and "Traceback" not in result.stderr
+    result = run("failures", "--source", "wiki", "--json", cwd=tmp_path)
+    assert result.returncode == 2 and "no source named 'wiki'" in result.stderr
+
+
+@pytest.mark.slow
+def test_served_runs_log_task_runs_and_per_source_lines_to_the_ui(served):
+    result = served.cli("trigger", "docs", "--json", "--config", str(served.config))
+    assert result.returncode == 0, result.stderr
+    run_id = json.loads(result.stdout.strip().splitlines()[-1])["flow_run_id"]
+    assert served.wait_for_run(run_id)["state_type"] == "COMPLETED"
+    with served.server.client() as client:
+        response = client.post("/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200})
+        response.raise_for_status()
+    info = [log for log in response.json() if log["level"] == logging.INFO]
+    assert any(log["message"].startswith("source docs: {") for log in info)  # the per-source line
+    assert any(log["task_run_id"] for log in info)  # task runs: the run's progress

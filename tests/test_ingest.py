@@ -49,6 +49,10 @@ def test_good_documents_are_searchable_and_broken_ones_reported(tmp_path):
     assert set(reasons) == set(broken)
     for name, word in broken.items():
         assert word in reasons[name]
+    # Failed new files stay visible on the retry queue; later runs fetch them again.
+    assert summary["retry_queue"] == {"docs": len(broken)}
+    with FaissStore.open(load_config(config).store, writable=False) as store:
+        assert {queued.document for queued in store.retry_queue("docs")} == set(broken)
     assert summary["chunks_embedded"] > len(known) * 3  # several chunks per 3-page document
     assert summary["telemetry"]["device"] == "cpu"  # sampled while the model embedded
 

@@ -12,7 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from vectormill.connectors.base import DocumentRef
-from vectormill.connectors.errors import DocumentError, SourceError
+from vectormill.connectors.errors import DocumentError, DocumentGone, SourceError
 from vectormill.connectors.mediawiki import MediaWikiSource, MediaWikiSourceSettings, html_to_text
 from vectormill.flows.config import ConfigError, parse_config
 
@@ -91,18 +91,19 @@ def test_html_to_text_keeps_table_rows_and_drops_styles_and_reference_marks():
     assert html_to_text(markup) == "Host\tPort\ndb1\t5432\n\nSee note & more.\n\na\nb"
 
 
-def test_a_page_gone_since_listing_is_a_document_error(wiki):
+def test_a_page_gone_since_listing_is_gone_and_a_bad_title_a_document_error(wiki):
     source = make_source(wiki)
     refs = {ref.id: ref for ref in source.list_documents()}
     wiki.delete_page("Runbook 1")
     wiki.move_page("Runbook 2", "Runbook Two")
 
-    with pytest.raises(DocumentError, match="no longer exists"):
+    with pytest.raises(DocumentGone, match="no longer exists"):
         source.fetch(refs["Runbook 1"])
-    with pytest.raises(DocumentError, match="redirect"):
+    with pytest.raises(DocumentGone, match="redirect"):
         source.fetch(refs["Runbook 2"])
-    with pytest.raises(DocumentError, match="not a valid page title"):
+    with pytest.raises(DocumentError, match="not a valid page title") as bad:
         source.fetch(DocumentRef("Bad[title", "1"))
+    assert not isinstance(bad.value, DocumentGone)  # a title the wiki rejects is no proof the page is gone
 
 
 def test_changes_since_returns_exactly_the_edits_creations_deletions_and_moves(wiki):

@@ -104,3 +104,13 @@ def test_the_config_selects_the_service_instead_of_a_local_model(monkeypatch):
         assert isinstance(embedder, TeiEmbedder) and embedder.dimension == 48
         np.testing.assert_allclose(embedder.embed(["a chunk"]), [expected_vector("a chunk", 48)], atol=1e-6)
         assert server.requests[-1].headers.get("Authorization") == "Bearer s3cret-key"
+
+
+def test_errors_name_the_service_without_its_credentials():
+    with tei_server(model_id="intfloat/e5-small-v2") as server:
+        with_credentials = server.url.replace("http://", "http://tei-user:tei-pass-5ecr3t@")
+        with pytest.raises(EmbeddingError, match="serves model") as raised:
+            TeiEmbedder(with_credentials, http(), model=MODEL)
+    message = str(raised.value)
+    assert f"embedding service {server.url} serves model" in message
+    assert "tei-pass-5ecr3t" not in message and "tei-user" not in message

@@ -3,7 +3,8 @@
 An application (`App.handle(request) -> Reply`) answers requests; the server records when each
 request arrived (so tests measure the request rate at the server) and can, for the next N
 requests, answer an error status with `Retry-After`, reset the connection half-way through
-the body, or answer slower than the client's read timeout.
+the body, or answer slower than the client's read timeout; or answer an error status to every
+request that a predicate picks (one document's requests, say) until the faults are cleared.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import struct
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
@@ -78,6 +80,7 @@ class FaultServer:
         self.app = app
         self.requests: list[Request] = []
         self._faults: deque[Fault] = deque()
+        self._matching: list[tuple[Callable[[Request], bool], Fault]] = []
         self._lock = threading.Lock()
         self._server = _QuietServer(("127.0.0.1", 0), self._handler_class())
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
@@ -105,6 +108,11 @@ class FaultServer:
     def slow_next(self, count: int, seconds: float) -> None:
         self._add(count, Fault("slow", seconds=seconds))
 
+    def fail_matching(self, matches: Callable[[Request], bool], status: int, retry_after: str | None = None) -> None:
+        """Answer `status` to every request `matches` picks (after the next-N faults), until `clear_faults`."""
+        with self._lock:
+            self._matching.append((matches, Fault("status", status=status, retry_after=retry_after)))
+
     def _add(self, count: int, fault: Fault) -> None:
         with self._lock:
             self._faults.extend([fault] * count)
@@ -112,6 +120,7 @@ class FaultServer:
     def clear_faults(self) -> None:
         with self._lock:
             self._faults.clear()
+            self._matching.clear()
 
     @property
     def pending_faults(self) -> int:
@@ -152,7 +161,9 @@ class FaultServer:
                 request = Request(self.command, parts.path, parse_qs(parts.query, keep_blank_values=True),
                                   dict(self.headers.items()), body, arrived)
                 with server._lock:
-                    fault = request.fault = server._faults.popleft() if server._faults else None
+                    fault = server._faults.popleft() if server._faults else next(
+                        (fault for matches, fault in server._matching if matches(request)), None)
+                    request.fault = fault
                     server.requests.append(request)
                 if fault and fault.kind == "status":
                     reply = server.app.error(fault.status, "injected fault")

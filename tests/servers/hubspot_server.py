@@ -84,6 +84,11 @@ class HubSpotApp:
             record["archived"] = True
             record["archivedAt"] = iso(self._now_ms(None))
 
+    def purge(self, object_type: str, object_id: str) -> None:
+        """Delete for good (a GDPR delete, or 90 days after archiving): gone from listings, searches and archive."""
+        with self._lock:
+            del self.objects[object_type][object_id]
+
     # ---- API -----------------------------------------------------------------------------
     def error(self, status: int, message: str) -> Reply:
         return Reply(status, {"status": "error", "message": message, "correlationId": str(uuid.uuid4()),

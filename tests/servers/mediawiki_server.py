@@ -19,7 +19,8 @@ The wiki's clock is simulated (`advance`) so tests control which changes share a
 
 It runs on the shared `FaultServer` (HTTP 429/503 with Retry-After, connection resets
 mid-response, slow replies, arrival times of every request) and adds the wiki's own fault:
-maxlag errors (`maxlag_next`), a 200 answer with `Retry-After` that a client must retry.
+maxlag errors (`maxlag_next`), a 200 answer with `Retry-After` that a client must retry, and
+a page whose rendering fails (`fail_parse_of`: its `action=parse` requests answer 503).
 """
 
 from __future__ import annotations
@@ -683,6 +684,22 @@ class MediaWikiServer(FaultServer):
         """The next `count` requests sending a maxlag below `lag` get the maxlag error."""
         with self.app._lock:
             self.app.maxlag.append(Maxlag(count, lag, retry_after))
+
+    def fail_parse_of(self, title: str, status: int = 503) -> None:
+        """Answer `status` to every `action=parse` of the page `title` (by title or by any of its revisions),
+        as a wiki behind a proxy does while rendering that page times out, until `clear_faults`."""
+        title = normalize(title)
+
+        def parses_the_page(request: Request) -> bool:
+            params = request_params(request)
+            if params.get("action") != "parse":
+                return False
+            with self.state.lock:
+                page = self.state.pages.get(title)
+                revisions = {str(revision.revid) for revision in page.revisions} if page else set()
+            return normalize(params.get("page", "")) == title or params.get("oldid") in revisions
+
+        self.fail_matching(parses_the_page, status)
 
     def reset_requests(self) -> None:
         """Forget the requests so far (to count those of the next run alone)."""

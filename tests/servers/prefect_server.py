@@ -225,6 +225,7 @@ def served(prefect_server, tmp_path_factory):
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_RUNNER_POLL_FREQUENCY": "1",  # look for scheduled runs every second (default 10)
     }
+    env.pop("PREFECT_LOGGING_LEVEL", None)  # serve's own default applies
     log = folder / "serve.log"
     process = subprocess.Popen([VECTORMILL, "serve", "--config", str(config)], env=env,
                                stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
