@@ -28,6 +28,12 @@ SCANNED_PAGES = ["Notes on lighthouses, page one. The keeper climbs the spiral s
 NOTICE = "pages without text were skipped: install tesseract-ocr"
 
 
+def needs_tesseract(test):
+    skip = pytest.mark.skipif(shutil.which("tesseract") is None,
+                              reason="needs Debian's tesseract-ocr and tesseract-ocr-eng (.ci/run installs them)")
+    return pytest.mark.tesseract(skip(test))
+
+
 def source(root, **settings):
     return FilesystemSource(FilesystemSourceSettings(name="docs", type="filesystem", root=root, **settings))
 
@@ -67,6 +73,7 @@ def test_a_chunk_is_ocr_text_when_a_page_it_covers_was_read_by_ocr():
 
 
 # ---- the real Tesseract ------------------------------------------------------------------------
+@needs_tesseract
 def test_a_scanned_pdf_becomes_a_document_with_page_numbers_read_by_ocr(tmp_path):
     write_scanned_pdf(tmp_path / "scan.pdf", SCANNED_PAGES)
     document = source(tmp_path).fetch(DocumentRef("scan.pdf", "v"))
@@ -76,6 +83,7 @@ def test_a_scanned_pdf_becomes_a_document_with_page_numbers_read_by_ocr(tmp_path
     assert document.ocr_seconds > 0 and document.ocr_skipped_pages == 0
 
 
+@needs_tesseract
 def test_auto_reads_only_the_pages_without_a_text_layer(tmp_path):
     write_scanned_pdf(tmp_path / "mixed.pdf", SCANNED_PAGES, text_layer_pages=frozenset({1}))
     document = source(tmp_path).fetch(DocumentRef("mixed.pdf", "v"))
@@ -83,6 +91,7 @@ def test_auto_reads_only_the_pages_without_a_text_layer(tmp_path):
     assert SCANNED_SENTENCE in " ".join(document.pages[1].text.split())
 
 
+@needs_tesseract
 def test_always_reads_every_page_and_never_none(tmp_path):
     write_scanned_pdf(tmp_path / "mixed.pdf", SCANNED_PAGES, text_layer_pages=frozenset({1}))
     always = source(tmp_path, ocr="always").fetch(DocumentRef("mixed.pdf", "v"))
@@ -97,6 +106,7 @@ def test_always_reads_every_page_and_never_none(tmp_path):
         source(tmp_path, ocr="never").fetch(DocumentRef("scan.pdf", "v"))
 
 
+@needs_tesseract
 def test_ocr_is_bounded_per_document_and_per_page(tmp_path):
     write_scanned_pdf(tmp_path / "scan.pdf", SCANNED_PAGES)
     with pytest.raises(DocumentError, match="2 pages need OCR, over ocr_max_pages = 1"):
@@ -106,6 +116,7 @@ def test_ocr_is_bounded_per_document_and_per_page(tmp_path):
         source(tmp_path, ocr_page_timeout_seconds=0.001).fetch(DocumentRef("scan.pdf", "v"))
 
 
+@needs_tesseract
 def test_a_language_tesseract_lacks_stops_the_source_naming_the_package(tmp_path):
     write_scanned_pdf(tmp_path / "scan.pdf", SCANNED_PAGES)
     with pytest.raises(SourceError, match=r"ocr_languages \['qqq'\]: install tesseract-ocr-qqq"):
@@ -136,6 +147,7 @@ def harness_env():
     return dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value())
 
 
+@needs_tesseract
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_harness")
 def test_backfill_ocrs_a_scanned_pdf_that_search_then_finds_and_never_ocrs_it_again(tmp_path):
@@ -192,6 +204,7 @@ def test_without_tesseract_on_path_auto_skips_those_pages_with_one_notice_and_th
     assert (best["document"], best["page"], best["ocr"]) == ("mixed.pdf", 1, False)
 
 
+@needs_tesseract
 @pytest.mark.slow
 def test_ocr_runs_in_the_fetch_tasks_on_dask_workers(tmp_path, prefect_harness, monkeypatch):
     """The worker has Tesseract on its PATH, the flow's process does not: the pages are read all the same."""
