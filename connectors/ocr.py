@@ -28,6 +28,9 @@ OcrMode = Literal["auto", "always", "never"]
 MIN_TEXT_CHARACTERS = 10
 # Tesseract is trained on and documented for about 300 dots per inch.
 RENDER_DPI = 300
+# An A2 page at 300 dpi; a larger page (a poster, or a page box gone wrong) is rendered at a lower
+# resolution, so one page's image stays within about 40 MB of memory.
+MAX_PAGE_PIXELS = 40_000_000
 
 # PDFium is not thread-safe, not even across documents: one call at a time in the process
 # (fetch tasks run on a thread pool). Tesseract itself runs outside it, in its own process.
@@ -47,6 +50,14 @@ def pages_needing_ocr(texts: Sequence[str], mode: OcrMode) -> tuple[int, ...]:
     if mode == "always":
         return tuple(range(len(texts)))
     return tuple(index for index, text in enumerate(texts) if not has_text_layer(text))
+
+
+def render_scale(width_points: float, height_points: float, dpi: int = RENDER_DPI,
+                 max_pixels: int = MAX_PAGE_PIXELS) -> float:
+    """Pixels per PDF point (1/72 inch) for a page of this size: `dpi`, lowered to fit `max_pixels`."""
+    scale = dpi / 72
+    pixels = width_points * height_points * scale * scale
+    return scale if pixels <= max_pixels else scale * (max_pixels / pixels) ** 0.5
 
 
 def check_page_budget(pages: int, max_pages: int) -> None:
@@ -69,7 +80,7 @@ class Tesseract:
 
     Run directly rather than through pytesseract, which cannot set the child's environment:
     Tesseract's OpenMP threads spin against each other and against the other fetch tasks, and one
-    thread per page was about 5× faster on a busy 2-core machine (benchmarks/ocr_throughput.py
+    thread per page was 4-5× faster on a busy 2-core machine (benchmarks/ocr_throughput.py
     measures both). `threads=None` leaves Tesseract's default, for that comparison.
     """
 
@@ -103,7 +114,8 @@ class Tesseract:
         environment = dict(os.environ, OMP_THREAD_LIMIT=str(self.threads)) if self.threads else None
         try:
             done = subprocess.run(
-                ["tesseract", "stdin", "stdout", "--dpi", str(RENDER_DPI), "-l", "+".join(self.languages)],
+                ["tesseract", "stdin", "stdout", "--dpi", str(image.info.get("dpi", (RENDER_DPI,))[0]),
+                 "-l", "+".join(self.languages)],
                 input=pixels.getvalue(), capture_output=True, timeout=self.page_timeout, env=environment)
         except subprocess.TimeoutExpired as exc:  # the child is killed
             raise DocumentError(f"OCR of page {page_number} took longer than ocr_page_timeout_seconds = "
@@ -117,8 +129,8 @@ class Tesseract:
 class PageRenderer:
     """Page images of one PDF (its bytes), one PDFium call at a time; use it as a context manager."""
 
-    def __init__(self, data: bytes, password: str | None = None, dpi: int = RENDER_DPI):
-        self.data, self.password, self.scale = data, password, dpi / 72  # PDF units are 1/72 inch
+    def __init__(self, data: bytes, password: str | None = None):
+        self.data, self.password = data, password
         self.document: pypdfium2.PdfDocument | None = None
 
     def __enter__(self) -> PageRenderer:
@@ -130,14 +142,23 @@ class PageRenderer:
         return self
 
     def render(self, index: int) -> Image.Image:
+        """The page as a grayscale image, its resolution in `image.info["dpi"]`."""
         with _PDFIUM:
-            page = self.document[index]
-            bitmap = page.render(scale=self.scale, grayscale=True)
-            # A copy: the PIL image would otherwise share memory with the bitmap closed below.
-            image = bitmap.to_pil().copy()
-            # Closed here, under the lock: left to the garbage collector they would be freed on any thread.
-            bitmap.close()
-            page.close()
+            page = bitmap = None
+            try:
+                page = self.document[index]
+                scale = render_scale(*page.get_size())
+                bitmap = page.render(scale=scale, grayscale=True)
+                # A copy: the PIL image would otherwise share memory with the bitmap closed below.
+                image = bitmap.to_pil().copy()
+            except pypdfium2.PdfiumError as exc:
+                raise DocumentError(f"cannot render page {index + 1} for OCR: {exc}") from exc
+            finally:
+                # Closed here, under the lock: left to the garbage collector they would be freed on any thread.
+                for resource in (bitmap, page):
+                    if resource is not None:
+                        resource.close()
+        image.info["dpi"] = (round(scale * 72),) * 2
         return image
 
     def __exit__(self, *exc_info) -> None:

@@ -13,8 +13,8 @@ import pytest
 from vectormill.connectors.base import Document, DocumentRef, Page
 from vectormill.connectors.errors import DocumentError, SourceError
 from vectormill.connectors.filesystem import FilesystemSource
-from vectormill.connectors.ocr import (OcrUnavailableError, check_page_budget, has_text_layer,
-                                       pages_needing_ocr)
+from vectormill.connectors.ocr import (MAX_PAGE_PIXELS, OcrUnavailableError, check_page_budget,
+                                       has_text_layer, pages_needing_ocr, render_scale)
 from vectormill.connectors.settings import FilesystemSourceSettings
 from vectormill.embedding.chunking import chunk_document
 from vectormill.embedding.tokenizer import ModelTokenizer
@@ -54,6 +54,12 @@ def test_which_pages_are_read_from_their_images():
     assert pages_needing_ocr(texts, "auto") == (1, 2)
     assert pages_needing_ocr(texts, "always") == (0, 1, 2, 3)
     assert pages_needing_ocr(texts, "never") == ()
+
+
+def test_pages_render_at_300_dpi_unless_that_would_take_too_much_memory():
+    assert render_scale(612, 792) == 300 / 72  # US letter: 2550 × 3300 pixels
+    poster = render_scale(72 * 100, 72 * 100)  # 100 × 100 inches would be 900 million pixels
+    assert (72 * 100 * poster) ** 2 == pytest.approx(MAX_PAGE_PIXELS)
 
 
 def test_a_document_needing_more_ocr_than_allowed_fails_naming_the_setting():
