@@ -145,21 +145,21 @@ def fetch_parse_chunk(
     started = time.perf_counter()
     source = source_for(settings)
     tokenizer = tokenizer_for(model)
-    result = FetchResult([], [], 0.0)
+    documents, failures = [], []
+    ocr_seconds, ocr_skipped_pages = 0.0, 0
     for ref, is_new in refs:
         try:
             document = source.fetch(ref)
             chunks = chunk_document(document, tokenizer.tokens, chunk_tokens, overlap)
         except DocumentError as exc:
-            result.failures.append(Failure(settings.name, ref.id, str(exc)))
-            result.ocr_skipped_pages += exc.skipped_pages if isinstance(exc, OcrUnavailableError) else 0
+            failures.append(Failure(settings.name, ref.id, str(exc)))
+            ocr_skipped_pages += exc.skipped_pages if isinstance(exc, OcrUnavailableError) else 0
             continue
-        result.ocr_seconds += document.ocr_seconds
-        result.ocr_skipped_pages += document.ocr_skipped_pages
-        result.documents.append(ParsedDocument(document.source, document.id, document.version, document.title,
-                                               document.location, document.modified, tuple(chunks), is_new))
-    result.seconds = time.perf_counter() - started
-    return result
+        ocr_seconds += document.ocr_seconds
+        ocr_skipped_pages += document.ocr_skipped_pages
+        documents.append(ParsedDocument(document.source, document.id, document.version, document.title,
+                                        document.location, document.modified, tuple(chunks), is_new))
+    return FetchResult(documents, failures, time.perf_counter() - started, ocr_seconds, ocr_skipped_pages)
 
 
 @task(name="embed-chunks", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
