@@ -45,6 +45,7 @@ class Page:
 
     number: int | None
     text: str
+    ocr: bool = False  # the text was read by OCR from the page's image
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,8 @@ class Document:
     location: str  # URL or path, for people following a search hit back
     modified: str | None = None  # ISO 8601, as the source reports it
     metadata: dict[str, str] = field(default_factory=dict)
+    ocr_seconds: float = 0.0  # spent reading page images while fetching (a stage of its own in run summaries)
+    ocr_skipped_pages: int = 0  # pages without a text layer left unread: Tesseract is not installed
 
     @property
     def text(self) -> str:

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import errno
 import fnmatch
+import io
 import os
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
+from stat import S_ISREG
+from typing import BinaryIO
 
 from pypdf import PdfReader
 from pypdf.errors import FileNotDecryptedError, PdfReadError, PyPdfError
 
 from .base import Document, DocumentRef, Page
-from .errors import DocumentError
+from .errors import DocumentError, SourceError
+from .ocr import INSTALL_HINT, OcrUnavailableError, PdfOcr, Tesseract
 from .settings import FilesystemSourceSettings
 
 TEXT_SUFFIXES = {".txt", ".md", ".markdown"}
@@ -26,13 +31,19 @@ class FilesystemSource:
     """Lists files by glob under `root` and reads them; never follows a path out of `root`.
 
     A document's id is its POSIX path relative to the root; its version is size + mtime, so a
-    re-run stats files instead of reading them.
+    re-run stats files instead of reading them (and never OCRs an unchanged scan again). PDF pages
+    without a text layer are read by OCR as the source's `ocr` setting says (connectors/ocr.py).
     """
 
     def __init__(self, settings: FilesystemSourceSettings):
         self.settings = settings
         self.name = settings.name
         self.root = settings.root.resolve()
+        self.ocr = PdfOcr(settings.ocr, Tesseract(settings.ocr_languages, settings.ocr_page_timeout_seconds),
+                          settings.ocr_max_pages)
+        if settings.ocr == "always" and not self.ocr.tesseract.installed():
+            raise SourceError(f"source {self.name!r} has ocr = \"always\" but Tesseract is not installed: "
+                              f"{INSTALL_HINT} (and tesseract-ocr-<language>), or set ocr = \"auto\"")
 
     def list_documents(self) -> Iterator[DocumentRef]:
         for dirpath, dirnames, filenames in os.walk(self.root, followlinks=False):
@@ -66,30 +77,61 @@ class FilesystemSource:
     def resolve(self, document_id: str) -> Path:
         """The file behind an id, refusing any path (via `..` or a symlink) that leaves the root."""
         candidate = (self.root / document_id).resolve()
-        if not candidate.is_relative_to(self.root):
+        if not candidate.is_relative_to(self.root) or candidate == self.root:
             raise DocumentError(f"refused: path leaves the source root {str(self.root)!r}")
         return candidate
 
-    def fetch(self, ref: DocumentRef) -> Document:
-        path = self.resolve(ref.id)
+    def _open(self, document_id: str) -> tuple[BinaryIO, Path]:
+        """Open the file behind an id, so that what is opened is what was checked.
+
+        `resolve` checks the path; it is then opened one component at a time from the root,
+        following no symbolic link, so a link swapped in after the check (for the file or for
+        any folder above it) makes the open fail instead of leading out of the root.
+        """
+        path = self.resolve(document_id)
+        parts = path.relative_to(self.root).parts
+        no_links = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+        folders: list[int] = []
         try:
-            stat = path.stat()
+            folders.append(os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+            for part in parts[:-1]:
+                folders.append(os.open(part, no_links | os.O_DIRECTORY, dir_fd=folders[-1]))
+            # O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused below).
+            descriptor = os.open(parts[-1], no_links | os.O_NONBLOCK, dir_fd=folders[-1])
         except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # a link where the checked path had a file or folder
+                raise DocumentError(f"refused: its path changed while it was opened (no symbolic link is "
+                                    f"followed out of the source root {str(self.root)!r})") from exc
             raise DocumentError(f"cannot read file: {exc.strerror or exc}") from exc
-        limit = self.settings.max_file_mb * 1024 * 1024
-        if stat.st_size > limit:
-            raise DocumentError(
-                f"file is {stat.st_size / 1024 / 1024:.1f} MB, over max_file_mb = {self.settings.max_file_mb:g}"
-            )
+        finally:
+            for folder in folders:
+                os.close(folder)
+        return os.fdopen(descriptor, "rb"), path
+
+    def fetch(self, ref: DocumentRef) -> Document:
+        handle, path = self._open(ref.id)
+        limit = int(self.settings.max_file_mb * 1024 * 1024)
+        with handle:
+            stat = os.fstat(handle.fileno())
+            if not S_ISREG(stat.st_mode):
+                raise DocumentError("not a regular file")
+            # Read at most one byte past the limit: a file that grew since its stat is caught too.
+            data = handle.read(limit + 1) if stat.st_size <= limit else b""
+        size = max(stat.st_size, len(data))
+        if size > limit:
+            raise DocumentError(f"file is {size / 1024 / 1024:.1f} MB, over max_file_mb = {self.settings.max_file_mb:g}")
+        ocr_seconds, skipped = 0.0, 0
         if path.suffix.lower() == ".pdf":
-            pages, title = self._read_pdf(path)
+            pages, title, ocr_seconds, skipped = self._read_pdf(data)
         elif path.suffix.lower() in TEXT_SUFFIXES:
-            pages, title = self._read_text(path)
+            pages, title = self._read_text(data), None
         else:
             raise DocumentError(f"unsupported file type {path.suffix!r} (PDF, .txt and .md are read)")
         if not any(page.text.strip() for page in pages):
-            raise DocumentError("no extractable text (empty, or scanned images without a text layer)")
-        modified = _iso(stat.st_mtime)
+            if skipped:
+                raise OcrUnavailableError(skipped)
+            hint = "; the source has ocr = \"never\"" if self.settings.ocr == "never" else ""
+            raise DocumentError(f"no extractable text (empty, or scanned images without a text layer{hint})")
         return Document(
             source=self.name,
             id=ref.id,
@@ -97,12 +139,16 @@ class FilesystemSource:
             title=title or path.stem,
             pages=tuple(pages),
             location=str(path),
-            modified=modified,
+            modified=_iso(stat.st_mtime),
+            ocr_seconds=ocr_seconds,
+            ocr_skipped_pages=skipped,
         )
 
-    def _read_pdf(self, path: Path) -> tuple[list[Page], str | None]:
+    def _read_pdf(self, data: bytes) -> tuple[list[Page], str | None, float, int]:
+        """(pages, title, seconds of OCR, pages left unread for want of Tesseract)."""
+        password = None
         try:
-            reader = PdfReader(path)
+            reader = PdfReader(io.BytesIO(data))
             if reader.is_encrypted:
                 password = os.environ.get(self.settings.pdf_password_env or "", "")
                 if not password or not reader.decrypt(password):
@@ -110,7 +156,7 @@ class FilesystemSource:
                         "encrypted PDF and no working password "
                         "(set pdf_password_env on the source to an environment variable holding it)"
                     )
-            pages = [Page(number, page.extract_text() or "") for number, page in enumerate(reader.pages, 1)]
+            texts = [page.extract_text() or "" for page in reader.pages]
             title = (reader.metadata or {}).get("/Title") if reader.metadata is not None else None
         except DocumentError:
             raise
@@ -120,13 +166,15 @@ class FilesystemSource:
             raise DocumentError(f"not a readable PDF (corrupt or truncated): {exc}") from exc
         except Exception as exc:  # pypdf raises plain errors on some malformed files
             raise DocumentError(f"not a readable PDF: {type(exc).__name__}: {exc}") from exc
-        if not pages:
+        if not texts:
             raise DocumentError("PDF has no pages")
-        return pages, str(title) if title else None
+        read = self.ocr.read(data, texts, password)
+        pages = [Page(index + 1, text, ocr=index in read.read) for index, text in enumerate(read.texts)]
+        return pages, str(title) if title else None, read.seconds, read.skipped
 
-    def _read_text(self, path: Path) -> tuple[list[Page], str | None]:
+    def _read_text(self, data: bytes) -> list[Page]:
         try:
-            text = path.read_text(encoding="utf-8")
+            text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise DocumentError(f"not UTF-8 text: {exc.reason} at byte {exc.start}") from exc
-        return [Page(None, text)], None
+        return [Page(None, text)]

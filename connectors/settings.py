@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 
 class SourceSettingsBase(BaseModel):
@@ -29,6 +29,13 @@ class FilesystemSourceSettings(SourceSettingsBase):
     max_file_mb: float = Field(default=100.0, gt=0)
     # Password for encrypted PDFs, read from this environment variable (never from the file).
     pdf_password_env: str | None = None
+    # Pages without a text layer (scans): "auto" reads them with Tesseract when it is installed,
+    # "always" reads every page with it, "never" leaves them out.
+    ocr: Literal["auto", "always", "never"] = "auto"
+    ocr_languages: tuple[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_]+$")], ...] = Field(
+        default=("eng",), min_length=1)  # Tesseract's names: eng, deu, chi_sim (Debian: tesseract-ocr-<name>)
+    ocr_max_pages: int = Field(default=200, ge=1)  # pages to OCR in one document; more fails the document
+    ocr_page_timeout_seconds: float = Field(default=60.0, gt=0)  # one page's OCR; longer fails the document
 
     @field_validator("root")
     @classmethod

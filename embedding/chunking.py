@@ -26,6 +26,9 @@ class PageText(Protocol):
     @property
     def text(self) -> str: ...
 
+    @property
+    def ocr(self) -> bool: ...  # the text was read by OCR from the page's image
+
 
 class PagedDocument(Protocol):
     """What chunking reads of a document: the connectors' `Document` is one."""
@@ -51,6 +54,7 @@ class Chunk:
     page: int | None  # page the chunk starts on
     last_page: int | None
     tokens: int
+    ocr: bool = False  # some of its text was read by OCR (it may hold recognition errors)
 
 
 def content_hash(text: str) -> str:
@@ -120,11 +124,13 @@ def chunk_document(
     text = ""
     page_starts: list[int] = []
     page_numbers: list[int | None] = []
+    page_ocr: list[bool] = []
     for page in document.pages:
         if text:
             text += "\n\n"
         page_starts.append(len(text))
         page_numbers.append(page.number)
+        page_ocr.append(page.ocr)
         text += page.text
 
     tokens = tokenize(text)
@@ -133,8 +139,8 @@ def chunk_document(
         start, end = tokens[first].start, tokens[last - 1].end
         piece = text[start:end]
         digest = content_hash(piece)
-        start_page = page_numbers[bisect.bisect_right(page_starts, start) - 1]
-        end_page = page_numbers[bisect.bisect_right(page_starts, max(start, end - 1)) - 1]
+        first_page_index = bisect.bisect_right(page_starts, start) - 1
+        last_page_index = bisect.bisect_right(page_starts, max(start, end - 1)) - 1
         chunks.append(
             Chunk(
                 id=chunk_id(document.source, document.id, position, digest),
@@ -143,9 +149,10 @@ def chunk_document(
                 position=position,
                 text=piece,
                 content_hash=digest,
-                page=start_page,
-                last_page=end_page,
+                page=page_numbers[first_page_index],
+                last_page=page_numbers[last_page_index],
                 tokens=last - first,
+                ocr=any(page_ocr[first_page_index:last_page_index + 1]),
             )
         )
     return chunks

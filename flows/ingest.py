@@ -15,6 +15,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.states import Completed
 
+from vectormill.connectors.ocr import INSTALL_HINT
 from vectormill.embedding.chunking import validate_chunk_size
 from vectormill.stores.faiss_store import FaissStore
 
@@ -134,6 +135,10 @@ def ingest(
         summary["telemetry"] = telemetry
         logger.info("embedding telemetry: %s", telemetry)
     failure, summary["warnings"] = assess(config, reports, replication)
+    if skipped := sum(report.ocr_skipped_pages for report in reports):
+        # Once per run, however many sources and documents had scans.
+        summary["warnings"].append(f"{skipped} pages without text were skipped: {INSTALL_HINT}")
+        logger.warning(summary["warnings"][-1])
     # Published before the final state, so a failed run still explains itself in the UI.
     publish(summary, target, failure)
     if failure:

@@ -32,6 +32,7 @@ from prefect.context import FlowRunContext
 
 from vectormill.connectors.base import DocumentRef, HttpBackedSource, Source
 from vectormill.connectors.errors import DocumentError, DocumentGone, SourceError
+from vectormill.connectors.ocr import OcrUnavailableError
 from vectormill.connectors.registry import build_source
 from vectormill.connectors.settings import SourceSettingsBase
 from vectormill.embedding.base import Embedder
@@ -94,9 +95,11 @@ class Failure:
 class FetchResult:
     documents: list[ParsedDocument]
     failures: list[Failure]
-    seconds: float
+    seconds: float  # OCR included
     failed_refs: dict[str, DocumentRef] = field(default_factory=dict)  # failed document → its ref, to retry it
     gone: list[str] = field(default_factory=list)  # documents the source says no longer exist
+    ocr_seconds: float = 0.0
+    ocr_skipped_pages: int = 0  # pages without text left unread: Tesseract is not installed
 
 
 @dataclass
@@ -110,11 +113,12 @@ class SourceReport:
     chunks_reused: int = 0
     failures: list[Failure] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
-        ("list", "fetch_parse_chunk", "embed", "write"), 0.0))
+        ("list", "fetch_parse_chunk", "ocr", "embed", "write"), 0.0))
     http: dict[str, Any] | None = None  # requests, retries by reason, rate-limit and backoff waits
     drift: dict[str, Any] | None = None  # this run's embeddings against the source's baseline
     retry_queue: int = 0  # documents on the source's retry queue after the run
     stuck: list[dict[str, Any]] = field(default_factory=list)  # those queued past max_document_attempts
+    ocr_skipped_pages: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -130,6 +134,7 @@ class SourceReport:
             "drift": self.drift,
             "retry_queue": self.retry_queue,
             "stuck": list(self.stuck),
+            "ocr_skipped_pages": self.ocr_skipped_pages,
         }
 
 
@@ -161,7 +166,10 @@ def fetch_parse_chunk(
         except DocumentError as exc:
             result.failures.append(Failure(settings.name, ref.id, str(exc)))
             result.failed_refs[ref.id] = ref
+            result.ocr_skipped_pages += exc.skipped_pages if isinstance(exc, OcrUnavailableError) else 0
             continue
+        result.ocr_seconds += document.ocr_seconds
+        result.ocr_skipped_pages += document.ocr_skipped_pages
         result.documents.append(ParsedDocument(document.source, document.id, document.version, document.title,
                                                document.location, document.modified, tuple(chunks), is_new))
     result.seconds = time.perf_counter() - started
@@ -307,7 +315,9 @@ def _embed_and_write(settings, store, embedding, chunk_tokens, overlap, plan, re
 
     def collect(result: FetchResult) -> None:
         nonlocal pending_chunks
-        report.seconds["fetch_parse_chunk"] += result.seconds
+        report.seconds["fetch_parse_chunk"] += result.seconds - result.ocr_seconds
+        report.seconds["ocr"] += result.ocr_seconds
+        report.ocr_skipped_pages += result.ocr_skipped_pages
         for failure in result.failures:
             report.failures.append(failure)
             report.documents["failed"] += 1
@@ -391,7 +401,7 @@ def _write_documents(batch: _EmbedBatch, store, report, listener, profile) -> No
     dimension = store.dimension
     operations = []
     for document in batch.documents:
-        records = tuple(ChunkRecord(c.id, c.position, c.text, c.content_hash, c.page, c.last_page, c.tokens)
+        records = tuple(ChunkRecord(c.id, c.position, c.text, c.content_hash, c.page, c.last_page, c.tokens, c.ocr)
                         for c in document.chunks)
         vectors = (np.stack([vectors_by_chunk[c.id] for c in document.chunks]) if document.chunks
                    else np.zeros((0, dimension), dtype=np.float32))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
+from PIL import Image, ImageDraw, ImageFont
 from pypdf import PdfReader, PdfWriter
 
 from vectormill.flows.sample import write_pdf
@@ -43,6 +45,37 @@ def write_corpus(root: Path, topics: dict[str, str] = TOPICS) -> dict[str, str]:
         write_pdf(topic_pages(topic, sentence), root / f"{topic}.pdf", title=topic.title())
         written[f"{topic}.pdf"] = sentence
     return written
+
+
+SCAN_DPI = 200
+
+
+def scanned_page(text: str, inches: tuple[float, float] = (6, 8)) -> Image.Image:
+    """A page image of text as a scanner gives it: black on white, no text layer."""
+    font = ImageFont.load_default(size=42)  # Tesseract reads this font word for word
+    width, height = int(inches[0] * SCAN_DPI), int(inches[1] * SCAN_DPI)
+    image = Image.new("L", (width, height), 255)
+    draw = ImageDraw.Draw(image)
+    for number, line in enumerate(textwrap.wrap(text, width=(width - 120) // 25)[: (height - 120) // 60]):
+        draw.text((60, 60 + 60 * number), line, font=font, fill=0)
+    return image
+
+
+def write_scanned_pdf(path: Path, pages: list[str], text_layer_pages: frozenset[int] = frozenset(),
+                      inches: tuple[float, float] = (6, 8)) -> None:
+    """A PDF of page images of these texts; pages whose 1-based number is in `text_layer_pages` are
+    ordinary text pages instead (a partly scanned document)."""
+    writer = PdfWriter()
+    for number, text in enumerate(pages, 1):
+        one_page = path.with_suffix(f".{number}.tmp")
+        if number in text_layer_pages:
+            write_pdf([text], one_page)
+        else:
+            scanned_page(text, inches).save(one_page, "PDF", resolution=SCAN_DPI)
+        writer.append(one_page)
+        one_page.unlink()
+    with open(path, "wb") as handle:
+        writer.write(handle)
 
 
 def write_broken_pdfs(root: Path) -> dict[str, str]:

@@ -74,3 +74,49 @@ def test_paths_leaving_the_root_are_refused(tmp_path):
     for document_id in ("link.txt", "../outside.txt"):
         with pytest.raises(DocumentError, match="leaves the source root"):
             src.fetch(DocumentRef(document_id, "v"))
+
+
+class SwappedAfterTheCheck(FilesystemSource):
+    """The source with an attacker's move right after its path check: `swap` runs once `resolve` returned."""
+
+    def __init__(self, settings, swap):
+        super().__init__(settings)
+        self.swap = swap
+
+    def resolve(self, document_id):
+        checked = super().resolve(document_id)
+        self.swap()
+        return checked
+
+
+@pytest.mark.parametrize("swapped", ["the file", "a folder above it"])
+def test_a_symlink_swapped_in_after_the_path_check_does_not_lead_out_of_the_root(tmp_path, swapped):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (root / "sub" / "notes.txt").write_text("harmless notes inside the root")
+    (outside / "notes.txt").write_text("secret outside the root")
+
+    def swap():
+        if swapped == "the file":
+            (root / "sub" / "notes.txt").unlink()
+            (root / "sub" / "notes.txt").symlink_to(outside / "notes.txt")
+        else:
+            (root / "sub").rename(tmp_path / "sub-moved-away")
+            (root / "sub").symlink_to(outside)
+
+    src = SwappedAfterTheCheck(FilesystemSourceSettings(name="docs", type="filesystem", root=root), swap)
+    with pytest.raises(DocumentError, match="refused: its path changed while it was opened") as caught:
+        src.fetch(DocumentRef("sub/notes.txt", "v"))
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.timeout(60)  # opening a FIFO used to wait for a writer forever
+def test_symlinks_within_the_root_are_followed_and_fifos_refused(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "a.txt").write_text("inside the root")
+    (tmp_path / "alias").symlink_to(tmp_path / "real")
+    os.mkfifo(tmp_path / "pipe.txt")
+    assert "inside the root" in source(tmp_path).fetch(DocumentRef("alias/a.txt", "v")).text
+    with pytest.raises(DocumentError, match="not a regular file"):  # and no wait for a writer
+        source(tmp_path).fetch(DocumentRef("pipe.txt", "v"))
