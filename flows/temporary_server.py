@@ -11,7 +11,7 @@ it would a server the user runs, and the server stops when the process exits (an
 if the process dies).
 
 The server runs the services a flow run needs (task-run recorder, event persister) without the
-UI, the scheduler or late-run marking, which a one-off run never uses.
+UI or the services that watch deployments, workers and long-lived runs (`SERVER_SETTINGS`).
 """
 
 from __future__ import annotations
@@ -30,11 +30,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO
 
+# What a one-off run needs, as in Prefect's ephemeral mode: no UI, and none of the services that
+# watch deployments, workers and long-lived runs.
 SERVER_SETTINGS = {
     "PREFECT_SERVER_UI_ENABLED": "false",
-    "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
-    "PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED": "false",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    **{f"PREFECT_SERVER_SERVICES_{service}_ENABLED": "false" for service in (
+        "SCHEDULER", "LATE_RUNS", "FOREMAN", "CANCELLATION_CLEANUP", "PAUSE_EXPIRATIONS", "REPOSSESSOR",
+        "CLEANUP_RECONCILER")},
 }
 HEALTH_POLL_S = 0.1
 STOP_WAIT_S = 5.0
