@@ -103,8 +103,8 @@ def run_ingest(config_file: Optional[Path], sources: list[str] | None, full: boo
     fixed = {"prefect_start": round(warmup.prefect_start, 3), "import_prefect": round(import_prefect, 3),
              "elapsed": round(time.perf_counter() - started, 3)}
     if warmup.server is not None:
-        errors.print(f"note: this run started a temporary Prefect server ({warmup.prefect_start:.1f} s, "
-                     f"{warmup.server_wait:.1f} s of which the run waited for): for repeated backfills keep one "
+        errors.print(f"note: starting a temporary Prefect server took {warmup.prefect_start:.1f} s, "
+                     f"{warmup.server_wait:.1f} s of which this run waited for; for repeated backfills keep one "
                      "running (`prefect server start`) and set PREFECT_API_URL=http://127.0.0.1:4200/api",
                      highlight=False)
     if state.is_completed():
