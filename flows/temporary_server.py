@@ -165,8 +165,11 @@ def is_temporary(api_url: str | None) -> bool:
 
 @contextlib.contextmanager
 def using(server: TemporaryServer) -> Iterator[None]:
-    """Prefect's client in this process talks to `server` while the block runs."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    """Prefect's client in this process talks to `server` while the block runs.
 
-    with temporary_settings({PREFECT_API_URL: server.api_url}):
+    Flow-run heartbeats are off: they let a server that outlives a run notice it crashed, and this
+    one does not outlive it; stopping the heartbeat thread would cost the run up to a second."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: server.api_url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield
