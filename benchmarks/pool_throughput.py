@@ -1,12 +1,16 @@
-"""Embedding throughput: plain `model.encode` at batch 16/32/64/128 against the pool at its plan.
+"""Embedding throughput: plain `model.encode` at batch 16/32/64/128, in fp32 and in half precision,
+against the pool at its plan (the NVML-derived token budget, in the precision `auto` chooses).
 
-Run: `python benchmarks/pool_throughput.py [--chunks 256] [--rounds 2] [--model NAME] [--device auto]`
+Run: `python benchmarks/pool_throughput.py [--chunks 256] [--rounds 2] [--model NAME] [--device auto]
+[--precisions fp32,bf16]`
 
 It makes its own ~200-word chunks (words drawn from the bundled sample corpus, each kept under
 the model's token limit), times every setting on the same chunks in the same process, and
-prints chunks/s and the ratio of the pool to the best plain setting. Rounds interleave the
+prints chunks/s, the ratio of the pool to the best hand-tuned plain setting in the pool's
+precision (the goal on a GPU: ≥ 0.9) and of each half precision to fp32. Rounds interleave the
 settings and keep each one's best time, so a burst of load on a shared machine skews less.
 The pool is fed the way the flow feeds it: `embed()` calls of [embedding] task_chunks chunks.
+By default the plain sweep runs in fp32 and in the plan's precision (fp16 and bf16 on a GPU).
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--model", default=EmbeddingSettings().model)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--precisions", help="plain sweep precisions, comma-separated (default: fp32 and the "
+                                             "plan's; fp32, fp16 and bf16 on a GPU)")
     parser.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
     args = parser.parse_args()
 
@@ -58,20 +64,25 @@ def main() -> None:
     plan = plan_for_settings(settings)
     plain_device = "cpu" if plan.device == "cpu" else f"cuda:{next(d.cuda_index for d in plan.devices if d.workers)}"
     plain = SentenceTransformerEmbedder(settings.model, device=plain_device, tokenizer=tokenizer)
-    pool = EmbeddingPool(settings.model, plan, tokenizer=tokenizer)
+    pool = EmbeddingPool(settings.model, plan, tokenizer=tokenizer, requested_precision=settings.precision,
+                         min_cosine=settings.precision_min_cosine)
+    used = pool.precision_report.used
+    precisions = (args.precisions.split(",") if args.precisions else
+                  ["fp32", "fp16", "bf16"] if plan.device == "cuda" else sorted({"fp32", used}, key="fp32".__ne__))
     print(f"{len(chunks)} chunks, {min(counts)}–{max(counts)} tokens (mean {sum(counts) / len(counts):.0f}); "
           f"plan: {plan.workers} worker(s) on {plan.device}, {plan.batch_tokens} tokens per batch, "
-          f"threads {plan.threads} ({plan.reason})")
+          f"threads {plan.threads} ({plan.reason}); pool in {used} ({pool.precision_report.reason})")
 
-    def run_plain(batch: int) -> None:
-        plain.encode(chunks, batch_size=batch)
+    def run_plain(batch: int, precision: str) -> None:
+        plain.encode(chunks, batch_size=batch, precision=precision)
 
     def run_pool() -> None:
         for start in range(0, len(chunks), settings.task_chunks):
             pool.embed(chunks[start:start + settings.task_chunks])
 
-    settings_to_time = {f"plain batch {b}": (lambda b=b: run_plain(b)) for b in PLAIN_BATCHES}
-    settings_to_time["pool (planned)"] = run_pool
+    settings_to_time = {f"plain {p} batch {b}": (lambda b=b, p=p: run_plain(b, p))
+                        for p in precisions for b in PLAIN_BATCHES}
+    settings_to_time[f"pool {used} (planned)"] = run_pool
     plain.encode(chunks[:16], batch_size=16)  # warm-up: first calls pay one-off allocation costs
     pool.embed(chunks[:16])
     best: dict[str, float] = {}
@@ -82,11 +93,19 @@ def main() -> None:
             best[name] = min(best.get(name, float("inf")), time.perf_counter() - started)
 
     rates = {name: len(chunks) / seconds for name, seconds in best.items()}
-    best_plain = max((name for name in rates if name.startswith("plain")), key=rates.__getitem__)
+
+    def best_plain(precision: str) -> str:
+        return max((name for name in rates if name.startswith(f"plain {precision} ")), key=rates.__getitem__)
+
     for name, rate in rates.items():
-        print(f"{name:<16} {rate:8.1f} chunks/s  ({best[name]:.2f} s)")
-    ratio = rates["pool (planned)"] / rates[best_plain]
-    print(f"pool / best plain ({best_plain}): {ratio:.3f}")
+        print(f"{name:<24} {rate:8.1f} chunks/s  ({best[name]:.2f} s)")
+    reference = best_plain(used) if used in precisions else best_plain(precisions[0])
+    ratio = rates[f"pool {used} (planned)"] / rates[reference]
+    print(f"pool / best hand-tuned plain ({reference}): {ratio:.3f}")
+    for precision in precisions:
+        if precision != "fp32" and "fp32" in precisions:
+            print(f"best plain {precision} / best plain fp32: "
+                  f"{rates[best_plain(precision)] / rates[best_plain('fp32')]:.2f}")
     summary = pool.telemetry_summary()
     print(f"telemetry while the pool embedded: {json.dumps(summary)}")
     if args.json:

@@ -48,8 +48,9 @@ def register(app: typer.Typer, store_app: typer.Typer) -> None:
             return
 
         inputs = Table(title=f"embedding capacity: model {settings.model}", show_header=False)
-        inputs.add_row("weights", f"{footprint.weight_bytes / MIB:.1f} MiB  ({footprint.weight_source})")
-        inputs.add_row("activations", f"{footprint.activation_bytes_per_token / 1024:.1f} KiB per token  "
+        inputs.add_row("precision", f"{plan.precision}  ({plan.precision_reason}; checked against fp32 at model load)")
+        inputs.add_row("weights", f"{plan.model_bytes / MIB:.1f} MiB in {plan.precision}  ({footprint.weight_source})")
+        inputs.add_row("activations", f"{plan.activation_bytes_per_token / 1024:.1f} KiB per token in {plan.precision}  "
                                       f"({footprint.activation_source})")
         inputs.add_row("reserve", f"{settings.memory_reserve_fraction:.0%} of each GPU's memory")
         caps = {"max_workers": settings.max_workers, "max_batch_tokens": settings.max_batch_tokens,
@@ -68,5 +69,5 @@ def register(app: typer.Typer, store_app: typer.Typer) -> None:
                              str(d.workers), str(d.batch_tokens), f"{d.planned_mib:.0f}", d.note)
             console.print(gpus)
         where = f"{plan.threads} torch threads" if plan.device == "cpu" else "GPU"
-        console.print(f"plan: [bold]{plan.workers} worker(s) on {plan.device}[/bold] ({where}), "
+        console.print(f"plan: [bold]{plan.workers} worker(s) on {plan.device} in {plan.precision}[/bold] ({where}), "
                       f"{plan.batch_tokens} tokens per batch; {plan.reason}", highlight=False)

@@ -25,10 +25,14 @@ SERVE_LOGGING_LEVEL = "INFO"
 def register(app: typer.Typer, store_app: typer.Typer) -> None:
     @app.command()
     def serve(config: Optional[Path] = ConfigOption,
-              limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Flow runs at once in this process.")) -> None:
+              limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Flow runs at once in this process."),
+              warm_model: bool = typer.Option(True, "--warm-model/--no-warm-model",
+                                              help="Keep the model loaded here between runs (a Prefect task worker "
+                                                   "embeds for them); --no-warm-model: each run loads its own.")) -> None:
         """Serve the ingest deployments (ingest/<source>, ingest/all) from this process: no work pool needed."""
         from vectormill.flows.deploy import runner_deployments, setup_limits
         from vectormill.flows.remote import require_server
+        from vectormill.flows.serving import serve as serve_here
 
         settings = load(config)
         # Before prefect_defaults(), which quiets Prefect to warnings for one-off commands.
@@ -43,9 +47,12 @@ def register(app: typer.Typer, store_app: typer.Typer) -> None:
             deployments = runner_deployments(settings, config_file_path(config))
         except Exception as exc:  # noqa: BLE001 - fail() turns server and deployment errors into one line
             fail(exc)
-        from prefect import serve as prefect_serve
-
-        prefect_serve(*deployments, limit=limit)
+        # A model to keep: not with an embedding service, and Dask workers keep theirs.
+        warm = warm_model and settings.embedding.service is None and settings.execution.task_runner == "local"
+        if warm:
+            errors.print("loading the model to keep it for every run (a Prefect task worker embeds for them)",
+                         highlight=False)
+        serve_here(deployments, settings.embedding, limit, warm)
 
     @app.command()
     def trigger(source: str = typer.Argument(..., help="A configured source's name, or `all`."),

@@ -6,14 +6,18 @@ not measured: no calibration batch is run, so planning works before (and without
 model on a device.
 
 - Weights: the parameter count read from the model's safetensors headers (or the size of its
-  .bin files, or, for a hub name not on disk, an estimate from config.json) × 4 bytes, since
-  replicas run in float32.
+  .bin files ÷ 4, or, for a hub name not on disk, an estimate from config.json) × the precision's
+  bytes per parameter (embedding/precision.py: 4 in fp32; 4 + 2 in bf16/fp16, whose autocast
+  keeps fp32 weights and a half copy while a batch runs).
 - Activations per token, from config.json: inference runs without autograd, so only one layer's
   intermediates are alive at a time. Per token that is the layer input, Q, K, V, the attention
   context and output (6 × hidden), the feed-forward intermediate before and after its activation
   (2 × intermediate) and the token's row of attention scores and their softmax in every head
-  (2 × heads × max_seq_length), × 4 bytes, × ALLOCATOR_HEADROOM for the caching allocator's
-  rounding and fragmentation.
+  (2 × heads × max_seq_length), × the precision's bytes per value (4 in fp32, 2 in bf16/fp16),
+  × ALLOCATOR_HEADROOM for the caching allocator's rounding and fragmentation.
+
+The precision itself is chosen from what the hardware reports (`precision.choose_precision`)
+before the plan is made, so `vectormill capacity` shows it without importing torch.
 """
 
 from __future__ import annotations
@@ -30,11 +34,11 @@ from typing import Any, Literal
 from .base import EmbeddingError
 from .models import resolve_model
 from .nvml import GpuReading, probe_devices
+from .precision import Precision, PrecisionChoice, bytes_per_activation, bytes_per_parameter, choose_precision, cpu_flags
 from .settings import EmbeddingSettings
 from .tokenizer import ModelTokenizer
 
 MIB = 1024 * 1024
-BYTES_PER_VALUE = 4  # float32 weights and activations
 ALLOCATOR_HEADROOM = 1.5
 # Memory the CUDA context and cuBLAS workspaces take on each device, once per process.
 CUDA_CONTEXT_BYTES = 512 * MIB
@@ -75,6 +79,8 @@ class CapacityPlan:
     activation_bytes_per_token: int
     reserve_fraction: float
     max_seq_length: int
+    precision: Precision = "fp32"  # what the replicas run in, before the agreement guard's check
+    precision_reason: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         """The `vectormill capacity --json` document."""
@@ -90,6 +96,8 @@ class CapacityPlan:
             "activation_bytes_per_token": self.activation_bytes_per_token,
             "reserve_fraction": self.reserve_fraction,
             "max_seq_length": self.max_seq_length,
+            "precision": self.precision,
+            "precision_reason": self.precision_reason,
         }
 
 
@@ -115,6 +123,7 @@ def plan_capacity(
     replicas_per_gpu: int = REPLICAS_PER_GPU,
     context_bytes: int = CUDA_CONTEXT_BYTES,
     no_gpu_reason: str = "no GPU",
+    precision: PrecisionChoice = PrecisionChoice("fp32", "fp32"),
 ) -> CapacityPlan:
     """Workers per GPU and their token budgets, or one CPU worker when no GPU has room.
 
@@ -123,10 +132,12 @@ def plan_capacity(
     capped by max_batch_tokens (default GPU_BATCH_TOKENS_CEILING). A replica is only placed
     where that budget holds one full-length chunk (max_seq_length tokens); a batch always may,
     so a cap below max_seq_length counts as max_seq_length. max_workers caps the total,
-    spread over the GPUs with most usable memory first.
+    spread over the GPUs with most usable memory first. `precision` is recorded in the plan; the
+    byte counts given must already be those of that precision.
     """
     shared = dict(model_bytes=model_bytes, activation_bytes_per_token=activation_bytes_per_token,
-                  reserve_fraction=reserve_fraction, max_seq_length=max_seq_length, max_batch_rows=max_batch_rows)
+                  reserve_fraction=reserve_fraction, max_seq_length=max_seq_length, max_batch_rows=max_batch_rows,
+                  precision=precision.precision, precision_reason=precision.reason)
     full_chunk_bytes = max_seq_length * activation_bytes_per_token
     gpu_cap = max(max_batch_tokens or GPU_BATCH_TOKENS_CEILING, max_seq_length)
 
@@ -175,16 +186,21 @@ def plan_capacity(
 # ---- the model's footprint ---------------------------------------------------------------------
 @dataclass(frozen=True)
 class ModelFootprint:
-    weight_bytes: int
+    parameters: int
     weight_source: str
-    activation_bytes_per_token: int
+    activation_values_per_token: int  # values alive per token in one layer (see the module docstring)
     activation_source: str
     max_seq_length: int
 
+    def weight_bytes(self, precision: Precision = "fp32") -> int:
+        return self.parameters * bytes_per_parameter(precision)
 
-def activation_bytes_per_token(hidden: int, intermediate: int, heads: int, max_seq_length: int) -> int:
-    values = 6 * hidden + 2 * intermediate + 2 * heads * max_seq_length
-    return math.ceil(values * BYTES_PER_VALUE * ALLOCATOR_HEADROOM)
+    def activation_bytes_per_token(self, precision: Precision = "fp32") -> int:
+        return math.ceil(self.activation_values_per_token * bytes_per_activation(precision) * ALLOCATOR_HEADROOM)
+
+
+def activation_values_per_token(hidden: int, intermediate: int, heads: int, max_seq_length: int) -> int:
+    return 6 * hidden + 2 * intermediate + 2 * heads * max_seq_length
 
 
 def _config_value(config: dict[str, Any], *keys: str) -> int | None:
@@ -231,18 +247,19 @@ def model_footprint(model: str, tokenizer: ModelTokenizer | None = None) -> Mode
     pickles = sorted(folder.rglob("*.bin")) if folder else []
     if tensors:
         parameters = sum(_safetensors_parameters(path) for path in tensors)
-        weight_bytes, weight_source = parameters * BYTES_PER_VALUE, f"{parameters:,} parameters (safetensors) × 4 bytes"
+        weight_source = f"{parameters:,} parameters (safetensors)"
     elif pickles:
-        weight_bytes, weight_source = sum(p.stat().st_size for p in pickles), "size of the .bin weight files"
+        parameters = sum(p.stat().st_size for p in pickles) // 4
+        weight_source = f"~{parameters:,} parameters (size of the .bin weight files ÷ 4 bytes)"
     else:
         vocab = _config_value(config, "vocab_size") or 0
         positions = _config_value(config, "max_position_embeddings") or 0
         parameters = (vocab + positions) * hidden + layers * (4 * hidden * hidden + 2 * hidden * intermediate)
-        weight_bytes, weight_source = parameters * BYTES_PER_VALUE, f"~{parameters:,} parameters estimated from config × 4 bytes"
+        weight_source = f"~{parameters:,} parameters estimated from config"
 
     return ModelFootprint(
-        weight_bytes, weight_source,
-        activation_bytes_per_token(hidden, intermediate, heads, max_seq_length),
+        parameters, weight_source,
+        activation_values_per_token(hidden, intermediate, heads, max_seq_length),
         f"config: hidden {hidden}, intermediate {intermediate}, {heads} heads, max_seq_length {max_seq_length}",
         max_seq_length,
     )
@@ -263,8 +280,10 @@ def plan_for_settings(
     footprint: ModelFootprint | None = None,
     probe: Callable[[], Any] = probe_devices,
     torch_has_cuda: Callable[[], bool] = _torch_has_cuda,
+    read_cpu_flags: Callable[[], frozenset[str]] = cpu_flags,
 ) -> CapacityPlan:
-    """Probe, footprint and plan for the [embedding] settings; device = "cuda" without a usable GPU is an error."""
+    """Probe, footprint, precision and plan for the [embedding] settings; device = "cuda" without a
+    usable GPU is an error, and so is a half precision the planned GPUs lack."""
     footprint = footprint or model_footprint(settings.model)
     if settings.device == "cpu":
         devices, why = (), '[embedding] device = "cpu"'
@@ -275,10 +294,26 @@ def plan_for_settings(
             import torch
 
             devices, why = (), f"NVML sees {len(found.devices)} GPU(s) but torch {torch.__version__} has no CUDA support"
-    plan = plan_capacity(
-        devices, footprint.weight_bytes, footprint.activation_bytes_per_token, settings.memory_reserve_fraction,
-        max_seq_length=footprint.max_seq_length, cpu_cores=cpu_cores(), max_workers=settings.max_workers,
-        max_batch_tokens=settings.max_batch_tokens, max_batch_rows=settings.batch_size, no_gpu_reason=why)
+
+    def plan_in(choice: PrecisionChoice) -> CapacityPlan:
+        return plan_capacity(
+            devices, footprint.weight_bytes(choice.precision), footprint.activation_bytes_per_token(choice.precision),
+            settings.memory_reserve_fraction, max_seq_length=footprint.max_seq_length, cpu_cores=cpu_cores(),
+            max_workers=settings.max_workers, max_batch_tokens=settings.max_batch_tokens,
+            max_batch_rows=settings.batch_size, no_gpu_reason=why, precision=choice)
+
+    plan = None
+    if devices:
+        plan = plan_in(choose_precision(settings.precision, "cuda",
+                                        gpu_capabilities=[d.compute_capability for d in devices]))
+        used = [reading.compute_capability for reading, planned in zip(devices, plan.devices) if planned.workers]
+        if plan.device == "cuda":
+            # Decided over every GPU first; GPUs left without a replica do not hold the others back.
+            choice = choose_precision(settings.precision, "cuda", gpu_capabilities=used)
+            if choice.precision != plan.precision:
+                plan = plan_in(choice)
+    if plan is None or plan.device == "cpu":
+        plan = plan_in(choose_precision(settings.precision, "cpu", read_cpu_flags()))
     if settings.device == "cuda" and plan.device != "cuda":
         raise EmbeddingError(f'[embedding] device = "cuda" but no GPU can be used: {plan.reason}; '
                              'set device = "auto" (falls back to CPU) or "cpu"')

@@ -28,6 +28,7 @@ class GpuReading:
     used_mib: int
     gpu_percent: int | None  # None where the device does not report it (some MIG / vGPU setups)
     memory_percent: int | None
+    compute_capability: tuple[int, int] | None = None  # CUDA (major, minor); None where NVML does not say
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,8 @@ class NvmlSession:
     def __init__(self, nvml: Any = pynvml, environ: dict[str, str] | None = None):
         self._nvml = nvml
         self._environ = dict(os.environ if environ is None else environ)
-        self._handles: list[tuple[int, int, Any, str]] = []  # (nvml index, cuda index, handle, name)
+        # (nvml index, cuda index, handle, name, compute capability)
+        self._handles: list[tuple[int, int, Any, str, tuple[int, int] | None]] = []
 
     def __enter__(self) -> "NvmlSession":
         nvml = self._nvml
@@ -77,7 +79,8 @@ class NvmlSession:
             indices = _visible_indices(count, self._environ)
             for cuda_index, index in enumerate(range(count) if indices is None else indices):
                 handle = nvml.nvmlDeviceGetHandleByIndex(index)
-                self._handles.append((index, cuda_index, handle, _text(nvml.nvmlDeviceGetName(handle))))
+                self._handles.append((index, cuda_index, handle, _text(nvml.nvmlDeviceGetName(handle)),
+                                      self._capability(handle)))
         except BaseException:
             self._shutdown()
             raise
@@ -85,6 +88,15 @@ class NvmlSession:
 
     def __exit__(self, *exc_info: object) -> None:
         self._shutdown()
+
+    def _capability(self, handle: Any) -> tuple[int, int] | None:
+        """What the precision decision needs (bf16 from 8.0); None where NVML cannot say: then fp32."""
+        try:
+            major, minor = self._nvml.nvmlDeviceGetCudaComputeCapability(handle)
+        except pynvml.NVMLError as exc:
+            logger.info("NVML did not report the compute capability: %s", exc)
+            return None
+        return int(major), int(minor)
 
     def _shutdown(self) -> None:
         try:
@@ -96,7 +108,7 @@ class NvmlSession:
         """Current memory and utilisation of the devices (all, or those NVML indices)."""
         nvml = self._nvml
         readings = []
-        for index, cuda_index, handle, name in self._handles:
+        for index, cuda_index, handle, name, capability in self._handles:
             if indices is not None and index not in indices:
                 continue
             memory = nvml.nvmlDeviceGetMemoryInfo(handle)
@@ -106,7 +118,7 @@ class NvmlSession:
             except pynvml.NVMLError_NotSupported:
                 gpu_percent = memory_percent = None
             readings.append(GpuReading(index, cuda_index, name, int(memory.total) // MIB, int(memory.free) // MIB,
-                                       int(memory.used) // MIB, gpu_percent, memory_percent))
+                                       int(memory.used) // MIB, gpu_percent, memory_percent, capability))
         return readings
 
 

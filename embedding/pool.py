@@ -11,11 +11,15 @@ Failures, each handled without losing or duplicating a chunk:
 - Any other exception kills the worker: its whole batch is re-queued (up to MAX_BATCH_ATTEMPTS
   workers per batch) and a fresh replica takes the dead one's place on the same device.
 
+Every replica runs in the plan's precision; each checks it against fp32 on the probe set as it
+loads (the agreement guard, embedding/precision.py) and falls back to fp32 on its own if needed.
+
 Threads suffice: torch releases the GIL inside its kernels.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -29,6 +33,7 @@ import torch
 
 from .base import EmbeddingError
 from .capacity import CapacityPlan
+from .precision import PrecisionChoice, PrecisionReport
 from .sentence_transformer import SentenceTransformerEmbedder, refuse_truncation
 from .telemetry import CpuSampler, GpuSampler, Telemetry
 from .tokenizer import ModelTokenizer
@@ -42,6 +47,7 @@ EVENT_WAIT_S = 1.0  # how often the caller checks that some worker is still aliv
 
 class Replica(Protocol):
     dimension: int
+    precision_report: PrecisionReport | None  # what it runs in and why (None: not decided by the guard)
 
     def encode(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
         """Normalized float32 vectors of texts, in order, as one model batch of batch_size."""
@@ -57,6 +63,7 @@ class StreamReplica:
     def __init__(self, inner: Replica, device: str):
         self.inner = inner
         self.dimension = inner.dimension
+        self.precision_report = inner.precision_report
         self.stream = torch.cuda.Stream(device)
 
     def encode(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
@@ -64,9 +71,13 @@ class StreamReplica:
             return self.inner.encode(texts, batch_size=batch_size)
 
 
-def sentence_transformer_replicas(model: str, tokenizer: ModelTokenizer) -> ReplicaFactory:
+def sentence_transformer_replicas(model: str, tokenizer: ModelTokenizer, precision: PrecisionChoice,
+                                  requested: str, min_cosine: float) -> ReplicaFactory:
     def load(device: str) -> Replica:
         replica = SentenceTransformerEmbedder(model, device=device, tokenizer=tokenizer)
+        report = replica.guard_precision(precision, requested, min_cosine)
+        if report.fallback:
+            logger.warning("embedding worker on %s: %s", device, report.fallback)
         return StreamReplica(replica, device) if device.startswith("cuda") else replica
 
     return load
@@ -104,10 +115,11 @@ class _Worker:
     thread: threading.Thread | None = None
     batches: int = 0
     oom_splits: int = 0
+    precision: PrecisionReport | None = None  # set once its replica is ready
 
     def state(self) -> dict[str, Any]:
         return {"device": self.device, "batch_tokens": self.batch_tokens, "batches": self.batches,
-                "oom_splits": self.oom_splits}
+                "oom_splits": self.oom_splits, "precision": self.precision.used if self.precision else None}
 
 
 class _ChunkTooLarge(Exception):
@@ -122,11 +134,16 @@ class EmbeddingPool:
         replica_factory: ReplicaFactory | None = None,
         tokenizer: ModelTokenizer | None = None,
         telemetry: Telemetry | None = None,
+        requested_precision: str = "auto",
+        min_cosine: float = 0.999,
     ):
+        """`requested_precision` and `min_cosine` are the [embedding] settings the precision guard reports."""
         self.model = model
         self.plan = plan
         self.tokenizer = tokenizer or ModelTokenizer.for_model(model)
-        self._factory = replica_factory or sentence_transformer_replicas(model, self.tokenizer)
+        self._factory = replica_factory or sentence_transformer_replicas(
+            model, self.tokenizer, PrecisionChoice(plan.precision, plan.precision_reason), requested_precision,
+            min_cosine)
         self.telemetry = telemetry or Telemetry(
             CpuSampler(plan.threads or 1) if plan.device == "cpu"
             else GpuSampler([d.index for d in plan.devices if d.workers]))
@@ -160,6 +177,7 @@ class EmbeddingPool:
             event = self._events.get()
             if event[0] == "ready":
                 dimension = event[2]
+                event[1].precision = event[3]
             else:
                 failures.append(event)
                 self._workers.remove(event[1])
@@ -173,13 +191,13 @@ class EmbeddingPool:
 
     def _work(self, worker: _Worker) -> None:
         try:
-            replica = self._factory(worker.device)
             if self.plan.device == "cpu":
                 torch.set_num_threads(self.plan.threads or 1)  # OpenMP settings are per thread
+            replica = self._factory(worker.device)
         except Exception as exc:  # noqa: BLE001 - reported to the caller, which decides
             self._events.put(("failed_start", worker, exc))
             return
-        self._events.put(("ready", worker, replica.dimension))
+        self._events.put(("ready", worker, replica.dimension, replica.precision_report))
         while (job := self._tasks.get()) is not None:
             try:
                 vectors = self._encode(worker, replica, job)
@@ -261,6 +279,7 @@ class EmbeddingPool:
                 continue
             kind, worker, *rest = event
             if kind == "ready":
+                worker.precision = rest[1]
                 logger.info("replacement embedding worker on %s is ready", worker.device)
                 continue
             if kind == "failed_start":
@@ -305,6 +324,16 @@ class EmbeddingPool:
             pass
 
     # ---- reporting and shutdown -----------------------------------------------------------------
+    @property
+    def precision_report(self) -> PrecisionReport | None:
+        """What the workers run in: the first worker's report, its `used` naming every precision in use
+        when the guard decided differently on different devices."""
+        reports = [w.precision for w in self._workers if w.precision is not None]
+        if not reports:
+            return None
+        used = sorted({report.used for report in reports})
+        return reports[0] if len(used) == 1 else dataclasses.replace(reports[0], used="+".join(used))
+
     def telemetry_summary(self, reset: bool = False) -> dict[str, Any]:
         """Hardware use while embedding (min/mean/max) and each worker's batches and current budget.
 

@@ -14,7 +14,8 @@ def build_embedder(settings: EmbeddingSettings) -> Embedder:
     from .capacity import plan_for_settings
     from .pool import EmbeddingPool
 
-    return EmbeddingPool(settings.model, plan_for_settings(settings))
+    return EmbeddingPool(settings.model, plan_for_settings(settings), requested_precision=settings.precision,
+                         min_cosine=settings.precision_min_cosine)
 
 
 def _service_embedder(settings: EmbeddingSettings) -> Embedder:

@@ -1,13 +1,17 @@
-"""A sentence-transformers model on one device, with a hard check against silent truncation."""
+"""A sentence-transformers model on one device, in the precision the plan chose, with a hard check
+against silent truncation and the precision's agreement guard."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import time
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
 from .base import EmbeddingError
 from .models import resolve_model
+from .precision import Precision, PrecisionChoice, PrecisionReport, agreement, guard_verdict, probe_texts
 from .tokenizer import ModelTokenizer
 
 
@@ -22,7 +26,8 @@ def refuse_truncation(counts: Sequence[int], limit: int, model: str) -> None:
 
 
 class SentenceTransformerEmbedder:
-    def __init__(self, model: str, device: str = "cpu", batch_size: int = 64, tokenizer: ModelTokenizer | None = None):
+    def __init__(self, model: str, device: str = "cpu", batch_size: int = 64, tokenizer: ModelTokenizer | None = None,
+                 precision: Precision = "fp32"):
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as transformers_logging
 
@@ -31,20 +36,52 @@ class SentenceTransformerEmbedder:
         self.model = model
         self.device = device
         self.batch_size = batch_size
+        self.precision: Precision = precision
+        self.precision_report: PrecisionReport | None = None  # set by guard_precision
         self._model = SentenceTransformer(resolve_model(model), device=device)
         self.dimension = int(self._model.get_embedding_dimension())
         self.tokenizer = tokenizer or ModelTokenizer.for_model(model)
 
-    def encode(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
-        """The bare model call (sentence-transformers sorts by length within it to cut padding)."""
-        vectors = self._model.encode(
-            list(texts),
-            batch_size=batch_size or self.batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
-        return np.ascontiguousarray(vectors, dtype=np.float32)
+    @contextlib.contextmanager
+    def _in(self, precision: Precision) -> Iterator[None]:
+        """Half precisions run under torch.autocast (fp32 weights stay, so fp32 is always at hand)."""
+        if precision == "fp32":
+            yield
+            return
+        import torch
+
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        with torch.autocast(device_type=self.device.split(":")[0], dtype=dtype):
+            yield
+
+    def encode(self, texts: Sequence[str], batch_size: int | None = None, precision: Precision | None = None) -> np.ndarray:
+        """The bare model call (sentence-transformers sorts by length within it to cut padding), in
+        this replica's precision unless told otherwise; normalized in float32."""
+        with self._in(precision or self.precision):
+            vectors = self._model.encode(
+                list(texts),
+                batch_size=batch_size or self.batch_size,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        vectors = np.asarray(vectors, dtype=np.float32)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return np.ascontiguousarray(vectors / np.where(norms > 0, norms, 1.0))
+
+    def guard_precision(self, choice: PrecisionChoice, requested: str, min_cosine: float) -> PrecisionReport:
+        """Run in `choice` if the probe set's vectors agree with fp32 to `min_cosine`, else in fp32."""
+        if choice.precision == "fp32":
+            self.precision = "fp32"
+            self.precision_report = PrecisionReport(requested, "fp32", "fp32", choice.reason, min_cosine)
+            return self.precision_report
+        started = time.perf_counter()
+        texts = probe_texts(self.tokenizer)
+        reference = self.encode(texts, batch_size=len(texts), precision="fp32")
+        candidate = self.encode(texts, batch_size=len(texts), precision=choice.precision)
+        self.precision_report = guard_verdict(choice, requested, agreement(reference, candidate), min_cosine,
+                                              time.perf_counter() - started)
+        self.precision = self.precision_report.used  # type: ignore[assignment]
+        return self.precision_report
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:

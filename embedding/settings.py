@@ -45,6 +45,11 @@ class EmbeddingSettings(BaseModel):
     model: str = PACKAGED_MODEL
     # auto: the GPUs NVML reports, else CPU; cuda: GPUs or an error; cpu: one CPU worker.
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # auto: bf16/fp16 where the hardware has it (embedding/precision.py), else fp32. Local model and
+    # pool workers only; a text-embeddings-inference service keeps its own.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # The agreement guard: probe vectors in the chosen precision must reach this cosine to fp32, else fp32.
+    precision_min_cosine: float = Field(default=0.999, gt=0.0, le=1.0)
     # Caps on what the capacity planner chooses (embedding/capacity.py); None = planned.
     batch_size: int | None = Field(default=None, ge=1, le=4096)  # chunks per model batch
     max_workers: int | None = Field(default=None, ge=1)  # model replicas in all

@@ -12,8 +12,9 @@ Artifact keys are stable, so the UI's Artifacts page shows each one's history ac
                               `backfill --deployment --json` prints)
 
 Keys hold only lowercase letters, digits and dashes (`slug`). The summary renders these optional
-keys of the summary dict when a flow adds them (one line each in the flow):
-`retries` (HTTP retries and rate-limit waits per source), `telemetry` (GPU/CPU), `replicas`, `drift`.
+keys of the summary dict when a flow adds them (one line each in the flow): `precision` (what
+the model ran in, why, and the agreement guard's probe), `retries` (HTTP retries and rate-limit
+waits per source), `telemetry` (GPU/CPU), `replicas`, `drift`.
 Each may be a dict of rows (name → dict), a list of dicts, or a dict of values.
 
 Rendering is pure (tested without a server); `publish` and `ArtifactProgress` talk to Prefect.
@@ -34,6 +35,7 @@ SOURCE_COLUMNS = ("seen", "new", "changed", "unchanged", "deleted", "failed")
 MARKDOWN_FAILURES = 200
 # Optional summary sections: key → (heading, label of the rows' names).
 OPTIONAL_SECTIONS = {
+    "precision": ("Embedding precision", "precision"),
     "retries": ("Retries and rate-limit waits", "source"),
     "telemetry": ("GPU/CPU telemetry", "device"),
     "replicas": ("Replicas", "replica"),

@@ -90,6 +90,7 @@ def runner_deployments(config: VectormillConfig, config_file: str) -> list[Any]:
     """The deployments as `RunnerDeployment`s for `prefect.serve` (no work pool needed)."""
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.client.schemas.schedules import CronSchedule
+    from prefect.deployments.runner import EntrypointType
 
     from .ingest import ingest
 
@@ -104,6 +105,9 @@ def runner_deployments(config: VectormillConfig, config_file: str) -> list[Any]:
                                                      collision_strategy=ConcurrencyLimitStrategy.ENQUEUE),
             description=spec.description,
             tags=deployment_tags(spec),
+            # Runs import the flow from the installed package (not a file path): its module is then the
+            # same everywhere, which the task worker of `vectormill serve` needs to read their context.
+            entrypoint_type=EntrypointType.MODULE_PATH,
         ))
     return deployments
 

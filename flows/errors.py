@@ -25,11 +25,13 @@ def user_error(exc: BaseException) -> tuple[list[str], int] | None:
 
     from .config import ConfigError
     from .deploy import DeploymentConfigError
+    from .temporary_server import TemporaryServerError
 
     if isinstance(exc, ConfigError):
         return exc.problems, CONFIG_PROBLEM
     if isinstance(exc, DeploymentConfigError):
         return [str(exc)], CONFIG_PROBLEM
-    if isinstance(exc, (ChunkingError, EmbeddingError, SourceError, StoreError, StoreLockedError, ServerError)):
+    if isinstance(exc, (ChunkingError, EmbeddingError, SourceError, StoreError, StoreLockedError, ServerError,
+                        TemporaryServerError)):
         return [str(exc)], FAILED
     return None

@@ -70,11 +70,16 @@ class ExecutionSettings(BaseModel):
     gpu_resources: bool = False
     # Embedding tasks whose vectors the store writer has not taken yet; default: 2 per worker.
     embed_tasks_in_flight: int | None = Field(default=None, ge=1)
+    # Embedding runs as background tasks on the Prefect task worker of `vectormill serve`, which
+    # keeps the model loaded between runs. `serve` sets it for the runs it starts; not for Dask.
+    embedding_task_worker: bool = False
 
     @model_validator(mode="after")
     def _dask_options_need_dask(self) -> "ExecutionSettings":
         if self.task_runner == "local" and (self.dask_address or self.gpu_resources):
             raise ValueError('dask_address and gpu_resources need task_runner = "dask"')
+        if self.task_runner == "dask" and self.embedding_task_worker:
+            raise ValueError('embedding_task_worker needs task_runner = "local" (Dask workers keep their models)')
         return self
 
 
@@ -111,6 +116,7 @@ class LocalExecution:
     fetch_ahead: int = FETCH_AHEAD
     embed_tasks_in_flight: int = 0  # each embedding is written before the next one starts
     fetch_processes: int = 1
+    models_here: bool = True  # the model is loaded in this process
 
     def describe(self) -> dict[str, Any]:
         return {"task_runner": "local"}
@@ -125,6 +131,34 @@ class LocalExecution:
         """The task's function, here (no task run: it is part of the flow's own work)."""
         return task.fn(**parameters)
 
+    def warm_up(self, settings: Any) -> None:
+        """Start loading this process's model in the background (the run will embed here)."""
+        from vectormill.embedding.loader import loader_for
+
+        loader_for(settings).start()
+
+
+@dataclass
+class TaskWorkerExecution(LocalExecution):
+    """Fetch tasks here; embedding as background tasks (`Task.delay`) on the Prefect task worker that
+    `vectormill serve` runs beside its deployments, whose model stays loaded between flow runs.
+    Two embedding tasks in flight hide each task's round trip through the server."""
+
+    embed_tasks_in_flight: int = 2
+    models_here: bool = False
+
+    def describe(self) -> dict[str, Any]:
+        return {"task_runner": "local", "embedding": "task worker of vectormill serve"}
+
+    def embed(self, task: Any, parameters: dict[str, Any]) -> Any:
+        return task.delay(**parameters)
+
+    def run(self, task: Any, parameters: dict[str, Any]) -> Any:
+        return task.delay(**parameters).result()
+
+    def warm_up(self, settings: Any) -> None:
+        """Nothing: the task worker's model is loaded already."""
+
 
 @dataclass
 class DaskExecution:
@@ -135,6 +169,7 @@ class DaskExecution:
     workers: int
     embed_tasks_in_flight: int
     gpu_resources: bool
+    models_here: bool = False
 
     def describe(self) -> dict[str, Any]:
         return {"task_runner": "dask", "scheduler": self.scheduler, "workers": self.workers,
@@ -162,8 +197,11 @@ class DaskExecution:
     def run(self, task: Any, parameters: dict[str, Any]) -> Any:
         return self.embed(task, parameters).result()
 
+    def warm_up(self, settings: Any) -> None:
+        """Nothing: each worker loads its model with its first embedding task."""
 
-Execution = LocalExecution | DaskExecution
+
+Execution = LocalExecution | TaskWorkerExecution | DaskExecution
 
 
 def cluster_kwargs(settings: ExecutionSettings) -> dict[str, Any]:
@@ -179,7 +217,7 @@ def cluster_kwargs(settings: ExecutionSettings) -> dict[str, Any]:
 def open_execution(settings: ExecutionSettings, server: str | None, logger: logging.Logger | Any) -> Iterator[Execution]:
     """The execution of one flow run; a Dask cluster (or the connection to one) lives as long as the block."""
     if settings.task_runner == "local":
-        yield LocalExecution()
+        yield TaskWorkerExecution() if settings.embedding_task_worker else LocalExecution()
         return
     from prefect_dask import DaskTaskRunner
 

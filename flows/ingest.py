@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -17,14 +18,16 @@ from prefect.states import Completed
 
 from vectormill.connectors.ocr import INSTALL_HINT
 from vectormill.embedding.chunking import validate_chunk_size
+from vectormill.embedding.loader import loader_for
 from vectormill.stores.faiss_store import FaissStore
 
 from .artifacts import ArtifactProgress, publish, run_target
 from .config import VectormillConfig, load_config
 from .server import occupy, server_url
 from .execution import open_execution
-from .pipeline import SourceReport, embedder_for, embedding_dimension, ingest_source, tokenizer_for
+from .pipeline import SourceReport, embedding_dimension, ingest_source, tokenizer_for
 from .plan import Window
+from .precision import record_precision, run_precision
 from .progress import progress_listener
 
 
@@ -125,20 +128,28 @@ def ingest(
     with _artifact_progress(target), occupy(limits.store_limit if limits else None):
         if limits:
             seconds["wait_store"] = time.perf_counter() - waiting
-        reports, stats, replication, execution = _ingest_sources(config, selected, chunk_tokens, full, seconds,
-                                                                 limits.embedding_limit if limits else None, window)
+        outcome = _ingest_sources(config, selected, chunk_tokens, full, seconds,
+                                  limits.embedding_limit if limits else None, window)
     seconds["total"] = time.perf_counter() - started
-    summary = summarize(reports, seconds, stats)
-    summary["execution"] = execution
-    telemetry = _embedding_telemetry(config)
-    if telemetry:
-        summary["telemetry"] = telemetry
-        logger.info("embedding telemetry: %s", telemetry)
-    failure, summary["warnings"] = assess(config, reports, replication)
-    if skipped := sum(report.ocr_skipped_pages for report in reports):
+    # This process's model load (overlapped with the run where it could be); Dask workers and the
+    # task worker of `vectormill serve` load theirs.
+    seconds.update(loader_for(config.embedding).take_times().as_dict())
+    summary = summarize(outcome.reports, seconds, outcome.stats)
+    summary["execution"] = outcome.execution
+    summary["precision"] = outcome.precision
+    if outcome.telemetry:
+        summary["telemetry"] = outcome.telemetry
+        logger.info("embedding telemetry: %s", outcome.telemetry)
+    failure, summary["warnings"] = assess(config, outcome.reports, outcome.replication)
+    if skipped := sum(report.ocr_skipped_pages for report in outcome.reports):
         # Once per run, however many sources and documents had scans.
         summary["warnings"].append(f"{skipped} pages without text were skipped: {INSTALL_HINT}")
         logger.warning(summary["warnings"][-1])
+    if outcome.precision.get("fallback"):
+        logger.warning("precision: %s", outcome.precision["fallback"])
+    if outcome.precision_note:
+        logger.warning(outcome.precision_note)
+        summary["warnings"].append(outcome.precision_note)
     # Published before the final state, so a failed run still explains itself in the UI.
     publish(summary, target, failure)
     if failure:
@@ -171,24 +182,36 @@ def _utc(moment: datetime | None) -> datetime | None:
 
 def _embedding_telemetry(config: VectormillConfig) -> dict[str, Any] | None:
     """GPU/CPU use while this process embedded during the run (None when it loaded no model here)."""
-    if not embedder_for.cache_info().currsize or config.execution.task_runner != "local":
+    loader = loader_for(config.embedding)
+    if not loader.loaded:
         return None
-    embedder = embedder_for(config.embedding)
+    embedder = loader.get()
     telemetry = getattr(embedder, "telemetry_summary", None)
     return telemetry(reset=True) if telemetry else None
 
 
-def _ingest_sources(config, selected, chunk_tokens, full, seconds, embedding_limit, window):
-    """Open the execution and the store, run each source, checkpoint and replicate;
-    returns (reports, store stats, replication problem, where the tasks ran)."""
+@dataclass
+class _Outcome:
+    reports: list[SourceReport]
+    stats: dict[str, Any]  # the store's
+    replication: str | None  # too few replicas confirmed the checkpoint
+    execution: dict[str, Any]  # where the tasks ran
+    precision: dict[str, Any]  # what the model ran in
+    precision_note: str | None  # said once when the store held vectors of another precision
+    telemetry: dict[str, Any] | None  # GPU/CPU use while this process embedded
+
+
+def _ingest_sources(config, selected, chunk_tokens, full, seconds, embedding_limit, window) -> _Outcome:
+    """Open the execution and the store, run each source, record the precision, checkpoint and replicate."""
     logger = get_run_logger()
     with open_execution(config.execution, server_url(), logger) as execution:
-        # The model loads lazily (first chunk to embed) for an existing store: an unchanged run skips it.
+        # The model loads when there is something to embed (an unchanged run never loads it); a new
+        # store needs its dimension first.
         dimension = None
-        if not FaissStore.exists(config.store.path):
-            loading = time.perf_counter()
+        existed = FaissStore.exists(config.store.path)
+        if not existed:
+            execution.warm_up(config.embedding)
             dimension = execution.run(embedding_dimension, {"settings": config.embedding})
-            seconds["load_model"] = time.perf_counter() - loading
         store = FaissStore.open(config.store, model=config.embedding.model, dimension=dimension)
         try:
             for note in store.notes:
@@ -199,12 +222,16 @@ def _ingest_sources(config, selected, chunk_tokens, full, seconds, embedding_lim
                               window=window)
                 for source in selected
             ]
+            embedded = any(report.chunks_embedded for report in reports)
+            precision = run_precision(config.embedding, execution, embedded)
+            precision_note = record_precision(store, precision, existed) if embedded else None
             checkpointing = time.perf_counter()
             notes_before = len(store.notes)
             store.checkpoint()
             seconds["checkpoint"] = time.perf_counter() - checkpointing
             for note in store.notes[notes_before:]:
                 logger.warning(note)
-            return reports, store.stats(), store.replication_problem(), execution.describe()
+            return _Outcome(reports, store.stats(), store.replication_problem(), execution.describe(), precision,
+                            precision_note, _embedding_telemetry(config) if execution.models_here else None)
         finally:
             store.close()

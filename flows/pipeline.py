@@ -38,7 +38,7 @@ from vectormill.connectors.settings import SourceSettingsBase
 from vectormill.embedding.base import Embedder
 from vectormill.embedding.chunking import Chunk, chunk_document
 from vectormill.embedding.drift import DriftProfile, DriftSettings, compare, sampling_key
-from vectormill.embedding.registry import build_embedder
+from vectormill.embedding.loader import loader_for
 from vectormill.embedding.settings import EmbeddingSettings
 from vectormill.embedding.tokenizer import ModelTokenizer
 from vectormill.stores.base import VectorStore
@@ -61,10 +61,10 @@ def source_for(settings: SourceSettingsBase) -> Source:
     return build_source(settings)
 
 
-@functools.lru_cache(maxsize=None)
 def embedder_for(settings: EmbeddingSettings) -> Embedder:
-    """One model per process: loading it costs seconds and memory."""
-    return build_embedder(settings)
+    """One model per process: loading it costs seconds and memory, so a run starts it early
+    (`Execution.warm_up`) and this waits for what is left."""
+    return loader_for(settings).get()
 
 
 @functools.lru_cache(maxsize=None)
@@ -345,6 +345,7 @@ def _embed_and_write(settings, store, embedding, chunk_tokens, overlap, plan, re
     for batch in _batched(plan.refs, settings.fetch_batch_size):
         report.seconds["list"] += time.perf_counter() - listing
         listener.documents_found(settings.name, len(batch))
+        execution.warm_up(embedding)  # something to fetch: the model loads while it is fetched and parsed
         fetches.append(execution.submit_fetch(fetch_parse_chunk, {
             "settings": settings, "refs": batch, "model": embedding.model, "chunk_tokens": chunk_tokens,
             "overlap": overlap}))

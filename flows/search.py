@@ -26,7 +26,8 @@ def search_store(config: VectormillConfig, text: str, k: int) -> SearchResult:
         if store.model != config.embedding.model:
             raise StoreError(f"store holds vectors of model {store.model!r}; the config names "
                              f"{config.embedding.model!r}: set [embedding] model to match")
-        embedder = build_embedder(config.embedding)
+        # One query: fp32, with no precision probe to pay (vectors of any precision agree with it).
+        embedder = build_embedder(config.embedding.model_copy(update={"precision": "fp32"}))
         hits = store.search(embedder.embed([text])[0], k)
         notes = list(store.notes)
     return SearchResult([{"document": h.document, "source": h.source, "page": h.page, "score": round(h.score, 4),

@@ -11,10 +11,14 @@ from collections.abc import Iterator
 
 
 def server_url() -> str | None:
-    """The Prefect server's API URL; None in ephemeral mode (no PREFECT_API_URL)."""
+    """The API URL of the Prefect server the user runs; None in ephemeral mode (no PREFECT_API_URL)
+    and on the temporary server a `backfill` starts for itself, which holds no global limits."""
     from prefect.settings import get_current_settings
 
-    return get_current_settings().api.url or None
+    from .temporary_server import is_temporary
+
+    url = get_current_settings().api.url or None
+    return None if is_temporary(url) else url
 
 
 def ui_url() -> str | None:

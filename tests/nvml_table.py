@@ -22,6 +22,7 @@ class TableGpu:
     used_mib: int = 0
     gpu_percent: Sequence[int] | None = (0,)  # successive readings, cycled; None: not supported
     name_as_bytes: bool = False  # older pynvml releases return bytes
+    compute_capability: tuple[int, int] = (9, 0)  # an H100
 
 
 class TableNvml:
@@ -58,6 +59,10 @@ class TableNvml:
     def nvmlDeviceGetName(self, handle: int) -> str | bytes:
         gpu = self.gpus[handle]
         return gpu.name.encode() if gpu.name_as_bytes else gpu.name
+
+    def nvmlDeviceGetCudaComputeCapability(self, handle: int) -> tuple[int, int]:
+        self._check("nvmlDeviceGetCudaComputeCapability")
+        return self.gpus[handle].compute_capability
 
     def nvmlDeviceGetMemoryInfo(self, handle: int) -> pynvml.c_nvmlMemory_t:
         self._check("nvmlDeviceGetMemoryInfo")

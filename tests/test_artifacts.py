@@ -115,6 +115,19 @@ def test_optional_sections_render_only_when_present():
     assert "## Replicas" in text and "| s3://bucket/store | 3 | in sync |" in text
 
 
+def test_the_precision_and_the_fixed_costs_are_shown():
+    precision = {"requested": "auto", "chosen": "bf16", "used": "bf16", "reason": "the CPU reports avx512_bf16",
+                 "min_cosine": 0.999, "probe_min_cosine": 0.99996, "probe_texts": 8, "probe_seconds": 0.41,
+                 "fallback": None}
+    text = summary_markdown(summary(source("docs"), precision=precision,
+                                    seconds={"total": 9.0, "import_model": 4.5, "load_model": 1.2}), "docs")
+    assert "## Embedding precision" in text and "| used | bf16 |" in text and "| probe_seconds | 0.41 |" in text
+    assert "| total | import_model | load_model |" in text
+    unused = summary_markdown(summary(source("docs"), precision={"requested": "auto", "used": None,
+                                                                 "reason": "no model loaded: nothing to embed"}), "docs")
+    assert "| reason | no model loaded: nothing to embed |" in unused
+
+
 def test_a_markdown_without_json_is_refused_clearly():
     with pytest.raises(ValueError, match="no JSON summary"):
         summary_from_markdown("# something else")

@@ -159,11 +159,15 @@ def test_footprint_of_the_packaged_model_comes_from_its_files():
     for path in folder.rglob("*.safetensors"):
         with safe_open(str(path), framework="np") as tensors:
             parameters += sum(math.prod(tensors.get_slice(name).get_shape()) for name in tensors.keys())
-    assert footprint.weight_bytes == parameters * 4
+    assert footprint.parameters == parameters
+    assert footprint.weight_bytes("fp32") == parameters * 4
+    # bf16/fp16 run under autocast: fp32 weights plus their half copy while a batch runs.
+    assert footprint.weight_bytes("bf16") == footprint.weight_bytes("fp16") == parameters * 6
     config = json.loads((folder / "config.json").read_text())
     values = (6 * config["hidden_size"] + 2 * config["intermediate_size"]
               + 2 * config["num_attention_heads"] * footprint.max_seq_length)
-    assert footprint.activation_bytes_per_token == math.ceil(values * 4 * ALLOCATOR_HEADROOM)
+    assert footprint.activation_bytes_per_token("fp32") == math.ceil(values * 4 * ALLOCATOR_HEADROOM)
+    assert footprint.activation_bytes_per_token("bf16") == math.ceil(values * 2 * ALLOCATOR_HEADROOM)
     assert footprint.max_seq_length == ModelTokenizer.for_model("all-MiniLM-L6-v2").max_tokens == 256
 
 
@@ -174,10 +178,10 @@ def test_footprint_without_safetensors_uses_bin_size_or_a_config_estimate(tmp_pa
     (tmp_path / "config.json").write_text(json.dumps(config))
     estimated = model_footprint(str(tmp_path), tokenizer)
     # intermediate defaults to 4 × hidden
-    assert estimated.weight_bytes == 4 * ((1000 + 128) * 64 + 2 * (4 * 64 * 64 + 2 * 64 * 256))
+    assert estimated.weight_bytes() == 4 * ((1000 + 128) * 64 + 2 * (4 * 64 * 64 + 2 * 64 * 256))
     assert "estimated" in estimated.weight_source
-    (tmp_path / "pytorch_model.bin").write_bytes(b"\0" * 12345)
-    assert model_footprint(str(tmp_path), tokenizer).weight_bytes == 12345
+    (tmp_path / "pytorch_model.bin").write_bytes(b"\0" * 12348)  # fp32 weights: 4 bytes each
+    assert model_footprint(str(tmp_path), tokenizer).weight_bytes() == 12348
 
     (tmp_path / "config.json").unlink()
     with pytest.raises(EmbeddingError, match="no config.json"):
@@ -218,13 +222,15 @@ def test_capacity_json_on_this_machine(tmp_path):
     if document["device"] == "cpu":
         assert (document["workers"], document["batch_tokens"]) == (1, 4096) and document["reason"]
     assert document["reserve_fraction"] == 0.2
+    assert document["precision"] in ("fp32", "bf16") and document["precision_reason"]
     assert json.loads(result.stderr.strip().splitlines()[-1]) == [] or document["devices"]  # no prefect, no torch
 
 
 def test_capacity_table_and_the_cuda_error(tmp_path):
     table = run_capacity(tmp_path, "[embedding]\ndevice = \"cpu\"\n")
-    weights = f"{model_footprint('all-MiniLM-L6-v2').weight_bytes / MIB:.1f} MiB"
-    assert table.returncode == 0 and weights in table.stdout and "1 worker(s) on cpu" in table.stdout
+    precision = json.loads(run_capacity(tmp_path, "[embedding]\ndevice = \"cpu\"\n", "--json").stdout)["precision"]
+    weights = f"{model_footprint('all-MiniLM-L6-v2').weight_bytes(precision) / MIB:.1f} MiB in {precision}"
+    assert table.returncode == 0 and weights in table.stdout and f"1 worker(s) on cpu in {precision}" in table.stdout
     if not driver_present():
         refused = run_capacity(tmp_path, "[embedding]\ndevice = \"cuda\"\n")
         assert refused.returncode == 1
@@ -232,3 +238,59 @@ def test_capacity_table_and_the_cuda_error(tmp_path):
         assert "Traceback" not in refused.stderr
 
 
+
+
+# ---- precision in the plan ----------------------------------------------------------------------
+def table_settings(**values):
+    from vectormill.embedding.settings import EmbeddingSettings
+
+    return EmbeddingSettings(**values)
+
+
+def plan_with(nvml_gpus, flags=frozenset(), **settings_values):
+    """plan_for_settings with NVML answering from a table (the GPUs) and given CPU flags."""
+    from tests.nvml_table import TableNvml
+    from vectormill.embedding.capacity import plan_for_settings
+    from vectormill.embedding.nvml import probe_devices
+
+    nvml = TableNvml(nvml_gpus)
+    return plan_for_settings(table_settings(**settings_values), probe=lambda: probe_devices(nvml, environ={}),
+                             torch_has_cuda=lambda: True, read_cpu_flags=lambda: frozenset(flags))
+
+
+def test_half_precision_halves_activations_and_the_plan_fits_more_tokens():
+    from tests.nvml_table import TableGpu
+
+    footprint = model_footprint("all-MiniLM-L6-v2")
+    card = [TableGpu("L4", 24576, used_mib=20000, compute_capability=(8, 9))]
+    fp32 = plan_with(card, precision="fp32", max_batch_tokens=10**9)
+    bf16 = plan_with(card, precision="auto", max_batch_tokens=10**9)
+    assert (fp32.precision, bf16.precision) == ("fp32", "bf16")
+    assert (fp32.model_bytes, bf16.model_bytes) == (footprint.weight_bytes("fp32"), footprint.weight_bytes("bf16"))
+    assert bf16.activation_bytes_per_token * 2 == pytest.approx(fp32.activation_bytes_per_token, abs=2)
+    # Memory-bound here: each plan's budget is the docstring's arithmetic on its own bytes, and
+    # half the bytes per token buys nearly twice the tokens (the weights' half copy costs a little).
+    reading = gpu(0, 24576, used_mib=20000)
+    for result in (fp32, bf16):
+        assert result.batch_tokens == budget(reading, 0.1, result.workers, result.model_bytes,
+                                             result.activation_bytes_per_token, cap=10**9)
+    assert 1.8 < bf16.batch_tokens / fp32.batch_tokens < 2.0
+    assert bf16.as_dict()["precision"] == "bf16"
+
+
+def test_precision_follows_the_gpus_the_plan_uses_and_the_cpu_flags():
+    from tests.nvml_table import TableGpu
+    from vectormill.embedding.precision import PrecisionError
+
+    assert plan_with([TableGpu("T4", 15360, compute_capability=(7, 5))]).precision == "fp16"
+    assert plan_with([TableGpu("K80", 12288, compute_capability=(3, 7))]).precision == "fp32"
+    with pytest.raises(PrecisionError, match='precision = "bf16" needs GPUs of compute capability ≥ 8.0.*7.5'):
+        plan_with([TableGpu("T4", 15360, compute_capability=(7, 5))], precision="bf16")
+    # An old GPU without room for a replica does not hold the new one back.
+    mixed = plan_with([TableGpu("A100", 40960, compute_capability=(8, 0)),
+                       TableGpu("T4", 15360, used_mib=15300, compute_capability=(7, 5))])
+    assert (mixed.device, mixed.precision, [d.workers > 0 for d in mixed.devices]) == ("cuda", "bf16", [True, False])
+    # No GPU: the CPU's flags decide; device = "cpu" never looks at the GPUs.
+    assert plan_with([], flags={"avx512_bf16"}).precision == "bf16"
+    assert plan_with([], flags={"avx2"}).precision == "fp32"
+    assert plan_with([TableGpu("A100", 40960)], flags={"avx2"}, device="cpu").precision == "fp32"

@@ -163,3 +163,115 @@ def test_served_runs_log_task_runs_and_per_source_lines_to_the_ui(served):
     info = [log for log in response.json() if log["level"] == logging.INFO]
     assert any(log["message"].startswith("source docs: {") for log in info)  # the per-source line
     assert any(log["task_run_id"] for log in info)  # task runs: the run's progress
+
+
+# ---- fixed costs: what a run imports, loads and starts -------------------------------------------
+WRAPPED = """
+import json, sys
+from vectormill.cli import main as cli
+sys.argv = ["vectormill", *sys.argv[1:]]
+code = 0
+try:
+    cli.main()
+except SystemExit as exit:
+    code = exit.code
+print(json.dumps({"code": code, **{name: name in sys.modules for name in ("torch", "sentence_transformers")}}),
+      file=sys.stderr)
+"""
+
+
+def run_wrapped(*args, cwd, env):
+    """The CLI in a real process that reports, after it finished, which model libraries it imported."""
+    result = subprocess.run([sys.executable, "-c", WRAPPED, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                            timeout=300)
+    return result, json.loads(result.stderr.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_harness")
+def test_an_unchanged_run_imports_no_torch_and_loads_no_model(tmp_path):
+    from prefect.settings import PREFECT_API_URL
+
+    env = dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value())
+    write_corpus(tmp_path / "pdfs", {k: TOPICS[k] for k in ("chess", "baking")})
+    write_config(tmp_path)
+
+    first, imported = run_wrapped("backfill", "--json", cwd=tmp_path, env=env)
+    assert imported == {"code": 0, "torch": True, "sentence_transformers": True}, first.stderr[-2000:]
+    summary = json.loads(first.stdout.strip().splitlines()[-1])
+    assert summary["chunks_embedded"] > 0 and summary["precision"]["used"] in ("fp32", "bf16")
+    seconds = summary["seconds"]
+    assert {"total", "load_model", "import_model", "wait_model", "prefect_start", "import_prefect", "elapsed"} <= set(seconds)
+    assert seconds["load_model"] > 0 and seconds["prefect_start"] == 0.0  # a running server: no start to pay
+    assert seconds["elapsed"] >= seconds["total"]
+
+    unchanged, imported = run_wrapped("backfill", "--json", cwd=tmp_path, env=env)
+    assert imported == {"code": 0, "torch": False, "sentence_transformers": False}, unchanged.stderr[-2000:]
+    summary = json.loads(unchanged.stdout.strip().splitlines()[-1])
+    assert summary["documents"]["unchanged"] == 2 and summary["chunks_embedded"] == 0
+    assert summary["seconds"]["load_model"] == summary["seconds"]["import_model"] == 0.0
+    assert summary["precision"] == {"requested": "auto", "used": None, "reason": "no model loaded: nothing to embed"}
+
+    write_corpus(tmp_path / "pdfs", {"chess": TOPICS["chess"] + " Changed."})
+    changed, imported = run_wrapped("backfill", cwd=tmp_path, env=env)  # for people: the table
+    assert imported["torch"] and imported["code"] == 0, changed.stderr[-2000:]
+    assert "precision: " in changed.stdout and "load_model" in changed.stdout
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+        except OSError:
+            continue
+        if fields.get("PPid", "").strip() == str(pid):
+            found.add(int(status.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc; the server's stop-with-parent is Linux's")
+def test_without_a_server_backfill_starts_a_temporary_one_says_what_it_cost_and_leaves_none_behind(tmp_path):
+    import signal
+    import time
+
+    env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")  # fresh: its first start migrates the database
+    write_corpus(tmp_path / "pdfs", {"chess": TOPICS["chess"]})
+    write_config(tmp_path)
+
+    process = subprocess.Popen([VECTORMILL, "backfill", "--json"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    started = set()
+    while process.poll() is None:
+        started |= _children(process.pid)
+        time.sleep(0.2)
+    out, err = process.communicate()
+    assert process.returncode == 0, err[-3000:]
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["seconds"]["prefect_start"] > 0 and summary["chunks_embedded"] > 0
+    assert "note: starting a temporary Prefect server took " in err and "PREFECT_API_URL" in err
+    assert started and not [pid for pid in started if _alive(pid)]  # the server stopped with the run
+
+    # Killed outright, the run takes its server with it (it would otherwise hold a port forever).
+    process = subprocess.Popen([VECTORMILL, "backfill", "--json"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (servers := _children(process.pid)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert servers, "the run started no server"
+    time.sleep(2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in servers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in servers if _alive(pid)]

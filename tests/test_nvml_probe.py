@@ -63,6 +63,14 @@ def test_an_error_after_init_still_shuts_nvml_down():
     assert (nvml.inits, nvml.shutdowns) == (1, 1)
 
 
+def test_compute_capability_is_read_for_the_precision_and_missing_means_unknown():
+    nvml = TableNvml([TableGpu("NVIDIA A100", 40960, compute_capability=(8, 0)),
+                      TableGpu("Tesla T4", 15360, compute_capability=(7, 5))])
+    assert [d.compute_capability for d in probe_devices(nvml, environ={}).devices] == [(8, 0), (7, 5)]
+    nvml.errors["nvmlDeviceGetCudaComputeCapability"] = pynvml.NVML_ERROR_NOT_SUPPORTED
+    assert [d.compute_capability for d in probe_devices(nvml, environ={}).devices] == [None, None]
+
+
 def test_no_devices():
     probe = probe_devices(TableNvml([]), environ={})
     assert probe.devices == () and probe.reason == "NVML reports no NVIDIA GPU"

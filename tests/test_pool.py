@@ -46,6 +46,7 @@ class StandIn:
     def __init__(self, log: "Log", device: str, oom_above_rows: int | None = None, die_on_call: int | None = None,
                  poison: str | None = None):
         self.dimension = DIM
+        self.precision_report = None
         self.log, self.device = log, device
         self.oom_above_rows, self.die_on_call, self.poison = oom_above_rows, die_on_call, poison
         self.calls = 0
@@ -249,7 +250,7 @@ def test_registry_builds_the_pool_and_refuses_cuda_without_a_gpu(monkeypatch, mo
     import vectormill.embedding.pool as pool_module
 
     # The registry's own replica loader is what the flow gets; reuse the loaded model to save 10 s.
-    monkeypatch.setattr(pool_module, "sentence_transformer_replicas", lambda name, tokenizer: lambda device: model)
+    monkeypatch.setattr(pool_module, "sentence_transformer_replicas", lambda *args: lambda device: model)
     embedder = build_embedder(EmbeddingSettings(device="auto"))
     assert isinstance(embedder, EmbeddingPool) and embedder.plan.device == "cpu" and embedder.dimension == 384
     embedder.close()

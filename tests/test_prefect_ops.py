@@ -127,6 +127,17 @@ def test_trigger_returns_while_the_run_goes_on_and_its_artifacts_count_the_corpu
     summary = artifacts["ingest-summary-docs"]["data"]
     assert "**Status: completed**" in summary and "## Failed documents (0)" in summary
     assert artifacts["ingest-summary-docs"]["type"] == "markdown"
+    # The run embedded on the task worker of `vectormill serve`, whose model stays loaded between runs.
+    from vectormill.flows.artifacts import summary_from_markdown
+
+    document = summary_from_markdown(summary)
+    assert document["execution"] == {"task_runner": "local", "embedding": "task worker of vectormill serve"}
+    if document["chunks_embedded"]:
+        assert document["precision"]["used"] in ("fp32", "bf16")
+        with served.server.client() as client:
+            embedded = client.post("/task_runs/filter", json={"task_runs": {"name": {"like_": "embed-chunks"}},
+                                                              "flow_runs": {"id": {"any_": [run["id"]]}}}).json()
+        assert embedded and {task["state_type"] for task in embedded} == {"COMPLETED"}
 
 
 @pytest.mark.slow
@@ -204,6 +215,14 @@ def test_deployments_carry_schedules_parameters_and_the_per_source_limit(served)
     assert docs["parameters"] == {"config_file": str(served.config), "sources": ["docs"], "full": False}
     assert docs["global_concurrency_limit"]["limit"] == 1
     assert docs["concurrency_options"]["collision_strategy"] == "ENQUEUE"
+
+
+def test_the_task_worker_embeds_only_for_local_runs():
+    from vectormill.flows.execution import ExecutionSettings
+
+    assert ExecutionSettings(embedding_task_worker=True).embedding_task_worker
+    with pytest.raises(ValueError, match="embedding_task_worker needs task_runner = \"local\""):
+        ExecutionSettings(task_runner="dask", embedding_task_worker=True)
 
 
 def test_trigger_without_a_server_says_how_to_get_one(tmp_path):

@@ -1,8 +1,8 @@
 """A real Prefect server on 127.0.0.1 and `vectormill serve` serving a known corpus, for the ops tests.
 
 Load with `pytest_plugins = ["tests.servers.prefect_server"]` so every module shares one server
-and one served process per session (the server takes ≈ 11 s to start here, each flow run a few
-seconds more for its subprocess to import the model).
+and one served process per session (the server takes ≈ 11 s to start here; `vectormill serve` keeps
+the model loaded on its task worker, so a flow run's subprocess does not load it).
 """
 
 from __future__ import annotations

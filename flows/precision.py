@@ -1,0 +1,65 @@
+"""The precision a run embedded in: reported in its summary and recorded in the store.
+
+The store keeps the precisions of its vectors in its "precision" property, in the order they
+arrived ("fp32", or "fp32+bf16" once a bf16 run added vectors to an fp32 store). A run whose
+precision is not recorded yet adds it and says so once, in its warnings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from vectormill.embedding.loader import loader_for
+from vectormill.embedding.settings import EmbeddingSettings
+from vectormill.stores.base import VectorStore
+from vectormill.stores.records import PropertyUpdate
+
+PROPERTY = "precision"
+# Stores written before precisions were recorded hold fp32 vectors: nothing else existed then.
+UNRECORDED = "fp32"
+
+
+@task(name="embedding-precision", cache_policy=NO_CACHE, retries=1)
+def embedding_precision(settings: EmbeddingSettings) -> dict[str, Any] | None:
+    """The precision report of the model where embedding runs (None: an embedding service)."""
+    report = getattr(loader_for(settings).get(), "precision_report", None)
+    return report.as_dict() if report else None
+
+
+def run_precision(settings: EmbeddingSettings, execution: Any, embedded: bool) -> dict[str, Any]:
+    """The summary's "precision": what the model ran in and why; "used" is None when no model ran."""
+    unused = {"requested": settings.precision, "used": None}
+    if settings.service is not None:
+        return {**unused, "reason": "an embedding service embeds, in its own precision"}
+    if execution.models_here and not loader_for(settings).loaded:
+        return {**unused, "reason": "no model loaded: nothing to embed"}
+    if not execution.models_here and not embedded:
+        return {**unused, "reason": "nothing embedded"}
+    # Where the model is: this process, a Dask worker or the task worker of `vectormill serve`.
+    return execution.run(embedding_precision, {"settings": settings}) or {**unused, "reason": "unknown"}
+
+
+def record_precision(store: VectorStore, precision: dict[str, Any], existed: bool) -> str | None:
+    """Add the precision of the vectors this run wrote to the store's record (call it only when the
+    run embedded something); a note when the store held vectors of another precision."""
+    used = precision.get("used")
+    if not used:
+        return None
+    stored = store.properties().get(PROPERTY)
+    kinds = [kind for kind in (stored or (UNRECORDED if existed else "")).split("+") if kind]
+    if stored and used in kinds:
+        return None
+    before = list(kinds)
+    if used not in kinds:
+        kinds.append(used)
+    store.write([PropertyUpdate(PROPERTY, "+".join(kinds))])
+    if not before or used in before:
+        return None
+    probe = precision.get("probe_min_cosine")
+    agree = f" (its probe vectors agree with fp32 to cosine {probe:.5f})" if probe else ""
+    return (f"the store's vectors so far were embedded in {'+'.join(before)}; this run embeds in {used}{agree}: "
+            f"search works across both; for one precision throughout set [embedding] precision = \"{before[0]}\", "
+            "or rebuild the store")

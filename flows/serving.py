@@ -1,0 +1,48 @@
+"""`vectormill serve`: the ingest deployments served from this process, with the model kept loaded.
+
+Prefect's runner starts every flow run in a fresh subprocess, so each scheduled run would import
+torch and load the model again: seconds before its first chunk is embedded, however small the
+change. Beside the runner this process therefore runs a Prefect task worker
+(`prefect.task_worker`) serving the embedding tasks, and loads the model once, at start. The
+runs it starts inherit its environment, which sets `[execution] embedding_task_worker = true`:
+they list, fetch and parse as usual and send their embedding to the task worker with
+`Task.delay` (flows/execution.py, `TaskWorkerExecution`).
+
+Prefect hands background tasks their parameters and results through its result storage
+(PREFECT_LOCAL_STORAGE_PATH, by default ~/.prefect/storage): the texts and vectors of every
+embedded chunk, about 3 kB each, which Prefect keeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from vectormill.embedding.loader import loader_for
+from vectormill.embedding.settings import EmbeddingSettings
+
+TASK_WORKER_SETTING = "VECTORMILL_EXECUTION__EMBEDDING_TASK_WORKER"
+
+
+def serve(deployments: list[Any], embedding: EmbeddingSettings, limit: int | None, warm_model: bool) -> None:
+    """Serve the deployments until interrupted; with `warm_model`, the embedding tasks too."""
+    if not warm_model:
+        from prefect import serve as serve_deployments
+
+        serve_deployments(*deployments, limit=limit)
+        return
+    os.environ[TASK_WORKER_SETTING] = "true"  # read by the config of every run started from here
+    loader_for(embedding).start()
+    asyncio.run(_serve_with_task_worker(deployments, limit))
+
+
+async def _serve_with_task_worker(deployments: list[Any], limit: int | None) -> None:
+    from prefect import aserve
+    from prefect.task_worker import aserve as serve_tasks
+
+    from .pipeline import embed_chunks, embedding_dimension
+    from .precision import embedding_precision
+
+    await asyncio.gather(aserve(*deployments, limit=limit),
+                         serve_tasks(embed_chunks, embedding_dimension, embedding_precision))

@@ -1,0 +1,94 @@
+"""The embedder loader: one build per process, in the background when started early, timed, retried after a failure."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from vectormill.embedding.loader import EmbedderLoader, loader_for
+from vectormill.embedding.settings import EmbeddingSettings, ServiceSettings
+
+# A service's settings: the loader imports no model libraries for them, so these tests stay light.
+SETTINGS = EmbeddingSettings(service=ServiceSettings(url="http://127.0.0.1:9"))
+
+
+class Built:
+    model, dimension = "test", 4
+
+    def embed(self, texts):
+        return np.ones((len(texts), 4), dtype=np.float32)
+
+
+class Builder:
+    """Builds after `release` is set (or at once), failing the first `failures` times."""
+
+    def __init__(self, failures: int = 0, gated: bool = False):
+        self.failures, self.calls, self.threads = failures, 0, []
+        self.release = threading.Event()
+        if not gated:
+            self.release.set()
+
+    def __call__(self, settings):
+        self.calls += 1
+        self.threads.append(threading.current_thread().name)
+        self.release.wait(10)
+        if self.calls <= self.failures:
+            raise RuntimeError(f"load {self.calls} failed")
+        return Built()
+
+
+def test_started_early_it_loads_in_the_background_and_get_waits_for_what_is_left():
+    builder = Builder(gated=True)
+    loader = EmbedderLoader(SETTINGS, builder)
+    loader.start()
+    loader.start()  # idempotent
+    assert loader.started and not loader.loaded
+    threading.Timer(0.3, builder.release.set).start()
+    embedder = loader.get()
+    assert isinstance(embedder, Built) and loader.get() is embedder and builder.calls == 1
+    assert builder.threads == ["load-embedder"]
+    times = loader.take_times()
+    assert times.wait_model >= 0.2 and times.load_model >= times.wait_model - 0.05
+    assert times.import_model == 0.0  # a service needs no model libraries
+    assert loader.take_times().as_dict() == {"import_model": 0.0, "load_model": 0.0, "wait_model": 0.0}  # reported once
+
+
+def test_never_started_it_loads_in_the_caller_and_nothing_is_waited_for():
+    builder = Builder()
+    loader = EmbedderLoader(SETTINGS, builder)
+    assert not loader.started
+    loader.get()
+    assert builder.threads == [threading.current_thread().name] and loader.take_times().wait_model == 0.0
+
+
+def test_a_failed_load_raises_in_get_and_the_next_get_tries_again():
+    builder = Builder(failures=1)
+    loader = EmbedderLoader(SETTINGS, builder)
+    loader.start()
+    with pytest.raises(RuntimeError, match="load 1 failed"):
+        loader.get()
+    assert not loader.loaded and not loader.started
+    assert isinstance(loader.get(), Built) and builder.calls == 2
+
+
+def test_concurrent_callers_share_one_load():
+    builder = Builder(gated=True)
+    loader = EmbedderLoader(SETTINGS, builder)
+    loader.start()
+    results = []
+    callers = [threading.Thread(target=lambda: results.append(loader.get())) for _ in range(4)]
+    for caller in callers:
+        caller.start()
+    time.sleep(0.1)
+    builder.release.set()
+    for caller in callers:
+        caller.join(10)
+    assert builder.calls == 1 and len(results) == 4 and len({id(r) for r in results}) == 1
+
+
+def test_one_loader_per_settings_in_a_process():
+    assert loader_for(SETTINGS) is loader_for(EmbeddingSettings(service=ServiceSettings(url="http://127.0.0.1:9")))
+    assert loader_for(SETTINGS) is not loader_for(EmbeddingSettings(precision="fp32"))
