@@ -1,4 +1,5 @@
-"""`vectormill store stats|verify|restore`: what the store holds, check every copy of it, bring one back.
+"""`vectormill store stats|verify|restore|compact`: what the store holds, check every copy of it, bring one back,
+merge its segments.
 
 None runs a flow, so none imports Prefect.
 """
@@ -12,7 +13,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import ConfigOption, JsonOption, console, errors, fail, load, print_warning
+from .common import ConfigOption, JsonOption, console, errors, fail, load, print_error, print_warning
 
 
 def register(app: typer.Typer, store_app: typer.Typer) -> None:
@@ -34,7 +35,8 @@ def register(app: typer.Typer, store_app: typer.Typer) -> None:
             print(json.dumps(stats))
             return
         table = Table(title=f"store {stats['path']}", show_header=False)
-        for key in ("vectors", "documents", "generation", "model", "dimension", "index_factory", "wal_bytes"):
+        for key in ("vectors", "documents", "generation", "model", "dimension", "index_factory", "segments", "dead",
+                    "pending", "generation_bytes", "database_bytes"):
             table.add_row(key, str(stats[key]))
         console.print(table)
         sources = Table(title="sources")
@@ -103,3 +105,29 @@ def register(app: typer.Typer, store_app: typer.Typer) -> None:
         for note in result["notes"]:
             print_warning(note)
 
+    @store_app.command("compact")
+    def compact(config: Optional[Path] = ConfigOption, as_json: bool = JsonOption) -> None:
+        """Merge every segment into as few as possible, dropping deleted and replaced vectors and retraining
+        the index factory; migrates a store written by an older vectormill."""
+        from vectormill.stores.faiss_store import FaissStore
+
+        settings = load(config)
+        try:
+            with FaissStore.open(settings.store) as store:
+                result = store.compact()
+                notes = list(store.notes)
+                problem = store.replication_problem()
+        except Exception as exc:  # noqa: BLE001 - fail() turns store errors into one line
+            fail(exc)
+        for note in notes:
+            print_warning(note)
+        if as_json:
+            print(json.dumps(result))
+        else:
+            console.print(f"compacted into generation {result['generation']}: {result['segments_before']} → "
+                          f"{result['segments_after']} segment(s), {result['vectors']} vectors, "
+                          f"{result['dead_dropped']} deleted or replaced vectors dropped, "
+                          f"{result['bytes_written']} bytes written")
+        if problem:
+            print_error(problem)
+            raise typer.Exit(1)
