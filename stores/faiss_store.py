@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -48,12 +49,10 @@ log = logging.getLogger("vectormill.store")
 IDENTITY = "identity.json"
 DATABASE = "store.sqlite"
 FORMAT = 2
-# A reader whose snapshot's files were pruned by the writer moves to the newer generation; this many times.
+# A reader whose snapshot's files were pruned by the writer before it opened them moves to the newer
+# generation; this many times.
 VIEW_ATTEMPTS = 8
-
-
-class _GenerationMoved(Exception):
-    """The writer committed a newer generation and pruned files of the one this reader had."""
+FD_FOLDER = Path("/dev/fd")  # open descriptors by number (Linux, macOS)
 
 
 def write_identity(path: Path, identity: dict[str, Any]) -> None:
@@ -83,6 +82,7 @@ class FaissStore:
         self._view: list[Part] | None = None
         self._indexes: dict[int, Any] = {}  # mapped segment indexes by seq (immutable files)
         self._reported: set[str] = set()
+        self._pinned: dict[str, int] = {}  # a reader's open descriptors of its generation's files
         self._broken: str | None = None
         self._changed_vectors = 0
         self._last_checkpoint = time.monotonic()
@@ -116,6 +116,7 @@ class FaissStore:
             self.identity = identity
             self._check_model(model, dimension)
             self._open_catalog()
+            self._pin_files()
             return
         self.path.mkdir(parents=True, exist_ok=True)
         self._lock.acquire()
@@ -208,7 +209,7 @@ class FaissStore:
         manifest = self._generations.current_manifest()
         if manifest is None:
             return
-        damaged, rechecked = damaged_files(self.path / SEGMENTS, manifest, self.catalog.checked_files())
+        damaged, rechecked = damaged_files(manifest, self.catalog.checked_files(), self._locate)
         if rechecked:
             with self.catalog.transaction():
                 self.catalog.record_files(rechecked)
@@ -362,7 +363,7 @@ class FaissStore:
         self._check_writable()
         before = self.generation
         manifest = current_manifest(self.catalog)
-        damaged, rechecked = damaged_files(self.path / SEGMENTS, manifest, {}) if manifest else ({}, [])
+        damaged, rechecked = damaged_files(manifest, {}, self._locate) if manifest else ({}, [])
         with self.catalog.transaction():
             self.catalog.record_files(rechecked)
         if damaged:
@@ -454,18 +455,39 @@ class FaissStore:
             ids.extend(held[~np.isin(held, part.dead)].tolist())
         return sorted(ids)
 
-    def _parts(self) -> list["Part"]:
-        """The searchable parts of one consistent generation: its segments and the vectors written since."""
-        if self._view is not None:
-            return self._view
+    def _pin_files(self) -> None:
+        """Open every file of the snapshot's generation now, so that the writer's pruning cannot take them away
+        (an unlinked file stays readable through an open descriptor). A file pruned before we got to it means the
+        writer moved on: pin the newer generation instead, before anything was read from this one."""
         for _ in range(VIEW_ATTEMPTS):
-            try:
-                self._view = self._build_parts()
-                return self._view
-            except _GenerationMoved:
-                self._indexes.clear()
-        raise StoreError(f"store {str(self.path)!r}: a writer replaced generations faster than this reader could map "
+            manifest = current_manifest(self.catalog)
+            missing = False
+            for name in files_of(manifest) if manifest else ():
+                try:
+                    self._pinned[name] = os.open(self.path / SEGMENTS / name, os.O_RDONLY)
+                except FileNotFoundError:
+                    missing = True
+            if not missing or not self._generation_moved():
+                return  # a file missing from the current generation is damage, reported when searched
+            self._unpin()
+        raise StoreError(f"store {str(self.path)!r}: a writer replaced generations faster than this reader could open "
                          "one; try again")
+
+    def _unpin(self) -> None:
+        for fd in self._pinned.values():
+            os.close(fd)
+        self._pinned.clear()
+
+    def _locate(self, name: str) -> Path:
+        """A segment file by name: through the reader's pinned descriptor when it has one."""
+        fd = self._pinned.get(name)
+        return FD_FOLDER / str(fd) if fd is not None and FD_FOLDER.is_dir() else self.path / SEGMENTS / name
+
+    def _parts(self) -> list["Part"]:
+        """The searchable parts of the store's generation: its segments and the vectors written since."""
+        if self._view is None:
+            self._view = self._build_parts()
+        return self._view
 
     def _build_parts(self) -> list["Part"]:
         from .search import Part, exact_part
@@ -473,30 +495,26 @@ class FaissStore:
 
         manifest = current_manifest(self.catalog)
         parts: list[Part] = []
+        segments = segments_of(manifest) if manifest else []
+        self._indexes = {seq: index for seq, index in self._indexes.items() if seq in {s.seq for s in segments}}
         if manifest is not None:
-            damaged, _ = damaged_files(self.path / SEGMENTS, manifest, self.catalog.checked_files())
-            if damaged and not self.writable and self._generation_moved():
-                raise _GenerationMoved
+            damaged, _ = damaged_files(manifest, self.catalog.checked_files(), self._locate)
             dead = self.catalog.dead_ids()
-            ivf = None
-            for segment in segments_of(manifest):
+            for segment in segments:
                 if segment.index is None:
                     continue
                 index = self._indexes.get(segment.seq)
                 if index is None and segment.index.name not in damaged:
                     try:
-                        if ivf is None:
-                            ivf = is_ivf(self.dimension, self.factory)
-                        index = open_index(self.path / SEGMENTS / segment.index.name, segment.kind, ivf)
-                    except RuntimeError as exc:  # unreadable after all, or pruned since it was checked
-                        if not self.writable and self._generation_moved():
-                            raise _GenerationMoved from None
+                        index = open_index(self._locate(segment.index.name), segment.kind,
+                                           segment.kind == FACTORY and is_ivf(self.dimension, self.factory))
+                    except RuntimeError as exc:  # its header or layout is damaged after all
                         damaged[segment.index.name] = f"unreadable ({str(exc).strip().splitlines()[-1][:200]})"
-                    if index is not None and segment.kind == FACTORY and self.settings.search_parameters:
-                        import faiss
+                    else:
+                        if segment.kind == FACTORY and self.settings.search_parameters:
+                            import faiss
 
-                        faiss.ParameterSpace().set_index_parameters(index, self.settings.search_parameters)
-                    if index is not None:
+                            faiss.ParameterSpace().set_index_parameters(index, self.settings.search_parameters)
                         self._indexes[segment.seq] = index
                 if index is None:
                     parts.append(exact_part(*self.catalog.live_vectors(segment.seq)))
@@ -508,7 +526,7 @@ class FaissStore:
         return parts
 
     def _generation_moved(self) -> bool:
-        """For a reader whose files vanished: whether the writer committed a newer generation (then move to it)."""
+        """For a reader whose files vanished: whether the writer committed a newer generation (then take it)."""
         seen = self.catalog.counter("generation")
         self.catalog.end_snapshot()
         self.catalog.begin_snapshot()
@@ -572,6 +590,7 @@ class FaissStore:
     def close(self) -> None:
         self._view = None
         self._indexes.clear()
+        self._unpin()
         if self.catalog is not None:
             self.catalog.close()
             self.catalog = None

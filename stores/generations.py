@@ -53,7 +53,7 @@ def current_manifest(catalog: Catalog) -> dict[str, Any] | None:
     return parse_manifest(manifests[0][1], f"{MANIFESTS}/{manifest_name(manifests[0][0])}") if manifests else None
 
 
-def damaged_files(segments_dir: Path, manifest: dict[str, Any], checked: dict[str, str]
+def damaged_files(manifest: dict[str, Any], checked: dict[str, str], locate: Callable[[str], Path]
                   ) -> tuple[dict[str, str], list[tuple[str, str, int, str]]]:
     """Files of a generation that are missing or do not match it, and the files found intact on re-hashing.
 
@@ -63,7 +63,7 @@ def damaged_files(segments_dir: Path, manifest: dict[str, Any], checked: dict[st
     damaged: dict[str, str] = {}
     rechecked = []
     for name, entry in files_of(manifest).items():
-        path = segments_dir / name
+        path = locate(name)
         found = fingerprint(path)
         if found is None:
             damaged[name] = "missing"
