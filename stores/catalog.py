@@ -29,8 +29,11 @@ from .records import (
 from .tables import BASELINES, BY_NAME, CHUNK_COLUMNS, CURSORS, DOCUMENTS, PROPERTIES, RETRY_QUEUE, TABLES, Table
 
 SCHEMA = """
+-- Rows are appended in write order (row), not placed by faiss_id: random ids would split pages and leave them
+-- half empty. A faiss_id is the chunk id's first 63 bits, so its uniqueness is the chunk id's too.
 CREATE TABLE IF NOT EXISTS chunks (
-    faiss_id INTEGER PRIMARY KEY, chunk_id TEXT NOT NULL UNIQUE, source TEXT NOT NULL, document TEXT NOT NULL,
+    row INTEGER PRIMARY KEY, faiss_id INTEGER NOT NULL UNIQUE, chunk_id TEXT NOT NULL, source TEXT NOT NULL,
+    document TEXT NOT NULL,
     position INTEGER NOT NULL, text TEXT NOT NULL, content_hash TEXT NOT NULL, page INTEGER, last_page INTEGER,
     tokens INTEGER NOT NULL, ocr INTEGER NOT NULL, vector BLOB NOT NULL, segment INTEGER);
 CREATE INDEX IF NOT EXISTS chunks_by_document ON chunks (source, document);
@@ -246,20 +249,24 @@ class Catalog:
                   *(f"SELECT 1 FROM {table.name} WHERE segment IS NULL" for table in TABLES)]
         return any(self.db.execute(f"{check} LIMIT 1").fetchone() for check in checks)
 
-    def chunk_ranges(self, segments: Sequence[int] | None, limit: int) -> list[tuple[int, int]]:
-        """faiss_id ranges splitting the chunk rows of `segments` (None: pending) into parts of at most `limit` rows."""
+    def chunk_ranges(self, segments: Sequence[int] | None, limit: int) -> list[tuple[int, int, int]]:
+        """(low id, high id, rows): ranges splitting the chunks of `segments` (None: pending) into parts of at most
+        `limit` rows."""
         where, args = _members("segment", segments)
         ids = [row[0] for row in self.db.execute(f"SELECT faiss_id FROM chunks WHERE {where} ORDER BY faiss_id", args)]
-        return [(ids[start], ids[min(start + limit, len(ids)) - 1]) for start in range(0, len(ids), limit)]
+        return [(ids[start], ids[min(start + limit, len(ids)) - 1], min(limit, len(ids) - start))
+                for start in range(0, len(ids), limit)]
 
-    def chunk_rows(self, segments: Sequence[int] | None, low: int, high: int) -> tuple[np.ndarray, list[tuple]]:
-        """Vectors and rows (CHUNK_COLUMNS) of the chunks of `segments` with ids in [low, high], by id."""
+    def chunk_batches(self, segments: Sequence[int] | None, low: int, high: int,
+                      size: int = 65_536) -> Iterator[tuple[np.ndarray, list[tuple]]]:
+        """Vectors and rows (CHUNK_COLUMNS) of the chunks of `segments` with ids in [low, high], by id, in batches."""
         where, args = _members("segment", segments)
-        rows = self.db.execute(f"SELECT {', '.join(CHUNK_COLUMNS)}, vector FROM chunks "
-                               f"WHERE {where} AND faiss_id BETWEEN ? AND ? ORDER BY faiss_id",
-                               (*args, low, high)).fetchall()
-        vectors = np.frombuffer(b"".join(row[-1] for row in rows), dtype=np.float32).reshape(len(rows), self.dimension)
-        return vectors, [row[:-1] for row in rows]
+        cursor = self.db.execute(f"SELECT {', '.join(CHUNK_COLUMNS)}, vector FROM chunks "
+                                 f"WHERE {where} AND faiss_id BETWEEN ? AND ? ORDER BY faiss_id", (*args, low, high))
+        while rows := cursor.fetchmany(size):
+            vectors = np.frombuffer(b"".join(row[-1] for row in rows), dtype=np.float32).reshape(
+                len(rows), self.dimension)
+            yield vectors, [row[:-1] for row in rows]
 
     def tombstones(self, run: Sequence[int] | None) -> list[tuple[int, int]]:
         """(segment, faiss_id) copies killed by the pending writes, or recorded in `run` and outside it."""
@@ -301,13 +308,12 @@ class Catalog:
         else:
             self.db.execute(f"UPDATE deletions SET segment = ? WHERE {where}", (last, *args))
 
-    def load_segment(self, seq: int, present: set[int], vectors: np.ndarray, chunks: Sequence[tuple],
-                     tombstones: Sequence[tuple[int, int]], tables: dict[str, list[tuple]],
-                     deletions: Sequence[tuple[str, str]]) -> None:
-        """Replay one segment of a generation being restored (in the generation's order)."""
+    def load_extras(self, seq: int, present: set[int], tombstones: Sequence[tuple[int, int]],
+                    tables: dict[str, list[tuple]], deletions: Sequence[tuple[str, str]]) -> None:
+        """Replay a segment of a generation being restored (in the generation's order), all but its chunks:
+        its removals and tombstones first, then its table rows."""
         for name, key in deletions:
-            table = BY_NAME[name]
-            self.db.execute(f"DELETE FROM {name} WHERE {_key_condition(table)}", tuple(json.loads(key)))
+            self.db.execute(f"DELETE FROM {name} WHERE {_key_condition(BY_NAME[name])}", tuple(json.loads(key)))
             self.db.execute("INSERT OR REPLACE INTO deletions VALUES (?, ?, ?)", (name, key, seq))
         live_targets = [(target, identifier) for target, identifier in tombstones if target in present]
         self.db.executemany("DELETE FROM chunks WHERE faiss_id = ? AND segment = ?",
@@ -318,6 +324,9 @@ class Catalog:
             self.db.executemany(
                 f"INSERT OR REPLACE INTO {table.name} ({', '.join(table.columns)}, segment) "
                 f"VALUES ({', '.join('?' * len(table.columns))}, ?)", [(*row, seq) for row in tables.get(table.name, ())])
+
+    def load_chunks(self, seq: int, vectors: np.ndarray, chunks: Sequence[tuple]) -> None:
+        """Chunks of a segment being restored, after its extras."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self.db.executemany(f"INSERT INTO chunks ({', '.join(CHUNK_COLUMNS)}, vector, segment) "
                             f"VALUES ({', '.join('?' * (len(CHUNK_COLUMNS) + 2))})",

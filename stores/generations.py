@@ -19,8 +19,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .catalog import Catalog
 from .durable import file_sha256, fingerprint, fsync_dir, write_atomically
 from .manifest import (
@@ -158,39 +156,28 @@ class Generations:
     def _rewrite(self, run: list[int] | None, prefix: bool) -> tuple[list[SegmentEntry], Callable[[], None]]:
         """New segments holding the live rows of `run` (None: the pending rows); the last one also carries the
         tombstones, table rows and removals. Returns them and the catalog change recording it."""
-        from .segments import SegmentContent, write_segment  # FAISS loads only where segments are written
+        from .segments import SegmentExtras, write_segment  # FAISS loads only where segments are written
 
         catalog = self.catalog
-        ranges: list[tuple[int, int] | None] = list(catalog.chunk_ranges(run, self.settings.max_segment_vectors))
-        tombstones, tables = catalog.tombstones(run), catalog.table_rows(run)
-        deletions = [] if prefix else catalog.deletions(run)
+        ranges: list[tuple[int, int, int]] = catalog.chunk_ranges(run, self.settings.max_segment_vectors)
+        extras = SegmentExtras(catalog.tombstones(run), catalog.table_rows(run), [] if prefix else catalog.deletions(run))
         if not ranges:
-            if not (tombstones or deletions or any(tables.values())):
+            if extras.is_empty():
                 return [], lambda: catalog.reassign(run, [], None, prefix)
-            ranges = [None]  # only other rows: a segment without vectors
+            ranges = [(1, 0, 0)]  # only other rows: a segment without vectors
         entries, parts = [], []
-        for number, bounds in enumerate(ranges):
-            last = number == len(ranges) - 1
-            vectors, chunks = (catalog.chunk_rows(run, *bounds) if bounds
-                               else (np.empty((0, catalog.dimension), dtype=np.float32), []))
-            content = SegmentContent(vectors, chunks, tombstones if last else [], tables if last else {},
-                                     deletions if last else [])
+        for number, (low, high, count) in enumerate(ranges):
             seq = catalog.next_segment()
-            entries.append(write_segment(content, self.segments_dir, seq, *self._index(content)))
-            if bounds:
-                parts.append((seq, *bounds))
+            entry, problem = write_segment(
+                self.segments_dir, seq, count, lambda: catalog.chunk_batches(run, low, high),
+                extras if number == len(ranges) - 1 else SegmentExtras(), self.identity["index_factory"],
+                self.settings.train_vectors, catalog.dimension)
+            if problem:
+                self.note(f"{problem}; the segment stays exact (Flat) until a merge retrains it")
+            entries.append(entry)
+            if count:
+                parts.append((seq, low, high))
         return entries, lambda: catalog.reassign(run, parts, entries[-1].seq, prefix)
-
-    def _index(self, content: Any) -> tuple[Any, str]:
-        from .segments import build_index
-
-        factory = self.identity["index_factory"]
-        try:
-            return build_index(content.ids, content.vectors, factory, self.settings.train_vectors)
-        except RuntimeError as exc:  # too few or degenerate vectors to train on: the segment stays exact
-            self.note(f"could not train index {factory!r} on a segment of {len(content.chunks)} vectors "
-                      f"({str(exc).splitlines()[0]}); it stays exact (Flat) until the next merge")
-            return build_index(content.ids, content.vectors, "Flat", self.settings.train_vectors)
 
     def _commit(self, segments: list[SegmentEntry], changes: Sequence[Callable[[], None]], new: list[SegmentEntry],
                 extra: dict[str, Any] | None = None) -> int:

@@ -256,9 +256,10 @@ def _build_database(settings: StoreSettings, path: Path, database: str, manifest
     try:
         with catalog.transaction():
             for segment in segments:
-                content = read_segment(path / SEGMENTS, segment, dimension)
-                catalog.load_segment(segment.seq, present, content.vectors, content.chunks, content.tombstones,
-                                     content.tables, content.deletions)
+                extras, chunks = read_segment(path / SEGMENTS, segment, dimension)
+                catalog.load_extras(segment.seq, present, extras.tombstones, extras.tables, extras.deletions)
+                for vectors, rows in chunks:
+                    catalog.load_chunks(segment.seq, vectors, rows)
             catalog.recount()
             catalog.set_counter("lsn", manifest["lsn"])
             catalog.set_counter("next_segment", max(present, default=0))

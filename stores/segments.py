@@ -13,6 +13,7 @@ A segment is two files in a `segments/` folder, each named by its sha256:
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,21 +39,21 @@ class IndexFactoryError(ValueError):
 
 
 @dataclass
-class SegmentContent:
-    """What a segment holds; `chunks` are rows of CHUNK_COLUMNS by ascending id, `vectors` in the same order."""
+class SegmentExtras:
+    """What a segment holds besides its chunks: the tombstones it carries, the rows of the other tables it sets
+    and the keys it removes."""
 
-    vectors: np.ndarray
-    chunks: list[tuple]
     tombstones: list[tuple[int, int]] = field(default_factory=list)  # (segment, faiss_id)
     tables: dict[str, list[tuple]] = field(default_factory=dict)
     deletions: list[tuple[str, str]] = field(default_factory=list)  # (table, JSON key)
 
-    @property
-    def ids(self) -> np.ndarray:
-        return np.fromiter((row[0] for row in self.chunks), dtype=np.int64, count=len(self.chunks))
-
     def is_empty(self) -> bool:
-        return not (self.chunks or self.tombstones or self.deletions or any(self.tables.values()))
+        return not (self.tombstones or self.deletions or any(self.tables.values()))
+
+
+# Chunk rows (CHUNK_COLUMNS) and their vectors in batches, by ascending id. A callable: a factory that
+# trains reads the first batches twice (its sample, then everything).
+Batches = Callable[[], Iterable[tuple[np.ndarray, list[tuple]]]]
 
 
 def new_index(dimension: int, factory: str) -> faiss.Index:
@@ -67,33 +68,35 @@ def new_index(dimension: int, factory: str) -> faiss.Index:
     return faiss.index_factory(dimension, f"IDMap,{factory}", faiss.METRIC_INNER_PRODUCT)
 
 
-def build_index(ids: np.ndarray, vectors: np.ndarray, factory: str, train_vectors: int) -> tuple[faiss.Index, str]:
-    """The segment's index and its kind: the factory's once the segment is large enough to train it, else exact.
-
-    Raises RuntimeError when the factory cannot be trained on these vectors (the caller keeps it exact).
-    """
-    dimension = vectors.shape[1]
-    if factory == "Flat" or len(ids) < train_vectors:
-        index = faiss.index_factory(dimension, "IDMap,Flat", faiss.METRIC_INNER_PRODUCT)
-        kind = FLAT
-    else:
-        index = new_index(dimension, factory)
-        if not index.is_trained:
-            # Ids are hashes of the chunks, so the first rows by id are a well-mixed sample.
-            index.train(vectors[:train_vectors])
-        kind = FACTORY
-    if len(ids):
-        index.add_with_ids(vectors, ids)
-    return index, kind
+def _segment_index(dimension: int, factory: str, count: int, train_vectors: int) -> tuple[faiss.Index, str]:
+    if factory == "Flat" or count < train_vectors:
+        return faiss.index_factory(dimension, "IDMap,Flat", faiss.METRIC_INNER_PRODUCT), FLAT
+    return new_index(dimension, factory), FACTORY
 
 
-def write_segment(content: SegmentContent, folder: Path, seq: int, index: faiss.Index | None, kind: str) -> SegmentEntry:
-    """Write a segment's files (index, if it has vectors, and rows), publish them by sha256, and describe it."""
-    index_entry = None
-    if index is not None and content.chunks:
-        temporary = folder / f".tmp-{seq}.faiss"
-        faiss.write_index(index, str(temporary))
-        index_entry = publish(temporary, folder, "faiss")
+def _train(index: faiss.Index, batches: Batches, train_vectors: int) -> None:
+    """Train on the first `train_vectors` rows: ids are hashes of the chunks, so these are a well-mixed sample."""
+    sample, held = [], 0
+    for vectors, _ in batches():
+        sample.append(vectors[: train_vectors - held])
+        held += len(sample[-1])
+        if held >= train_vectors:
+            break
+    index.train(np.concatenate(sample))
+
+
+def write_segment(folder: Path, seq: int, count: int, batches: Batches, extras: SegmentExtras, factory: str,
+                  train_vectors: int, dimension: int) -> tuple[SegmentEntry, str | None]:
+    """Write a segment of `count` chunks (index and rows file), publish its files by sha256; returns its entry and,
+    when the factory could not be trained on it, why it stayed exact. Holds only the index and one batch in memory."""
+    index, kind = _segment_index(dimension, factory, count, train_vectors)
+    problem = None
+    if count and not index.is_trained:
+        try:
+            _train(index, batches, train_vectors)
+        except RuntimeError as exc:  # too few or degenerate vectors: the segment stays exact until a later merge
+            problem = f"could not train index {factory!r} on {count} vectors ({str(exc).strip().splitlines()[0]})"
+            index, kind = _segment_index(dimension, "Flat", count, train_vectors)
     temporary = folder / f".tmp-{seq}.rows"
     temporary.unlink(missing_ok=True)
     rows = sqlite3.connect(temporary)
@@ -102,40 +105,56 @@ def write_segment(content: SegmentContent, folder: Path, seq: int, index: faiss.
         rows.execute("PRAGMA page_size=1024")  # a table takes a page at least: small segments stay small
         rows.executescript(ROWS_SCHEMA)
         raw = kind != FLAT  # an exact index gives the vectors back; a trained one does not
-        rows.executemany(f"INSERT INTO chunks VALUES ({', '.join('?' * (len(CHUNK_COLUMNS) + 1))})",
-                         [(*row, vector.tobytes() if raw else None) for row, vector in zip(content.chunks, content.vectors)])
-        rows.executemany("INSERT INTO tombstones VALUES (?, ?)", content.tombstones)
-        rows.executemany("INSERT INTO deletions VALUES (?, ?)", content.deletions)
+        for vectors, chunks in batches() if count else ():
+            index.add_with_ids(vectors, np.fromiter((row[0] for row in chunks), dtype=np.int64, count=len(chunks)))
+            rows.executemany(f"INSERT INTO chunks VALUES ({', '.join('?' * (len(CHUNK_COLUMNS) + 1))})",
+                             [(*row, vector.tobytes() if raw else None) for row, vector in zip(chunks, vectors)])
+        rows.executemany("INSERT INTO tombstones VALUES (?, ?)", extras.tombstones)
+        rows.executemany("INSERT INTO deletions VALUES (?, ?)", extras.deletions)
         for table in TABLES:
             rows.executemany(f"INSERT INTO {table.name} VALUES ({', '.join('?' * len(table.columns))})",
-                             content.tables.get(table.name, []))
+                             extras.tables.get(table.name, []))
         rows.commit()
     finally:
         rows.close()
-    return SegmentEntry(seq, kind, len(content.chunks), index_entry, publish(temporary, folder, "rows"))
+    if index.ntotal != count:
+        raise ValueError(f"segment {seq}: {index.ntotal} vectors read for {count} rows")
+    index_entry = None
+    if count:
+        faiss.write_index(index, str(folder / f".tmp-{seq}.faiss"))
+        index_entry = publish(folder / f".tmp-{seq}.faiss", folder, "faiss")
+    return SegmentEntry(seq, kind, count, index_entry, publish(temporary, folder, "rows")), problem
 
 
-def read_segment(folder: Path, entry: SegmentEntry, dimension: int) -> SegmentContent:
-    """Everything a segment holds, raw vectors included (from its exact index, or from its rows file)."""
-    rows = sqlite3.connect(f"{(folder / entry.rows.name).resolve().as_uri()}?mode=ro&immutable=1", uri=True)
-    try:
-        chunks = rows.execute(f"SELECT {', '.join(CHUNK_COLUMNS)}, vector FROM chunks ORDER BY faiss_id").fetchall()
-        content = SegmentContent(
-            np.zeros((0, dimension), dtype=np.float32), [row[:-1] for row in chunks],
-            rows.execute("SELECT segment, faiss_id FROM tombstones").fetchall(),
-            {table.name: rows.execute(f"SELECT * FROM {table.name}").fetchall() for table in TABLES},
-            rows.execute("SELECT tbl, key FROM deletions").fetchall())
-    finally:
-        rows.close()
-    if entry.kind == FLAT and entry.index is not None:
-        index = faiss.read_index(str(folder / entry.index.name))
-        if not np.array_equal(index_ids(index), content.ids):
-            raise ValueError(f"segment {entry.seq}: its index and rows file list different ids")
-        content.vectors = faiss.downcast_index(index.index).reconstruct_n(0, index.ntotal)
-    elif chunks:
-        content.vectors = np.frombuffer(b"".join(row[-1] for row in chunks), dtype=np.float32).reshape(
-            len(chunks), dimension)
-    return content
+def read_segment(folder: Path, entry: SegmentEntry, dimension: int, batch: int = 65_536
+                 ) -> tuple[SegmentExtras, Iterator[tuple[np.ndarray, list[tuple]]]]:
+    """What a segment holds: its extras, and its chunk rows with raw vectors (from its exact index, or from its
+    rows file) in batches."""
+    rows = sqlite3.connect(f"{(folder / entry.rows.name).resolve().as_uri()}?mode=ro&immutable=1", uri=True,
+                           check_same_thread=False)
+    extras = SegmentExtras(rows.execute("SELECT segment, faiss_id FROM tombstones").fetchall(),
+                           {table.name: rows.execute(f"SELECT * FROM {table.name}").fetchall() for table in TABLES},
+                           rows.execute("SELECT tbl, key FROM deletions").fetchall())
+
+    def chunks() -> Iterator[tuple[np.ndarray, list[tuple]]]:
+        exact = faiss.read_index(str(folder / entry.index.name)) if entry.kind == FLAT and entry.index else None
+        cursor = rows.execute(f"SELECT {', '.join(CHUNK_COLUMNS)}, vector FROM chunks ORDER BY faiss_id")
+        start = 0
+        try:
+            while part := cursor.fetchmany(batch):
+                if exact is not None:
+                    if not np.array_equal(index_ids(exact)[start : start + len(part)], [row[0] for row in part]):
+                        raise ValueError(f"segment {entry.seq}: its index and rows file list different ids")
+                    vectors = faiss.downcast_index(exact.index).reconstruct_n(start, len(part))
+                else:
+                    vectors = np.frombuffer(b"".join(row[-1] for row in part), dtype=np.float32).reshape(
+                        len(part), dimension)
+                yield vectors, [row[:-1] for row in part]
+                start += len(part)
+        finally:
+            rows.close()
+
+    return extras, chunks()
 
 
 def open_index(path: Path, kind: str, ivf: bool) -> faiss.Index:

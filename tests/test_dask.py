@@ -101,7 +101,8 @@ def write_config(folder: Path, store: str, execution: str = "", source: str | No
 def snapshot(config_file: Path):
     """Everything stored but the vectors (compared exactly), and the vectors by chunk id."""
     with FaissStore.open(load_config(config_file).store, writable=False) as store:
-        documents = store.db.execute("SELECT * FROM documents ORDER BY source, document").fetchall()
+        documents = store.db.execute("SELECT source, document, version, title, location, modified, chunks "
+                                     "FROM documents ORDER BY source, document").fetchall()
         chunks = store.db.execute("SELECT chunk_id, source, document, position, text, content_hash, page, last_page, "
                                   "tokens FROM chunks ORDER BY chunk_id").fetchall()
         distinct = store.db.execute("SELECT count(DISTINCT chunk_id) FROM chunks").fetchone()[0]
