@@ -13,9 +13,10 @@ import pytest
 
 from vectormill.flows.config import load_config
 from vectormill.flows.ingest import ingest
-from vectormill.stores.faiss_store import FaissStore, StoreError
+from vectormill.stores.faiss_store import FaissStore
 
 from .corpus import write_config, write_corpus
+from .servers.store_batches import stored_vectors
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -34,15 +35,6 @@ def backfill(config_file, env):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def stored_vectors(config_file) -> int:
-    """Vectors the store holds (acknowledged writes only); 0 before it exists."""
-    try:
-        with FaissStore.open(load_config(config_file).store, writable=False) as store:
-            return store.vector_count()
-    except StoreError:
-        return 0
-
-
 def test_killed_runs_resume_to_exactly_the_uninterrupted_result(tmp_path):
     from prefect.settings import PREFECT_API_URL
 
@@ -57,14 +49,15 @@ def test_killed_runs_resume_to_exactly_the_uninterrupted_result(tmp_path):
     ingest(config_file=str(reference_config))
     expected, expected_stats, _ = snapshot(reference_config)
 
+    crashed_store = load_config(crashed_config).store
     rng = random.Random(20261125)
     kills = 0
     for attempt in range(4):
         process = backfill(crashed_config, env)
-        start_vectors = stored_vectors(crashed_config)
+        start_vectors = stored_vectors(crashed_store)
         deadline = time.monotonic() + 120
         # Wait until this run has written something, then kill it a random moment later.
-        while process.poll() is None and stored_vectors(crashed_config) <= start_vectors and time.monotonic() < deadline:
+        while process.poll() is None and stored_vectors(crashed_store) <= start_vectors and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(rng.uniform(0.0, 1.5))
         if process.poll() is None:
