@@ -53,12 +53,14 @@ CREATE TABLE IF NOT EXISTS properties (key TEXT PRIMARY KEY, value TEXT NOT NULL
 -- Keys removed from the tables above; segment: the one that records the removal (NULL: not sealed yet).
 CREATE TABLE IF NOT EXISTS deletions (
     tbl TEXT NOT NULL, key TEXT NOT NULL, segment INTEGER, PRIMARY KEY (tbl, key));
+CREATE INDEX IF NOT EXISTS deletions_by_segment ON deletions (segment);
 -- Copies of chunks that a sealed segment holds but that are no longer live: skipped at search;
 -- recorded: the segment that carries this tombstone to replicas (NULL: not sealed yet).
 CREATE TABLE IF NOT EXISTS dead (
     segment INTEGER NOT NULL, faiss_id INTEGER NOT NULL, recorded INTEGER, PRIMARY KEY (segment, faiss_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS dead_by_recorded ON dead (recorded);
+CREATE TABLE IF NOT EXISTS dead_counts (segment INTEGER PRIMARY KEY, dead INTEGER NOT NULL);  -- the merge policy's input
 CREATE TABLE IF NOT EXISTS source_counts (source TEXT PRIMARY KEY, documents INTEGER NOT NULL, vectors INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS generations (generation INTEGER PRIMARY KEY, manifest BLOB NOT NULL);
@@ -157,6 +159,8 @@ class Catalog:
         self.set_counter("vectors", self.db.execute("SELECT count(*) FROM chunks").fetchone()[0])
         self.set_counter("documents", self.db.execute("SELECT count(*) FROM documents").fetchone()[0])
         self.set_counter("dead", self.db.execute("SELECT count(*) FROM dead").fetchone()[0])
+        self.db.execute("DELETE FROM dead_counts")
+        self.db.execute("INSERT INTO dead_counts SELECT segment, count(*) FROM dead GROUP BY segment")
         self.db.execute("DELETE FROM source_counts")
         self.db.execute("INSERT INTO source_counts SELECT source, count(*), sum(chunks) FROM documents GROUP BY source")
 
@@ -224,9 +228,16 @@ class Catalog:
                      if row[0] in stored and stored[row[0]][:-1] == (row[1], *row[4:])}
         removed = [identifier for identifier in stored if identifier not in unchanged]
         self.db.executemany("DELETE FROM chunks WHERE faiss_id = ?", [(identifier,) for identifier in removed])
-        killed = self.db.executemany("INSERT OR IGNORE INTO dead VALUES (?, ?, NULL)",
-                                     [(stored[i][-1], i) for i in removed if stored[i][-1] is not None]).rowcount
-        self._add_to_counter("dead", killed)
+        by_segment: dict[int, list[int]] = {}
+        for identifier in removed:
+            if stored[identifier][-1] is not None:  # sealed: its segment keeps the copy, now a tombstone
+                by_segment.setdefault(stored[identifier][-1], []).append(identifier)
+        for segment, identifiers in by_segment.items():
+            killed = self.db.executemany("INSERT OR IGNORE INTO dead VALUES (?, ?, NULL)",
+                                         [(segment, identifier) for identifier in identifiers]).rowcount
+            self.db.execute("INSERT INTO dead_counts VALUES (?, ?) ON CONFLICT(segment) DO UPDATE SET "
+                            "dead = dead + excluded.dead", (segment, killed))
+            self._add_to_counter("dead", killed)
         self.db.executemany(f"INSERT INTO chunks ({', '.join(CHUNK_COLUMNS)}, vector, segment) "
                             f"VALUES ({', '.join('?' * (len(CHUNK_COLUMNS) + 1))}, NULL)",
                             [row for row in rows if row[0] not in unchanged])
@@ -297,6 +308,7 @@ class Catalog:
                             (seq, *args, low, high))
         if run is not None:
             self._add_to_counter("dead", -self.db.execute(f"DELETE FROM dead WHERE {where}", args).rowcount)
+            self.db.execute(f"DELETE FROM dead_counts WHERE {where}", args)
         if last is None:  # the run held nothing live and nothing else: it just goes
             return
         recorded, recorded_args = _members("recorded", run)
@@ -362,9 +374,8 @@ class Catalog:
         """Fingerprint of every file as last written or checked."""
         return dict(self.db.execute("SELECT name, fingerprint FROM files"))
 
-    def forget_files(self, kept: set[str]) -> None:
-        self.db.executemany("DELETE FROM files WHERE name = ?",
-                            [(name,) for (name,) in self.db.execute("SELECT name FROM files") if name not in kept])
+    def forget_files(self, names: set[str]) -> None:
+        self.db.executemany("DELETE FROM files WHERE name = ?", [(name,) for name in names])
 
     # ---- reading -------------------------------------------------------------------------
     def dead_ids(self) -> dict[int, np.ndarray]:
@@ -375,7 +386,7 @@ class Catalog:
         return {segment: np.array(ids, dtype=np.int64) for segment, ids in dead.items()}
 
     def dead_counts(self) -> dict[int, int]:
-        return dict(self.db.execute("SELECT segment, count(*) FROM dead GROUP BY segment"))
+        return dict(self.db.execute("SELECT segment, dead FROM dead_counts"))
 
     def live_vectors(self, segment: int | None) -> tuple[np.ndarray, np.ndarray]:
         """Ids and vectors of the live chunks held by `segment` (None: pending, in no segment yet)."""

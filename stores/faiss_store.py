@@ -22,10 +22,10 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -34,9 +34,9 @@ from .durable import write_atomically
 from .errors import StoreCorruptError, StoreError
 from .generations import Generations, current_manifest, damaged_files
 from .lock import WriterLock
-from .manifest import SEGMENTS, files_of, manifest_bytes, parse_manifest, segments_of
+from .manifest import SEGMENTS, FileEntry, files_of, manifest_bytes, parse_manifest, segments_of
 from .records import DocumentUpsert, Operation, QueuedDocument, SearchHit
-from .settings import StoreSettings
+from .settings import ReplicaSettings, StoreSettings
 
 if TYPE_CHECKING:  # FAISS and fsspec load only for what needs them: `store stats` reads a few rows
     from .replicas import Replicator
@@ -45,6 +45,7 @@ if TYPE_CHECKING:  # FAISS and fsspec load only for what needs them: `store stat
 __all__ = ["FaissStore", "StoreCorruptError", "StoreError", "faiss_id"]
 
 log = logging.getLogger("vectormill.store")
+T = TypeVar("T")
 
 IDENTITY = "identity.json"
 DATABASE = "store.sqlite"
@@ -216,8 +217,10 @@ class FaissStore:
         if damaged:
             self._generations.repair(damaged, [self._fetcher(replica) for replica in self.settings.replicas])
 
-    def _fetcher(self, replica):
-        def fetch(entry, folder: Path) -> str:
+    def _fetcher(self, replica: ReplicaSettings) -> Callable[[FileEntry, Path], str]:
+        """Fetches a segment file from `replica` into a folder; returns the replica's name."""
+
+        def fetch(entry: FileEntry, folder: Path) -> str:
             from .replicas import Location
 
             Location.replica(replica).fetch_file(entry, folder)
@@ -332,6 +335,8 @@ class FaissStore:
             self._replicate(self.generation)
             return None
         generation = self._guarded(self._seal_and_merge)
+        self._changed_vectors = 0
+        self._last_checkpoint = time.monotonic()
         self._replicate(generation)
         return generation
 
@@ -343,19 +348,22 @@ class FaissStore:
         """Rewrite every segment: merge them (up to `max_segment_vectors` each), drop deleted and replaced vectors,
         and build trained factories afresh. What was written since the last checkpoint is sealed first."""
         self._check_writable()
-        before = self.stats_summary()
+        before, dead = current_manifest(self.catalog), self.catalog.counter("dead")
 
         def run() -> int:
             sealed = self._generations.seal() if self.catalog.has_pending() or not self.generation else None
             return self._generations.compact(everything=True) or sealed or self.generation
 
         generation = self._guarded(run)
+        self._changed_vectors = 0
+        self._last_checkpoint = time.monotonic()
         self._replicate(generation)
-        after = self.stats_summary()
-        written = sum(f["bytes"] for f in after["files"] if f["name"] not in {g["name"] for g in before["files"]})
-        return {"generation": generation, "vectors": after["vectors"], "segments_before": before["segments"],
-                "segments_after": after["segments"], "dead_dropped": before["dead"] - after["dead"],
-                "bytes_written": written}
+        after = current_manifest(self.catalog)
+        old = files_of(before) if before else {}
+        return {"generation": generation, "vectors": self.vector_count(),
+                "segments_before": len(segments_of(before)) if before else 0, "segments_after": len(segments_of(after)),
+                "dead_dropped": dead - self.catalog.counter("dead"),
+                "bytes_written": sum(f.bytes for name, f in files_of(after).items() if name not in old)}
 
     def repair(self, source: str | None = None) -> dict[str, Any]:
         """Hash every file of the current generation; fetch damaged ones again from a replica (`source`: only that
@@ -372,21 +380,15 @@ class FaissStore:
             self._replicate(self.generation)
         return {"generation_before": before, "damaged": damaged}
 
-    def stats_summary(self) -> dict[str, Any]:
-        manifest = current_manifest(self.catalog)
-        files = [{"name": f.name, "bytes": f.bytes} for f in files_of(manifest).values()] if manifest else []
-        return {"vectors": self.vector_count(), "segments": len(segments_of(manifest)) if manifest else 0,
-                "dead": self.catalog.counter("dead"), "files": files}
-
-    def _guarded(self, change):
+    def _guarded(self, change: Callable[[], T]) -> T:
+        """Run a change of generations; after a failure this object takes nothing more until the store is reopened."""
         try:
             result = change()
         except Exception as exc:
             self._broken = f"checkpoint: {type(exc).__name__}: {exc}"
             raise
-        self._changed_vectors = 0
-        self._last_checkpoint = time.monotonic()
-        self._view = None
+        finally:
+            self._view = None
         return result
 
     def _replicate(self, generation: int) -> None:

@@ -213,8 +213,10 @@ class Generations:
                 removed = True
         if removed:
             fsync_dir(self.segments_dir)
-        with self.catalog.transaction():
-            self.catalog.forget_files(kept)
+        forgotten = set(self.catalog.checked_files()) - kept
+        if forgotten:
+            with self.catalog.transaction():
+                self.catalog.forget_files(forgotten)
 
     # ---- at a writable open ------------------------------------------------------------------
     def tidy(self) -> None:

@@ -102,6 +102,9 @@ def _database_problems(path: Path, identity: dict[str, Any]) -> list[Problem]:
                 if catalog.counter(name) != rows:
                     problems.append(Problem(PRIMARY, database.name,
                                             f"counter {name} = {catalog.counter(name)} but it holds {rows} rows"))
+            counted = dict(catalog.db.execute("SELECT segment, count(*) FROM dead GROUP BY segment"))
+            if counted != catalog.dead_counts():
+                problems.append(Problem(PRIMARY, database.name, "tombstone counts per segment do not match its rows"))
             for generation, manifest in catalog.manifests():
                 file = path / MANIFESTS / manifest_name(generation)
                 if not file.is_file() or file.read_bytes() != manifest:
