@@ -33,6 +33,7 @@ from .catalog import Catalog, faiss_id
 from .durable import write_atomically
 from .errors import StoreCorruptError, StoreError
 from .generations import Generations, current_manifest, damaged_files
+from .legacy import migrate, refuse_to_read, set_aside_old_layout
 from .lock import WriterLock
 from .manifest import SEGMENTS, FileEntry, files_of, manifest_bytes, parse_manifest, segments_of
 from .records import DocumentUpsert, Operation, QueuedDocument, SearchHit
@@ -106,13 +107,11 @@ class FaissStore:
         return store
 
     def _open(self, model: str | None, dimension: int | None) -> None:
-        identity = read_identity(self.path)
         if not self.writable:
+            identity = read_identity(self.path)
             if identity is None:
                 raise StoreError(f"no store at {str(self.path)!r}: run `vectormill backfill` first")
             if "format" not in identity:
-                from .legacy import refuse_to_read
-
                 refuse_to_read(self.path)
             self.identity = identity
             self._check_model(model, dimension)
@@ -121,6 +120,7 @@ class FaissStore:
             return
         self.path.mkdir(parents=True, exist_ok=True)
         self._lock.acquire()
+        identity = read_identity(self.path)  # under the lock: a restore may have switched it
         migrated = False
         if identity is None:
             self.identity = self._new_identity(model, dimension)
@@ -128,16 +128,12 @@ class FaissStore:
             write_identity(self.path, self.identity)  # last: a store exists once its database does
         else:
             if "format" not in identity:
-                from .legacy import migrate
-
                 identity = migrate(self.path, identity, DATABASE, write_identity, self.notes)
                 migrated = True
             self.identity = identity
             self._check_model(model, dimension)
             self._open_catalog()
         self._generations = Generations(self.path, self.settings, self.identity, self.catalog, self.notes)
-        from .legacy import set_aside_old_layout
-
         leftover = set_aside_old_layout(self.path)  # a migration interrupted after its switch
         if leftover:
             self.notes.append(f"finished migrating store {str(self.path)!r}: the older layout's files are in "
@@ -175,13 +171,14 @@ class FaissStore:
 
     def _refuse_to_shadow_replicas(self) -> None:
         """A lost primary must be restored, not silently replaced: its replicas would prune the backups."""
-        from .replicas import Location
+        from .replicas import Location, redactor
 
         for replica in self.settings.replicas:
             try:
                 held = Location.replica(replica).generations()
             except Exception as exc:  # noqa: BLE001 - an unreachable replica cannot hold us back
-                self.notes.append(f"replica {replica.name!r} could not be checked before creating the store: {exc}")
+                self.notes.append(redactor(replica)(
+                    f"replica {replica.name!r} could not be checked before creating the store: {exc}"))
                 continue
             if held:
                 raise StoreError(

@@ -22,7 +22,8 @@ from typing import Any
 from .catalog import Catalog
 from .durable import file_sha256, fingerprint, fsync_dir, write_atomically
 from .manifest import (
-    MANIFESTS, SEGMENTS, SegmentEntry, build_manifest, files_of, generation_of, manifest_name, parse_manifest, referenced_files, segments_of,
+    MANIFESTS, SEGMENTS, FileEntry, SegmentEntry, build_manifest, files_of, generation_of, manifest_name,
+    parse_manifest, referenced_files, segments_of,
 )
 from .plan import MergePolicy, SegmentLoad, plan_merges
 from .settings import StoreSettings
@@ -179,14 +180,14 @@ class Generations:
                 parts.append((seq, low, high))
         return entries, lambda: catalog.reassign(run, parts, entries[-1].seq, prefix)
 
-    def _commit(self, segments: list[SegmentEntry], changes: Sequence[Callable[[], None]], new: list[SegmentEntry],
-                extra: dict[str, Any] | None = None) -> int:
+    def _commit(self, segments: list[SegmentEntry], changes: Sequence[Callable[[], None]],
+                new: list[SegmentEntry]) -> int:
         generation = self.next_generation()
         catalog = self.catalog
         body = {"generation": generation, "lsn": catalog.counter("lsn"),
                 "created_at": datetime.now(timezone.utc).isoformat(), "vectors": catalog.counter("vectors"),
                 "documents": catalog.counter("documents"), "model": self.identity["model"],
-                "dimension": self.identity["dimension"], "index_factory": self.identity["index_factory"], **(extra or {})}
+                "dimension": self.identity["dimension"], "index_factory": self.identity["index_factory"]}
         manifest = build_manifest(body, segments)
         self.manifests_dir.mkdir(exist_ok=True)
         write_atomically(self.manifests_dir / manifest_name(generation), manifest)
@@ -247,7 +248,7 @@ class Generations:
                 write_atomically(file, manifest)
         self._prune([])
 
-    def repair(self, damaged: dict[str, str], fetchers: Sequence[Callable[[Any, Path], str]]) -> None:
+    def repair(self, damaged: dict[str, str], fetchers: Sequence[Callable[[FileEntry, Path], str]]) -> None:
         """Set damaged files of the current generation aside, fetch an identical copy (`fetchers`: replicas), or
         rewrite the segments that name them from the catalog, which holds every live row and vector."""
         quarantine = self.path / QUARANTINE / f"damaged-{utc_stamp()}"
