@@ -110,5 +110,6 @@ def test_readers_in_a_loop_never_fail_while_the_writer_checkpoints_compacts_and_
         long_lived.close()
         out, err = writer.communicate(timeout=120)
     assert writer.returncode == 0 and out.split() == ["done"], err[-3000:]
+    print(f"{reads} reads while the writer ran")
     with FaissStore.open(config, writable=False) as reader:
         assert_holds(reader, 150)
