@@ -1,12 +1,13 @@
-"""Write throughput of the durable store against a plain in-memory FAISS add, and checkpoint + replication time.
+"""Write throughput of the durable store against a plain in-memory FAISS add, and what a checkpoint and its copy cost.
 
     .venv/bin/python benchmarks/wal_throughput.py [--vectors 100000] [--batch 256] [--dimension 384]
 
 Three ways to take the same vectors (batches of `--batch`, 16 chunks per document, ~200 characters
-of text per chunk): a bare `IndexIDMap2(Flat).add_with_ids`; the store's apply path alone (SQLite
-rows with text and raw vector + FAISS, no log); and `FaissStore.write` (WAL append + fsync, then
-the same apply). Then one checkpoint of everything, and its copy to a local-folder replica
-(read back and hashed). Goal: WAL overhead ≤ 15 % over the plain add.
+of text per chunk): a bare `IndexIDMap2(Flat).add_with_ids`; `FaissStore.write` with the catalog's
+fsync turned off (the same SQLite work, not durable: isolates what durability costs); and
+`FaissStore.write` as it runs (each write one SQLite transaction, fsync'd to SQLite's write-ahead
+log before it returns). Then one checkpoint sealing everything as a segment, and its copy to a
+local-folder replica (read back and hashed).
 """
 
 from __future__ import annotations
@@ -59,14 +60,13 @@ def plain_add(data, dimension: int) -> float:
     return time.perf_counter() - started
 
 
-def store_writes(data, settings: StoreSettings, dimension: int, with_log: bool) -> tuple[float, FaissStore]:
+def store_writes(data, settings: StoreSettings, dimension: int, durable: bool) -> tuple[float, FaissStore]:
     store = FaissStore.open(settings, model="bench", dimension=dimension)
+    if not durable:
+        store.db.execute("PRAGMA synchronous=OFF")  # the same work without the fsync at each commit
     started = time.perf_counter()
     for operations, _ in data:
-        if with_log:
-            store.write(operations)
-        else:
-            store._apply(operations)  # the same apply path, without the log: isolates the WAL's cost
+        store.write(operations)
     return time.perf_counter() - started, store
 
 
@@ -82,10 +82,11 @@ def main() -> None:
     try:
         plain = plain_add(data, args.dimension)
         common = dict(checkpoint_every_vectors=10**9, checkpoint_every_seconds=None, keep_generations=2)
-        no_log, store = store_writes(data, StoreSettings(path=root / "nolog", **common), args.dimension, False)
+        unsynced, store = store_writes(data, StoreSettings(path=root / "unsynced", **common), args.dimension, False)
         store.close()
-        settings = StoreSettings(path=root / "wal", replicas=[{"name": "disk", "url": str(root / "replica")}], **common)
-        logged, store = store_writes(data, settings, args.dimension, True)
+        settings = StoreSettings(path=root / "durable", replicas=[{"name": "disk", "url": str(root / "replica")}],
+                                 **common)
+        durable, store = store_writes(data, settings, args.dimension, True)
         started = time.perf_counter()
         store.checkpoint()
         checkpoint_and_copy = time.perf_counter() - started
@@ -98,10 +99,10 @@ def main() -> None:
     n = args.vectors
     print(f"{n} vectors, {args.dimension} dims, batches of {args.batch}")
     print(f"plain FAISS add (IDMap2,Flat), in memory : {n / plain:12,.0f} vectors/s")
-    print(f"store apply, no log (SQLite + FAISS)     : {n / no_log:12,.0f} vectors/s")
-    print(f"store write, WAL + fsync + apply         : {n / logged:12,.0f} vectors/s")
-    print(f"WAL overhead over the store's apply      : {logged / no_log - 1:12.1%}")
-    print(f"store write vs plain FAISS add           : {logged / plain:12.1f}x the time (goal ≤ 1.15x)")
+    print(f"store write, catalog without fsync       : {n / unsynced:12,.0f} vectors/s")
+    print(f"store write, durable (fsync per write)   : {n / durable:12,.0f} vectors/s")
+    print(f"fsync's share of a durable write         : {1 - unsynced / durable:12.1%}")
+    print(f"store write vs plain FAISS add           : {durable / plain:12.1f}x the time")
     print(f"checkpoint ({size / 2**20:.0f} MiB)                  : "
           f"{(checkpoint_and_copy - replica['seconds']) * per_100k:8.2f} s per 100k vectors")
     print(f"replication to a local folder (verified) : {replica['seconds'] * per_100k:8.2f} s per 100k vectors "

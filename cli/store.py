@@ -1,4 +1,5 @@
-"""`vectormill store stats|verify|restore`: what the store holds, check every copy of it, bring one back.
+"""`vectormill store stats|verify|restore|compact`: what the store holds, check every copy of it, bring one back,
+merge its segments.
 
 None runs a flow, so none imports Prefect.
 """
@@ -6,35 +7,44 @@ None runs a flow, so none imports Prefect.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional, TypeVar
 
 import typer
 from rich.table import Table
 
-from .common import ConfigOption, JsonOption, console, errors, fail, load, print_warning
+from .common import ConfigOption, JsonOption, console, errors, fail, load, print_error, print_warning
+
+T = TypeVar("T")
+
+
+def on_store(settings: Any, writable: bool, action: Callable[[Any], T]) -> T:
+    """`action` on the opened store; its warnings are printed, and an error the user can act on is one line."""
+    from vectormill.stores.faiss_store import FaissStore
+
+    try:
+        with FaissStore.open(settings, writable=writable) as store:
+            result = action(store)
+            notes = list(store.notes)
+    except Exception as exc:  # noqa: BLE001 - fail() turns store errors into one line
+        fail(exc)
+    for note in notes:
+        print_warning(note)
+    return result
 
 
 def register(app: typer.Typer, store_app: typer.Typer) -> None:
     @store_app.command("stats")
     def store_stats(config: Optional[Path] = ConfigOption, as_json: bool = JsonOption) -> None:
         """Vectors, documents, generations and sources of the store."""
-        from vectormill.stores.faiss_store import FaissStore
-
-        settings = load(config)
-        try:
-            with FaissStore.open(settings.store, writable=False) as store:
-                stats = store.stats()
-                notes = list(store.notes)
-        except Exception as exc:  # noqa: BLE001 - fail() turns store errors into one line
-            fail(exc)
-        for note in notes:
-            print_warning(note)
+        stats = on_store(load(config).store, False, lambda store: store.stats())
         if as_json:
             print(json.dumps(stats))
             return
         table = Table(title=f"store {stats['path']}", show_header=False)
-        for key in ("vectors", "documents", "generation", "model", "dimension", "index_factory", "wal_bytes"):
+        for key in ("vectors", "documents", "generation", "model", "dimension", "index_factory", "segments", "dead",
+                    "pending", "generation_bytes", "database_bytes"):
             table.add_row(key, str(stats[key]))
         console.print(table)
         sources = Table(title="sources")
@@ -76,11 +86,12 @@ def register(app: typer.Typer, store_app: typer.Typer) -> None:
                                                                    "(default: the newest valid copy anywhere)."),
         generation: Optional[int] = typer.Option(None, "--generation", min=1,
                                                  help="Go back to exactly this generation (later writes are set "
-                                                      "aside in quarantine/); default: repair to the newest valid one."),
+                                                      "aside in quarantine/); default: repair damaged files, or "
+                                                      "rebuild a damaged database from the newest valid generation."),
         config: Optional[Path] = ConfigOption,
         as_json: bool = JsonOption,
     ) -> None:
-        """Bring back a generation from a replica or from the primary's older generations."""
+        """Repair the store, or bring back a generation from a replica or from the primary's older generations."""
         from vectormill.stores.faiss_store import FaissStore
         from vectormill.stores.restore import restore_store
 
@@ -103,3 +114,18 @@ def register(app: typer.Typer, store_app: typer.Typer) -> None:
         for note in result["notes"]:
             print_warning(note)
 
+    @store_app.command("compact")
+    def compact(config: Optional[Path] = ConfigOption, as_json: bool = JsonOption) -> None:
+        """Merge every segment into as few as possible, dropping deleted and replaced vectors and retraining
+        the index factory; migrates a store written by an older vectormill."""
+        result, problem = on_store(load(config).store, True, lambda store: (store.compact(), store.replication_problem()))
+        if as_json:
+            print(json.dumps(result))
+        else:
+            console.print(f"compacted into generation {result['generation']}: {result['segments_before']} → "
+                          f"{result['segments_after']} segment(s), {result['vectors']} vectors, "
+                          f"{result['dead_dropped']} deleted or replaced vectors dropped, "
+                          f"{result['bytes_written']} bytes written")
+        if problem:
+            print_error(problem)
+            raise typer.Exit(1)

@@ -1,9 +1,11 @@
-"""Generations on fsspec locations (the primary folder, a local path, s3://…): list, verify, copy, fetch, prune.
+"""Copies of a store on fsspec locations (the primary folder, a local path, s3://…): list, verify, copy, fetch, prune.
 
-A generation is a folder `NNNNNNNN/` of data files plus `manifest.json`, which lists every data
-file's sha256 and size. Copies write the data files first, read each back to check its sha256,
-and write the manifest last: a generation without a valid manifest is never taken as valid, so a
-copy cut short anywhere is harmless. Copying only ever reads the primary.
+A location holds `manifests/NNNNNNNN.json` (one per generation) and `segments/<sha256>.<kind>`
+(content-addressed segment files that generations share). A copy sends only the segment files
+the location lacks, reads each back to check its sha256, and writes the manifest last: a
+generation whose manifest is missing or invalid is never used, so a copy cut short anywhere is
+harmless. Copying only ever reads the primary. Every message naming a location goes through its
+redaction: no credential from its URL or storage options is ever shown.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -23,48 +26,82 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from .manifest import MANIFEST, ManifestError, Problem, check_files, file_sha256, parse_manifest
+from .durable import file_sha256, fsync_dir, fsync_file
+from .manifest import (
+    MANIFESTS, SEGMENTS, FileEntry, ManifestError, Problem, files_of, generation_of, manifest_name, parse_manifest,
+    referenced_files,
+)
 from .settings import ReplicaSettings, StoreSettings
 
 log = logging.getLogger("vectormill.store.replicas")
 
 PRIMARY = "primary"
+# The words the HTTP sources mask too (connectors/http.py; the store imports nothing else of ours).
+SECRET_WORDS = re.compile(r"token|key|secret|pass|auth|signature|sig|credential", re.IGNORECASE)
+SECRET_QUERY_VALUE = re.compile(r"([?&][^=&\s]*(?:token|key|secret|pass|auth|signature|sig|credential)[^=&\s]*=)"
+                                r"[^&\s\"']*", re.IGNORECASE)
 
 
 class ReplicaCopyError(RuntimeError):
     """A copied file did not read back with the checksum it was sent with."""
 
 
-def generation_name(generation: int) -> str:
-    return f"{generation:08d}"
-
-
 def redact_url(url: str) -> str:
-    """The URL without credentials, for messages and status."""
+    """The URL without user:password@ and with secret-looking query values masked."""
     parts = urlsplit(url)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        return urlunsplit((parts.scheme, host + (f":{parts.port}" if parts.port else ""), parts.path, "", ""))
-    return url
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    return SECRET_QUERY_VALUE.sub(r"\1***", urlunsplit((parts.scheme, netloc, parts.path, parts.query, "")))
+
+
+def _secret_values(options: Any, secret_key: bool = False) -> list[str]:
+    """String values of storage options under secret-looking keys (nested dicts included)."""
+    if isinstance(options, dict):
+        return [value for key, item in options.items()
+                for value in _secret_values(item, secret_key or bool(SECRET_WORDS.search(str(key))))]
+    return [options] if secret_key and isinstance(options, str) and options else []
+
+
+def redactor(settings: ReplicaSettings) -> Callable[[str], str]:
+    """Masks the replica's URL credentials and secret storage options in any text (an error message…)."""
+    parts = urlsplit(settings.url)
+    secrets = [s for s in (parts.password, parts.username, *_secret_values(settings.storage_options)) if s]
+    shown = redact_url(settings.url)
+
+    def redact(text: str) -> str:
+        text = SECRET_QUERY_VALUE.sub(r"\1***", text.replace(settings.url, shown))
+        for secret in sorted(secrets, key=len, reverse=True):
+            text = text.replace(secret, "***")
+        return text
+
+    return redact
+
+
+def _no_redaction(text: str) -> str:
+    return text
 
 
 @dataclass
 class Location:
-    """Where generations live: the primary's `generations/` folder or a replica's root."""
+    """Where generations live: the primary store folder or a replica's root."""
 
     name: str
-    url: str
+    url: str  # shown to users: redacted
     fs: fsspec.AbstractFileSystem
     root: str
+    redact: Callable[[str], str] = _no_redaction
 
     @classmethod
-    def primary(cls, generations_dir: Path) -> "Location":
-        return cls(PRIMARY, str(generations_dir), LocalFileSystem(), str(generations_dir))
+    def primary(cls, store_path: Path) -> "Location":
+        return cls(PRIMARY, str(store_path), LocalFileSystem(), str(store_path))
 
     @classmethod
     def replica(cls, settings: ReplicaSettings) -> "Location":
-        fs, root = fsspec.core.url_to_fs(settings.url, **settings.storage_options)
-        return cls(settings.name, redact_url(settings.url), fs, root.rstrip("/"))
+        redact = redactor(settings)
+        try:
+            fs, root = fsspec.core.url_to_fs(settings.url, **settings.storage_options)
+        except Exception as exc:  # noqa: BLE001 - the driver's message may quote the URL: redacted, then raised
+            raise ReplicaCopyError(redact(f"cannot open replica {settings.name!r}: {type(exc).__name__}: {exc}")) from None
+        return cls(settings.name, redact_url(settings.url), fs, root.rstrip("/"), redact)
 
     @property
     def is_local(self) -> bool:
@@ -73,19 +110,28 @@ class Location:
     def path(self, *parts: str) -> str:
         return "/".join((self.root, *parts))
 
+    def _names(self, folder: str) -> dict[str, int]:
+        path = self.path(folder)
+        self.fs.invalidate_cache(path)
+        if not self.fs.exists(path):
+            return {}
+        return {entry["name"].rstrip("/").rsplit("/", 1)[-1]: int(entry.get("size") or 0)
+                for entry in self.fs.ls(path, detail=True) if entry.get("type") != "directory"}
+
     def generations(self) -> list[int]:
-        """Generation numbers present (complete or not), newest first."""
-        self.fs.invalidate_cache(self.root)
-        if not self.fs.exists(self.root):
-            return []
-        names = (entry.rstrip("/").rsplit("/", 1)[-1] for entry in self.fs.ls(self.root, detail=False))
-        return sorted((int(name) for name in names if name.isdigit()), reverse=True)
+        """Generation numbers with a manifest file (valid or not), newest first."""
+        numbers = (generation_of(name) for name in self._names(MANIFESTS))
+        return sorted((n for n in numbers if n is not None), reverse=True)
+
+    def segment_files(self) -> dict[str, int]:
+        """Segment file names held here, with their sizes."""
+        return {name: size for name, size in self._names(SEGMENTS).items() if not name.startswith(".")}
 
     def read_manifest(self, generation: int) -> dict[str, Any]:
         """The parsed manifest; FileNotFoundError if there is none, ManifestError if it is damaged."""
-        path = self.path(generation_name(generation), MANIFEST)
+        path = self.path(MANIFESTS, manifest_name(generation))
         self.fs.invalidate_cache(path)
-        return parse_manifest(self.fs.cat_file(path), f"{self.name}:{generation_name(generation)}/{MANIFEST}")
+        return parse_manifest(self.fs.cat_file(path), f"{self.name}:{MANIFESTS}/{manifest_name(generation)}")
 
     def digest(self, path: str) -> tuple[str, int]:
         """sha256 and size of a file, read back in blocks."""
@@ -98,73 +144,60 @@ class Location:
                 size += len(block)
         return digest.hexdigest(), size
 
-    def verify(self, generation: int) -> tuple[dict[str, Any] | None, list[Problem]]:
-        """The manifest and every problem of one generation (an empty list: it is valid)."""
-        folder = generation_name(generation)
+    def verify(self, generation: int, checked: dict[str, tuple[str, int] | None]) -> tuple[dict[str, Any] | None,
+                                                                                        list[Problem]]:
+        """The manifest and every problem of one generation; `checked` caches file hashes across generations."""
+        where = f"{MANIFESTS}/{manifest_name(generation)}"
         try:
             manifest = self.read_manifest(generation)
         except FileNotFoundError:
-            return None, [Problem(self.name, f"{folder}/{MANIFEST}",
-                                  "missing: an incomplete copy, never used; the next replication removes it")]
+            return None, [Problem(self.name, where, "missing: an incomplete copy, never used")]
         except ManifestError as exc:
-            return None, [Problem(self.name, f"{folder}/{MANIFEST}", str(exc))]
-        actual: dict[str, tuple[str, int] | None] = {}
-        for name in manifest["files"]:
-            try:
-                actual[name] = self.digest(self.path(folder, name))
-            except FileNotFoundError:
-                actual[name] = None
-        problems = check_files(manifest, actual, self.name)
-        return manifest, [Problem(p.where, f"{folder}/{p.file}", p.detail) for p in problems]
+            return None, [Problem(self.name, where, str(exc))]
+        problems = []
+        for name, entry in files_of(manifest).items():
+            if name not in checked:
+                try:
+                    checked[name] = self.digest(self.path(SEGMENTS, name))
+                except FileNotFoundError:
+                    checked[name] = None
+            found = checked[name]
+            if found is None:
+                problems.append(Problem(self.name, f"{SEGMENTS}/{name}", "missing"))
+            elif found != (entry.sha256, entry.bytes):
+                detail = (f"size {found[1]} bytes, manifest says {entry.bytes}" if found[1] != entry.bytes
+                          else "sha256 mismatch (file corrupt)")
+                problems.append(Problem(self.name, f"{SEGMENTS}/{name}", detail))
+        return manifest, problems
 
-    def put_file(self, local: Path, name: str, expected: tuple[str, int]) -> None:
+    def put_file(self, local: Path, relative: str, expected: tuple[str, int]) -> None:
         """Copy one file here and check it by reading it back."""
-        remote = self.path(*name.split("/"))
+        remote = self.path(*relative.split("/"))
         self.fs.makedirs(remote.rsplit("/", 1)[0], exist_ok=True)
         self.fs.put_file(str(local), remote)
         if self.is_local:
-            _fsync(Path(remote))
+            fsync_file(Path(remote))
+            fsync_dir(Path(remote).parent)
         found = self.digest(remote)
         if found != expected:
-            raise ReplicaCopyError(f"{self.name}: {name} read back as {found[1]} bytes with another sha256")
+            raise ReplicaCopyError(f"{self.name}: {relative} read back as {found[1]} bytes with another sha256")
 
-    def fetch(self, generation: int, destination: Path) -> dict[str, Any]:
-        """Download a generation into `destination` (data files, then the manifest), checking every sha256."""
-        manifest = self.read_manifest(generation)
-        destination.mkdir(parents=True, exist_ok=True)
-        folder = generation_name(generation)
-        for name, expected in manifest["files"].items():
-            target = destination / name
-            self.fs.get_file(self.path(folder, name), str(target))
-            found = (file_sha256(target), target.stat().st_size)
-            if found != (expected["sha256"], expected["bytes"]):
-                raise ReplicaCopyError(f"{self.name}: {folder}/{name} does not match its manifest")
-            _fsync(target)
-        (destination / MANIFEST).write_bytes(self.fs.cat_file(self.path(folder, MANIFEST)))
-        _fsync(destination / MANIFEST)
-        return manifest
+    def fetch_file(self, entry: FileEntry, folder: Path) -> None:
+        """Download a segment file into `folder` under its name, checked against its sha256 before it appears there."""
+        temporary = folder / f".tmp-fetch-{entry.name}"
+        self.fs.get_file(self.path(SEGMENTS, entry.name), str(temporary))
+        found = file_sha256(temporary)
+        if found != (entry.sha256, entry.bytes):
+            temporary.unlink(missing_ok=True)
+            raise ReplicaCopyError(f"{self.name}: {SEGMENTS}/{entry.name} does not match its manifest")
+        fsync_file(temporary)
+        os.replace(temporary, folder / entry.name)
+        fsync_dir(folder)
 
-    def remove(self, generation: int) -> None:
-        """Delete a generation, manifest first, so that a removal cut short leaves no valid-looking copy."""
-        folder = self.path(generation_name(generation))
-        manifest = self.path(generation_name(generation), MANIFEST)
-        if self.fs.exists(manifest):
-            self.fs.rm(manifest)
-        if self.fs.exists(folder):
-            self.fs.rm(folder, recursive=True)
-        self.fs.invalidate_cache(self.root)
-
-
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb+") as handle:
-        os.fsync(handle.fileno())
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    def remove(self, relative: str) -> None:
+        path = self.path(*relative.split("/"))
+        if self.fs.exists(path):
+            self.fs.rm(path)
 
 
 @dataclass
@@ -175,6 +208,8 @@ class ReplicaStatus:
     generation: int | None = None  # the generation this replica confirmed last
     error: str | None = None
     attempts: int = 0  # file operations tried, retries included, in the last replication
+    files_sent: int = 0  # in the last replication: only what the replica lacked
+    bytes_sent: int = 0
     seconds: float = 0.0
     checked_at: str | None = None
 
@@ -187,7 +222,7 @@ CopyListener = Callable[[str, int, str], None]  # (replica, generation, file) af
 
 @dataclass
 class Replicator:
-    """Copies each new checkpoint to every configured replica and keeps their last K generations."""
+    """Copies each new generation to every configured replica and keeps their last K generations."""
 
     settings: StoreSettings
     statuses: dict[str, ReplicaStatus] = field(default_factory=dict)
@@ -197,7 +232,7 @@ class Replicator:
         for replica in self.settings.replicas:
             self.statuses[replica.name] = ReplicaStatus(replica.name, redact_url(replica.url))
 
-    def _retrying(self, status: ReplicaStatus) -> Retrying:
+    def _retrying(self, status: ReplicaStatus, redact: Callable[[str], str]) -> Retrying:
         def count(_state: Any) -> None:
             status.attempts += 1
 
@@ -208,83 +243,77 @@ class Replicator:
             before=count,
             before_sleep=lambda state: log.warning(
                 "replica %s: attempt %d failed (%s), retrying", status.name, state.attempt_number,
-                state.outcome.exception() if state.outcome else "?"),
+                redact(str(state.outcome.exception())) if state.outcome else "?"),
             reraise=True,
         )
 
-    def replicate(self, folder: Path, generation: int) -> list[ReplicaStatus]:
-        """Copy one primary generation folder to every replica; never raises for a replica's failure."""
+    def replicate(self, store_path: Path, generation: int, manifest: bytes) -> list[ReplicaStatus]:
+        """Copy one primary generation to every replica; never raises for a replica's failure."""
         for replica in self.settings.replicas:
             status = self.statuses[replica.name]
-            status.attempts, status.error = 0, None
+            status.attempts, status.error, status.files_sent, status.bytes_sent = 0, None, 0, 0
             started = time.perf_counter()
+            redact = redactor(replica)
             try:
-                self._replicate_one(Location.replica(replica), folder, generation, status)
+                self._replicate_one(Location.replica(replica), store_path, generation, manifest, status)
                 status.ok, status.generation = True, generation
             except Exception as exc:  # noqa: BLE001 - any failure of a replica is reported, not raised
                 status.ok = False
-                status.error = (f"generation {generation} not confirmed after {status.attempts} attempt(s): "
-                                f"{type(exc).__name__}: {exc}")
+                status.error = redact(f"generation {generation} not confirmed after {status.attempts} attempt(s): "
+                                      f"{type(exc).__name__}: {exc}")
                 log.error("replica %s (%s): %s", status.name, status.url, status.error)
             status.seconds = round(time.perf_counter() - started, 3)
             status.checked_at = datetime.now(timezone.utc).isoformat()
         return list(self.statuses.values())
 
-    def _replicate_one(self, location: Location, folder: Path, generation: int, status: ReplicaStatus) -> None:
-        retrying = self._retrying(status)
-        local_manifest = (folder / MANIFEST).read_bytes()
-        manifest = parse_manifest(local_manifest, str(folder / MANIFEST))
-        name = generation_name(generation)
-        remote_manifest = location.path(name, MANIFEST)
-
-        def prepare() -> bool:
-            location.fs.makedirs(location.root, exist_ok=True)
-            location.fs.invalidate_cache(remote_manifest)
-            if not location.fs.exists(remote_manifest):
-                return False
-            if location.fs.cat_file(remote_manifest) == local_manifest and all(
-                    location.fs.info(location.path(name, file))["size"] == expected["bytes"]
-                    for file, expected in manifest["files"].items()):
-                return True  # already there (`store verify` reads every byte back; this only checks sizes)
-            location.fs.rm(remote_manifest)  # another copy under this number: unmake it before overwriting
-            return False
-
-        if retrying(prepare):
-            return
-        for file_name, expected in sorted(manifest["files"].items()):
-            retrying(location.put_file, folder / file_name, f"{name}/{file_name}",
-                     (expected["sha256"], expected["bytes"]))
+    def _replicate_one(self, location: Location, store_path: Path, generation: int, manifest: bytes,
+                       status: ReplicaStatus) -> None:
+        retrying = self._retrying(status, location.redact)
+        held = retrying(location.segment_files)
+        for name, entry in sorted(files_of(parse_manifest(manifest, "primary manifest")).items()):
+            if held.get(name) == entry.bytes:
+                continue  # content-addressed: the same name and size is the same file (`store verify` reads it back)
+            retrying(location.put_file, store_path / SEGMENTS / name, f"{SEGMENTS}/{name}", (entry.sha256, entry.bytes))
+            status.files_sent += 1
+            status.bytes_sent += entry.bytes
             if self.on_copied:
-                self.on_copied(location.name, generation, file_name)
-        digest = hashlib.sha256(local_manifest).hexdigest()
-        retrying(location.put_file, folder / MANIFEST, f"{name}/{MANIFEST}", (digest, len(local_manifest)))
+                self.on_copied(location.name, generation, name)
+        name = manifest_name(generation)
+        retrying(location.put_file, store_path / MANIFESTS / name, f"{MANIFESTS}/{name}",
+                 (hashlib.sha256(manifest).hexdigest(), len(manifest)))
+        status.files_sent += 1
+        status.bytes_sent += len(manifest)
         if self.on_copied:
-            self.on_copied(location.name, generation, MANIFEST)
+            self.on_copied(location.name, generation, name)
         try:
             retrying(self._prune, location)
         except Exception as exc:  # noqa: BLE001 - the copy is confirmed; leftovers only cost space
-            log.warning("replica %s: could not remove old generations: %s", location.name, exc)
+            log.warning("replica %s: could not remove old generations: %s", location.name, location.redact(str(exc)))
 
     def _prune(self, location: Location) -> None:
-        """Keep the newest K generations that have a manifest; remove the rest (incomplete copies too)."""
-        kept = 0
+        """Keep the newest K generations with a valid manifest and the files they name; remove the rest."""
+        kept: list[dict[str, Any]] = []
         for generation in location.generations():
-            if kept < self.settings.keep_generations and location.fs.exists(
-                    location.path(generation_name(generation), MANIFEST)):
-                kept += 1
-                continue
-            location.remove(generation)
+            if len(kept) < self.settings.keep_generations:
+                try:
+                    kept.append(location.read_manifest(generation))
+                    continue
+                except (FileNotFoundError, ManifestError):
+                    pass
+            location.remove(f"{MANIFESTS}/{manifest_name(generation)}")
+        named = referenced_files(kept)
+        for name in location.segment_files():
+            if name not in named:
+                location.remove(f"{SEGMENTS}/{name}")
 
     def probe(self, name: str) -> ReplicaStatus:
         """What a replica holds now, without copying or hashing: its newest generation that has a manifest."""
         replica = next(r for r in self.settings.replicas if r.name == name)
         status = ReplicaStatus(name, redact_url(replica.url), checked_at=datetime.now(timezone.utc).isoformat())
         try:
-            location = Location.replica(replica)
-            held = [g for g in location.generations()
-                    if location.fs.exists(location.path(generation_name(g), MANIFEST))]
+            held = Location.replica(replica).generations()
         except Exception as exc:  # noqa: BLE001 - reported in the status
-            status.ok, status.error = False, f"unreachable: {type(exc).__name__}: {exc}"
+            status.ok, status.error = False, redactor(replica)(f"unreachable: {type(exc).__name__}: {exc}")
             return status
         status.ok = bool(held)
         status.generation = held[0] if held else None

@@ -1,198 +1,281 @@
 """Check every copy of a store (`store verify`) and bring back a generation (`store restore`).
 
 Neither opens the store the usual way: they must work on a store that no longer opens.
+
+A restore that rebuilds the database works in this order, so that a crash anywhere leaves either
+the store as it was or the restored generation, never anything in between: it writes a RESTORING
+marker; fetches the generation's files (content-addressed, so files already there are kept);
+builds a new database from them and seals the restored generation under a new number (manifest
+written and fsync'd, database committed); switches identity.json to the new database (the commit
+point); then sets aside, never deletes, everything the new database does not name, and removes
+the marker. An open that finds the marker finishes that last step.
 """
 
 from __future__ import annotations
 
-import shutil
+import json
+import os
+import sqlite3
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import wal
-from .faiss_store import (
-    IDENTITY, MANIFEST, QUARANTINE, FaissStore, StoreError, seal_generation, used_generation_numbers, write_identity,
-)
+from .catalog import Catalog
+from .durable import file_sha256, fingerprint, fsync_dir, write_atomically
+from .errors import StoreError
+from .faiss_store import IDENTITY, FaissStore, read_identity, write_identity
+from .generations import QUARANTINE, RESTORING, set_aside, used_generation_numbers, utc_stamp
 from .lock import WriterLock
-from .manifest import Problem
-from .replicas import PRIMARY, Location, generation_name
+from .manifest import (
+    MANIFESTS, SEGMENTS, FileEntry, Problem, build_manifest, files_of, manifest_name, parse_manifest, segments_of,
+)
+from .replicas import PRIMARY, Location, redact_url
 from .settings import StoreSettings
 
+COUNTED = {"vectors": "SELECT count(*) FROM chunks", "documents": "SELECT count(*) FROM documents",
+           "dead": "SELECT count(*) FROM dead"}
 
-def locations(settings: StoreSettings) -> list[Location]:
-    return [Location.primary(Path(settings.path) / "generations")] + [Location.replica(r) for r in settings.replicas]
+
+def _reachable(settings: StoreSettings, problems: list[Problem]) -> list[Location]:
+    found = [Location.primary(Path(settings.path))]
+    for replica in settings.replicas:
+        try:
+            found.append(Location.replica(replica))
+        except Exception as exc:  # noqa: BLE001 - a bad URL or missing driver is reported per replica (redacted)
+            problems.append(Problem(replica.name, redact_url(replica.url), str(exc)))
+    return found
 
 
 def verify_store(settings: StoreSettings) -> dict[str, Any]:
-    """Hash every file of every generation on the primary and each replica, and read the whole log.
+    """Hash every file of every generation on the primary and each replica, and check the database.
 
     Returns {"ok", "generations": [{"where", "generation", "lsn", "vectors", "documents", "ok"}],
-    "problems": [{"where", "file", "detail"}]}.
+    "problems": [{"where", "file", "detail"}]}; a damaged file shared by generations is named once.
     """
+    path = Path(settings.path)
     generations: list[dict[str, Any]] = []
     problems: list[Problem] = []
-    if not FaissStore.exists(settings.path):
-        problems.append(Problem(PRIMARY, IDENTITY, f"no store at {str(settings.path)!r}"))
+    identity = read_identity(path)
+    if identity is None:
+        problems.append(Problem(PRIMARY, IDENTITY, f"no store at {str(path)!r}"))
+    elif "format" not in identity:
+        problems.append(Problem(PRIMARY, IDENTITY, "written by an older vectormill: run `vectormill store compact` "
+                                                   "once to migrate it in place"))
+    else:
+        problems.extend(_database_problems(path, identity))
     for location in _reachable(settings, problems):
         try:
             numbers = location.generations()
         except Exception as exc:  # noqa: BLE001 - an unreachable replica is a problem to report
-            problems.append(Problem(location.name, location.url, f"unreachable: {type(exc).__name__}: {exc}"))
+            problems.append(Problem(location.name, location.url,
+                                    location.redact(f"unreachable: {type(exc).__name__}: {exc}")))
             continue
         if not numbers and location.name != PRIMARY:
             problems.append(Problem(location.name, location.url, "holds no generation"))
+        checked: dict[str, tuple[str, int] | None] = {}
         for number in numbers:
-            manifest, found = location.verify(number)
-            problems.extend(found)
+            manifest, found = location.verify(number, checked)
+            problems.extend(problem for problem in found if problem not in problems)
             entry = {"where": location.name, "generation": number, "ok": not found}
             if manifest:
                 entry.update({key: manifest[key] for key in ("lsn", "vectors", "documents", "created_at")})
             generations.append(entry)
-    problems.extend(_log_problems(Path(settings.path) / "wal"))
     return {"ok": not problems, "generations": generations, "problems": [asdict(p) for p in problems]}
 
 
-def _reachable(settings: StoreSettings, problems: list[Problem]) -> list[Location]:
-    found = [Location.primary(Path(settings.path) / "generations")]
-    for replica in settings.replicas:
-        try:
-            found.append(Location.replica(replica))
-        except Exception as exc:  # noqa: BLE001 - a bad URL or missing driver is reported per replica
-            problems.append(Problem(replica.name, replica.url, f"cannot open: {type(exc).__name__}: {exc}"))
-    return found
-
-
-def _log_problems(wal_dir: Path) -> list[Problem]:
-    if not wal_dir.is_dir():
-        return []
+def _database_problems(path: Path, identity: dict[str, Any]) -> list[Problem]:
+    """The catalog's own checks: SQLite's structure, counters against rows, manifest files against its copies."""
+    database = path / identity["database"]
+    if not database.is_file():
+        return [Problem(PRIMARY, database.name, "missing: run `vectormill store restore` to rebuild it")]
+    problems = []
     try:
-        _, torn = wal.read_log(wal_dir)
-    except wal.WalCorruptError as exc:
-        return [Problem(PRIMARY, "wal", str(exc))]
-    if torn is not None:
-        # A torn tail is the normal trace of a crash; the next writer drops it. Reported, since
-        # verify promises to name everything that is not intact.
-        return [Problem(PRIMARY, f"wal/{torn.segment.name}", f"torn write at the end ({torn.detail}); "
-                                                                "never acknowledged, dropped at the next open")]
-    return []
+        catalog = Catalog.open(database, int(identity["dimension"]), writable=False)
+        try:
+            catalog.begin_snapshot()
+            result = [row[0] for row in catalog.db.execute("PRAGMA quick_check")]
+            if result != ["ok"]:
+                problems.append(Problem(PRIMARY, database.name, "; ".join(result[:5])))
+            for name, query in COUNTED.items():
+                rows = catalog.db.execute(query).fetchone()[0]
+                if catalog.counter(name) != rows:
+                    problems.append(Problem(PRIMARY, database.name,
+                                            f"counter {name} = {catalog.counter(name)} but it holds {rows} rows"))
+            counted = dict(catalog.db.execute("SELECT segment, count(*) FROM dead GROUP BY segment"))
+            if counted != catalog.dead_counts():
+                problems.append(Problem(PRIMARY, database.name, "tombstone counts per segment do not match its rows"))
+            for generation, manifest in catalog.manifests():
+                file = path / MANIFESTS / manifest_name(generation)
+                if not file.is_file() or file.read_bytes() != manifest:
+                    problems.append(Problem(PRIMARY, f"{MANIFESTS}/{file.name}", "missing or not the database's copy "
+                                                                                 "(the next writable open rewrites it)"))
+        finally:
+            catalog.close()
+    except sqlite3.DatabaseError as exc:
+        problems.append(Problem(PRIMARY, database.name, f"damaged ({exc}): run `vectormill store restore`"))
+    return problems
+
+
+def _database_sound(path: Path, identity: dict[str, Any] | None) -> bool:
+    return (identity is not None and "format" in identity
+            and not [p for p in _database_problems(path, identity) if not p.file.startswith(MANIFESTS)])
 
 
 def restore_store(settings: StoreSettings, source: str | None = None, generation: int | None = None) -> dict[str, Any]:
-    """Bring back generation `generation` (default: the newest valid one) from `source` (default: any copy).
+    """Bring back generation `generation` (default: repair) from `source` (default: any copy).
 
-    With `generation` given, the store becomes exactly that generation: newer generations and the
-    write-ahead log are moved to quarantine/. Without it, this is a repair: the newest valid copy is
-    installed and the log, when it continues that generation, is kept and replayed at the next open.
-    Nothing is deleted. The result becomes a new generation number, so no copy is ever overwritten.
+    With `generation` given, the store becomes exactly that generation: a new database is built
+    from its segments and the current one, with every write after it, is set aside in quarantine/.
+    Without it, this is a repair: a sound database is kept (it holds every acknowledged write) and
+    every file of the current generation is hashed, damaged ones fetched again from a replica (or
+    `source`) or rebuilt from the database; a damaged or missing database is rebuilt from the newest
+    valid generation of any copy. Nothing is deleted; a rebuilt store gets a new generation number.
     """
     path = Path(settings.path)
     path.mkdir(parents=True, exist_ok=True)
     names = [PRIMARY] + [r.name for r in settings.replicas]
     if source is not None and source not in names:
         raise StoreError(f"no copy named {source!r}: choose one of {', '.join(names)}")
+    if generation is None and _database_sound(path, read_identity(path)):
+        return _repair(settings, source)
     lock = WriterLock(path / "LOCK")
     lock.acquire()
     try:
-        return _restore_locked(settings, path, source, generation)
+        return _rebuild(settings, path, source, generation)
     finally:
         lock.release()
 
 
-def _restore_locked(settings: StoreSettings, path: Path, source: str | None, generation: int | None) -> dict[str, Any]:
-    generations_dir = path / "generations"
-    generations_dir.mkdir(exist_ok=True)
+def _repair(settings: StoreSettings, source: str | None) -> dict[str, Any]:
+    with FaissStore.open(settings) as store:
+        repaired = store.repair(source)
+        stats = store.stats()
+    return {"restored_generation": repaired["generation_before"], "from": source or PRIMARY,
+            "as_generation": stats["generation"], "lsn": stats["lsn"], "vectors": stats["vectors"],
+            "documents": stats["documents"], "log": "kept: the database holds every acknowledged write",
+            "repaired": repaired["damaged"], "quarantined": [], "skipped": []}
+
+
+def _rebuild(settings: StoreSettings, path: Path, source: str | None, generation: int | None) -> dict[str, Any]:
     problems: list[Problem] = []
-    candidates = [loc for loc in _reachable(settings, problems) if source in (None, loc.name)]
     choices: list[tuple[int, int, Location]] = []
-    for order, location in enumerate(candidates):
+    newest_anywhere = 0  # a restored generation is numbered past every copy's, so that no copy is overwritten
+    for order, location in enumerate(_reachable(settings, problems)):
         try:
             numbers = location.generations()
         except Exception as exc:  # noqa: BLE001
-            problems.append(Problem(location.name, location.url, f"unreachable: {exc}"))
+            problems.append(Problem(location.name, location.url, location.redact(f"unreachable: {exc}")))
             continue
-        choices.extend((number, -order, location) for number in numbers if generation in (None, number))
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    staging = generations_dir / f".tmp-restore-{stamp}"
-    # Newest first; for one number the primary first (no copy needed), then replicas in config order.
+        newest_anywhere = max([newest_anywhere, *numbers])
+        if source in (None, location.name):
+            choices.extend((number, -order, location) for number in numbers if generation in (None, number))
+    # Newest first; for one number the primary first (its files are here), then replicas in config order.
     for number, _, location in sorted(choices, key=lambda c: (c[0], c[1]), reverse=True):
-        shutil.rmtree(staging, ignore_errors=True)
         try:
-            manifest = _stage(location, number, staging)
+            return _install(settings, path, location, number, generation is not None, newest_anywhere, problems)
         except Exception as exc:  # noqa: BLE001 - a damaged copy: try the next one
-            problems.append(Problem(location.name, generation_name(number), f"{type(exc).__name__}: {exc}"))
-            continue
-        return _install(settings, path, staging, manifest, location.name, rollback=generation is not None,
-                        stamp=stamp, skipped=problems)
-    shutil.rmtree(staging, ignore_errors=True)
+            problems.append(Problem(location.name, f"{MANIFESTS}/{manifest_name(number)}",
+                                    location.redact(f"{type(exc).__name__}: {exc}")))
     wanted = f"generation {generation}" if generation is not None else "a valid generation"
     where = f"copy {source!r}" if source else "the primary or any replica"
     detail = "; ".join(f"{p.where} {p.file}: {p.detail}" for p in problems) or "none found"
     raise StoreError(f"cannot restore {str(path)!r}: no intact {wanted} in {where} ({detail})")
 
 
-def _stage(location: Location, number: int, staging: Path) -> dict[str, Any]:
-    if location.name == PRIMARY:
-        manifest, problems = location.verify(number)
-        if problems:
-            raise StoreError("; ".join(f"{p.file}: {p.detail}" for p in problems))
-        shutil.copytree(Path(location.root) / generation_name(number), staging)
-        return manifest
-    return location.fetch(number, staging)
-
-
-def _install(settings: StoreSettings, path: Path, staging: Path, manifest: dict[str, Any], where: str,
-             rollback: bool, stamp: str, skipped: list[Problem]) -> dict[str, Any]:
-    generations_dir = path / "generations"
+def _install(settings: StoreSettings, path: Path, location: Location, number: int, rollback: bool,
+             newest_anywhere: int, skipped: list[Problem]) -> dict[str, Any]:
+    manifest = location.read_manifest(number)
+    stamp = utc_stamp()
     quarantine = path / QUARANTINE / f"restore-{stamp}"
-    moved: list[str] = []
+    previous = read_identity(path)
+    write_atomically(path / RESTORING, json.dumps({"quarantine": quarantine.name}).encode())
+    database = f"store-{stamp}.sqlite"
+    try:
+        for folder in (path / SEGMENTS, path / MANIFESTS):
+            folder.mkdir(exist_ok=True)
+        for entry in files_of(manifest).values():
+            _bring(entry, path, location, settings, quarantine)
+        restored = _build_database(settings, path, database, manifest, location.name, newest_anywhere)
+    except BaseException:
+        for leftover in path.glob(f"{database}*"):
+            leftover.unlink()
+        (path / RESTORING).unlink(missing_ok=True)
+        raise
+    identity = {"model": manifest["model"], "dimension": manifest["dimension"],
+                "index_factory": manifest["index_factory"],
+                "created_at": (previous or {}).get("created_at", manifest["created_at"]), "format": 2,
+                "database": database}
+    write_identity(path, identity)  # the switch: from here on the store is the restored generation
+    catalog = Catalog.open(path / database, int(manifest["dimension"]), writable=False)
+    try:
+        moved = set_aside(path, catalog, database, quarantine)
+    finally:
+        catalog.close()
+    (path / RESTORING).unlink()
+    fsync_dir(path)
+    if rollback:
+        log = ("moved to quarantine: restoring a chosen generation drops the writes after it (the database that "
+               f"held them is in {QUARANTINE}/{quarantine.name}/)")
+    else:
+        log = (f"lost after generation {number}: the database was damaged or missing"
+               + (f" (set aside in {QUARANTINE}/{quarantine.name}/)" if previous else ""))
+    return {"restored_generation": number, "from": location.name, "as_generation": restored, "lsn": manifest["lsn"],
+            "vectors": manifest["vectors"], "documents": manifest["documents"], "log": log, "quarantined": moved,
+            "skipped": [asdict(p) for p in skipped]}
 
-    def set_aside(item: Path) -> None:
+
+def _bring(entry: FileEntry, path: Path, location: Location, settings: StoreSettings, quarantine: Path) -> None:
+    """Make segments/<name> an intact copy: the one there, else fetched from `location`, else from any replica."""
+    target = path / SEGMENTS / entry.name
+    if target.is_file():
+        if file_sha256(target) == (entry.sha256, entry.bytes):
+            return
         quarantine.mkdir(parents=True, exist_ok=True)
-        item.rename(quarantine / item.name)
-        moved.append(f"{item.parent.name}/{item.name}")
+        os.replace(target, quarantine / f"damaged-{entry.name}")
+    sources = [location] + [Location.replica(r) for r in settings.replicas if r.name != location.name]
+    failures = []
+    for copy in sources:
+        if copy.name == PRIMARY:
+            continue
+        try:
+            copy.fetch_file(entry, path / SEGMENTS)
+            return
+        except Exception as exc:  # noqa: BLE001 - the next copy may hold it
+            failures.append(copy.redact(f"{copy.name}: {type(exc).__name__}: {exc}"))
+    raise StoreError(f"{SEGMENTS}/{entry.name}: no intact copy ({'; '.join(failures) or 'damaged on the primary'})")
 
-    restored = manifest["generation"]
-    # Everything newer than the restored state is set aside: damaged generations on a repair, and
-    # on a rollback the newer generations and the log too (their writes are not part of it).
-    for folder in sorted(p for p in generations_dir.iterdir() if p.name.isdigit()):
-        if int(folder.name) > restored or (int(folder.name) == restored and where != PRIMARY):
-            set_aside(folder)
-    wal_dir = path / "wal"
-    segments = wal.segments(wal_dir) if wal_dir.is_dir() else []
-    log = "none"
-    if segments:
-        if not rollback and _log_continues(segments, manifest["lsn"]):
-            log = "kept: its writes after this generation replay at the next open"
-        else:
-            log = "moved to quarantine: " + ("restoring a chosen generation drops later writes" if rollback
-                                             else "it does not continue this generation")
+
+def _build_database(settings: StoreSettings, path: Path, database: str, manifest: dict[str, Any], where: str,
+                    newest_anywhere: int) -> int:
+    """A new database replaying the generation's segments, sealed as a new generation; returns its number."""
+    from .segments import read_segment
+
+    dimension = int(manifest["dimension"])
+    segments = segments_of(manifest)
+    present = {segment.seq for segment in segments}
+    number = max([manifest["generation"], newest_anywhere, *used_generation_numbers(path)]) + 1
+    catalog = Catalog.open(path / database, dimension, writable=True)
+    try:
+        with catalog.transaction():
             for segment in segments:
-                set_aside(segment)
-            wal.fsync_dir(wal_dir)
-    number = max([restored, *used_generation_numbers(path)]) + 1
-    body = {key: value for key, value in manifest.items() if key not in ("files", "checksum", "format")}
-    body.update(generation=number, restored_from={"where": where, "generation": restored},
-                created_at=datetime.now(timezone.utc).isoformat())
-    (staging / MANIFEST).unlink()
-    seal_generation(staging, body, generations_dir / generation_name(number))
-    if not (path / IDENTITY).is_file():  # the primary was lost: its identity comes back from the manifest
-        write_identity(path, {"model": manifest["model"], "dimension": manifest["dimension"],
-                              "index_factory": manifest["index_factory"], "created_at": manifest["created_at"]})
-    return {
-        "restored_generation": restored,
-        "from": where,
-        "as_generation": number,
-        "lsn": manifest["lsn"],
-        "vectors": manifest["vectors"],
-        "documents": manifest["documents"],
-        "log": log,
-        "quarantined": moved,
-        "skipped": [asdict(p) for p in skipped],
-    }
+                extras, chunks = read_segment(path / SEGMENTS, segment, dimension)
+                catalog.load_extras(segment.seq, present, extras.tombstones, extras.tables, extras.deletions)
+                for vectors, rows in chunks:
+                    catalog.load_chunks(segment.seq, vectors, rows)
+            catalog.recount()
+            catalog.set_counter("lsn", manifest["lsn"])
+            catalog.set_counter("next_segment", max(present, default=0))
+        body = {key: value for key, value in manifest.items() if key not in ("segments", "checksum", "format")}
+        body.update(generation=number, restored_from={"where": where, "generation": manifest["generation"]},
+                    created_at=datetime.now(timezone.utc).isoformat())
+        sealed = build_manifest(body, segments)
+        write_atomically(path / MANIFESTS / manifest_name(number), sealed)
+        with catalog.transaction():
+            catalog.add_generation(number, sealed, settings.keep_generations)
+            catalog.record_files([(f.name, f.sha256, f.bytes, fingerprint(path / SEGMENTS / f.name))
+                                  for f in files_of(parse_manifest(sealed)).values()])
+    finally:
+        catalog.close()
+    return number
 
-
-def _log_continues(segments: list[Path], lsn: int) -> bool:
-    """Whether the log holds every record after `lsn` (its oldest segment starts at or before lsn + 1)."""
-    return bool(segments) and int(segments[0].stem) <= lsn + 1

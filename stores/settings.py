@@ -23,12 +23,18 @@ class StoreSettings(BaseModel):
     checkpoint_every_vectors: int = Field(default=50_000, ge=1)
     checkpoint_every_seconds: float | None = Field(default=600.0, gt=0)
     keep_generations: int = Field(default=3, ge=1)
-    # Any faiss.index_factory string. Factories that need training (IVF…, PQ…) start as an exact
-    # flat index and switch at the first checkpoint that holds at least `train_vectors` vectors.
+    # Any faiss.index_factory string. Each segment is built with it once it holds at least
+    # `train_vectors` vectors (IVF and PQ train on that many of its own); smaller segments stay exact (flat).
     index_factory: str = "Flat"
     train_vectors: int = Field(default=100_000, ge=1)
-    # Applied to the index after loading, e.g. "nprobe=32" (IVF) or "efSearch=128" (HNSW).
+    # Applied to each segment built with the factory, e.g. "nprobe=32" (IVF) or "efSearch=128" (HNSW).
     search_parameters: str = ""
+    # Compaction at each checkpoint: `merge_factor` neighbouring segments of one size tier are merged
+    # into one; a segment whose deleted or replaced share reaches `max_dead_ratio` is rewritten; no
+    # merge makes a segment larger than `max_segment_vectors` (a merge builds it in memory).
+    merge_factor: int = Field(default=10, ge=2)
+    max_dead_ratio: float = Field(default=0.25, gt=0, le=1)
+    max_segment_vectors: int = Field(default=2_000_000, ge=1)
     # Replicas that must confirm a checkpoint for the run to succeed. With no replicas configured
     # replication is off; with some, fewer than this is a config error (see below).
     min_replicas_confirmed: int = Field(default=1, ge=0)

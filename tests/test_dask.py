@@ -19,6 +19,7 @@ from vectormill.stores.faiss_store import FaissStore
 
 from .corpus import write_corpus
 from .servers.hubspot_server import hubspot_server
+from .servers.store_batches import stored_vectors
 
 TOPICS = {f"topic{i:02d}": f"Distinct sentence number {i} about subject {i * 7919 % 1000}." for i in range(16)}
 TOKEN = "pat-na1-5e1f0c2a-0000-4d4d-8e8e-dask00000001"
@@ -101,7 +102,8 @@ def write_config(folder: Path, store: str, execution: str = "", source: str | No
 def snapshot(config_file: Path):
     """Everything stored but the vectors (compared exactly), and the vectors by chunk id."""
     with FaissStore.open(load_config(config_file).store, writable=False) as store:
-        documents = store.db.execute("SELECT * FROM documents ORDER BY source, document").fetchall()
+        documents = store.db.execute("SELECT source, document, version, title, location, modified, chunks "
+                                     "FROM documents ORDER BY source, document").fetchall()
         chunks = store.db.execute("SELECT chunk_id, source, document, position, text, content_hash, page, last_page, "
                                   "tokens FROM chunks ORDER BY chunk_id").fetchall()
         distinct = store.db.execute("SELECT count(DISTINCT chunk_id) FROM chunks").fetchone()[0]
@@ -159,13 +161,13 @@ def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(corpus, cluster):
     # One embedding in flight: the writer takes each batch early, so most embedding follows the first write.
     config = write_config(folder, "store-killed", f'[execution]\ntask_runner = "dask"\nembed_tasks_in_flight = 1\n'
                                                   f'dask_address = "{running.scheduler_address}"\n')
-    wal = folder / "store-killed" / "wal"
+    store = load_config(config).store
     killed: list[tuple[str, list[str]]] = []
     stop = threading.Event()
 
     def kill_a_busy_worker_after_the_first_write():
         while not stop.is_set():
-            written = any(p.stat().st_size > 8 for p in wal.glob("*.wal")) if wal.is_dir() else False
+            written = stored_vectors(store) > 0
             busy = {worker: keys for worker, keys in embedding_keys(client).items() if keys} if written else {}
             if busy:
                 worker, keys = next(iter(busy.items()))

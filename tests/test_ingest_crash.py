@@ -16,6 +16,7 @@ from vectormill.flows.ingest import ingest
 from vectormill.stores.faiss_store import FaissStore
 
 from .corpus import write_config, write_corpus
+from .servers.store_batches import stored_vectors
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -34,10 +35,6 @@ def backfill(config_file, env):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def wal_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in (folder / "store" / "wal").glob("*.wal")) if (folder / "store" / "wal").is_dir() else 0
-
-
 def test_killed_runs_resume_to_exactly_the_uninterrupted_result(tmp_path):
     from prefect.settings import PREFECT_API_URL
 
@@ -52,14 +49,15 @@ def test_killed_runs_resume_to_exactly_the_uninterrupted_result(tmp_path):
     ingest(config_file=str(reference_config))
     expected, expected_stats, _ = snapshot(reference_config)
 
+    crashed_store = load_config(crashed_config).store
     rng = random.Random(20261125)
     kills = 0
     for attempt in range(4):
         process = backfill(crashed_config, env)
-        start_bytes = wal_bytes(crashed_dir)
+        start_vectors = stored_vectors(crashed_store)
         deadline = time.monotonic() + 120
         # Wait until this run has written something, then kill it a random moment later.
-        while process.poll() is None and wal_bytes(crashed_dir) <= start_bytes + 8 and time.monotonic() < deadline:
+        while process.poll() is None and stored_vectors(crashed_store) <= start_vectors and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(rng.uniform(0.0, 1.5))
         if process.poll() is None:

@@ -11,9 +11,9 @@ from vectormill.stores.replicas import Location
 from vectormill.stores.restore import restore_store, verify_store
 from vectormill.stores.settings import StoreSettings
 
-from .servers.s3 import s3_server  # noqa: F401 - fixture
-from .servers.store_batches import DIMENSION, batch, expected_after
-from .test_store import assert_holds, damage
+from .servers.s3 import free_port, s3_server  # noqa: F401 - fixture
+from .servers.store_batches import DIMENSION, batch, vector_for
+from .test_store import assert_holds, current_files, damage
 
 pytestmark = pytest.mark.slow  # a moto server start and S3 round trips: ~15 s in all
 
@@ -40,23 +40,36 @@ def build(config, checkpoints):
     return held
 
 
-def test_checkpoints_reach_both_replicas_and_verify(tmp_path, s3_server):
+def test_checkpoints_reach_both_replicas_with_only_the_new_files_and_verify(tmp_path, s3_server):
     config = replicated(tmp_path, s3_server, "verify")
     held = build(config, 3)
+    newest = max(held)
+    with FaissStore.open(config, writable=False) as store:
+        generations = store.stats()["generations"]
+        shared = current_files(store, ".faiss")[0]  # sealed by the first checkpoint, named by every generation
     report = verify_store(config)
     assert report["ok"], report["problems"]
     where = {(g["where"], g["generation"]) for g in report["generations"]}
-    newest = max(held)
     assert where == {(w, g) for w in ("primary", "disk", "s3") for g in (newest, newest - 1)}  # K = 2 everywhere
 
-    # A damaged replica file is named, and the CLI exits non-zero with the same JSON.
+    with FaissStore.open(config, model="test-model", dimension=DIMENSION) as store:
+        store.write(batch(30))
+        generation = store.checkpoint()
+        sent = {s["name"]: s for s in store.stats()["replicas"]}
+        new_bytes = store.stats()["generations"][0]["new_bytes"]
+    manifest = (config.path / "manifests" / f"{generation:08d}.json").stat().st_size
+    for name in ("disk", "s3"):  # a checkpoint sends the new segment's two files and the manifest, nothing else
+        assert (sent[name]["files_sent"], sent[name]["bytes_sent"]) == (3, new_bytes + manifest)
+    assert new_bytes < generations[0]["bytes"] / 2
+
+    # A damaged replica file is named once, though two generations name it; the CLI exits 1 with the same JSON.
     s3 = Location.replica(config.replicas[1])
-    s3.fs.pipe_file(s3.path(f"{newest:08d}", "meta.sqlite"), b"not the file")
+    s3.fs.pipe_file(s3.path("segments", shared), b"not the file")
     report = verify_store(config)
     assert not report["ok"]
-    assert report["problems"] == [{"where": "s3", "file": f"{newest:08d}/meta.sqlite",
-                                   "detail": report["problems"][0]["detail"]}]
+    assert report["problems"] == [{"where": "s3", "file": f"segments/{shared}", "detail": report["problems"][0]["detail"]}]
     assert "size" in report["problems"][0]["detail"]
+    assert [g["ok"] for g in report["generations"] if g["where"] == "s3"] == [False, False]
     result = run_cli(tmp_path, config, ["store", "verify", "--json"])
     assert result.exit_code == 1, (result.output, result.exception)
     assert json.loads(result.stdout)["problems"] == report["problems"]
@@ -72,7 +85,7 @@ def test_s3_stopped_mid_copy_is_retried_then_reported_and_the_primary_stays_inta
 
         def stop_server_after_first_file(replica, generation, file):
             copied.append((replica, file))
-            if replica == "s3" and len(copied) == 1 + 3:  # disk: 3 files, then s3's first file
+            if replica == "s3" and len(copied) == 1 + 3:  # disk: 2 segment files and the manifest, then s3's first
                 s3_server.stop()
 
         store.replicator.on_copied = stop_server_after_first_file
@@ -88,25 +101,26 @@ def test_s3_stopped_mid_copy_is_retried_then_reported_and_the_primary_stays_inta
         problem = store.replication_problem()
         assert "only 1 of 2 replica(s) confirmed" in problem and "primary store is intact" in problem
         assert any("replica 's3'" in note for note in store.notes)
-        primary = Location.primary(config.path / "generations")
-        assert all(not primary.verify(g)[1] for g in primary.generations())
+        assert verify_store(StoreSettings(path=config.path))["ok"]
         assert_holds(store, 20)
 
-        assert store.checkpoint() is None  # nothing new: the newest generation is offered again
+        assert store.checkpoint() is None  # nothing new: the newest generation is offered again, in full to s3
         assert store.replication_problem() is None
     assert verify_store(config)["ok"]
 
 
 @pytest.mark.parametrize("how", ["truncate", "bitflip"])
-def test_damaged_primary_index_comes_back_from_a_replica(tmp_path, s3_server, how):
+def test_damaged_primary_segment_comes_back_from_a_replica(tmp_path, s3_server, how):
     config = replicated(tmp_path, s3_server, f"heal-{how}", keep_generations=1)
     held = build(config, 2)
     newest = max(held)
-    damage(config.path / "generations" / f"{newest:08d}" / "index.faiss", how)
+    with FaissStore.open(config, writable=False) as store:
+        victim = current_files(store, ".faiss")[-1]
+    damage(config.path / "segments" / victim, how)
     assert not verify_store(config)["ok"]
     with FaissStore.open(config, model="test-model", dimension=DIMENSION) as store:
-        assert "CORRUPT CHECKPOINT" in store.notes[0] and "replica" in store.notes[0]
-        assert store.generation == newest
+        assert "CORRUPT SEGMENT FILE" in store.notes[0] and "fetched from replica 'disk'" in store.notes[0]
+        assert store.generation == newest  # the identical file is back: no new generation needed
         assert_holds(store, held[newest])
     assert verify_store(config)["ok"]  # the damaged copy is in quarantine/, the replica's in its place
 
@@ -128,9 +142,12 @@ def test_restoring_generation_g_gives_back_exactly_g(tmp_path, s3_server):
     with FaissStore.open(config, model="test-model", dimension=DIMENSION) as store:
         store.write(batch(held[oldest]))  # the store goes on from G
         assert_holds(store, held[oldest] + 1)
+        store.checkpoint()
+        assert store.replication_problem() is None
+    assert verify_store(config)["ok"]
 
 
-def test_a_lost_primary_is_restored_not_recreated(tmp_path, s3_server):
+def test_a_lost_primary_is_restored_whole_not_recreated(tmp_path, s3_server):
     config = replicated(tmp_path, s3_server, "lost")
     held = build(config, 2)
     shutil.rmtree(config.path)
@@ -139,9 +156,30 @@ def test_a_lost_primary_is_restored_not_recreated(tmp_path, s3_server):
     result = restore_store(config, source="s3")
     assert result["restored_generation"] == max(held)
     with FaissStore.open(config, model="test-model", dimension=DIMENSION) as store:
-        assert_holds(store, held[max(held)])
+        assert_holds(store, held[max(held)])  # raw vectors, ids, documents and cursors
         assert store.model == "test-model"
-    assert expected_after(held[max(held)])[0]
+        hit = store.search(vector_for("d19 chunk 0 v1"), k=1)[0]
+        assert (hit.document, hit.text, hit.location) == ("d19", "d19 chunk 0 v1", "d19.txt")
+
+
+def test_replica_credentials_never_reach_verify_or_restore_output(tmp_path):
+    """The user:password of a replica URL and its secret storage options are masked, as the HTTP sources mask theirs."""
+    url = f"ftp://backup-user:hunter2@127.0.0.1:{free_port()}/vectormill"  # nothing listens: refused at once
+    config = StoreSettings(path=tmp_path / "store", checkpoint_every_seconds=None, min_replicas_confirmed=0,
+                           replica_attempts=1, replica_backoff_seconds=0.01,
+                           replicas=[{"name": "offsite", "url": url, "storage_options": {"timeout": 2}}])
+    with FaissStore.open(config, model="test-model", dimension=DIMENSION) as store:
+        store.write(batch(0))
+        store.checkpoint()
+        statuses = store.stats()["replicas"]
+    assert statuses[0]["ok"] is False and "hunter2" not in json.dumps(statuses)
+    for args in (["store", "verify", "--json"], ["store", "verify"],
+                 ["store", "restore", "--from", "offsite", "--generation", "1"]):
+        result = run_cli(tmp_path, config, args)
+        shown = result.output + str(result.exception or "")  # a UserError is printed by main(), as one line
+        assert result.exit_code == 1, shown
+        assert "hunter2" not in shown and "backup-user" not in shown and "offsite" in shown
+        assert "ftp://127.0.0.1" in shown  # where it is, without who
 
 
 def toml_value(value):

@@ -1,10 +1,13 @@
-"""The FAISS store on real files: WAL replay, checkpoints, corrupt checkpoints, the writer lock, index factories."""
+"""The FAISS store on real files: durable writes, segments and generations, damaged files, the writer lock, factories."""
 
 import dataclasses
+import hashlib
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 from pydantic import ValidationError
@@ -13,6 +16,7 @@ from .servers.store_batches import DIMENSION, SOURCE, batch, chunk_text, expecte
 from vectormill.stores.faiss_store import FaissStore, StoreCorruptError, StoreError, faiss_id
 from vectormill.stores.lock import StoreLockedError
 from vectormill.stores.records import CursorUpdate, DocumentDelete, DocumentFailed, DocumentUpsert, PropertyUpdate
+from vectormill.stores.restore import restore_store, verify_store
 from vectormill.stores.settings import StoreSettings
 
 
@@ -33,7 +37,7 @@ def write_batches(store, start, stop):
 
 
 def assert_holds(store, count):
-    """The store holds exactly batches 0 … count-1: versions, vectors, and the same ids in FAISS."""
+    """The store holds exactly batches 0 … count-1: versions, vectors, and the same live ids in its segments."""
     versions, vectors = expected_after(count)
     assert store.document_versions(SOURCE) == versions
     stored = store.chunk_vectors()
@@ -41,10 +45,27 @@ def assert_holds(store, count):
     for chunk_id, vector in vectors.items():
         np.testing.assert_array_equal(stored[chunk_id], vector)
     assert store.index_ids() == sorted(faiss_id(c) for c in vectors)
+    assert store.vector_count() == len(vectors) and store.document_count() == len(versions)
     assert store.cursor(SOURCE) == (str(count - 1) if count else None)
 
 
-def test_writes_replay_from_the_log_without_a_checkpoint(tmp_path):
+def segment_files(config):
+    return {p.name: p.stat().st_mtime_ns for p in (config.path / "segments").iterdir()}
+
+
+def current_files(store, suffix):
+    """The current generation's segment files of one kind, oldest segment first."""
+    return [entry.name for segment in current_segments(store) for entry in segment.files if entry.name.endswith(suffix)]
+
+
+def current_segments(store):
+    from vectormill.stores.generations import current_manifest
+    from vectormill.stores.manifest import segments_of
+
+    return segments_of(current_manifest(store.catalog))
+
+
+def test_acknowledged_writes_are_there_without_a_checkpoint(tmp_path):
     config = settings(tmp_path)
     with open_store(config) as store:
         write_batches(store, 0, 30)
@@ -54,22 +75,55 @@ def test_writes_replay_from_the_log_without_a_checkpoint(tmp_path):
         assert_holds(store, 30)
         hit = store.search(vector_for("d29 chunk 0 v1"), k=1)[0]
         assert (hit.document, hit.text) == ("d29", "d29 chunk 0 v1")
+    assert not (config.path / "wal").exists()  # SQLite's own log is the write-ahead log
 
 
-def test_checkpoints_keep_k_generations_and_the_log_back_to_the_oldest(tmp_path):
-    config = settings(tmp_path, checkpoint_every_vectors=15)
+def test_a_checkpoint_writes_only_what_changed_and_generations_share_the_rest(tmp_path):
+    config = settings(tmp_path, merge_factor=50)
+    with open_store(config) as store:
+        write_batches(store, 0, 200)
+        first = store.checkpoint()
+        before = segment_files(config)
+        store.write([upsert("d3", 7, 1 + 3 % 3), CursorUpdate(SOURCE, "change")])  # one document changes
+        second = store.checkpoint()
+        after = segment_files(config)
+        generations = store.stats()["generations"]
+    assert second == first + 1 and [g["generation"] for g in generations] == [second, first]
+    assert all(after[name] == mtime for name, mtime in before.items())  # nothing sealed before is rewritten
+    new = set(after) - set(before)
+    assert len(new) == 2 and {name.rsplit(".", 1)[1] for name in new} == {"faiss", "rows"}
+    assert generations[0]["new_bytes"] == sum((config.path / "segments" / n).stat().st_size for n in new)
+    assert generations[0]["new_bytes"] < generations[1]["bytes"] / 4  # the change, not the store
+    assert generations[0]["bytes"] == generations[1]["bytes"] + generations[0]["new_bytes"]  # shared, not copied
+    with FaissStore.open(config, writable=False) as store:
+        assert store.document_versions(SOURCE)["d3"] == "v7"
+        assert store.search(upsert("d3", 7, 1).vectors[0], k=1)[0].document == "d3"
+        old = upsert("d3", 1, 1).vectors[0]  # replaced: its copy in the older segment is a tombstone
+        assert all(hit.chunk_id != upsert("d3", 1, 1).chunks[0].chunk_id for hit in store.search(old, k=50))
+        assert store.stats()["dead"] == 1
+
+
+def test_checkpoints_keep_k_generations_and_prune_only_unnamed_files(tmp_path):
+    config = settings(tmp_path, checkpoint_every_vectors=15, merge_factor=3)
     with open_store(config) as store:
         write_batches(store, 0, 40)
         store.checkpoint()
         stats = store.stats()
+        named = {e.name for g in store.catalog.manifests() for e in _files(g[1])}
     assert [g["generation"] for g in stats["generations"]] == [stats["generation"], stats["generation"] - 1]
     assert stats["generation"] >= 4
-    oldest_lsn = stats["generations"][-1]["lsn"]
-    segments = sorted((tmp_path / "store" / "wal").glob("*.wal"))
-    assert int(segments[0].stem) <= oldest_lsn + 1  # the log still reaches the oldest kept generation
+    assert set(segment_files(config)) == named  # every kept generation's files, and nothing else
+    assert sorted(p.name for p in (config.path / "manifests").iterdir()) == [
+        f"{g['generation']:08d}.json" for g in reversed(stats["generations"])]
     with open_store(config) as store:
         assert_holds(store, 40)
         assert store.notes == []
+
+
+def _files(manifest_bytes):
+    from vectormill.stores.manifest import files_of, parse_manifest
+
+    return files_of(parse_manifest(manifest_bytes)).values()
 
 
 def damage(path: Path, how: str) -> None:
@@ -82,42 +136,69 @@ def damage(path: Path, how: str) -> None:
 
 
 @pytest.mark.parametrize("how", ["truncate", "bitflip"])
-@pytest.mark.parametrize("file", ["index.faiss", "meta.sqlite", "manifest.json"])
-def test_corrupt_newest_checkpoint_falls_back_to_an_older_one_plus_the_log(tmp_path, how, file):
-    config = settings(tmp_path)
+@pytest.mark.parametrize("kind", [".faiss", ".rows"])
+def test_a_damaged_segment_file_is_searched_from_the_database_then_rebuilt(tmp_path, how, kind):
+    config = settings(tmp_path, merge_factor=50)
     with open_store(config) as store:
         write_batches(store, 0, 10)
         store.checkpoint()
         write_batches(store, 10, 20)
         newest = store.checkpoint()
         write_batches(store, 20, 25)
-    damage(tmp_path / "store" / "generations" / f"{newest:08d}" / file, how)
-    with FaissStore.open(config, writable=False) as store:  # a reader recovers too, and moves nothing
+        victim = current_files(store, kind)[-1]
+    damage(config.path / "segments" / victim, how)
+    with FaissStore.open(config, writable=False) as store:  # a reader copes, and moves nothing
         assert_holds(store, 25)
-        assert "CORRUPT CHECKPOINT" in store.notes[0] and file in store.notes[0]
+        assert "CORRUPT SEGMENT FILE" in store.notes[0] and victim in store.notes[0]
+        assert store.search(vector_for("d15 chunk 0 v1"), k=1)[0].document == "d15"
+    assert (config.path / "segments" / victim).exists()
     with open_store(config) as store:
         assert_holds(store, 25)
-        assert "CORRUPT CHECKPOINT" in store.notes[0] and "quarantine" in store.notes[0]
-        assert store.generation == newest - 1
-        assert store.checkpoint() == newest + 1  # never reuses the damaged number
-    assert list((tmp_path / "store" / "quarantine").glob(f"{newest:08d}-*"))
+        assert "CORRUPT SEGMENT FILE" in store.notes[0] and "rebuilt from the database" in store.notes[0]
+        assert store.generation == newest + 1 and victim not in current_files(store, kind)
+        assert store.checkpoint() == newest + 2
+    assert list((config.path / "quarantine").glob(f"damaged-*/{victim}"))
+    assert verify_store(config)["ok"], verify_store(config)["problems"]
     with open_store(config) as store:
         assert store.notes == []
         assert_holds(store, 25)
 
 
-def test_corrupt_checkpoint_without_a_fallback_is_refused_with_a_clear_message(tmp_path):
-    config = settings(tmp_path, keep_generations=1)
+@pytest.mark.parametrize("how", ["truncate", "bitflip"])
+def test_a_damaged_manifest_file_is_reported_and_rewritten_from_the_database(tmp_path, how):
+    config = settings(tmp_path)
     with open_store(config) as store:
         write_batches(store, 0, 10)
-        store.checkpoint()
-        write_batches(store, 10, 12)
         newest = store.checkpoint()
-    damage(tmp_path / "store" / "generations" / f"{newest:08d}" / "index.faiss", "bitflip")
+    manifest = config.path / "manifests" / f"{newest:08d}.json"
+    damage(manifest, how)
+    assert [p["file"] for p in verify_store(config)["problems"]][:1] == [f"manifests/{newest:08d}.json"]
+    with FaissStore.open(config, writable=False) as store:  # readers take the database's copy
+        assert_holds(store, 10)
+    with open_store(config) as store:
+        assert "rewritten from it" in store.notes[0]
+        assert_holds(store, 10)
+    assert verify_store(config)["ok"]
+
+
+def test_a_damaged_database_is_refused_then_restored_from_the_newest_generation(tmp_path):
+    config = settings(tmp_path)
+    with open_store(config) as store:
+        write_batches(store, 0, 10)
+        newest = store.checkpoint()
+        write_batches(store, 10, 12)  # acknowledged, after the checkpoint: in the database only
+    database = config.path / "store.sqlite"
+    database.write_bytes(b"\0" * 100 + database.read_bytes()[100:])  # SQLite's header is gone
     with pytest.raises(StoreCorruptError) as error:
         FaissStore.open(config, writable=False)
-    message = str(error.value)
-    assert f"{newest:08d}/index.faiss: sha256 mismatch" in message and "store verify" in message
+    assert "store.sqlite is damaged" in str(error.value) and "store restore" in str(error.value)
+    assert not verify_store(config)["ok"]
+    result = restore_store(config)
+    assert (result["restored_generation"], result["from"]) == (newest, "primary")
+    assert result["log"].startswith("lost after generation") and result["as_generation"] == newest + 1
+    with open_store(config) as store:
+        assert_holds(store, 10)
+    assert list((config.path / "quarantine").glob("restore-*/store.sqlite"))
 
 
 def test_a_second_writer_is_refused_in_this_process_and_from_another(tmp_path):
@@ -136,7 +217,7 @@ def test_a_second_writer_is_refused_in_this_process_and_from_another(tmp_path):
         store.write(batch(0))
 
 
-def test_bad_input_is_refused_before_it_reaches_the_log(tmp_path):
+def test_bad_input_is_refused_before_anything_is_written(tmp_path):
     config = settings(tmp_path)
     with open_store(config) as store:
         store.write(batch(0))
@@ -151,8 +232,31 @@ def test_bad_input_is_refused_before_it_reaches_the_log(tmp_path):
         with pytest.raises(StoreError, match="NaN"):
             store.write([nan])
         assert store.lsn == 1
+        store.write(batch(1))  # refused input does not make the store unusable
     with open_store(config) as store:
-        assert_holds(store, 1)
+        assert_holds(store, 2)
+
+
+def test_a_failed_write_makes_the_store_unusable_until_it_is_opened_again(tmp_path):
+    config = settings(tmp_path)
+    with open_store(config) as store:
+        write_batches(store, 0, 3)
+        pages = store.db.execute("PRAGMA page_count").fetchone()[0]
+        store.db.execute(f"PRAGMA max_page_count = {pages}")  # the database cannot grow: as with a full disk
+        with pytest.raises(Exception, match="full"):
+            write_batches(store, 3, 40)
+        written = store.lsn  # batches 0 … written-1 are acknowledged; batch `written` failed
+        store.db.execute("PRAGMA max_page_count = 1073741823")  # room again, but this object may be wrong now
+        with pytest.raises(StoreError, match="open it again"):
+            store.write(batch(written))
+        with pytest.raises(StoreError, match="open it again"):
+            store.checkpoint()
+    with open_store(config) as store:
+        assert store.lsn == written
+        assert_holds(store, written)
+        write_batches(store, written, written + 2)
+        assert store.lsn == written + 2
+        assert_holds(store, written + 2)
 
 
 def test_model_mismatch_and_bad_factory_are_refused(tmp_path):
@@ -162,40 +266,121 @@ def test_model_mismatch_and_bad_factory_are_refused(tmp_path):
         FaissStore.open(settings(tmp_path), model="other", dimension=DIMENSION)
     with pytest.raises(StoreError, match="not a valid FAISS index factory"):
         open_store(settings(tmp_path / "b", index_factory="NoSuchIndex42"))
+    assert not (tmp_path / "b" / "store" / "identity.json").exists()
 
 
-def test_ivf_trains_at_the_first_checkpoint_with_enough_vectors(tmp_path):
-    config = settings(tmp_path, index_factory="IVF4,Flat", train_vectors=60, search_parameters="nprobe=4")
+def kinds(store):
+    return [segment.kind for segment in current_segments(store)]
+
+
+def test_ivf_is_built_per_segment_once_a_segment_is_large_enough(tmp_path):
+    config = settings(tmp_path, index_factory="IVF4,Flat", train_vectors=60, search_parameters="nprobe=4",
+                      merge_factor=50)
     with open_store(config) as store:
         write_batches(store, 0, 10)
         store.checkpoint()
-        assert store.index_kind == "staging"  # too few vectors to train on: exact flat search meanwhile
+        assert kinds(store) == ["flat"]  # too few vectors to train on: exact meanwhile
         write_batches(store, 10, 60)
         store.checkpoint()
-        assert store.index_kind == "final" and store.index.is_trained
-        write_batches(store, 60, 70)  # updates and deletes go to the trained index
+        assert kinds(store) == ["flat", "factory"]
+        write_batches(store, 60, 70)  # replacements and deletions reach into both segments
         assert_holds(store, 70)
+        result = store.compact()  # one segment, retrained on everything live
+        assert kinds(store) == ["factory"] and result["segments_after"] == 1 and result["dead_dropped"] > 0
     with FaissStore.open(config, writable=False) as store:
-        assert store.index_kind == "final" and store.stats()["generations"][0]["vectors"] > 60
         assert_holds(store, 70)
+        assert store.stats()["dead"] == 0
         assert store.search(vector_for("d66 chunk 0 v1"), k=1)[0].document == "d66"
+        index = store._parts()[0].index
+        assert faiss.extract_index_ivf(index).nprobe == 4
 
 
-def test_hnsw_handles_deletes_and_updates_without_remove_ids(tmp_path):
-    config = settings(tmp_path, index_factory="HNSW16")
+def test_hnsw_segments_skip_deleted_and_replaced_vectors(tmp_path):
+    config = settings(tmp_path, index_factory="HNSW16", train_vectors=20, merge_factor=50)
     with open_store(config) as store:
-        write_batches(store, 0, 30)  # batches 4, 9, … change documents; 6, 13, … delete them
+        write_batches(store, 0, 20)
+        store.checkpoint()
+        write_batches(store, 20, 30)  # batches 24, 27 … change documents, 20, 27 … delete them
+        store.checkpoint()
+        assert kinds(store)[0] == "factory"
         assert_holds(store, 30)
-        deleted = upsert("d2", 1, 1 + 2 % 3)  # deleted by batch 6
-        for hit in store.search(deleted.vectors[0], k=50):
-            assert hit.document != "d2"
-        assert store.stats()["vectors"] == len(expected_after(30)[1])
-        store.checkpoint()  # rebuilds without the stale ids
-        assert store.index.ntotal == len(expected_after(30)[1])
+        deleted = upsert("d16", 1, 1 + 16 % 3)  # deleted by batch 20, after its segment was sealed
+        assert all(hit.document != "d16" for hit in store.search(deleted.vectors[0], k=50))
         store.write([DocumentDelete(SOURCE, "d29")])
         assert all(hit.document != "d29" for hit in store.search(vector_for("d29 chunk 0 v1"), k=5))
     with FaissStore.open(config, writable=False) as store:
         assert "d29" not in store.document_versions(SOURCE)
+
+
+def test_search_over_segments_equals_one_exact_index_over_the_live_vectors(tmp_path):
+    """Deletions and replacements spread over several segments: ids and scores as one exact index gives them."""
+    rng = np.random.default_rng(11)
+    config = settings(tmp_path, merge_factor=1000, max_dead_ratio=1.0)
+    dimension = 16
+
+    def document(name, version, chunks):
+        vectors = rng.standard_normal((chunks, dimension)).astype(np.float32)
+        records = tuple(dataclasses.replace(upsert(name, version, 1).chunks[0], position=p, text=f"{name} {p} v{version}",
+                                            chunk_id=hashlib.sha256(f"{name}/{p}/{version}".encode()).hexdigest()[:32])
+                        for p in range(chunks))
+        return DocumentUpsert(SOURCE, name, f"v{version}", name, name, None, records, vectors)
+
+    with FaissStore.open(config, model="m", dimension=dimension) as store:
+        for round_ in range(6):
+            for n in range(25):
+                store.write([document(f"r{round_}d{n}", 1, 4)])
+            for n in range(0, 25, 3):  # replace documents of earlier rounds, and delete some
+                earlier = f"r{rng.integers(0, round_ + 1)}d{n}"
+                if n % 2:
+                    store.write([DocumentDelete(SOURCE, earlier)])
+                else:
+                    store.write([document(earlier, round_ + 2, 4)])
+            if round_ < 5:
+                store.checkpoint()  # the last round stays pending: searched from the database
+        assert len(current_segments(store)) == 5 and store.stats()["dead"] > 20
+        live = store.chunk_vectors()
+        ids = np.array([faiss_id(c) for c in live], dtype=np.int64)
+        exact = faiss.IndexIDMap(faiss.IndexFlatIP(dimension))
+        exact.add_with_ids(np.stack(list(live.values())), ids)
+        for query in rng.standard_normal((20, dimension)).astype(np.float32):
+            scores, expected = exact.search(query.reshape(1, -1), 10)
+            hits = store.search(query, k=10)
+            assert [faiss_id(h.chunk_id) for h in hits] == expected[0].tolist()
+            np.testing.assert_allclose([h.score for h in hits], scores[0], atol=1e-5)
+
+
+def test_compaction_merges_by_policy_and_frees_old_segments_once_no_generation_names_them(tmp_path):
+    config = settings(tmp_path, merge_factor=3, keep_generations=2)
+    with open_store(config) as store:
+        for start in range(0, 45, 3):  # 15 small checkpoints
+            write_batches(store, start, start + 3)
+            store.checkpoint()
+            assert len(current_segments(store)) <= 2 * 3  # tiers keep the count logarithmic
+        before = {entry.name for segment in current_segments(store) for entry in segment.files}
+        store.compact()
+        assert len(current_segments(store)) == 1 and store.stats()["dead"] == 0
+        assert before <= set(segment_files(config))  # the previous generation still names the old files
+        store.write(batch(45))
+        store.checkpoint()
+        assert not before & set(segment_files(config)) - {e.name for s in current_segments(store) for e in s.files}
+        assert_holds(store, 46)
+    with FaissStore.open(config, writable=False) as store:
+        assert_holds(store, 46)
+
+
+def test_a_segment_with_many_dead_vectors_is_rewritten_alone(tmp_path):
+    config = settings(tmp_path, merge_factor=50, max_dead_ratio=0.5)
+    with open_store(config) as store:
+        store.write([upsert(f"x{n}", 1, 2) for n in range(10)])
+        store.checkpoint()
+        first = current_segments(store)[0]
+        store.write([DocumentDelete(SOURCE, f"x{n}") for n in range(4)])
+        store.checkpoint()  # 8 of 20 dead: kept
+        assert current_segments(store)[0] == first
+        store.write([DocumentDelete(SOURCE, "x4")])
+        store.checkpoint()  # 10 of 20: rewritten
+        rewritten = current_segments(store)[0]
+        assert rewritten.seq != first.seq and rewritten.vectors == 10 and store.stats()["dead"] == 0
 
 
 def test_stats_show_generations_sizes_and_replicas(tmp_path):
@@ -207,9 +392,27 @@ def test_stats_show_generations_sizes_and_replicas(tmp_path):
     assert stats["vectors"] == len(expected_after(5)[1]) and stats["documents"] == 5
     assert stats["generations"][0]["generation"] == 1 and stats["generations"][0]["bytes"] > 0
     assert stats["replicas"][0]["name"] == "disk" and stats["replicas"][0]["ok"] is True
+    assert stats["replicas"][0]["bytes_sent"] == stats["generations"][0]["bytes"] + len(
+        (config.path / "manifests" / "00000001.json").read_bytes())
     with FaissStore.open(config, writable=False) as store:  # a reader looks at what the replica holds
         replica = store.stats()["replicas"][0]
         assert (replica["ok"], replica["generation"]) == (True, 1)
+
+
+def test_stats_read_counters_and_load_no_faiss(tmp_path):
+    config = settings(tmp_path)
+    with open_store(config) as store:
+        write_batches(store, 0, 12)
+        store.checkpoint()
+    script = ("import sys, json\nfrom vectormill.stores.faiss_store import FaissStore\n"
+              "from vectormill.stores.settings import StoreSettings\n"
+              f"with FaissStore.open(StoreSettings(path={str(config.path)!r}), writable=False) as store:\n"
+              "    stats = store.stats()\n"
+              "print(json.dumps([stats['vectors'], stats['documents'], 'faiss' in sys.modules]))\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                            env=dict(os.environ))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[0] == f"[{len(expected_after(12)[1])}, {len(expected_after(12)[0])}, false]"
 
 
 def test_replica_policy_is_validated():
@@ -236,7 +439,7 @@ def test_the_retry_queue_counts_failures_and_empties_as_documents_land(tmp_path)
             ("d0", 2, "reset by peer", first, later, '{"id": "d0", "v": 2}'),
             ("gone", 1, "timed out", first, first, '{"id": "gone"}')]
         store.write([upsert("d0", 1, 2), DocumentDelete(SOURCE, "gone")])  # landed; deleted at the source
-    for writable in (True, False):  # from the checkpoint plus the log, by the writer and by a reader
+    for writable in (True, False):  # from the segments plus what came after, by the writer and by a reader
         with FaissStore.open(config, writable=writable) as store:
             assert store.retry_queue(SOURCE) == []
             assert [q.document for q in store.retry_queue()] == ["x"]

@@ -32,7 +32,7 @@ class MotoServer:
     def start(self) -> None:
         self._process = subprocess.Popen([str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(self.port)],
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120  # a loaded machine takes its time to import moto
         while time.monotonic() < deadline:
             try:
                 requests.get(self.url, timeout=1)
@@ -41,7 +41,7 @@ class MotoServer:
                 if self._process.poll() is not None:
                     raise RuntimeError(f"moto_server exited with {self._process.returncode}")
                 time.sleep(0.1)
-        raise RuntimeError("moto_server did not answer within 30 s")
+        raise RuntimeError("moto_server did not answer within 120 s")
 
     def stop(self) -> None:
         if self._process is not None:

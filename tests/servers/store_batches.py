@@ -11,7 +11,9 @@ import hashlib
 
 import numpy as np
 
+from vectormill.stores.faiss_store import FaissStore, StoreError
 from vectormill.stores.records import ChunkRecord, CursorUpdate, DocumentDelete, DocumentUpsert, Operation
+from vectormill.stores.settings import StoreSettings
 
 DIMENSION = 8
 SOURCE = "s"
@@ -61,3 +63,12 @@ def expected_after(count: int) -> tuple[dict[str, str], dict[str, np.ndarray]]:
     versions = {name: op.version for name, op in documents.items()}
     vectors = {chunk.chunk_id: vector for op in documents.values() for chunk, vector in zip(op.chunks, op.vectors)}
     return versions, vectors
+
+
+def stored_vectors(settings: StoreSettings) -> int:
+    """Vectors a store holds (acknowledged writes only), as a reader sees them while a writer runs; 0 before it exists."""
+    try:
+        with FaissStore.open(settings, writable=False) as store:
+            return store.vector_count()
+    except StoreError:
+        return 0

@@ -1,0 +1,444 @@
+"""The catalog: the store's source of truth, one SQLite database in WAL mode with synchronous=FULL, opened in place.
+
+It holds every chunk (text, raw vector, and the segment whose index holds its vector), the
+documents, cursors, baselines, retry queue and properties, the copies of chunks that sealed
+segments still hold but that were deleted or replaced since ("dead"), the kept generations'
+manifests and counters kept in the same transactions as the rows they count, so that `store
+stats` reads a few rows whatever the store's size. A `write` is one transaction; it is
+acknowledged when its COMMIT returns, by then fsync'd to the database's write-ahead log.
+
+Rows written since the last checkpoint have `segment` NULL ("pending"): a checkpoint seals them
+into a new segment, a compaction moves the live rows of a run of segments into a new one.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .records import (
+    BaselineRecord, CursorUpdate, DocumentDelete, DocumentFailed, DocumentUpsert, Operation, PropertyUpdate,
+    QueuedDocument,
+)
+from .tables import BASELINES, BY_NAME, CHUNK_COLUMNS, CURSORS, DOCUMENTS, PROPERTIES, RETRY_QUEUE, TABLES, Table
+
+SCHEMA = """
+-- Rows are appended in write order (row), not placed by faiss_id: random ids would split pages and leave them
+-- half empty. A faiss_id is the chunk id's first 63 bits, so its uniqueness is the chunk id's too.
+CREATE TABLE IF NOT EXISTS chunks (
+    row INTEGER PRIMARY KEY, faiss_id INTEGER NOT NULL UNIQUE, chunk_id TEXT NOT NULL, source TEXT NOT NULL,
+    document TEXT NOT NULL,
+    position INTEGER NOT NULL, text TEXT NOT NULL, content_hash TEXT NOT NULL, page INTEGER, last_page INTEGER,
+    tokens INTEGER NOT NULL, ocr INTEGER NOT NULL, vector BLOB NOT NULL, segment INTEGER);
+CREATE INDEX IF NOT EXISTS chunks_by_document ON chunks (source, document);
+CREATE INDEX IF NOT EXISTS chunks_by_segment ON chunks (segment);
+CREATE TABLE IF NOT EXISTS documents (
+    source TEXT NOT NULL, document TEXT NOT NULL, version TEXT NOT NULL, title TEXT NOT NULL, location TEXT NOT NULL,
+    modified TEXT, chunks INTEGER NOT NULL, segment INTEGER, PRIMARY KEY (source, document));
+CREATE INDEX IF NOT EXISTS documents_by_segment ON documents (segment);
+CREATE TABLE IF NOT EXISTS cursors (source TEXT PRIMARY KEY, value TEXT, segment INTEGER);
+CREATE TABLE IF NOT EXISTS baselines (
+    source TEXT NOT NULL, run_id TEXT NOT NULL, created_at TEXT NOT NULL, stats TEXT NOT NULL, segment INTEGER,
+    PRIMARY KEY (source, run_id));
+CREATE TABLE IF NOT EXISTS retry_queue (
+    source TEXT NOT NULL, document TEXT NOT NULL, ref TEXT NOT NULL, reason TEXT NOT NULL, attempts INTEGER NOT NULL,
+    first_failed TEXT NOT NULL, last_failed TEXT NOT NULL, segment INTEGER, PRIMARY KEY (source, document));
+CREATE TABLE IF NOT EXISTS properties (key TEXT PRIMARY KEY, value TEXT NOT NULL, segment INTEGER);
+-- Keys removed from the tables above; segment: the one that records the removal (NULL: not sealed yet).
+CREATE TABLE IF NOT EXISTS deletions (
+    tbl TEXT NOT NULL, key TEXT NOT NULL, segment INTEGER, PRIMARY KEY (tbl, key));
+CREATE INDEX IF NOT EXISTS deletions_by_segment ON deletions (segment);
+-- Copies of chunks that a sealed segment holds but that are no longer live: skipped at search;
+-- recorded: the segment that carries this tombstone to replicas (NULL: not sealed yet).
+CREATE TABLE IF NOT EXISTS dead (
+    segment INTEGER NOT NULL, faiss_id INTEGER NOT NULL, recorded INTEGER, PRIMARY KEY (segment, faiss_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS dead_by_recorded ON dead (recorded);
+CREATE TABLE IF NOT EXISTS dead_counts (segment INTEGER PRIMARY KEY, dead INTEGER NOT NULL);  -- the merge policy's input
+CREATE TABLE IF NOT EXISTS source_counts (source TEXT PRIMARY KEY, documents INTEGER NOT NULL, vectors INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS generations (generation INTEGER PRIMARY KEY, manifest BLOB NOT NULL);
+-- Segment files as last checked: a file whose stat fingerprint is unchanged is not hashed again at open.
+CREATE TABLE IF NOT EXISTS files (name TEXT PRIMARY KEY, sha256 TEXT NOT NULL, bytes INTEGER NOT NULL,
+                                  fingerprint TEXT NOT NULL);
+"""
+COUNTERS = ("lsn", "vectors", "documents", "dead", "generation", "next_segment")
+PARAMETERS_PER_STATEMENT = 900  # below SQLite's default limit of host parameters
+
+
+def faiss_id(chunk_id: str) -> int:
+    """FAISS ids are int64: the chunk id's first 63 bits."""
+    return int(chunk_id[:16], 16) & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def _members(column: str, segments: Sequence[int] | None) -> tuple[str, tuple[int, ...]]:
+    """SQL condition: `column` in `segments`, or NULL (pending) when `segments` is None."""
+    if segments is None:
+        return f"{column} IS NULL", ()
+    return f"{column} IN ({','.join('?' * len(segments))})", tuple(segments)
+
+
+def _key_condition(table: Table) -> str:
+    return " AND ".join(f"{column} = ?" for column in table.key)
+
+
+class Catalog:
+    def __init__(self, db: sqlite3.Connection, dimension: int):
+        self.db = db
+        self.dimension = dimension
+
+    # ---- opening -------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: Path, dimension: int, writable: bool) -> "Catalog":
+        if writable:
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")  # the WAL is fsync'd at every COMMIT: an acknowledged write stays
+            db.executescript(SCHEMA)
+            db.executemany("INSERT OR IGNORE INTO counters VALUES (?, 0)", [(name,) for name in COUNTERS])
+        else:
+            db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
+                                 check_same_thread=False)
+        return cls(db, dimension)
+
+    def close(self) -> None:
+        self.end_snapshot()
+        self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One atomic, durable change: BEGIN IMMEDIATE … COMMIT, rolled back on any error."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def begin_snapshot(self) -> None:
+        """Pin a reader to the state committed now, until `end_snapshot` (WAL mode keeps it for us)."""
+        self.db.execute("BEGIN")
+        self.db.execute("SELECT value FROM counters WHERE name = 'generation'").fetchone()
+
+    def end_snapshot(self) -> None:
+        if self.db.in_transaction:
+            self.db.execute("COMMIT")
+
+    # ---- counters ------------------------------------------------------------------------
+    def counter(self, name: str) -> int:
+        row = self.db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def set_counter(self, name: str, value: int) -> None:
+        self.db.execute("INSERT OR REPLACE INTO counters VALUES (?, ?)", (name, value))
+
+    def _add_to_counter(self, name: str, amount: int) -> None:
+        if amount:
+            self.db.execute("UPDATE counters SET value = value + ? WHERE name = ?", (amount, name))
+
+    def _add_to_counts(self, source: str, documents: int, vectors: int) -> None:
+        if not documents and not vectors:
+            return
+        self._add_to_counter("documents", documents)
+        self._add_to_counter("vectors", vectors)
+        self.db.execute(
+            "INSERT INTO source_counts VALUES (?, ?, ?) ON CONFLICT(source) DO UPDATE SET "
+            "documents = documents + excluded.documents, vectors = vectors + excluded.vectors",
+            (source, documents, vectors))
+
+    def recount(self) -> None:
+        """Counters from the rows (after a restore or migration rebuilt them)."""
+        self.set_counter("vectors", self.db.execute("SELECT count(*) FROM chunks").fetchone()[0])
+        self.set_counter("documents", self.db.execute("SELECT count(*) FROM documents").fetchone()[0])
+        self.set_counter("dead", self.db.execute("SELECT count(*) FROM dead").fetchone()[0])
+        self.db.execute("DELETE FROM dead_counts")
+        self.db.execute("INSERT INTO dead_counts SELECT segment, count(*) FROM dead GROUP BY segment")
+        self.db.execute("DELETE FROM source_counts")
+        self.db.execute("INSERT INTO source_counts SELECT source, count(*), sum(chunks) FROM documents GROUP BY source")
+
+    # ---- writing -------------------------------------------------------------------------
+    def owners(self, ids: Sequence[int]) -> dict[int, tuple[str, str]]:
+        """The (source, document) that holds each of these chunk ids, for those stored."""
+        found: dict[int, tuple[str, str]] = {}
+        for start in range(0, len(ids), PARAMETERS_PER_STATEMENT):
+            part = list(ids[start : start + PARAMETERS_PER_STATEMENT])
+            for identifier, source, document in self.db.execute(
+                    f"SELECT faiss_id, source, document FROM chunks WHERE faiss_id IN ({','.join('?' * len(part))})",
+                    part):
+                found[identifier] = (source, document)
+        return found
+
+    def apply(self, operations: Sequence[Operation], lsn: int) -> None:
+        """Apply one write's operations; call inside `transaction()`."""
+        for op in operations:
+            if isinstance(op, CursorUpdate):
+                self._set(CURSORS, (op.source,), (op.cursor,))
+            elif isinstance(op, BaselineRecord):
+                self._set(BASELINES, (op.source, op.run_id),
+                          (op.created_at, json.dumps(op.stats, separators=(",", ":"))))
+            elif isinstance(op, DocumentFailed):
+                self.db.execute(
+                    "INSERT INTO retry_queue VALUES (?, ?, ?, ?, 1, ?, ?, NULL) ON CONFLICT(source, document) DO UPDATE "
+                    "SET ref = excluded.ref, reason = excluded.reason, attempts = attempts + 1, "
+                    "last_failed = excluded.last_failed, segment = NULL",
+                    (op.source, op.document, op.ref, op.reason, op.failed_at, op.failed_at))
+            elif isinstance(op, PropertyUpdate):
+                if op.value is None:
+                    self._remove(PROPERTIES, (op.key,))
+                else:
+                    self._set(PROPERTIES, (op.key,), (op.value,))
+            else:
+                self._remove(RETRY_QUEUE, (op.source, op.document))  # landed, or gone at the source
+                self._replace_document(op)
+        self.set_counter("lsn", lsn)
+
+    def _set(self, table: Table, key: tuple, values: tuple) -> None:
+        columns = ", ".join(table.columns)
+        updates = ", ".join(f"{column} = excluded.{column}" for column in table.values)
+        self.db.execute(
+            f"INSERT INTO {table.name} ({columns}, segment) VALUES ({', '.join('?' * len(table.columns))}, NULL) "
+            f"ON CONFLICT({', '.join(table.key)}) DO UPDATE SET {updates}, segment = NULL", key + values)
+
+    def _remove(self, table: Table, key: tuple) -> bool:
+        removed = self.db.execute(f"DELETE FROM {table.name} WHERE {_key_condition(table)}", key).rowcount
+        if removed:  # older segments may hold the key: the removal travels with the next one
+            self.db.execute("INSERT OR REPLACE INTO deletions VALUES (?, ?, NULL)", (table.name, json.dumps(key)))
+        return bool(removed)
+
+    def _replace_document(self, op: DocumentUpsert | DocumentDelete) -> None:
+        """Make the document's chunks exactly the upsert's; a chunk that is unchanged (row and vector) stays where it is."""
+        stored = {row[0]: row[1:] for row in self.db.execute(
+            "SELECT faiss_id, chunk_id, position, text, content_hash, page, last_page, tokens, ocr, vector, segment "
+            "FROM chunks WHERE source = ? AND document = ?", (op.source, op.document))}
+        rows = []
+        if isinstance(op, DocumentUpsert):
+            vectors = np.ascontiguousarray(op.vectors, dtype=np.float32)
+            rows = [(faiss_id(c.chunk_id), c.chunk_id, op.source, op.document, c.position, c.text, c.content_hash,
+                     c.page, c.last_page, c.tokens, int(c.ocr), vector.tobytes())
+                    for c, vector in zip(op.chunks, vectors)]
+        unchanged = {row[0] for row in rows
+                     if row[0] in stored and stored[row[0]][:-1] == (row[1], *row[4:])}
+        removed = [identifier for identifier in stored if identifier not in unchanged]
+        self.db.executemany("DELETE FROM chunks WHERE faiss_id = ?", [(identifier,) for identifier in removed])
+        by_segment: dict[int, list[int]] = {}
+        for identifier in removed:
+            if stored[identifier][-1] is not None:  # sealed: its segment keeps the copy, now a tombstone
+                by_segment.setdefault(stored[identifier][-1], []).append(identifier)
+        for segment, identifiers in by_segment.items():
+            killed = self.db.executemany("INSERT OR IGNORE INTO dead VALUES (?, ?, NULL)",
+                                         [(segment, identifier) for identifier in identifiers]).rowcount
+            self.db.execute("INSERT INTO dead_counts VALUES (?, ?) ON CONFLICT(segment) DO UPDATE SET "
+                            "dead = dead + excluded.dead", (segment, killed))
+            self._add_to_counter("dead", killed)
+        self.db.executemany(f"INSERT INTO chunks ({', '.join(CHUNK_COLUMNS)}, vector, segment) "
+                            f"VALUES ({', '.join('?' * (len(CHUNK_COLUMNS) + 1))}, NULL)",
+                            [row for row in rows if row[0] not in unchanged])
+        key = (op.source, op.document)
+        existed = self.db.execute(f"SELECT 1 FROM documents WHERE {_key_condition(DOCUMENTS)}", key).fetchone()
+        if isinstance(op, DocumentUpsert):
+            self._set(DOCUMENTS, key, (op.version, op.title, op.location, op.modified, len(op.chunks)))
+        else:
+            self._remove(DOCUMENTS, key)
+        documents = (isinstance(op, DocumentUpsert)) - bool(existed)
+        self._add_to_counts(op.source, documents, len(rows) - len(stored))
+
+    # ---- sealing and merging: what a new segment holds, and recording that it holds it ---------
+    def pending_vectors(self) -> int:
+        return self.db.execute("SELECT count(*) FROM chunks WHERE segment IS NULL").fetchone()[0]
+
+    def has_pending(self) -> bool:
+        checks = ["SELECT 1 FROM chunks WHERE segment IS NULL", "SELECT 1 FROM dead WHERE recorded IS NULL",
+                  "SELECT 1 FROM deletions WHERE segment IS NULL",
+                  *(f"SELECT 1 FROM {table.name} WHERE segment IS NULL" for table in TABLES)]
+        return any(self.db.execute(f"{check} LIMIT 1").fetchone() for check in checks)
+
+    def chunk_ranges(self, segments: Sequence[int] | None, limit: int) -> list[tuple[int, int, int]]:
+        """(low id, high id, rows): ranges splitting the chunks of `segments` (None: pending) into parts of at most
+        `limit` rows."""
+        where, args = _members("segment", segments)
+        ids = [row[0] for row in self.db.execute(f"SELECT faiss_id FROM chunks WHERE {where} ORDER BY faiss_id", args)]
+        return [(ids[start], ids[min(start + limit, len(ids)) - 1], min(limit, len(ids) - start))
+                for start in range(0, len(ids), limit)]
+
+    def chunk_batches(self, segments: Sequence[int] | None, low: int, high: int,
+                      size: int = 65_536) -> Iterator[tuple[np.ndarray, list[tuple]]]:
+        """Vectors and rows (CHUNK_COLUMNS) of the chunks of `segments` with ids in [low, high], by id, in batches."""
+        where, args = _members("segment", segments)
+        cursor = self.db.execute(f"SELECT {', '.join(CHUNK_COLUMNS)}, vector FROM chunks "
+                                 f"WHERE {where} AND faiss_id BETWEEN ? AND ? ORDER BY faiss_id", (*args, low, high))
+        while rows := cursor.fetchmany(size):
+            vectors = np.frombuffer(b"".join(row[-1] for row in rows), dtype=np.float32).reshape(
+                len(rows), self.dimension)
+            yield vectors, [row[:-1] for row in rows]
+
+    def tombstones(self, run: Sequence[int] | None) -> list[tuple[int, int]]:
+        """(segment, faiss_id) copies killed by the pending writes, or recorded in `run` and outside it."""
+        if run is None:
+            return self.db.execute("SELECT segment, faiss_id FROM dead WHERE recorded IS NULL").fetchall()
+        recorded, args = _members("recorded", run)
+        inside, more = _members("segment", run)
+        return self.db.execute(f"SELECT segment, faiss_id FROM dead WHERE {recorded} AND NOT {inside}",
+                               args + more).fetchall()
+
+    def table_rows(self, segments: Sequence[int] | None) -> dict[str, list[tuple]]:
+        where, args = _members("segment", segments)
+        return {table.name: self.db.execute(f"SELECT {', '.join(table.columns)} FROM {table.name} WHERE {where}",
+                                            args).fetchall() for table in TABLES}
+
+    def deletions(self, segments: Sequence[int] | None) -> list[tuple[str, str]]:
+        where, args = _members("segment", segments)
+        return self.db.execute(f"SELECT tbl, key FROM deletions WHERE {where}", args).fetchall()
+
+    def reassign(self, run: Sequence[int] | None, parts: Sequence[tuple[int, int, int]], last: int | None,
+                 prefix: bool = False) -> None:
+        """Record that segments `parts` [(seq, low id, high id)] now hold the rows of `run` (None: the pending rows),
+        and the last of them its tombstones, table rows and removals. A run that starts the generation
+        (`prefix`) has nothing older to remove keys from: its removals are dropped."""
+        where, args = _members("segment", run)
+        for seq, low, high in parts:
+            self.db.execute(f"UPDATE chunks SET segment = ? WHERE {where} AND faiss_id BETWEEN ? AND ?",
+                            (seq, *args, low, high))
+        if run is not None:
+            self._add_to_counter("dead", -self.db.execute(f"DELETE FROM dead WHERE {where}", args).rowcount)
+            self.db.execute(f"DELETE FROM dead_counts WHERE {where}", args)
+        if last is None:  # the run held nothing live and nothing else: it just goes
+            return
+        recorded, recorded_args = _members("recorded", run)
+        self.db.execute(f"UPDATE dead SET recorded = ? WHERE {recorded}", (last, *recorded_args))
+        for table in TABLES:
+            self.db.execute(f"UPDATE {table.name} SET segment = ? WHERE {where}", (last, *args))
+        if prefix:
+            self.db.execute(f"DELETE FROM deletions WHERE {where}", args)
+        else:
+            self.db.execute(f"UPDATE deletions SET segment = ? WHERE {where}", (last, *args))
+
+    def load_extras(self, seq: int, present: set[int], tombstones: Sequence[tuple[int, int]],
+                    tables: dict[str, list[tuple]], deletions: Sequence[tuple[str, str]]) -> None:
+        """Replay a segment of a generation being restored (in the generation's order), all but its chunks:
+        its removals and tombstones first, then its table rows."""
+        for name, key in deletions:
+            self.db.execute(f"DELETE FROM {name} WHERE {_key_condition(BY_NAME[name])}", tuple(json.loads(key)))
+            self.db.execute("INSERT OR REPLACE INTO deletions VALUES (?, ?, ?)", (name, key, seq))
+        live_targets = [(target, identifier) for target, identifier in tombstones if target in present]
+        self.db.executemany("DELETE FROM chunks WHERE faiss_id = ? AND segment = ?",
+                            [(identifier, target) for target, identifier in live_targets])
+        self.db.executemany("INSERT OR IGNORE INTO dead VALUES (?, ?, ?)",
+                            [(target, identifier, seq) for target, identifier in live_targets])
+        for table in TABLES:
+            self.db.executemany(
+                f"INSERT OR REPLACE INTO {table.name} ({', '.join(table.columns)}, segment) "
+                f"VALUES ({', '.join('?' * len(table.columns))}, ?)", [(*row, seq) for row in tables.get(table.name, ())])
+
+    def load_chunks(self, seq: int, vectors: np.ndarray, chunks: Sequence[tuple]) -> None:
+        """Chunks of a segment being restored, after its extras."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.db.executemany(f"INSERT INTO chunks ({', '.join(CHUNK_COLUMNS)}, vector, segment) "
+                            f"VALUES ({', '.join('?' * (len(CHUNK_COLUMNS) + 2))})",
+                            [(*row, vector.tobytes(), seq) for row, vector in zip(chunks, vectors)])
+
+    # ---- generations and their files -------------------------------------------------------
+    def add_generation(self, generation: int, manifest: bytes, keep: int) -> list[int]:
+        """Record a generation as the current one; returns the generations no longer kept (removed here)."""
+        self.db.execute("INSERT OR REPLACE INTO generations VALUES (?, ?)", (generation, manifest))
+        self.set_counter("generation", generation)
+        dropped = [row[0] for row in self.db.execute(
+            "SELECT generation FROM generations ORDER BY generation DESC LIMIT -1 OFFSET ?", (keep,))]
+        self.db.executemany("DELETE FROM generations WHERE generation = ?", [(g,) for g in dropped])
+        return dropped
+
+    def drop_generations(self, generations: Sequence[int]) -> None:
+        self.db.executemany("DELETE FROM generations WHERE generation = ?", [(g,) for g in generations])
+
+    def manifests(self) -> list[tuple[int, bytes]]:
+        """Kept generations' manifests, newest first."""
+        return self.db.execute("SELECT generation, manifest FROM generations ORDER BY generation DESC").fetchall()
+
+    def next_segment(self) -> int:
+        seq = self.counter("next_segment") + 1
+        self.set_counter("next_segment", seq)
+        return seq
+
+    def record_files(self, entries: Sequence[tuple[str, str, int, str]]) -> None:
+        """(name, sha256, bytes, fingerprint) of files just written or checked."""
+        self.db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)", entries)
+
+    def checked_files(self) -> dict[str, str]:
+        """Fingerprint of every file as last written or checked."""
+        return dict(self.db.execute("SELECT name, fingerprint FROM files"))
+
+    def forget_files(self, names: set[str]) -> None:
+        self.db.executemany("DELETE FROM files WHERE name = ?", [(name,) for name in names])
+
+    # ---- reading -------------------------------------------------------------------------
+    def dead_ids(self) -> dict[int, np.ndarray]:
+        """Per segment, the ids it holds that are no longer live."""
+        dead: dict[int, list[int]] = {}
+        for segment, identifier in self.db.execute("SELECT segment, faiss_id FROM dead"):
+            dead.setdefault(segment, []).append(identifier)
+        return {segment: np.array(ids, dtype=np.int64) for segment, ids in dead.items()}
+
+    def dead_counts(self) -> dict[int, int]:
+        return dict(self.db.execute("SELECT segment, dead FROM dead_counts"))
+
+    def live_vectors(self, segment: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """Ids and vectors of the live chunks held by `segment` (None: pending, in no segment yet)."""
+        where, args = _members("segment", None if segment is None else [segment])
+        rows = self.db.execute(f"SELECT faiss_id, vector FROM chunks WHERE {where}", args).fetchall()
+        ids = np.array([row[0] for row in rows], dtype=np.int64)
+        return ids, np.frombuffer(b"".join(row[1] for row in rows), dtype=np.float32).reshape(len(rows), self.dimension)
+
+    def hit_rows(self, ids: Sequence[int]) -> dict[int, tuple]:
+        """(chunk_id, source, document, title, location, page, text, ocr) by faiss id."""
+        found: dict[int, tuple] = {}
+        for start in range(0, len(ids), PARAMETERS_PER_STATEMENT):
+            part = list(ids[start : start + PARAMETERS_PER_STATEMENT])
+            for row in self.db.execute(
+                    "SELECT c.faiss_id, c.chunk_id, c.source, c.document, d.title, d.location, c.page, c.text, c.ocr "
+                    "FROM chunks c JOIN documents d USING (source, document) "
+                    f"WHERE c.faiss_id IN ({','.join('?' * len(part))})", part):
+                found[row[0]] = row[1:]
+        return found
+
+    def document_versions(self, source: str) -> dict[str, str]:
+        return dict(self.db.execute("SELECT document, version FROM documents WHERE source = ?", (source,)))
+
+    def stored_vectors(self, source: str, document: str) -> dict[str, np.ndarray]:
+        rows = self.db.execute(
+            "SELECT content_hash, vector FROM chunks WHERE source = ? AND document = ?", (source, document))
+        return {digest: np.frombuffer(blob, dtype=np.float32) for digest, blob in rows}
+
+    def cursor(self, source: str) -> str | None:
+        row = self.db.execute("SELECT value FROM cursors WHERE source = ?", (source,)).fetchone()
+        return row[0] if row else None
+
+    def baselines(self, source: str | None) -> list[BaselineRecord]:
+        query = "SELECT source, run_id, created_at, stats FROM baselines"
+        rows = (self.db.execute(f"{query} WHERE source = ? ORDER BY created_at, rowid", (source,))
+                if source is not None else self.db.execute(f"{query} ORDER BY source, created_at, rowid"))
+        return [BaselineRecord(name, run_id, created_at, json.loads(stats)) for name, run_id, created_at, stats in rows]
+
+    def retry_queue(self, source: str | None) -> list[QueuedDocument]:
+        query = ("SELECT source, document, ref, reason, attempts, first_failed, last_failed FROM retry_queue"
+                 + (" WHERE source = ?" if source is not None else "") + " ORDER BY first_failed, source, document")
+        return [QueuedDocument(*row) for row in self.db.execute(query, (source,) if source is not None else ())]
+
+    def properties(self) -> dict[str, str]:
+        return dict(self.db.execute("SELECT key, value FROM properties"))
+
+    def chunk_vectors(self) -> dict[str, np.ndarray]:
+        return {chunk_id: np.frombuffer(blob, dtype=np.float32) for chunk_id, blob in self.db.execute(
+            "SELECT chunk_id, vector FROM chunks ORDER BY chunk_id")}
+
+    def sources(self) -> list[dict[str, Any]]:
+        return [{"source": source, "documents": documents, "vectors": vectors, "cursor": cursor}
+                for source, documents, vectors, cursor in self.db.execute(
+                    "SELECT s.source, s.documents, s.vectors, c.value FROM source_counts s "
+                    "LEFT JOIN cursors c USING (source) WHERE s.documents > 0 ORDER BY s.source")]

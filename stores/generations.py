@@ -1,0 +1,307 @@
+"""The primary's generations: seal pending rows and merge runs of segments into new segments, commit each
+generation, prune what no kept generation names, and find damaged segment files.
+
+A generation is committed in this order, so that a crash anywhere leaves the previous one intact:
+the segment files are written and published under their sha256 (fsync, rename); the manifest is
+written (fsync, rename); then ONE catalog transaction records the generation, which segment now
+holds which rows, and the generations no longer kept. Only after that commit are the files that
+no kept generation names removed. Files and manifests that a crash leaves behind, which no
+committed generation names, are removed at the next writable open.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .catalog import Catalog
+from .durable import file_sha256, fingerprint, fsync_dir, write_atomically
+from .manifest import (
+    MANIFESTS, SEGMENTS, FileEntry, SegmentEntry, build_manifest, files_of, generation_of, manifest_name,
+    parse_manifest, referenced_files, segments_of,
+)
+from .plan import MergePolicy, SegmentLoad, plan_merges
+from .settings import StoreSettings
+
+log = logging.getLogger("vectormill.store")
+
+QUARANTINE = "quarantine"
+# Written by `store restore` before it changes anything, removed when it is done: an open that finds
+# it finishes the restore by setting aside (never deleting) what the current database does not name.
+RESTORING = "RESTORING"
+
+
+def utc_stamp() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+def used_generation_numbers(path: Path) -> list[int]:
+    """Every generation number that has a manifest in manifests/ or anywhere in quarantine/."""
+    names = [p.name for p in (path / MANIFESTS).glob("*")] + [p.name for p in (path / QUARANTINE).rglob("*.json")]
+    return [number for number in map(generation_of, names) if number is not None]
+
+
+def current_manifest(catalog: Catalog) -> dict[str, Any] | None:
+    """The manifest of the newest generation the catalog records (as of its snapshot, for a reader)."""
+    manifests = catalog.manifests()
+    return parse_manifest(manifests[0][1], f"{MANIFESTS}/{manifest_name(manifests[0][0])}") if manifests else None
+
+
+def damaged_files(manifest: dict[str, Any], checked: dict[str, str], locate: Callable[[str], Path]
+                  ) -> tuple[dict[str, str], list[tuple[str, str, int, str]]]:
+    """Files of a generation that are missing or do not match it, and the files found intact on re-hashing.
+
+    A file whose fingerprint is the one recorded when it was written or last checked is taken as
+    it is (a stat per file); any other is hashed. `store verify` hashes everything.
+    """
+    damaged: dict[str, str] = {}
+    rechecked = []
+    for name, entry in files_of(manifest).items():
+        path = locate(name)
+        found = fingerprint(path)
+        if found is None:
+            damaged[name] = "missing"
+        elif found != checked.get(name):
+            sha, size = file_sha256(path)
+            if size != entry.bytes:
+                damaged[name] = f"size {size} bytes, manifest says {entry.bytes}"
+            elif sha != entry.sha256:
+                damaged[name] = "sha256 mismatch (file corrupt)"
+            else:
+                rechecked.append((name, sha, size, found))
+    return damaged, rechecked
+
+
+def set_aside(path: Path, catalog: Catalog, database: str, quarantine: Path) -> list[str]:
+    """Move into `quarantine` every database, manifest and segment file that the current database does not name."""
+    kept_manifests = {manifest_name(g) for g, _ in catalog.manifests()}
+    kept_files = referenced_files(parse_manifest(m) for _, m in catalog.manifests())
+    candidates = [p for p in path.glob("*.sqlite*") if not p.name.startswith(database)]
+    candidates += [p for p in (path / MANIFESTS).glob("*") if p.name not in kept_manifests]
+    candidates += [p for p in (path / SEGMENTS).glob("*") if p.name not in kept_files]
+    moved = []
+    for item in candidates:
+        target = quarantine / item.relative_to(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(item, target)
+        moved.append(str(item.relative_to(path)))
+    for folder in {quarantine, *(quarantine / part for part in (MANIFESTS, SEGMENTS)), path,
+                   path / MANIFESTS, path / SEGMENTS}:
+        if folder.is_dir():
+            fsync_dir(folder)
+    return moved
+
+
+class Generations:
+    def __init__(self, path: Path, settings: StoreSettings, identity: dict[str, Any], catalog: Catalog,
+                 notes: list[str]):
+        self.path = path
+        self.settings = settings
+        self.identity = identity
+        self.catalog = catalog
+        self.notes = notes
+        self.segments_dir = path / SEGMENTS
+        self.manifests_dir = path / MANIFESTS
+
+    # ---- what the current generation is ------------------------------------------------------
+    def current_manifest(self) -> dict[str, Any] | None:
+        return current_manifest(self.catalog)
+
+    def current_segments(self) -> list[SegmentEntry]:
+        manifest = self.current_manifest()
+        return segments_of(manifest) if manifest else []
+
+    def next_generation(self) -> int:
+        """Past every number present, quarantined ones included, so that no copy is ever overwritten."""
+        return max([self.catalog.counter("generation"), *used_generation_numbers(self.path)]) + 1
+
+    # ---- making generations ----------------------------------------------------------------
+    def seal(self) -> int:
+        """Seal the rows written since the last checkpoint into new segments, as a new generation."""
+        entries, change = self._rewrite(None, prefix=False)
+        return self._commit(self.current_segments() + entries, [change], entries)
+
+    def compact(self, everything: bool) -> int | None:
+        """Merge what the policy asks for (`everything`: the whole store) as a new generation; None if nothing."""
+        segments = self.current_segments()
+        dead = self.catalog.dead_counts()
+        policy = MergePolicy(self.settings.merge_factor, self.settings.max_segment_vectors, self.settings.max_dead_ratio)
+        runs = plan_merges([SegmentLoad(s.vectors, dead.get(s.seq, 0)) for s in segments], policy, everything)
+        return self._rewrite_runs(segments, runs) if runs else None
+
+    def rebuild(self, seqs: set[int]) -> int:
+        """Rewrite these segments, each alone, from the catalog (their files are damaged)."""
+        segments = self.current_segments()
+        runs = [range(p, p + 1) for p, segment in enumerate(segments) if segment.seq in seqs]
+        return self._rewrite_runs(segments, runs)
+
+    def _rewrite_runs(self, segments: list[SegmentEntry], runs: Sequence[range]) -> int:
+        result: list[SegmentEntry] = []
+        changes: list[Callable[[], None]] = []
+        new: list[SegmentEntry] = []
+        position = 0
+        for run in runs:
+            result += segments[position : run.start]
+            entries, change = self._rewrite([segments[p].seq for p in run], prefix=run.start == 0)
+            result += entries
+            new += entries
+            changes.append(change)
+            position = run.stop
+        return self._commit(result + segments[position:], changes, new)
+
+    def _rewrite(self, run: list[int] | None, prefix: bool) -> tuple[list[SegmentEntry], Callable[[], None]]:
+        """New segments holding the live rows of `run` (None: the pending rows); the last one also carries the
+        tombstones, table rows and removals. Returns them and the catalog change recording it."""
+        from .segments import SegmentExtras, write_segment  # FAISS loads only where segments are written
+
+        catalog = self.catalog
+        ranges: list[tuple[int, int, int]] = catalog.chunk_ranges(run, self.settings.max_segment_vectors)
+        extras = SegmentExtras(catalog.tombstones(run), catalog.table_rows(run), [] if prefix else catalog.deletions(run))
+        if not ranges:
+            if extras.is_empty():
+                return [], lambda: catalog.reassign(run, [], None, prefix)
+            ranges = [(1, 0, 0)]  # only other rows: a segment without vectors
+        entries, parts = [], []
+        for number, (low, high, count) in enumerate(ranges):
+            seq = catalog.next_segment()
+            entry, problem = write_segment(
+                self.segments_dir, seq, count, lambda: catalog.chunk_batches(run, low, high),
+                extras if number == len(ranges) - 1 else SegmentExtras(), self.identity["index_factory"],
+                self.settings.train_vectors, catalog.dimension)
+            if problem:
+                self.note(f"{problem}; the segment stays exact (Flat) until a merge retrains it")
+            entries.append(entry)
+            if count:
+                parts.append((seq, low, high))
+        return entries, lambda: catalog.reassign(run, parts, entries[-1].seq, prefix)
+
+    def _commit(self, segments: list[SegmentEntry], changes: Sequence[Callable[[], None]],
+                new: list[SegmentEntry]) -> int:
+        generation = self.next_generation()
+        catalog = self.catalog
+        body = {"generation": generation, "lsn": catalog.counter("lsn"),
+                "created_at": datetime.now(timezone.utc).isoformat(), "vectors": catalog.counter("vectors"),
+                "documents": catalog.counter("documents"), "model": self.identity["model"],
+                "dimension": self.identity["dimension"], "index_factory": self.identity["index_factory"]}
+        manifest = build_manifest(body, segments)
+        self.manifests_dir.mkdir(exist_ok=True)
+        write_atomically(self.manifests_dir / manifest_name(generation), manifest)
+        written = [(f.name, f.sha256, f.bytes, fingerprint(self.segments_dir / f.name)) for s in new for f in s.files]
+        with catalog.transaction():
+            for change in changes:
+                change()
+            dropped = catalog.add_generation(generation, manifest, self.settings.keep_generations)
+            catalog.record_files(written)
+        self._prune(dropped)
+        return generation
+
+    def _prune(self, dropped: Sequence[int]) -> None:
+        """Remove the manifests of generations no longer kept, then every segment file no kept generation names."""
+        for generation in dropped:
+            (self.manifests_dir / manifest_name(generation)).unlink(missing_ok=True)
+        if dropped:
+            fsync_dir(self.manifests_dir)
+        kept = referenced_files(parse_manifest(m) for _, m in self.catalog.manifests())
+        removed = False
+        for file in self.segments_dir.glob("*"):
+            if file.name not in kept:
+                file.unlink()
+                removed = True
+        if removed:
+            fsync_dir(self.segments_dir)
+        forgotten = set(self.catalog.checked_files()) - kept
+        if forgotten:
+            with self.catalog.transaction():
+                self.catalog.forget_files(forgotten)
+
+    # ---- at a writable open ------------------------------------------------------------------
+    def tidy(self) -> None:
+        """Finish what a crash interrupted: set aside after a restore, remove a checkpoint's leftovers, and
+        bring back manifest files from the catalog's copies."""
+        for folder in (self.segments_dir, self.manifests_dir):
+            folder.mkdir(exist_ok=True)
+        restoring = self.path / RESTORING
+        if restoring.is_file():
+            quarantine = self.path / QUARANTINE / json.loads(restoring.read_text())["quarantine"]
+            moved = set_aside(self.path, self.catalog, self.identity["database"], quarantine)
+            restoring.unlink()
+            fsync_dir(self.path)
+            if moved:
+                self.note(f"finished an interrupted `store restore`: set aside {len(moved)} file(s) in "
+                          f"{QUARANTINE}/{quarantine.name}/")
+        for leftover in [*self.path.glob(".tmp-*"), *self.segments_dir.glob(".tmp-*"), *self.manifests_dir.glob(".tmp-*")]:
+            leftover.unlink()
+        kept = dict(self.catalog.manifests())
+        for file in self.manifests_dir.glob("*"):
+            if generation_of(file.name) not in kept:
+                file.unlink()  # a checkpoint's manifest whose commit a crash prevented: never used
+        for generation, manifest in kept.items():
+            file = self.manifests_dir / manifest_name(generation)
+            if not file.is_file() or file.read_bytes() != manifest:
+                if file.is_file():
+                    self.note(f"manifest {MANIFESTS}/{file.name} did not match the database's copy; rewritten from it")
+                write_atomically(file, manifest)
+        self._prune([])
+
+    def repair(self, damaged: dict[str, str], fetchers: Sequence[Callable[[FileEntry, Path], str]]) -> None:
+        """Set damaged files of the current generation aside, fetch an identical copy (`fetchers`: replicas), or
+        rewrite the segments that name them from the catalog, which holds every live row and vector."""
+        quarantine = self.path / QUARANTINE / f"damaged-{utc_stamp()}"
+        for name in damaged:
+            if (self.segments_dir / name).exists():
+                quarantine.mkdir(parents=True, exist_ok=True)
+                os.replace(self.segments_dir / name, quarantine / name)
+        fsync_dir(self.segments_dir)
+        manifest = self.current_manifest()
+        entries = files_of(manifest)
+        recovered: dict[str, str] = {}
+        for name in damaged:
+            for fetch in fetchers:
+                try:
+                    recovered[name] = fetch(entries[name], self.segments_dir)
+                    break
+                except Exception as exc:  # noqa: BLE001 - another copy, or the catalog, serves instead
+                    log.warning("could not fetch %s: %s", name, exc)
+        with self.catalog.transaction():
+            self.catalog.record_files([(name, entries[name].sha256, entries[name].bytes,
+                                        fingerprint(self.segments_dir / name)) for name in recovered])
+        rebuilt = {s.seq for s in segments_of(manifest) if any(f.name in damaged and f.name not in recovered
+                                                                 for f in s.files)}
+        how = "; ".join(f"{name}: {detail}" for name, detail in damaged.items())
+        sources = sorted(set(recovered.values()))
+        done = []
+        if recovered:
+            done.append(f"{len(recovered)} file(s) fetched from replica {', '.join(map(repr, sources))}")
+        if rebuilt:
+            generation = self.rebuild(rebuilt)
+            self._drop_generations_naming(set(damaged) - set(recovered))
+            done.append(f"{len(rebuilt)} segment(s) rebuilt from the database as generation {generation}")
+        self.note(f"CORRUPT SEGMENT FILE in {str(self.path)!r}: {how} (moved to {QUARANTINE}/{quarantine.name}/). "
+                  f"Recovered: {'; '.join(done)}; no acknowledged write was lost. "
+                  "Run `vectormill store verify` to check every copy.")
+
+    def _drop_generations_naming(self, missing: set[str]) -> None:
+        """Older kept generations that name files no longer present cannot be restored from here: set them aside."""
+        quarantine = self.path / QUARANTINE / f"damaged-{utc_stamp()}"
+        manifests = self.catalog.manifests()
+        broken = [g for g, m in manifests[1:] if missing & set(files_of(parse_manifest(m)))]
+        if not broken:
+            return
+        with self.catalog.transaction():
+            self.catalog.drop_generations(broken)
+        quarantine.mkdir(parents=True, exist_ok=True)
+        for generation in broken:
+            source = self.manifests_dir / manifest_name(generation)
+            if source.exists():
+                os.replace(source, quarantine / source.name)
+        fsync_dir(self.manifests_dir)
+        self._prune([])
+
+    def note(self, message: str) -> None:
+        self.notes.append(message)
+        log.warning(message)

@@ -1,0 +1,177 @@
+"""Segments: immutable, content-addressed files holding what one checkpoint (or one merge) added to the store.
+
+A segment is two files in a `segments/` folder, each named by its sha256:
+* `<sha256>.faiss`: a FAISS index over the segment's vectors under their ids. Exact (IndexIDMap
+  over IndexFlatIP) with the Flat factory or below `train_vectors` vectors; else built with the
+  configured factory (IVF, PQ, HNSW…), trained on the segment's own vectors. Readers map it.
+* `<sha256>.rows`: a SQLite file with its chunk rows (by id, the index's order), the tombstones it
+  carries (copies of chunks in older segments that are no longer live), the rows of the other
+  tables it sets and the keys it removes. It holds the raw vectors too when the index is not
+  exact, so that any copy of the store can bring back every raw vector.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from .durable import publish
+from .manifest import SegmentEntry
+from .tables import CHUNK_COLUMNS, TABLES
+
+FLAT = "flat"
+FACTORY = "factory"
+ROWS_SCHEMA = f"""
+CREATE TABLE chunks ({', '.join(CHUNK_COLUMNS)}, vector BLOB);
+CREATE TABLE tombstones (segment INTEGER NOT NULL, faiss_id INTEGER NOT NULL);
+CREATE TABLE deletions (tbl TEXT NOT NULL, key TEXT NOT NULL);
+{''.join(f'CREATE TABLE {table.name} ({", ".join(table.columns)});' for table in TABLES)}
+"""
+
+
+class IndexFactoryError(ValueError):
+    pass
+
+
+@dataclass
+class SegmentExtras:
+    """What a segment holds besides its chunks: the tombstones it carries, the rows of the other tables it sets
+    and the keys it removes."""
+
+    tombstones: list[tuple[int, int]] = field(default_factory=list)  # (segment, faiss_id)
+    tables: dict[str, list[tuple]] = field(default_factory=dict)
+    deletions: list[tuple[str, str]] = field(default_factory=list)  # (table, JSON key)
+
+    def is_empty(self) -> bool:
+        return not (self.tombstones or self.deletions or any(self.tables.values()))
+
+
+# Chunk rows (CHUNK_COLUMNS) and their vectors in batches, by ascending id. A callable: a factory that
+# trains reads the first batches twice (its sample, then everything).
+Batches = Callable[[], Iterable[tuple[np.ndarray, list[tuple]]]]
+
+
+def new_index(dimension: int, factory: str) -> faiss.Index:
+    """The configured index over inner product, taking our ids: IVF indexes natively, others in an IDMap."""
+    try:
+        index = faiss.index_factory(dimension, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        raise IndexFactoryError(f"[store] index_factory = {factory!r} is not a valid FAISS index factory string: "
+                                f"{str(exc).splitlines()[0]}") from None
+    if "IDMap" in factory or faiss.try_extract_index_ivf(index) is not None:
+        return index
+    return faiss.index_factory(dimension, f"IDMap,{factory}", faiss.METRIC_INNER_PRODUCT)
+
+
+def _segment_index(dimension: int, factory: str, count: int, train_vectors: int) -> tuple[faiss.Index, str]:
+    if factory == "Flat" or count < train_vectors:
+        return faiss.index_factory(dimension, "IDMap,Flat", faiss.METRIC_INNER_PRODUCT), FLAT
+    return new_index(dimension, factory), FACTORY
+
+
+def _train(index: faiss.Index, batches: Batches, train_vectors: int) -> None:
+    """Train on the first `train_vectors` rows: ids are hashes of the chunks, so these are a well-mixed sample."""
+    sample, held = [], 0
+    for vectors, _ in batches():
+        sample.append(vectors[: train_vectors - held])
+        held += len(sample[-1])
+        if held >= train_vectors:
+            break
+    index.train(np.concatenate(sample))
+
+
+def write_segment(folder: Path, seq: int, count: int, batches: Batches, extras: SegmentExtras, factory: str,
+                  train_vectors: int, dimension: int) -> tuple[SegmentEntry, str | None]:
+    """Write a segment of `count` chunks (index and rows file), publish its files by sha256; returns its entry and,
+    when the factory could not be trained on it, why it stayed exact. Holds only the index and one batch in memory."""
+    index, kind = _segment_index(dimension, factory, count, train_vectors)
+    problem = None
+    if count and not index.is_trained:
+        try:
+            _train(index, batches, train_vectors)
+        except RuntimeError as exc:  # too few or degenerate vectors: the segment stays exact until a later merge
+            problem = f"could not train index {factory!r} on {count} vectors ({str(exc).strip().splitlines()[0]})"
+            index, kind = _segment_index(dimension, "Flat", count, train_vectors)
+    temporary = folder / f".tmp-{seq}.rows"
+    temporary.unlink(missing_ok=True)
+    rows = sqlite3.connect(temporary)
+    try:
+        rows.execute("PRAGMA journal_mode=OFF")  # a new file, published (fsync'd, renamed) only once complete
+        rows.execute("PRAGMA page_size=1024")  # a table takes a page at least: small segments stay small
+        rows.executescript(ROWS_SCHEMA)
+        raw = kind != FLAT  # an exact index gives the vectors back; a trained one does not
+        for vectors, chunks in batches() if count else ():
+            index.add_with_ids(vectors, np.fromiter((row[0] for row in chunks), dtype=np.int64, count=len(chunks)))
+            rows.executemany(f"INSERT INTO chunks VALUES ({', '.join('?' * (len(CHUNK_COLUMNS) + 1))})",
+                             [(*row, vector.tobytes() if raw else None) for row, vector in zip(chunks, vectors)])
+        rows.executemany("INSERT INTO tombstones VALUES (?, ?)", extras.tombstones)
+        rows.executemany("INSERT INTO deletions VALUES (?, ?)", extras.deletions)
+        for table in TABLES:
+            rows.executemany(f"INSERT INTO {table.name} VALUES ({', '.join('?' * len(table.columns))})",
+                             extras.tables.get(table.name, []))
+        rows.commit()
+    finally:
+        rows.close()
+    if index.ntotal != count:
+        raise ValueError(f"segment {seq}: {index.ntotal} vectors read for {count} rows")
+    index_entry = None
+    if count:
+        faiss.write_index(index, str(folder / f".tmp-{seq}.faiss"))
+        index_entry = publish(folder / f".tmp-{seq}.faiss", folder, "faiss")
+    return SegmentEntry(seq, kind, count, index_entry, publish(temporary, folder, "rows")), problem
+
+
+def read_segment(folder: Path, entry: SegmentEntry, dimension: int, batch: int = 65_536
+                 ) -> tuple[SegmentExtras, Iterator[tuple[np.ndarray, list[tuple]]]]:
+    """What a segment holds: its extras, and its chunk rows with raw vectors (from its exact index, or from its
+    rows file) in batches."""
+    rows = sqlite3.connect(f"{(folder / entry.rows.name).resolve().as_uri()}?mode=ro&immutable=1", uri=True,
+                           check_same_thread=False)
+    extras = SegmentExtras(rows.execute("SELECT segment, faiss_id FROM tombstones").fetchall(),
+                           {table.name: rows.execute(f"SELECT * FROM {table.name}").fetchall() for table in TABLES},
+                           rows.execute("SELECT tbl, key FROM deletions").fetchall())
+
+    def chunks() -> Iterator[tuple[np.ndarray, list[tuple]]]:
+        exact = faiss.read_index(str(folder / entry.index.name)) if entry.kind == FLAT and entry.index else None
+        cursor = rows.execute(f"SELECT {', '.join(CHUNK_COLUMNS)}, vector FROM chunks ORDER BY faiss_id")
+        start = 0
+        try:
+            while part := cursor.fetchmany(batch):
+                if exact is not None:
+                    if not np.array_equal(index_ids(exact)[start : start + len(part)], [row[0] for row in part]):
+                        raise ValueError(f"segment {entry.seq}: its index and rows file list different ids")
+                    vectors = faiss.downcast_index(exact.index).reconstruct_n(start, len(part))
+                else:
+                    vectors = np.frombuffer(b"".join(row[-1] for row in part), dtype=np.float32).reshape(
+                        len(part), dimension)
+                yield vectors, [row[:-1] for row in part]
+                start += len(part)
+        finally:
+            rows.close()
+
+    return extras, chunks()
+
+
+def open_index(path: Path, kind: str, ivf: bool) -> faiss.Index:
+    """Map a segment's index read-only: flat codes in place (IO_FLAG_MMAP_IFC), IVF lists with IO_FLAG_MMAP."""
+    mapping = faiss.IO_FLAG_MMAP if kind == FACTORY and ivf else faiss.IO_FLAG_MMAP_IFC
+    return faiss.read_index(str(path), faiss.IO_FLAG_READ_ONLY | mapping)
+
+
+def is_ivf(dimension: int, factory: str) -> bool:
+    return faiss.try_extract_index_ivf(new_index(dimension, factory)) is not None
+
+
+def index_ids(index: faiss.Index) -> np.ndarray:
+    """Every id an index holds, in its order."""
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is None:
+        return faiss.vector_to_array(faiss.downcast_index(index).id_map)
+    lists = ivf.invlists
+    return np.array([int(i) for n in range(lists.nlist)
+                     for i in faiss.rev_swig_ptr(lists.get_ids(n), lists.list_size(n))], dtype=np.int64)
