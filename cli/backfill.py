@@ -159,7 +159,7 @@ def print_summary(summary: dict[str, Any]) -> None:
         for column in ("source", "document", "reason"):
             failures.add_column(column)
         for failure in summary["failures"]:
-            failures.add_row(failure["source"], failure["document"], failure["reason"])
+            failures.add_row(escape(failure["source"]), escape(failure["document"]), escape(failure["reason"]))
         console.print(failures)
     stuck = summary.get("stuck", [])
     if stuck:

@@ -21,6 +21,8 @@ path = "store"                      # the FAISS store (created on first run)
 # index_factory = "Flat"            # any faiss.index_factory string, e.g. "IVF4096,PQ64" or "HNSW32"
 # train_vectors = 100000            # IVF/PQ factories train once the store holds this many vectors
 # search_parameters = ""            # e.g. "nprobe=32" (IVF) or "efSearch=128" (HNSW)
+# merge_factor = 10                 # compaction at checkpoints: merge this many segments of one size tier…
+# max_dead_ratio = 0.25             # …and rewrite a segment once this share of it is deleted or replaced
 # min_replicas_confirmed = 1        # replicas that must confirm each checkpoint (none configured: off)
 #
 # [[store.replicas]]                # copies of every checkpoint, verified by checksum
@@ -35,6 +37,8 @@ overlap = 32                        # tokens shared by neighbouring chunks
 [embedding]
 # model = "all-MiniLM-L6-v2"        # packaged default; any sentence-transformers path or name
 device = "auto"                     # auto | cpu | cuda (GPUs sized from the free memory NVML reports)
+# precision = "auto"                # auto | fp32 | bf16 | fp16 (auto: bf16/fp16 where the hardware has it)
+# precision_min_cosine = 0.999      # agreement with fp32 on a probe set, else the run falls back to fp32
 # batch_size = 64                   # cap on chunks per model batch (default: from the token budget)
 # max_workers = 2                   # cap on model replicas
 # max_batch_tokens = 16384          # cap on padded tokens per model batch
@@ -52,7 +56,10 @@ root = "pdfs"                       # folder of PDFs, .txt and .md files
 # include = ["**/*.pdf", "**/*.txt", "**/*.md"]
 # exclude = ["drafts/**"]
 # max_file_mb = 100
+# ocr = "auto"                      # read PDF pages without a text layer with Tesseract: auto | always | never
+# ocr_languages = ["eng"]           # Debian: tesseract-ocr-<language>
 # max_failed_ratio = 0.5            # the run fails when more of this source's documents fail
+# max_document_attempts = 10        # failed runs after which a queued document is reported as stuck
 
 # [[sources]]
 # name = "wiki"

@@ -19,52 +19,18 @@ the listing or search of this run (each is read once), else `GET /crm/v3/objects
 
 from __future__ import annotations
 
-import string
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
-
-from pydantic import Field, model_validator
 
 from .base import Changes, Document, DocumentRef, Page
 from .errors import DocumentError, DocumentGone, SourceError
 from .http import HttpClient, HttpStats, HttpStatusError, HttpUnavailableError
 from .secrets import resolve_secret
-from .settings import HttpSourceSettings
+from .settings import HubSpotSourceSettings
 
 LIST_PAGE_LIMIT = 100  # HubSpot's maximum `limit` for GET /crm/v3/objects/{objectType}
-SEARCH_PAGE_LIMIT = 200  # …and for the search API
 MODIFIED = "hs_lastmodifieddate"
-
-
-class HubSpotSourceSettings(HttpSourceSettings):
-    type: Literal["hubspot"]
-    base_url: str = "https://api.hubapi.com"
-    object_type: str = Field(pattern=r"^[A-Za-z0-9_-]+$")  # companies, contacts, deals, tickets, p_custom…
-    properties: tuple[str, ...] = Field(min_length=1)
-    # The private-app token: from this environment variable, or from this Prefect Secret block.
-    token_env: str | None = None
-    token_secret_block: str | None = None
-    # Record → text, e.g. "{name}\n{domain}\n{description}"; default: one "property: value" line each.
-    template: str | None = None
-    title_property: str | None = None  # default: the first of `properties`
-    # Records per request: HubSpot allows 100 for a listing, 200 for a search.
-    page_size: int = Field(default=SEARCH_PAGE_LIMIT, ge=1, le=SEARCH_PAGE_LIMIT)
-    cursor_overlap_seconds: float = Field(default=120.0, ge=0)
-    search_window: int = Field(default=10_000, ge=1)  # results one search query may page through
-
-    @model_validator(mode="after")
-    def _one_token_source_and_known_template_fields(self) -> "HubSpotSourceSettings":
-        if bool(self.token_env) == bool(self.token_secret_block):
-            raise ValueError("set exactly one of token_env (an environment variable name) and token_secret_block")
-        if self.template is not None:
-            used = {field for _, field, _, _ in string.Formatter().parse(self.template) if field}
-            unknown = sorted(used - set(self.properties))
-            if unknown:
-                raise ValueError(f"template uses {', '.join(unknown)}, which are not in properties")
-        if self.title_property is not None and self.title_property not in self.properties:
-            raise ValueError(f"title_property {self.title_property!r} is not in properties")
-        return self
 
 
 def parse_time(value: str) -> datetime:

@@ -29,42 +29,16 @@ from collections.abc import Iterable, Iterator
 from html.parser import HTMLParser
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
-
 from .base import Changes, Document, DocumentRef, Page
 from .errors import DocumentError, DocumentGone, SourceError
 from .http import HttpClient, HttpStats, HttpStatusError, HttpUnavailableError
 from .secrets import resolve_secret
-from .settings import HttpSourceSettings
+from .settings import MediaWikiSourceSettings
 
 logger = logging.getLogger("vectormill.mediawiki")
 
 MAX_TITLES_PER_QUERY = 50  # the API's limit of `titles` per request for a non-bot account
 DEFAULT_MAXLAG_WAIT = 5.0  # what MediaWiki sends as Retry-After for maxlag when the header is lost
-
-
-class MediaWikiSourceSettings(HttpSourceSettings):
-    type: Literal["mediawiki"]
-    api_url: str = Field(pattern=r"^https?://\S+$")  # the wiki's api.php
-    namespaces: tuple[int, ...] = Field(default=(0,), min_length=1)
-    # A bot password (Special:BotPasswords): the user name ("User@app") from this environment
-    # variable, the password from `bot_password_env` or from the Prefect Secret block named here.
-    bot_user_env: str | None = None
-    bot_password_env: str | None = None
-    bot_password_secret_block: str | None = None
-    # Sent with every request: the wiki refuses work while its replicas lag more than this (seconds).
-    maxlag: int = Field(default=5, ge=0)
-    # Results per API request (gaplimit, rclimit, lelimit); 500 is the API's maximum for non-bots.
-    api_limit: int = Field(default=500, ge=1, le=5000)
-
-    @model_validator(mode="after")
-    def _login_settings_complete(self) -> "MediaWikiSourceSettings":
-        password_sources = [name for name in ("bot_password_env", "bot_password_secret_block") if getattr(self, name)]
-        if len(password_sources) > 1:
-            raise ValueError("set only one of bot_password_env and bot_password_secret_block")
-        if bool(self.bot_user_env) != bool(password_sources):
-            raise ValueError("a bot login needs both bot_user_env and bot_password_env (or bot_password_secret_block)")
-        return self
 
 
 def maxlag_delay(response) -> float | None:

@@ -1,22 +1,12 @@
-"""The source types vectormill knows: their settings (the [[sources]] `type`) and the class that reads them."""
+"""The class that reads each source type (settings.py holds their settings and the [[sources]] union)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Union
-
-from pydantic import Field
-
 from .base import Source
 from .filesystem import FilesystemSource
-from .hubspot import HubSpotSource, HubSpotSourceSettings
-from .mediawiki import MediaWikiSource, MediaWikiSourceSettings
-from .settings import FilesystemSourceSettings, SourceSettingsBase
-
-# One line per source type; `type` in [[sources]] picks the entry.
-SourceSettings = Annotated[
-    Union[FilesystemSourceSettings, HubSpotSourceSettings, MediaWikiSourceSettings],
-    Field(discriminator="type"),
-]
+from .hubspot import HubSpotSource
+from .mediawiki import MediaWikiSource
+from .settings import FilesystemSourceSettings, HubSpotSourceSettings, MediaWikiSourceSettings, SourceSettingsBase
 
 SOURCE_TYPES: dict[type[SourceSettingsBase], type] = {
     FilesystemSourceSettings: FilesystemSource,

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import string
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 
 class SourceSettingsBase(BaseModel):
@@ -61,3 +62,67 @@ class HttpSourceSettings(SourceSettingsBase):
     max_backoff_seconds: float = Field(default=60.0, gt=0)  # cap of one wait
     circuit_breaker_failures: int = Field(default=5, ge=1)  # consecutive failed requests that stop the source
     verify_tls: bool = True
+
+
+class MediaWikiSourceSettings(HttpSourceSettings):
+    type: Literal["mediawiki"]
+    api_url: str = Field(pattern=r"^https?://\S+$")  # the wiki's api.php
+    namespaces: tuple[int, ...] = Field(default=(0,), min_length=1)
+    # A bot password (Special:BotPasswords): the user name ("User@app") from this environment
+    # variable, the password from `bot_password_env` or from the Prefect Secret block named here.
+    bot_user_env: str | None = None
+    bot_password_env: str | None = None
+    bot_password_secret_block: str | None = None
+    # Sent with every request: the wiki refuses work while its replicas lag more than this (seconds).
+    maxlag: int = Field(default=5, ge=0)
+    # Results per API request (gaplimit, rclimit, lelimit); 500 is the API's maximum for non-bots.
+    api_limit: int = Field(default=500, ge=1, le=5000)
+
+    @model_validator(mode="after")
+    def _login_settings_complete(self) -> "MediaWikiSourceSettings":
+        password_sources = [name for name in ("bot_password_env", "bot_password_secret_block") if getattr(self, name)]
+        if len(password_sources) > 1:
+            raise ValueError("set only one of bot_password_env and bot_password_secret_block")
+        if bool(self.bot_user_env) != bool(password_sources):
+            raise ValueError("a bot login needs both bot_user_env and bot_password_env (or bot_password_secret_block)")
+        return self
+
+
+SEARCH_PAGE_LIMIT = 200  # HubSpot's maximum `limit` for its search API
+
+
+class HubSpotSourceSettings(HttpSourceSettings):
+    type: Literal["hubspot"]
+    base_url: str = "https://api.hubapi.com"
+    object_type: str = Field(pattern=r"^[A-Za-z0-9_-]+$")  # companies, contacts, deals, tickets, p_custom…
+    properties: tuple[str, ...] = Field(min_length=1)
+    # The private-app token: from this environment variable, or from this Prefect Secret block.
+    token_env: str | None = None
+    token_secret_block: str | None = None
+    # Record → text, e.g. "{name}\n{domain}\n{description}"; default: one "property: value" line each.
+    template: str | None = None
+    title_property: str | None = None  # default: the first of `properties`
+    # Records per request: HubSpot allows 100 for a listing, 200 for a search.
+    page_size: int = Field(default=SEARCH_PAGE_LIMIT, ge=1, le=SEARCH_PAGE_LIMIT)
+    cursor_overlap_seconds: float = Field(default=120.0, ge=0)
+    search_window: int = Field(default=10_000, ge=1)  # results one search query may page through
+
+    @model_validator(mode="after")
+    def _one_token_source_and_known_template_fields(self) -> "HubSpotSourceSettings":
+        if bool(self.token_env) == bool(self.token_secret_block):
+            raise ValueError("set exactly one of token_env (an environment variable name) and token_secret_block")
+        if self.template is not None:
+            used = {field for _, field, _, _ in string.Formatter().parse(self.template) if field}
+            unknown = sorted(used - set(self.properties))
+            if unknown:
+                raise ValueError(f"template uses {', '.join(unknown)}, which are not in properties")
+        if self.title_property is not None and self.title_property not in self.properties:
+            raise ValueError(f"title_property {self.title_property!r} is not in properties")
+        return self
+
+
+# One entry per source type; `type` in [[sources]] picks it. connectors/registry.py maps each to its class.
+SourceSettings = Annotated[
+    Union[FilesystemSourceSettings, HubSpotSourceSettings, MediaWikiSourceSettings],
+    Field(discriminator="type"),
+]

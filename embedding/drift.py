@@ -29,31 +29,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+
+from .settings import DriftSettings
 
 # Decimal places kept in stored statistics: float32 vectors carry about 7 significant digits.
 DIGITS = 6
 SIMILARITY_SEED = 20260101  # fixed: the same sample gives the same similarity sample
-
-
-class DriftSettings(BaseModel):
-    """The [drift] table: baselines per source and when a run counts as drifted."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    enabled: bool = True
-    sample_vectors: int = Field(default=512, ge=16, le=4096)  # vectors kept per run for pairwise similarity
-    similarity_sample: int = Field(default=256, ge=16, le=4096)  # similarities stored for later KS tests
-    # Runs (or baselines) with fewer embedded vectors are recorded but not compared: too few to judge.
-    min_vectors: int = Field(default=32, ge=2)
-    # Calibrated on tests/test_drift.py's corpora of ~64 chunks each: English notes against other
-    # English notes gave centroid cosine 0.86 and KS 0.08; English against German 0.09 and 0.65.
-    # Small samples lower the cosine of two centroids of the same distribution (to about
-    # s / (s + (1 - s) / n) for a mean pairwise similarity s over n vectors: 0.89 for s = 0.2, n = 32), so
-    # the bound leaves room below that; 0.3 is 2.5 times the KS statistic that two random samples
-    # of 256 similarities from one distribution exceed 5 % of the time.
-    min_centroid_cosine: float = Field(default=0.7, ge=-1.0, le=1.0)
-    max_ks_statistic: float = Field(default=0.3, gt=0.0, le=1.0)
 
 
 def _round(values: Any) -> Any:

@@ -18,9 +18,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from vectormill.connectors.registry import SourceSettings
-from vectormill.embedding.drift import DriftSettings
-from vectormill.embedding.settings import ChunkingSettings, EmbeddingSettings
+from vectormill.connectors.settings import SourceSettings
+from vectormill.embedding.settings import ChunkingSettings, DriftSettings, EmbeddingSettings
 from vectormill.stores.settings import StoreSettings
 
 from .settings import DeploymentSettings

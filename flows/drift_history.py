@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from vectormill.embedding.drift import DriftSettings, compare
+from vectormill.embedding.drift import compare
+from vectormill.embedding.settings import DriftSettings
 from vectormill.stores.faiss_store import FaissStore, StoreError
 
 from .config import VectormillConfig

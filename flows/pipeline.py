@@ -37,9 +37,9 @@ from vectormill.connectors.registry import build_source
 from vectormill.connectors.settings import SourceSettingsBase
 from vectormill.embedding.base import Embedder
 from vectormill.embedding.chunking import Chunk, chunk_document
-from vectormill.embedding.drift import DriftProfile, DriftSettings, compare, sampling_key
+from vectormill.embedding.drift import DriftProfile, compare, sampling_key
 from vectormill.embedding.loader import loader_for
-from vectormill.embedding.settings import EmbeddingSettings
+from vectormill.embedding.settings import DriftSettings, EmbeddingSettings
 from vectormill.embedding.tokenizer import ModelTokenizer
 from vectormill.stores.base import VectorStore
 from vectormill.stores.records import (BaselineRecord, ChunkRecord, CursorUpdate, DocumentDelete, DocumentFailed,

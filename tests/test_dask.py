@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from vectormill.connectors.hubspot import HubSpotSourceSettings
+from vectormill.connectors.settings import HubSpotSourceSettings
 from vectormill.connectors.settings import FilesystemSourceSettings
 from vectormill.flows.config import load_config
 from vectormill.flows.execution import ExecutionSettings, cluster_kwargs, divided_rate, fetch_settings

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from vectormill.embedding.drift import DriftProfile, DriftSettings, compare, pairwise_similarities, sampling_key, token_summary
+from vectormill.embedding.drift import DriftProfile, compare, pairwise_similarities, sampling_key, token_summary
+from vectormill.embedding.settings import DriftSettings
 from vectormill.flows.config import load_config
 from vectormill.stores.faiss_store import FaissStore
 from vectormill.stores.records import BaselineRecord

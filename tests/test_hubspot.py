@@ -12,7 +12,8 @@ from pydantic import ValidationError
 
 from vectormill.connectors.base import DocumentRef, IncrementalSource
 from vectormill.connectors.errors import DocumentError, DocumentGone, SourceError
-from vectormill.connectors.hubspot import HubSpotSource, HubSpotSourceSettings, format_time, parse_time
+from vectormill.connectors.hubspot import HubSpotSource, format_time, parse_time
+from vectormill.connectors.settings import HubSpotSourceSettings
 from vectormill.flows.config import parse_config
 
 from .servers.hubspot_server import hubspot_server, iso

@@ -13,7 +13,8 @@ from pydantic import ValidationError
 
 from vectormill.connectors.base import DocumentRef
 from vectormill.connectors.errors import DocumentError, DocumentGone, SourceError
-from vectormill.connectors.mediawiki import MediaWikiSource, MediaWikiSourceSettings, html_to_text
+from vectormill.connectors.mediawiki import MediaWikiSource, html_to_text
+from vectormill.connectors.settings import MediaWikiSourceSettings
 from vectormill.flows.config import ConfigError, parse_config
 
 from .servers.mediawiki_server import MediaWikiServer, request_params

@@ -8,7 +8,8 @@ import logging
 
 import pytest
 
-from vectormill.connectors.mediawiki import MediaWikiSource, MediaWikiSourceSettings
+from vectormill.connectors.mediawiki import MediaWikiSource
+from vectormill.connectors.settings import MediaWikiSourceSettings
 
 from .servers.real_mediawiki import RealMediaWiki, missing_reason
 

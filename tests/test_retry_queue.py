@@ -20,7 +20,8 @@ import pytest
 
 from vectormill.connectors.base import DocumentRef
 from vectormill.connectors.filesystem import FilesystemSource
-from vectormill.connectors.mediawiki import MediaWikiSource, MediaWikiSourceSettings
+from vectormill.connectors.mediawiki import MediaWikiSource
+from vectormill.connectors.settings import MediaWikiSourceSettings
 from vectormill.connectors.settings import FilesystemSourceSettings
 from vectormill.flows.artifacts import summary_markdown
 from vectormill.flows.config import load_config
