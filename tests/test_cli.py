@@ -13,6 +13,7 @@ import click
 import pytest
 
 from .corpus import TOPICS, write_broken_pdfs, write_config, write_corpus
+from .servers.prefect_server import wait_until
 
 pytest_plugins = ["tests.servers.prefect_server"]
 
@@ -157,12 +158,20 @@ def test_served_runs_log_task_runs_and_per_source_lines_to_the_ui(served):
     assert result.returncode == 0, result.stderr
     run_id = json.loads(result.stdout.strip().splitlines()[-1])["flow_run_id"]
     assert served.wait_for_run(run_id)["state_type"] == "COMPLETED"
-    with served.server.client() as client:
-        response = client.post("/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200})
-        response.raise_for_status()
-    info = [log for log in response.json() if log["level"] == logging.INFO]
-    assert any(log["message"].startswith("source docs: {") for log in info)  # the per-source line
-    assert any(log["task_run_id"] for log in info)  # task runs: the run's progress
+
+    def info_logs():
+        with served.server.client() as client:
+            response = client.post("/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200})
+            response.raise_for_status()
+        return [log for log in response.json() if log["level"] == logging.INFO]
+
+    # The run's process ships its logs in batches, so some may land after the run's final state.
+    def shipped():
+        info = info_logs()
+        return (any(log["message"].startswith("source docs: {") for log in info)  # the per-source line
+                and any(log["task_run_id"] for log in info))  # task runs: the run's progress
+
+    wait_until(shipped, 60, "the run's per-source and task-run lines at INFO", interval=1)
 
 
 # ---- fixed costs: what a run imports, loads and starts -------------------------------------------
