@@ -5,7 +5,7 @@ and the throughput of the one store writer that both feed.
 
 Prints chunks/s of each runner (flow time, models already loaded: the flow process's for the
 local run, each worker's for the cluster), their ratio, the vectors/s the store writer sustained
-in each run (its share of the run: building records + WAL append + fsync + apply), and what the
+in each run (its share of the run: building records + one fsync'd SQLite transaction per write), and what the
 writer alone takes when nothing else limits it (`FaissStore.write` of ready vectors in the
 same shape: 256 chunks per write, 3 chunks per document). That last figure is where a cluster
 stops scaling: once the workers together embed faster than it, adding workers adds nothing.
@@ -122,7 +122,7 @@ def main() -> None:
           f"writer {dask_writer:8.0f} vectors/s of its share")
     print(f"ratio dask/local    : {dask_rate / local_rate:7.3f}")
     print(f"store writer alone  : {writer:8.0f} vectors/s ({args.writer_vectors} vectors, {TASK_CHUNKS} per write, "
-          f"WAL + fsync + SQLite + FAISS): the most a cluster of any size can ingest into one store")
+          f"one fsync'd SQLite transaction each): the most a cluster of any size can ingest into one store")
     print(f"stage seconds local : {local['seconds']}")
     print(f"stage seconds dask  : {distributed_run['seconds']}")
 
