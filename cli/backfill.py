@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .common import (ConfigOption, JsonOption, UserError, config_file_path, console, errors, fail, load,
-                     prefect_defaults, print_error)
+                     prefect_defaults, print_error, user_errors)
 
 
 class RichProgress:
@@ -62,10 +62,8 @@ def run_ingest(config_file: Optional[Path], sources: list[str] | None, full: boo
     config = load(config_file)
     selected = []
     for name in sources or []:
-        try:
+        with user_errors():
             selected.append(config.source(name))
-        except Exception as exc:  # noqa: BLE001
-            fail(exc)
     if not config.sources:
         raise UserError(["the config has no [[sources]]: add one (see `vectormill init`)"], code=2)
     prefect_defaults()
@@ -83,10 +81,8 @@ def run_ingest(config_file: Optional[Path], sources: list[str] | None, full: boo
     from vectormill.flows.progress import progress_listener
 
     import_prefect += time.perf_counter() - importing
-    try:
+    with user_errors():
         warmup.server_ready()
-    except Exception as exc:  # noqa: BLE001 - fail() turns a server that cannot start into one line
-        fail(exc)
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=errors, disable=not show_progress)
@@ -134,15 +130,13 @@ def run_on_deployment(config_file: Optional[Path], sources: list[str] | None, fu
 
     config = load(config_file)
     prefect_defaults()
-    try:
+    with user_errors():
         target, parameters = remote.deployment_target(config, sources)
         parameters.update(full=full, **(window or {}))
         started = remote.start_run(target, parameters)
         errors.print(f"waiting for flow run {started.id} of {remote.deployment_name(target)} "
                      f"{remote.run_url(started.id) or ''}", highlight=False)
         return remote.summary_of(remote.wait_for(started.id), target, parameters)
-    except Exception as exc:  # noqa: BLE001 - fail() turns known errors into one line
-        fail(exc)
 
 
 def print_summary(summary: dict[str, Any]) -> None:

@@ -14,7 +14,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import ConfigOption, JsonOption, console, fail, load
+from .common import ConfigOption, JsonOption, console, load, user_errors
 
 MIB = 1024 * 1024
 
@@ -26,10 +26,8 @@ def _embedding_settings(config: Optional[Path]):
 
     if config is not None or os.environ.get(CONFIG_ENV) or config_path(None).exists():
         return load(config).embedding
-    try:
+    with user_errors():
         return parse_config({}, Path.cwd()).embedding
-    except Exception as exc:  # noqa: BLE001 - fail() turns config errors into one line
-        fail(exc)
 
 
 def register(app: typer.Typer, store_app: typer.Typer) -> None:
@@ -39,10 +37,8 @@ def register(app: typer.Typer, store_app: typer.Typer) -> None:
         from vectormill.flows.capacity import capacity_plan
 
         settings = _embedding_settings(config)
-        try:
+        with user_errors():
             footprint, plan = capacity_plan(settings)
-        except Exception as exc:  # noqa: BLE001 - fail() turns embedding errors into one line
-            fail(exc)
         if as_json:
             print(json.dumps(plan.as_dict()))
             return

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn, Optional
 
@@ -45,13 +47,22 @@ def fail(exc: Exception) -> NoReturn:
     raise UserError(*known) from None
 
 
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Inside, an error the user can act on (config, source, store, server…) becomes one line."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - fail() re-raises what it does not know
+        fail(exc)
+
+
 def load(config_file: Optional[Path]):
     from vectormill.flows.config import load_config
 
-    try:
+    with user_errors():
         return load_config(config_file)
-    except Exception as exc:  # noqa: BLE001 - fail() re-raises what it does not know
-        fail(exc)
 
 
 def config_file_path(config_file: Optional[Path]) -> str:

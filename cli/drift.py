@@ -9,7 +9,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from .common import ConfigOption, JsonOption, console, fail, load
+from .common import ConfigOption, JsonOption, console, load, user_errors
 
 COLUMNS = ("source", "run_id", "created_at", "vectors", "status", "centroid_cosine", "ks_statistic", "ks_pvalue",
            "similarity_mean", "norm_mean", "tokens_mean")
@@ -34,10 +34,8 @@ def register(app: typer.Typer, store_app: typer.Typer) -> None:
         from vectormill.flows.drift_history import drift_history
 
         settings = load(config)
-        try:
+        with user_errors():
             rows = drift_history(settings, source)
-        except Exception as exc:  # noqa: BLE001 - fail() turns store errors into one line
-            fail(exc)
         if as_json:
             print(json.dumps(rows))
             return

@@ -13,7 +13,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .common import ConfigOption, JsonOption, console, fail, load
+from .common import ConfigOption, JsonOption, console, load, user_errors
 
 
 def _when(moment: str) -> str:
@@ -32,10 +32,8 @@ def register(app: typer.Typer, store_app: typer.Typer) -> None:
         from vectormill.flows.retry_queue import list_failures
 
         settings = load(config)
-        try:
+        with user_errors():
             entries = list_failures(settings, source)
-        except Exception as exc:  # noqa: BLE001 - fail() turns store and config errors into one line
-            fail(exc)
         if as_json:
             print(json.dumps([entry.as_json() for entry in entries]))
             return

@@ -14,7 +14,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import ConfigOption, JsonOption, UserError, config_file_path, console, errors, fail, load, prefect_defaults
+from .common import (ConfigOption, JsonOption, UserError, config_file_path, console, errors, load, prefect_defaults,
+                     user_errors)
 
 RECENT_RUNS = 20
 # What `serve` and the flow runs it starts (its subprocesses) log, to the terminal and the UI's Logs tab,
@@ -38,15 +39,13 @@ def register(app: typer.Typer, store_app: typer.Typer) -> None:
         # Before prefect_defaults(), which quiets Prefect to warnings for one-off commands.
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", SERVE_LOGGING_LEVEL)
         prefect_defaults()
-        try:
+        with user_errors():
             require_server()
             for spec in setup_limits(settings):
                 errors.print(f"global concurrency limit {spec.name}: {spec.limit} slots"
                              + (f", {spec.slot_decay_per_second:g}/s" if spec.slot_decay_per_second else ""),
                              highlight=False)
             deployments = runner_deployments(settings, config_file_path(config))
-        except Exception as exc:  # noqa: BLE001 - fail() turns server and deployment errors into one line
-            fail(exc)
         # A model to keep: not with an embedding service, and Dask workers keep theirs.
         warm = warm_model and settings.embedding.service is None and settings.execution.task_runner == "local"
         if warm:
@@ -70,10 +69,8 @@ def register(app: typer.Typer, store_app: typer.Typer) -> None:
                 raise UserError([f"no source named {source!r} in the config (configured: "
                                  f"{', '.join(known) or 'none'}; or `all`)"], code=2)
         prefect_defaults()
-        try:
+        with user_errors():
             flow_run = remote.start_run(source, {"full": True} if full else {})
-        except Exception as exc:  # noqa: BLE001
-            fail(exc)
         result = {"flow_run_id": str(flow_run.id), "url": remote.run_url(flow_run.id)}
         if as_json:
             print(json.dumps(result))
@@ -89,10 +86,8 @@ def register(app: typer.Typer, store_app: typer.Typer) -> None:
         from vectormill.flows.remote import recent_runs
 
         prefect_defaults()
-        try:
+        with user_errors():
             rows = recent_runs(limit)
-        except Exception as exc:  # noqa: BLE001
-            fail(exc)
         if as_json:
             print(json.dumps(rows))
             return
@@ -111,11 +106,9 @@ def register(app: typer.Typer, store_app: typer.Typer) -> None:
 
         settings = load(config)
         prefect_defaults()
-        try:
+        with user_errors():
             require_server()
             specs = setup_limits(settings)
-        except Exception as exc:  # noqa: BLE001
-            fail(exc)
         if as_json:
             print(json.dumps([vars(spec) for spec in specs]))
             return
@@ -137,10 +130,8 @@ def register(app: typer.Typer, store_app: typer.Typer) -> None:
         from vectormill.flows.deploy import prefect_yaml
 
         settings = load(config)
-        try:
+        with user_errors():
             document = prefect_yaml(settings, config_file_path(config))
-        except Exception as exc:  # noqa: BLE001
-            fail(exc)
         text = yaml.safe_dump(document, sort_keys=False)
         if str(output) == "-":
             print(text, end="")

@@ -9,17 +9,15 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import ConfigOption, JsonOption, console, fail, load, print_warning
+from .common import ConfigOption, JsonOption, console, load, print_warning, user_errors
 
 
 def show_search(text: str, k: int, config_file: Optional[Path], as_json: bool) -> None:
     from vectormill.flows.search import search_store
 
     config = load(config_file)
-    try:
+    with user_errors():
         result = search_store(config, text, k)
-    except Exception as exc:  # noqa: BLE001 - fail() turns store errors into one line
-        fail(exc)
     for note in result.notes:
         print_warning(note)
     if as_json:

@@ -14,7 +14,7 @@ from typing import Any, Optional, TypeVar
 import typer
 from rich.table import Table
 
-from .common import ConfigOption, JsonOption, console, errors, fail, load, print_error, print_warning
+from .common import ConfigOption, JsonOption, console, errors, load, print_error, print_warning, user_errors
 
 T = TypeVar("T")
 
@@ -23,12 +23,10 @@ def on_store(settings: Any, writable: bool, action: Callable[[Any], T]) -> T:
     """`action` on the opened store; its warnings are printed, and an error the user can act on is one line."""
     from vectormill.stores.faiss_store import FaissStore
 
-    try:
+    with user_errors():
         with FaissStore.open(settings, writable=writable) as store:
             result = action(store)
             notes = list(store.notes)
-    except Exception as exc:  # noqa: BLE001 - fail() turns store errors into one line
-        fail(exc)
     for note in notes:
         print_warning(note)
     return result
@@ -96,13 +94,11 @@ def register(app: typer.Typer, store_app: typer.Typer) -> None:
         from vectormill.stores.restore import restore_store
 
         settings = load(config)
-        try:
+        with user_errors():
             result = restore_store(settings.store, source, generation)
             with FaissStore.open(settings.store, writable=False) as store:  # proves the result opens
                 result["store"] = {key: store.stats()[key] for key in ("vectors", "documents", "generation")}
                 result["notes"] = list(store.notes)
-        except Exception as exc:  # noqa: BLE001 - fail() turns store errors into one line
-            fail(exc)
         if as_json:
             print(json.dumps(result))
             return
