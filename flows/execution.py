@@ -41,12 +41,15 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from vectormill.connectors.settings import HttpSourceSettings, SourceSettingsBase
+
+from .task_records import STALE_AFTER, delete_records, records_folder, with_records_storage
 
 # Fetch batches in flight ahead of the embedder in a local run: enough to keep it fed, few
 # enough to bound memory. Dask runs keep two per worker.
@@ -139,22 +142,53 @@ class LocalExecution:
 
 
 @dataclass
+class _BackgroundResult:
+    """The result of a background task, with the interface of a future; taking it (vectors or error)
+    deletes Prefect's records of the task (flows/task_records.py)."""
+
+    future: Any  # prefect.futures.PrefectDistributedFuture
+    records: Path
+    logger: logging.Logger | Any
+
+    def result(self) -> Any:
+        try:
+            return self.future.result()
+        finally:
+            self._delete_records()
+
+    def _delete_records(self) -> None:
+        import httpx
+        from prefect.exceptions import PrefectException
+
+        try:
+            delete_records(self.future, self.records)
+        except (PrefectException, httpx.HTTPError, OSError) as exc:  # housekeeping: the run goes on
+            self.logger.warning("could not delete the records of background task run %s in %s (%s); `vectormill "
+                                "serve` deletes them once older than %s", self.future.task_run_id, self.records,
+                                exc, STALE_AFTER)
+
+
+@dataclass
 class TaskWorkerExecution(LocalExecution):
     """Fetch tasks here; embedding as background tasks (`Task.delay`) on the Prefect task worker that
     `vectormill serve` runs beside its deployments, whose model stays loaded between flow runs.
-    Two embedding tasks in flight hide each task's round trip through the server."""
+    Two embedding tasks in flight hide each task's round trip through the server. The tasks keep their
+    parameters and results in `records` (flows/task_records.py), deleted once the run has taken them."""
 
     embed_tasks_in_flight: int = 2
     models_here: bool = False
+    records: Path = field(default_factory=records_folder)
+    logger: logging.Logger | Any = logging.getLogger(__name__)
 
     def describe(self) -> dict[str, Any]:
         return {"task_runner": "local", "embedding": "task worker of vectormill serve"}
 
-    def embed(self, task: Any, parameters: dict[str, Any]) -> Any:
-        return task.delay(**parameters)
+    def embed(self, task: Any, parameters: dict[str, Any]) -> _BackgroundResult:
+        return _BackgroundResult(with_records_storage(task, self.records).delay(**parameters), self.records,
+                                 self.logger)
 
     def run(self, task: Any, parameters: dict[str, Any]) -> Any:
-        return task.delay(**parameters).result()
+        return self.embed(task, parameters).result()
 
     def warm_up(self, settings: Any) -> None:
         """Nothing: the task worker's model is loaded already."""
@@ -217,7 +251,7 @@ def cluster_kwargs(settings: ExecutionSettings) -> dict[str, Any]:
 def open_execution(settings: ExecutionSettings, server: str | None, logger: logging.Logger | Any) -> Iterator[Execution]:
     """The execution of one flow run; a Dask cluster (or the connection to one) lives as long as the block."""
     if settings.task_runner == "local":
-        yield TaskWorkerExecution() if settings.embedding_task_worker else LocalExecution()
+        yield TaskWorkerExecution(logger=logger) if settings.embedding_task_worker else LocalExecution()
         return
     from prefect_dask import DaskTaskRunner
 

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import json
 import subprocess
+import uuid
 from datetime import datetime
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Literal
 
 import pytest
 import yaml
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 
-from tests.servers.prefect_server import FINAL_STATES, VECTORMILL
+from tests.servers.prefect_server import FINAL_STATES, STALE_RECORD, VECTORMILL, wait_until
 from vectormill.connectors.settings import HttpSourceSettings
 from vectormill.flows.config import parse_config
 from vectormill.flows.deploy import DeploymentConfigError, deployment_specs, limit_specs, prefect_yaml
@@ -141,6 +145,48 @@ def test_trigger_returns_while_the_run_goes_on_and_its_artifacts_count_the_corpu
 
 
 @pytest.mark.slow
+def test_a_served_run_leaves_no_record_of_its_background_tasks_in_prefects_storage(served):
+    # A document no run has seen, so that the run embeds on the task worker whatever ran before.
+    sentence = f"The greenhouse sensor {uuid.uuid4().hex[:8]} reports humidity to the facilities team hourly."
+    name = f"note-{uuid.uuid4().hex[:8]}.txt"
+    (served.folder / "corpus" / "notes" / name).write_text(sentence + "\n", encoding="utf-8")
+    started = last_json(served.cli("trigger", "notes", "--json", "--config", str(served.config)).stdout)
+    run = served.wait_for_run(started["flow_run_id"])
+    assert run["state_type"] == "COMPLETED", run["state"]["message"]
+    # The run's vectors are durable in the store …
+    search = served.cli("search", sentence, "-k", "1", "--json", "--config", str(served.config))
+    assert search.returncode == 0, search.stderr
+    [hit] = json.loads(search.stdout)
+    assert (hit["source"], hit["document"]) == ("notes", name)
+
+    # … and Prefect's records of its background tasks are gone: each task's parameters (named by its
+    # Scheduled state) and its result (the storage key its final state names), in the storage that
+    # the served processes use, where the task worker wrote them. (The server records a task run's
+    # final state from events, a little after the run that waited for it has moved on.)
+    def background_task_runs() -> list[dict] | None:
+        task_runs = [task_run for task_run in served.task_runs(run["id"])
+                     if task_run["states"][0]["state_details"].get("task_parameters_id")]
+        return task_runs if all(task_run["states"][-1]["type"] in FINAL_STATES for task_run in task_runs) else None
+
+    background = wait_until(background_task_runs, 60, "the final states of the run's background tasks", interval=1)
+    assert {"embed-chunks", "embedding-precision"} <= {task_run["name"].rsplit("-", 1)[0] for task_run in background}
+    for task_run in background:
+        parameters_id = task_run["states"][0]["state_details"]["task_parameters_id"]
+        final = task_run["states"][-1]
+        assert final["type"] == "COMPLETED"
+        result = Path(final["data"]["storage_key"])
+        assert served.storage in result.parents
+        assert not result.exists(), f"{task_run['name']}: result record {result} left behind"
+        assert not list(served.storage.rglob(parameters_id)), f"{task_run['name']}: parameters left behind"
+
+
+@pytest.mark.slow
+def test_serve_deletes_the_records_that_killed_runs_left_behind(served):
+    # The fixture wrote one, older than STALE_AFTER, before `vectormill serve` started.
+    wait_until(lambda: not (served.storage / STALE_RECORD).exists(), 60, "serve to sweep the stale record")
+
+
+@pytest.mark.slow
 def test_a_second_run_of_the_same_source_waits_for_the_first(served):
     command = [VECTORMILL, "trigger", "docs", "--json", "--full", "--config", str(served.config)]
     triggers = [subprocess.Popen(command, env=served.env, stdout=subprocess.PIPE, text=True) for _ in range(2)]
@@ -223,6 +269,85 @@ def test_the_task_worker_embeds_only_for_local_runs():
     assert ExecutionSettings(embedding_task_worker=True).embedding_task_worker
     with pytest.raises(ValueError, match="embedding_task_worker needs task_runner = \"local\""):
         ExecutionSettings(task_runner="dask", embedding_task_worker=True)
+
+
+# ---- Prefect's records of the background tasks (flows/task_records.py) ----------------------------
+def test_a_task_runs_records_are_its_parameters_and_results_in_the_records_folder(tmp_path):
+    from prefect.results import ResultRecordMetadata
+    from prefect.serializers import PickleSerializer
+    from prefect.states import Completed, Failed, Pending, Scheduled
+
+    from vectormill.flows.task_records import record_paths
+
+    folder = tmp_path / "records"
+    scheduled = Scheduled()
+    scheduled.state_details.task_parameters_id = uuid.uuid4()
+    completed = Completed(data=ResultRecordMetadata(storage_key=str(folder / "a1b2"), serializer=PickleSerializer()))
+    elsewhere = Failed(data=ResultRecordMetadata(storage_key=str(tmp_path / "c3d4"), serializer=PickleSerializer()))
+    assert record_paths([scheduled, Pending(), completed, elsewhere], folder) == {
+        folder / "parameters" / str(scheduled.state_details.task_parameters_id), folder / "a1b2"}
+
+
+def test_the_sweep_deletes_only_records_older_than_a_day(tmp_path):
+    import os
+    import time
+
+    from vectormill.flows.task_records import STALE_AFTER, sweep
+
+    now = time.time()
+    ages = {"parameters/old": STALE_AFTER.total_seconds() + 60, "oldresult": STALE_AFTER.total_seconds() + 60,
+            "parameters/live": 60, "liveresult": 0}
+    for name, age in ages.items():
+        path = tmp_path / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"record")
+        os.utime(path, (now - age, now - age))
+    assert sweep(tmp_path, now) == 2
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) == [
+        "liveresult", "parameters/live"]
+    assert sweep(tmp_path / "never-written", now) == 0
+
+
+@task(name="embed-nothing", cache_policy=NO_CACHE, retries=1)
+def embed_nothing(texts: list[str]) -> None:
+    raise ValueError(f"cannot embed {len(texts)} texts")
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_failed_background_tasks_records_are_deleted_when_the_run_takes_its_error(tmp_path):
+    import asyncio
+    import threading
+
+    from prefect import flow
+    from prefect.task_worker import TaskWorker
+
+    from vectormill.flows.execution import TaskWorkerExecution
+    from vectormill.flows.task_records import with_records_storage
+
+    records = tmp_path.resolve() / "records"
+    stop = threading.Event()
+
+    async def work() -> None:  # a task worker, as `vectormill serve` runs it, until the test ends
+        serving = asyncio.create_task(TaskWorker(with_records_storage(embed_nothing, records)).start())
+        await asyncio.to_thread(stop.wait)
+        serving.cancel()
+
+    worker = threading.Thread(target=asyncio.run, args=(work(),), daemon=True)
+    worker.start()
+
+    @flow
+    def embed_on_the_worker() -> None:
+        TaskWorkerExecution(records=records).run(embed_nothing, {"texts": ["a", "b"]})
+
+    try:
+        with pytest.raises(ValueError, match="cannot embed 2 texts"):  # the error, read from its record
+            embed_on_the_worker()
+    finally:
+        stop.set()
+        worker.join(30)
+    assert (records / "parameters").is_dir()  # Prefect wrote the task's records there …
+    assert [path for path in records.rglob("*") if path.is_file()] == []  # … and the run deleted them
 
 
 def test_trigger_without_a_server_says_how_to_get_one(tmp_path):

@@ -21,9 +21,12 @@ import httpx
 import pytest
 
 from vectormill.flows.sample import write_pdf
+from vectormill.flows.task_records import FOLDER, STALE_AFTER
 
 VECTORMILL = str(Path(sys.executable).with_name("vectormill"))
 FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+# A background task's record that a killed run left behind before `vectormill serve` started.
+STALE_RECORD = Path(FOLDER) / "parameters" / "left-by-a-killed-run"
 
 # Known corpus: each source's documents, and which of them are broken (with the reason's gist).
 GOOD_TEXTS = {
@@ -113,12 +116,14 @@ def start_prefect_server(folder: Path) -> tuple[PrefectServer, subprocess.Popen]
 
 @dataclass
 class Served:
-    """`vectormill serve` for a config with sources docs (good), mixed (1 of 4 broken), broken (3 of 4)."""
+    """`vectormill serve` for a config with sources docs (good), mixed (1 of 4 broken), broken (3 of 4) and
+    notes (empty: tests add documents no run has seen)."""
 
     server: PrefectServer
     config: Path
     env: dict[str, str]
     folder: Path
+    storage: Path  # Prefect's local result storage of the served processes (PREFECT_LOCAL_STORAGE_PATH)
     corpus: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -148,14 +153,27 @@ class Served:
             response.raise_for_status()
             return {artifact["key"]: artifact for artifact in response.json()}
 
+    def task_runs(self, flow_run_id: str) -> list[dict[str, Any]]:
+        """The flow run's task runs, each with its states (oldest first) under "states"."""
+        with self.server.client() as client:
+            response = client.post("/task_runs/filter", json={"flow_runs": {"id": {"any_": [flow_run_id]}}})
+            response.raise_for_status()
+            task_runs = response.json()
+            for task_run in task_runs:
+                states = client.get("/task_run_states/", params={"task_run_id": task_run["id"]})
+                states.raise_for_status()
+                task_run["states"] = sorted(states.json(), key=lambda state: state["timestamp"])
+        return task_runs
+
 
 def write_corpus(folder: Path) -> dict[str, dict[str, str]]:
-    """Three sources' folders; returns {source: {document: 'ok' | 'broken'}}."""
+    """The sources' folders; returns {source: {document: 'ok' | 'broken'}}."""
     corpus: dict[str, dict[str, str]] = {}
     layout = {
         "docs": (list(GOOD_TEXTS), []),
         "mixed": (list(GOOD_TEXTS), ["truncated.pdf"]),
         "broken": (["backups.txt"], list(BROKEN)),
+        "notes": ([], []),
     }
     for source, (good, broken) in layout.items():
         root = folder / source
@@ -196,6 +214,11 @@ name = "broken"
 type = "filesystem"
 root = "corpus/broken"
 
+[[sources]]
+name = "notes"
+type = "filesystem"
+root = "corpus/notes"
+
 [deployments]
 all_schedule = "0 3 * * *"
 embedding_slots = 1
@@ -222,21 +245,27 @@ def served(prefect_server, tmp_path_factory):
         **os.environ,
         "PREFECT_API_URL": prefect_server.api_url,
         "PREFECT_HOME": str(folder / "client-home"),
+        "PREFECT_LOCAL_STORAGE_PATH": str(folder / "prefect-storage"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_RUNNER_POLL_FREQUENCY": "1",  # look for scheduled runs every second (default 10)
     }
     env.pop("PREFECT_LOGGING_LEVEL", None)  # serve's own default applies
+    stale = folder / "prefect-storage" / STALE_RECORD
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"parameters")
+    written = time.time() - STALE_AFTER.total_seconds() - 60
+    os.utime(stale, (written, written))
     log = folder / "serve.log"
     process = subprocess.Popen([VECTORMILL, "serve", "--config", str(config)], env=env,
                                stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
-    served = Served(prefect_server, config, env, folder, corpus)
+    served = Served(prefect_server, config, env, folder, folder / "prefect-storage", corpus)
 
     def deployed() -> bool:
         if process.poll() is not None:
             raise RuntimeError(f"vectormill serve exited {process.returncode}: {log.read_text()[-3000:]}")
         with prefect_server.client() as client:
             names = {d["name"] for d in client.post("/deployments/filter", json={}).json()}
-        return {"docs", "mixed", "broken", "all"} <= names
+        return {"docs", "mixed", "broken", "notes", "all"} <= names
 
     try:
         wait_until(deployed, 120, "vectormill serve to register its deployments")
