@@ -154,7 +154,9 @@ def test_failures_names_what_is_missing(tmp_path):
 
 @pytest.mark.slow
 def test_served_runs_log_task_runs_and_per_source_lines_to_the_ui(served):
-    result = served.cli("trigger", "docs", "--json", "--config", str(served.config))
+    # A document of its own: the run has work (task runs) whichever served test ran before it.
+    (served.folder / "corpus" / "notes" / f"logged-{os.getpid()}.txt").write_text("A note for the logs test.\n")
+    result = served.cli("trigger", "notes", "--json", "--config", str(served.config))
     assert result.returncode == 0, result.stderr
     run_id = json.loads(result.stdout.strip().splitlines()[-1])["flow_run_id"]
     assert served.wait_for_run(run_id)["state_type"] == "COMPLETED"
@@ -168,7 +170,7 @@ def test_served_runs_log_task_runs_and_per_source_lines_to_the_ui(served):
     # The run's process ships its logs in batches, so some may land after the run's final state.
     def shipped():
         info = info_logs()
-        return (any(log["message"].startswith("source docs: {") for log in info)  # the per-source line
+        return (any(log["message"].startswith("source notes: {") for log in info)  # the per-source line
                 and any(log["task_run_id"] for log in info))  # task runs: the run's progress
 
     wait_until(shipped, 60, "the run's per-source and task-run lines at INFO", interval=1)
