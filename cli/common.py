@@ -27,6 +27,7 @@ def print_warning(line: str) -> None:
 
 ConfigOption = typer.Option(None, "--config", "-c", help="Config file (default: $VECTORMILL_CONFIG, else ./vectormill.toml).")
 JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables.")
+SourceOption = typer.Option(None, "--source", "-s", help="Only this source.")
 
 
 class UserError(Exception):

@@ -9,7 +9,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from .common import ConfigOption, JsonOption, console, load, user_errors
+from .common import ConfigOption, JsonOption, SourceOption, console, load, user_errors
 
 COLUMNS = ("source", "run_id", "created_at", "vectors", "status", "centroid_cosine", "ks_statistic", "ks_pvalue",
            "similarity_mean", "norm_mean", "tokens_mean")
@@ -26,7 +26,7 @@ def _cell(value: Any) -> str:
 def register(app: typer.Typer, store_app: typer.Typer) -> None:
     @app.command()
     def drift(
-        source: Optional[str] = typer.Option(None, "--source", "-s", help="Only this source."),
+        source: Optional[str] = SourceOption,
         config: Optional[Path] = ConfigOption,
         as_json: bool = JsonOption,
     ) -> None:

@@ -13,7 +13,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .common import ConfigOption, JsonOption, console, load, user_errors
+from .common import ConfigOption, JsonOption, SourceOption, console, load, user_errors
 
 
 def _when(moment: str) -> str:
@@ -24,7 +24,7 @@ def _when(moment: str) -> str:
 def register(app: typer.Typer, store_app: typer.Typer) -> None:
     @app.command()
     def failures(
-        source: Optional[str] = typer.Option(None, "--source", "-s", help="Only this source."),
+        source: Optional[str] = SourceOption,
         config: Optional[Path] = ConfigOption,
         as_json: bool = JsonOption,
     ) -> None:
