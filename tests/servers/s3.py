@@ -35,12 +35,14 @@ class MotoServer:
         deadline = time.monotonic() + 120  # a loaded machine takes its time to import moto
         while time.monotonic() < deadline:
             try:
-                requests.get(self.url, timeout=1)
+                # Listening is not answering: the first request can wait on moto's lazy imports.
+                requests.get(self.url, timeout=(1, 10))
                 return
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):
                 if self._process.poll() is not None:
                     raise RuntimeError(f"moto_server exited with {self._process.returncode}")
                 time.sleep(0.1)
+        self.stop()
         raise RuntimeError("moto_server did not answer within 120 s")
 
     def stop(self) -> None:
