@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Literal
@@ -25,6 +25,7 @@ from vectormill.flows.config import parse_config
 from vectormill.flows.deploy import DeploymentConfigError, deployment_specs, limit_specs, prefect_yaml
 
 pytest_plugins = ["tests.servers.prefect_server"]
+PREFETCH_SECONDS = 10  # how far ahead Prefect's runner picks up scheduled runs (Runner(prefetch_seconds=10))
 
 
 def last_json(stdout: str):
@@ -188,9 +189,16 @@ def test_serve_deletes_the_records_that_killed_runs_left_behind(served):
 
 @pytest.mark.slow
 def test_a_second_run_of_the_same_source_waits_for_the_first(served):
-    command = [VECTORMILL, "trigger", "docs", "--json", "--full", "--config", str(served.config)]
-    triggers = [subprocess.Popen(command, env=served.env, stdout=subprocess.PIPE, text=True) for _ in range(2)]
-    ids = [last_json(trigger.communicate(timeout=60)[0])["flow_run_id"] for trigger in triggers]
+    # Two runs due at the same moment, created well before the runner can see them (it looks
+    # PREFETCH_SECONDS ahead), so it submits both in one poll however loaded the machine is:
+    # triggered one after the other, the first could end before the second was even picked up.
+    due = (datetime.now(timezone.utc) + timedelta(seconds=PREFETCH_SECONDS + 15)).isoformat()
+    with served.server.client() as client:
+        deployment = client.get("/deployments/name/ingest/docs").raise_for_status().json()
+        ids = [client.post(f"/deployments/{deployment['id']}/create_flow_run", json={
+            "parameters": {"full": True},
+            "state": {"type": "SCHEDULED", "state_details": {"scheduled_time": due}}}).raise_for_status().json()["id"]
+            for _ in range(2)]
     runs = [served.wait_for_run(flow_run_id) for flow_run_id in ids]
     assert [run["state_type"] for run in runs] == ["COMPLETED", "COMPLETED"]
     first, second = sorted(runs, key=lambda run: run["start_time"])
