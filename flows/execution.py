@@ -141,6 +141,22 @@ class LocalExecution:
         loader_for(settings).start()
 
 
+# Prefect's distributed future reads the task run once and raises this if the server shows no state
+# yet: on a loaded server the worker's first state can land a moment after the run is read, though
+# the task was created Scheduled and is already running. Not a failure of the task: read it again.
+NOT_STARTED = "has no state which means it hasn't started yet"
+NOT_STARTED_PATIENCE_S = 60.0
+
+
+def _await_started(future: Any, patience_s: float = NOT_STARTED_PATIENCE_S) -> Any:
+    """`future.result()`, read again while Prefect says the task run has no state yet."""
+    from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
+
+    retrying = Retrying(retry=retry_if_exception(lambda exc: isinstance(exc, RuntimeError) and NOT_STARTED in str(exc)),
+                        stop=stop_after_delay(patience_s), wait=wait_exponential(multiplier=0.1, max=2.0), reraise=True)
+    return retrying(future.result)
+
+
 @dataclass
 class _BackgroundResult:
     """The result of a background task, with the interface of a future; taking it (vectors or error)
@@ -152,7 +168,7 @@ class _BackgroundResult:
 
     def result(self) -> Any:
         try:
-            return self.future.result()
+            return _await_started(self.future)
         finally:
             self._delete_records()
 

@@ -68,6 +68,24 @@ def _stop(process: subprocess.Popen) -> None:
             process.wait()
 
 
+class RetryingTransport(httpx.HTTPTransport):
+    """Sends a request again while the server answers 429/502/503, as Prefect's own client does: a
+    server on a loaded machine answers 503 now and then (its database busy)."""
+
+    RETRY_STATUSES = {429, 502, 503}
+    ATTEMPTS = 6
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        for attempt in range(1, self.ATTEMPTS):
+            if response.status_code not in self.RETRY_STATUSES:
+                break
+            response.close()
+            time.sleep(0.5 * 2 ** attempt)
+            response = super().handle_request(request)
+        return response
+
+
 @dataclass
 class PrefectServer:
     api_url: str
@@ -76,7 +94,7 @@ class PrefectServer:
     log: Path
 
     def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.api_url, timeout=30)
+        return httpx.Client(base_url=self.api_url, timeout=30, transport=RetryingTransport())
 
 
 def start_prefect_server(folder: Path) -> tuple[PrefectServer, subprocess.Popen]:
