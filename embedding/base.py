@@ -12,6 +12,12 @@ class EmbeddingError(RuntimeError):
     pass
 
 
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """Each row scaled to length 1, in the rows' dtype; a zero row stays zero."""
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.where(norms > 0, norms, 1.0)
+
+
 @runtime_checkable
 class Embedder(Protocol):
     model: str  # the configured model name, recorded in the store

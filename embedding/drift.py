@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from .base import unit_rows
 from .settings import DriftSettings
 
 # Decimal places kept in stored statistics: float32 vectors carry about 7 significant digits.
@@ -103,9 +104,7 @@ class DriftProfile:
 
 def pairwise_similarities(vectors: np.ndarray) -> np.ndarray:
     """Cosine similarity of every pair (i < j) of rows."""
-    vectors = np.asarray(vectors, dtype=np.float64)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    unit = vectors / np.where(norms == 0, 1.0, norms)
+    unit = unit_rows(np.asarray(vectors, dtype=np.float64))
     rows, columns = np.triu_indices(len(unit), k=1)
     return (unit @ unit.T)[rows, columns]
 

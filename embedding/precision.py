@@ -35,7 +35,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .base import EmbeddingError
+from .base import EmbeddingError, unit_rows
 from .tokenizer import ModelTokenizer
 
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -138,9 +138,7 @@ def agreement(reference: np.ndarray, candidate: np.ndarray) -> Agreement:
     """Cosine of each candidate vector to its reference (rows in the same order)."""
     if reference.shape != candidate.shape or not len(reference):
         raise ValueError(f"cannot compare vectors of shapes {reference.shape} and {candidate.shape}")
-    a = reference / np.linalg.norm(reference, axis=1, keepdims=True)
-    b = candidate / np.linalg.norm(candidate, axis=1, keepdims=True)
-    cosines = (a.astype(np.float64) * b.astype(np.float64)).sum(axis=1)
+    cosines = (unit_rows(reference).astype(np.float64) * unit_rows(candidate).astype(np.float64)).sum(axis=1)
     return Agreement(float(cosines.min()), float(cosines.mean()), len(cosines))
 
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from .base import EmbeddingError
+from .base import EmbeddingError, unit_rows
 from .models import resolve_model
 from .precision import Precision, PrecisionChoice, PrecisionReport, agreement, guard_verdict, probe_texts
 from .tokenizer import ModelTokenizer
@@ -64,9 +64,7 @@ class SentenceTransformerEmbedder:
                 convert_to_numpy=True,
                 show_progress_bar=False,
             )
-        vectors = np.asarray(vectors, dtype=np.float32)
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        return np.ascontiguousarray(vectors / np.where(norms > 0, norms, 1.0))
+        return np.ascontiguousarray(unit_rows(np.asarray(vectors, dtype=np.float32)))
 
     def guard_precision(self, choice: PrecisionChoice, requested: str, min_cosine: float) -> PrecisionReport:
         """Run in `choice` if the probe set's vectors agree with fp32 to `min_cosine`, else in fp32."""

@@ -19,7 +19,7 @@ from vectormill.connectors.errors import SourceError
 from vectormill.connectors.http import HttpClient, HttpStatusError
 from vectormill.connectors.settings import HttpSourceSettings
 
-from .base import EmbeddingError
+from .base import EmbeddingError, unit_rows
 
 
 class TeiEmbedder:
@@ -68,8 +68,7 @@ class TeiEmbedder:
         if vectors.ndim != 2 or len(vectors) != len(texts):
             raise EmbeddingError(f"embedding service {self.shown_url} answered {len(answer)} vectors for {len(texts)} texts")
         # The server normalizes already; normalizing again costs nothing and guarantees the protocol.
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        return vectors / np.where(norms > 0, norms, 1.0)
+        return unit_rows(vectors)
 
     def _call(self, method: str, path: str, **kwargs):
         try:
