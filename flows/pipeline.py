@@ -231,7 +231,7 @@ def ingest_source(
         # The source outlives the run in a long-lived process: count this run's requests only.
         http_before = copy.deepcopy(source.http_stats) if isinstance(source, HttpBackedSource) else None
         listed = time.perf_counter()
-        plan = plan_source(source, store, report.documents, full, window, settings.max_document_attempts)
+        plan = plan_source(source, store, report.documents, full, window, max_attempts=settings.max_document_attempts)
         report.seconds["list"] += time.perf_counter() - listed
         failed_refs, gone = _embed_and_write(settings, store, embedding, chunk_tokens, overlap, plan, report, listener,
                                              embedding_limit, execution, profile)

@@ -41,7 +41,7 @@ class Window:
 
 
 def plan_source(source: Source, store: VectorStore, counts: MutableMapping[str, int], full: bool,
-                window: Window | None = None, max_attempts: int = 10) -> Plan:
+                window: Window | None = None, *, max_attempts: int) -> Plan:
     """What to do for a source: its changes since the stored cursor (incremental sources), else a
     full listing reconciled with the store; with a window, the documents modified in it are done
     again even if unchanged (their unchanged chunk texts reuse stored vectors), nothing is deleted

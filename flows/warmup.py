@@ -89,7 +89,9 @@ def will_embed(config: VectormillConfig, sources: list[Any], full: bool) -> bool
                 if isinstance(settings, HttpSourceSettings):
                     continue
                 counts = dict.fromkeys(("seen", "unchanged"), 0)
-                if next(plan_source(build_source(settings), store, counts, full).refs, None) is not None:
+                plan = plan_source(build_source(settings), store, counts, full,
+                                   max_attempts=settings.max_document_attempts)
+                if next(plan.refs, None) is not None:
                     return True
     except (StoreError, SourceError, OSError) as exc:
         # Only a head start is lost: the flow meets the same problem and reports it in its summary.

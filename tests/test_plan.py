@@ -45,7 +45,7 @@ def setup(tmp_path):
 def test_a_full_listing_fetches_new_and_changed_documents_and_deletes_the_missing(tmp_path):
     _, source, store = setup(tmp_path)
     seen = counts()
-    plan = plan_source(source, store, seen, full=False)
+    plan = plan_source(source, store, seen, full=False, max_attempts=10)
     assert sorted((ref.id, is_new) for ref, is_new in plan.refs) == [("changed.md", False), ("new.md", True)]
     assert plan.deletions == ["gone.md"]  # filled once the listing is read
     assert (plan.cursor, plan.incremental, seen) == (None, False, {"seen": 3, "unchanged": 1})
@@ -57,7 +57,8 @@ def test_a_window_redoes_what_was_modified_in_it_and_deletes_nothing(tmp_path):
     old = datetime(2020, 1, 1, tzinfo=timezone.utc).timestamp()
     os.utime(root / "changed.md", (old, old))
     seen = counts()
-    plan = plan_source(source, store, seen, full=False, window=Window(since=datetime(2024, 1, 1, tzinfo=timezone.utc)))
+    plan = plan_source(source, store, seen, full=False, max_attempts=10,
+                       window=Window(since=datetime(2024, 1, 1, tzinfo=timezone.utc)))
     assert sorted(ref.id for ref, _ in plan.refs) == ["new.md", "same.md"]  # unchanged, but in the window
     assert (plan.deletions, plan.cursor, seen) == ([], None, {"seen": 2, "unchanged": 0})
     store.close()
@@ -71,7 +72,7 @@ def test_planning_imports_no_prefect(tmp_path):
             "from vectormill.stores.settings import StoreSettings\n"
             f"source = FilesystemSource(FilesystemSourceSettings(name='docs', type='filesystem', root={str(tmp_path / 'docs')!r}))\n"
             f"store = FaissStore.open(StoreSettings(path={str(tmp_path / 'store')!r}), model='m', dimension=2)\n"
-            "plan = plan_source(source, store, {'seen': 0, 'unchanged': 0}, full=False)\n"
+            "plan = plan_source(source, store, {'seen': 0, 'unchanged': 0}, full=False, max_attempts=10)\n"
             "print(len(list(plan.refs)), 'PREFECT' if 'prefect' in sys.modules else 'NO PREFECT')")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.stdout.split() == ["2", "NO", "PREFECT"], result.stderr

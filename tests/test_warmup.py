@@ -11,7 +11,7 @@ from vectormill.connectors.filesystem import FilesystemSource
 from vectormill.flows.config import parse_config
 from vectormill.flows.warmup import will_embed
 from vectormill.stores.faiss_store import FaissStore
-from vectormill.stores.records import DocumentUpsert
+from vectormill.stores.records import DocumentFailed, DocumentUpsert
 
 CONFIG = """
 [store]
@@ -67,6 +67,22 @@ def test_an_unchanged_folder_will_not_and_a_new_or_changed_file_will(tmp_path):
     store_everything_listed(config)
     (tmp_path / "docs" / "a.txt").unlink()
     assert not will_embed(config, list(config.sources), full=False)
+
+
+def test_a_document_stuck_by_its_sources_max_document_attempts_will_not_embed(tmp_path):
+    config = config_in(tmp_path, "max_document_attempts = 2\n")
+    (tmp_path / "docs" / "a.txt").write_text("text of a\n")
+    store_everything_listed(config)
+    (tmp_path / "docs" / "broken.txt").write_bytes(b"\xff not UTF-8\n")
+    [ref] = [ref for ref in FilesystemSource(config.source("docs")).list_documents() if ref.id == "broken.txt"]
+    with FaissStore.open(config.store) as store:
+        store.write([DocumentFailed("docs", ref.id, ref.to_json(), "not UTF-8 text", "2026-11-01T00:00:00+00:00")])
+        assert will_embed(config, list(config.sources), full=False)  # one failed run: it is tried again
+        store.write([DocumentFailed("docs", ref.id, ref.to_json(), "not UTF-8 text", "2026-11-02T00:00:00+00:00")])
+        store.checkpoint()
+    # Failed in 2 runs, the source's max_document_attempts: stuck, fetched again only once it changes.
+    assert not will_embed(config, list(config.sources), full=False)
+    assert will_embed(config, list(config.sources), full=True)
 
 
 def test_sources_behind_http_and_dask_runs_are_left_to_the_flow(tmp_path):
