@@ -36,7 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.throughput import WORDS, make_corpus  # noqa: E402
-from tests.servers.prefect_server import VECTORMILL, _stop, start_prefect_server  # noqa: E402
+from tests.cli_process import VECTORMILL  # noqa: E402
+from tests.servers.prefect_server import _stop, start_prefect_server  # noqa: E402
 from vectormill.flows.sample import write_pdf  # noqa: E402
 
 PHASES = ("first run", "unchanged", "10% changed")

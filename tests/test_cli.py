@@ -12,17 +12,11 @@ from pathlib import Path
 import click
 import pytest
 
+from .cli_process import VECTORMILL, harness_env, run
 from .corpus import TOPICS, write_broken_pdfs, write_config, write_corpus
 from .servers.prefect_server import wait_until
 
 pytest_plugins = ["tests.servers.prefect_server"]
-
-VECTORMILL = str(Path(sys.executable).parent / "vectormill")
-
-
-def run(*args, cwd, env=None, timeout=300):
-    return subprocess.run([VECTORMILL, *args], cwd=cwd, env=env or os.environ, capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def test_bad_config_prints_one_clear_line_and_exits_non_zero(tmp_path):
@@ -67,9 +61,7 @@ def test_commands_that_run_no_flow_import_no_prefect(tmp_path):
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_harness")
 def test_backfill_search_and_stats_json_contracts(tmp_path):
-    from prefect.settings import PREFECT_API_URL
-
-    env = dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value())
+    env = harness_env()
     known = write_corpus(tmp_path / "pdfs", {k: TOPICS[k] for k in ("chess", "baking", "volcanoes")})
     broken = write_broken_pdfs(tmp_path / "pdfs")
     write_config(tmp_path)
@@ -201,9 +193,7 @@ def run_wrapped(*args, cwd, env):
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_harness")
 def test_an_unchanged_run_imports_no_torch_and_loads_no_model(tmp_path):
-    from prefect.settings import PREFECT_API_URL
-
-    env = dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value())
+    env = harness_env()
     write_corpus(tmp_path / "pdfs", {k: TOPICS[k] for k in ("chess", "baking")})
     write_config(tmp_path)
 

@@ -19,7 +19,8 @@ from vectormill.stores.faiss_store import FaissStore
 from vectormill.stores.records import BaselineRecord
 from vectormill.stores.settings import StoreSettings
 
-VECTORMILL = str(Path(sys.executable).parent / "vectormill")
+from .cli_process import VECTORMILL
+
 DIMENSION = 8
 
 

@@ -4,9 +4,7 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,12 +13,12 @@ from vectormill.flows.config import load_config
 from vectormill.flows.ingest import ingest
 from vectormill.stores.faiss_store import FaissStore
 
+from .cli_process import VECTORMILL
 from .corpus import write_config, write_corpus
 from .servers.store_batches import stored_vectors
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
-VECTORMILL = str(Path(sys.executable).parent / "vectormill")
 TOPICS = {f"topic{i:02d}": f"Distinct sentence number {i} about subject {i * 7919 % 1000}." for i in range(16)}
 
 

@@ -2,11 +2,7 @@
 `backfill` + `search` through the CLI with and without Tesseract on PATH."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -19,9 +15,9 @@ from vectormill.connectors.settings import FilesystemSourceSettings
 from vectormill.embedding.chunking import chunk_document
 from vectormill.embedding.tokenizer import ModelTokenizer
 
+from .cli_process import harness_env, run
 from .corpus import FILLER, TOPICS, write_config, write_corpus, write_scanned_pdf
 
-VECTORMILL = str(Path(sys.executable).parent / "vectormill")
 SCANNED_SENTENCE = "The lighthouse keeper logs every passing ship in a leather bound journal."
 SCANNED_PAGES = ["Notes on lighthouses, page one. The keeper climbs the spiral stairs at dusk to light the lamp.",
                  "Notes on lighthouses, page two. " + FILLER * 2 + SCANNED_SENTENCE + " " + FILLER]
@@ -143,16 +139,6 @@ def test_without_tesseract_auto_skips_pages_without_text_and_always_refuses(tmp_
 
 
 # ---- backfill and search through the CLI --------------------------------------------------------
-def run(*args, cwd, env):
-    return subprocess.run([VECTORMILL, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-
-
-def harness_env():
-    from prefect.settings import PREFECT_API_URL
-
-    return dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value())
-
-
 @needs_tesseract
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_harness")

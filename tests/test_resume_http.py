@@ -3,9 +3,7 @@
 import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -13,11 +11,11 @@ from vectormill.flows.config import load_config
 from vectormill.flows.ingest import ingest
 from vectormill.stores.faiss_store import FaissStore
 
+from .cli_process import VECTORMILL
 from .servers.mediawiki_server import MediaWikiServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
-VECTORMILL = str(Path(sys.executable).parent / "vectormill")
 PAGES = {f"Runbook {n}": f"Runbook {n} explains how service {n} is restarted after an outage. " * 8 for n in range(16)}
 
 

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -31,12 +30,12 @@ from vectormill.stores.faiss_store import FaissStore
 from vectormill.stores.records import ChunkRecord, CursorUpdate, DocumentFailed, DocumentUpsert
 from vectormill.stores.settings import StoreSettings
 
+from .cli_process import VECTORMILL, harness_env
 from .corpus import TOPICS, topic_pages, write_config, write_corpus
 from .servers.hubspot_server import hubspot_server
 from .servers.mediawiki_server import MediaWikiServer
 from vectormill.flows.sample import write_pdf
 
-VECTORMILL = str(Path(sys.executable).parent / "vectormill")
 FAILED_AT = "2024-01-01T00:00:00+00:00"
 CONTRACT = {"source", "document", "reason", "attempts", "first_failed", "last_failed"}
 
@@ -265,8 +264,6 @@ def without_file_access_override() -> list[str]:
 
 @pytest.mark.slow
 def test_a_pdf_unreadable_during_one_run_lands_on_the_next_and_leaves_the_queue(tmp_path, prefect_harness):
-    from prefect.settings import PREFECT_API_URL
-
     from vectormill.flows.ingest import ingest
 
     write_corpus(tmp_path / "pdfs", {topic: TOPICS[topic] for topic in ("chess", "baking")})
@@ -275,7 +272,7 @@ def test_a_pdf_unreadable_during_one_run_lands_on_the_next_and_leaves_the_queue(
     config = write_config(tmp_path)
     before = locked.stat()
     locked.chmod(0)
-    env = dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value())
+    env = harness_env()
 
     result = subprocess.run([*without_file_access_override(), VECTORMILL, "backfill", "--json"], cwd=tmp_path,
                             env=env, capture_output=True, text=True, timeout=600)

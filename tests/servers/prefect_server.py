@@ -23,7 +23,8 @@ import pytest
 from vectormill.flows.sample import write_pdf
 from vectormill.flows.task_records import FOLDER, STALE_AFTER
 
-VECTORMILL = str(Path(sys.executable).with_name("vectormill"))
+from ..cli_process import VECTORMILL
+
 FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 # A background task's record that a killed run left behind before `vectormill serve` started.
 STALE_RECORD = Path(FOLDER) / "parameters" / "left-by-a-killed-run"
