@@ -595,7 +595,9 @@ class MediaWikiApp:
         if request.path != "/api.php":
             return Reply(404, b"Not Found", {"Content-Type": "text/plain"})
         params = request_params(request)
-        lagged = self._lagged(params)
+        # One injected fault per request: a reply already made slow or cut off does not also spend a maxlag
+        # error, which its client would never read (it timed out), so tests can count what clients saw.
+        lagged = self._lagged(params) if request.fault is None else None
         if lagged:
             body = {"error": {"code": "maxlag", "info": f"Waiting for a database server: {lagged.lag} seconds lagged.",
                               "host": "db1", "lag": lagged.lag, "type": "db"}}
@@ -681,7 +683,8 @@ class MediaWikiServer(FaultServer):
 
     # ---- faults and measurements --------------------------------------------------------------
     def maxlag_next(self, count: int, lag: int = 10, retry_after: str | None = "1") -> None:
-        """The next `count` requests sending a maxlag below `lag` get the maxlag error."""
+        """The next `count` requests sending a maxlag below `lag`, and hit by no other injected fault,
+        get the maxlag error."""
         with self.app._lock:
             self.app.maxlag.append(Maxlag(count, lag, retry_after))
 
