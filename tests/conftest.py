@@ -6,6 +6,10 @@ import os
 
 import pytest
 
+# The test servers are plugins of some test modules (pytest_plugins) and are imported by them too; registering
+# them here, before any test module imports them, lets pytest rewrite their asserts instead of warning.
+pytest.register_assert_rewrite("tests.servers")
+
 
 @pytest.fixture(scope="session")
 def prefect_harness(tmp_path_factory):
