@@ -3,7 +3,6 @@
 import email.utils
 import logging
 import threading
-import time
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -78,9 +77,13 @@ def test_every_request_completes_through_429s_503s_resets_and_slow_replies_withi
     assert errors == []
     assert len(answers) == 120 and all(len(answer["results"]) == 2 for answer in answers)
     assert server.pending_faults == 0
-    assert len(server.requests) == 120 + 12  # every injected fault cost exactly one retry
-    assert client.stats.retries == 12
-    assert client.stats.retry_reasons == {"HTTP 429": 3, "HTTP 503": 4, "connection": 3, "timeout": 2}
+    # Every injected fault cost exactly one retry. A very busy machine can make a plain reply miss the
+    # 0.4 s read timeout too: such a timeout is one more retry, and nothing else may differ.
+    reasons = client.stats.retry_reasons
+    extra_timeouts = reasons["timeout"] - 2
+    assert extra_timeouts >= 0 and {"HTTP 429": 3, "HTTP 503": 4, "connection": 3}.items() <= reasons.items()
+    assert set(reasons) == {"HTTP 429", "HTTP 503", "connection", "timeout"}
+    assert client.stats.retries == 12 + extra_timeouts and len(server.requests) == 120 + 12 + extra_timeouts
     # Measured at the server: never more than rate + burst requests in any second.
     assert server.max_requests_in_window(1.0) <= 40 + 4
     assert client.stats.rate_limit_wait_seconds > 0
@@ -157,11 +160,12 @@ def test_a_request_that_keeps_failing_gives_up_after_max_attempts(server):
 def test_a_request_that_keeps_failing_gives_up_after_max_retry_seconds(server):
     client = client_for(server, max_attempts=100, max_retry_seconds=0.6, max_backoff_seconds=0.2)
     server.fail_next(100, 502)
-    started = time.monotonic()
-    with pytest.raises(HttpUnavailableError):
+    with pytest.raises(HttpUnavailableError, match=r"max_retry_seconds = 0\.6"):
         client.get(companies(server))
-    assert time.monotonic() - started < 1.5
+    # The time limit stopped it, not the attempts: no sleep was planned past 0.6 s (the client's
+    # own account, so a busy machine that makes each request slow cannot change it).
     assert 2 <= len(server.requests) < 100
+    assert 0 < client.stats.backoff_seconds <= 0.6
 
 
 def test_connection_refused_is_retried_then_reported(server):

@@ -182,7 +182,10 @@ def test_listing_completes_through_faults_within_the_rate_limit(server):
     assert len(list(source.list_documents())) == 300
     assert server.pending_faults == 0
     assert server.max_requests_in_window(1.0) <= 25 + 3
-    assert source.http.stats.retries == 8
+    reasons = source.http.stats.retry_reasons  # one retry per fault (a busy machine may add timeouts only)
+    assert {"HTTP 429": 2, "connection": 2, "HTTP 503": 3}.items() <= reasons.items() and reasons["timeout"] >= 1
+    assert set(reasons) == {"HTTP 429", "connection", "HTTP 503", "timeout"}
+    assert source.http.stats.retries == sum(reasons.values())
     assert all(later.arrived - earlier.arrived >= 0.98 for earlier, later in
                zip(server.requests, server.requests[1:3]))  # Retry-After honoured
 
