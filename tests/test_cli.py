@@ -20,11 +20,12 @@ pytest_plugins = ["tests.servers.prefect_server"]
 
 
 def test_bad_config_prints_one_clear_line_and_exits_non_zero(tmp_path):
-    (tmp_path / "vectormill.toml").write_text('[[sources]]\nname = "docs"\ntype = "filesystem"\nroot = "missing"\n')
+    (tmp_path / "vectormill.toml").write_text('[[sources]]\nname = "docs"\ntype = "filesystem"\nroot = "pdfs"\n'
+                                              'max_delete_ratio = 2\n')
     result = run("backfill", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"error: sources[docs].root: folder '{tmp_path / 'missing'}' does not exist or is not a folder"]
+        "error: sources[docs].max_delete_ratio: Input should be less than or equal to 1"]
     assert "Traceback" not in result.stderr
 
     result = run("backfill", "--config", str(tmp_path / "absent.toml"), cwd=tmp_path)
