@@ -9,14 +9,18 @@ in order and writes whole documents, so a crash leaves every document either ful
 its new version or untouched.
 
 Each source's run also records a baseline of the vectors it embedded (embedding/drift.py) and
-compares it with the source's previous one. A document that fails goes on the source's retry
-queue (flows/retry_queue.py) in the same write as the cursor that moves past it.
+compares it with the source's previous one. A document is put on the source's retry queue
+(flows/retry_queue.py), its attempt counted, before it is fetched; it leaves the queue when it
+lands, and one that fails gets its reason in the same write as the cursor that moves past it.
+Deletions pass the safety valve (flows/deletions.py) first; any error of the source fails that
+source alone.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -42,6 +46,7 @@ from vectormill.embedding.loader import loader_for
 from vectormill.embedding.settings import DriftSettings, EmbeddingSettings
 from vectormill.embedding.tokenizer import ModelTokenizer
 from vectormill.stores.base import VectorStore
+from vectormill.stores.errors import StoreError
 from vectormill.stores.records import (BaselineRecord, ChunkRecord, CursorUpdate, DocumentDelete, DocumentFailed,
                                        DocumentUpsert)
 
@@ -276,6 +281,8 @@ def ingest_source(
     except SourceError as exc:
         report.status, report.error = "failed", str(exc)
         logger.error("source %s failed: %s", settings.name, exc)
+    except (StoreError, sqlite3.Error):
+        raise  # the store's trouble, not the source's: no other source could be written either
     except Exception as exc:  # noqa: BLE001 - one broken source must not stop the others
         first_line = (str(exc).strip().splitlines() or [""])[0]
         report.status, report.error = "failed", f"unexpected {type(exc).__name__}: {first_line}"

@@ -50,7 +50,7 @@ def test_init_writes_an_example_that_loads(tmp_path):
 def test_commands_that_run_no_flow_import_no_prefect(tmp_path):
     write_corpus(tmp_path / "pdfs", {"chess": TOPICS["chess"]})
     write_config(tmp_path)
-    for command in (["store", "stats"], ["failures"]):
+    for command in (["store", "stats"], ["failures"], ["sources", "audit"]):
         code = (f"import sys; from vectormill.cli import main as cli; sys.argv = ['vectormill', *{command!r}];\n"
                 "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
                 "print('PREFECT LOADED' if 'prefect' in sys.modules else 'NO PREFECT')")

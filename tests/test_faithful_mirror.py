@@ -37,6 +37,14 @@ def write_notes(root: Path, notes: dict[str, str] = NOTES) -> None:
         (root / name).write_text(text)
 
 
+def write_wiki_config(path: Path, api_url: str, extra: str = "") -> Path:
+    """A config at `path` with one MediaWiki source, `wiki`, and a store beside it named after the file."""
+    path.write_text(f'[store]\npath = "{path.stem}-store"\n\n[chunking]\ntokens = 64\noverlap = 8\n\n'
+                    f'[[sources]]\nname = "wiki"\ntype = "mediawiki"\napi_url = "{api_url}"\n'
+                    f'requests_per_second = 200\nburst = 20\n{extra}')
+    return path
+
+
 def stored_documents(config_file, source: str = "docs") -> set[str]:
     with FaissStore.open(load_config(config_file).store, writable=False) as store:
         return set(store.document_versions(source))
@@ -68,11 +76,14 @@ def test_an_unreadable_folder_fails_the_source_naming_it_and_deletes_nothing(tmp
     assert "team/plan.md" in before
 
     (tmp_path / "pdfs" / "team").chmod(0)
+    (tmp_path / "locked").mkdir(mode=0)
     try:
         result = subprocess.run([*without_file_access_override(), VECTORMILL, "backfill", "--json"], cwd=tmp_path,
                                 env=harness_env(), capture_output=True, text=True, timeout=600)
+        # `sources check` lists with the same code: an unreadable root fails it, naming the folder.
         check = subprocess.run([*without_file_access_override(), VECTORMILL, "sources", "check", "--json"],
-                               cwd=tmp_path, env=harness_env(), capture_output=True, text=True, timeout=120)
+                               cwd=tmp_path, env=harness_env(VECTORMILL_SOURCES__DOCS__ROOT=str(tmp_path / "locked")),
+                               capture_output=True, text=True, timeout=120)
     finally:
         (tmp_path / "pdfs" / "team").chmod(0o755)
 
@@ -83,8 +94,9 @@ def test_an_unreadable_folder_fails_the_source_naming_it_and_deletes_nothing(tmp
     assert f"cannot list {str(tmp_path / 'pdfs' / 'team')!r}: Permission denied" in source["error"]
     assert "source 'docs' failed" in result.stderr and "Traceback" not in result.stderr
     assert stored_documents(config) == before
-    # `sources check` lists with the same code (the first folders are read by then: the root is fine).
-    assert check.returncode in (0, 1) and "Traceback" not in check.stderr
+    assert check.returncode == 1, check.stderr
+    [checked] = json.loads(check.stdout)
+    assert not checked["ok"] and f"cannot list {str(tmp_path / 'locked')!r}: Permission denied" in checked["detail"]
 
 
 @pytest.mark.slow
@@ -145,10 +157,7 @@ def test_a_run_deleting_more_than_max_delete_ratio_deletes_nothing_until_confirm
     with MediaWikiServer() as wiki:
         wiki.import_pages({f"Runbook {n}": "\n\n".join(topic_pages(f"service {n}", f"Service {n} restarts."))
                            for n in range(3)})
-        wiki_config = tmp_path / "wiki.toml"
-        wiki_config.write_text('[store]\npath = "wiki-store"\n\n[chunking]\ntokens = 64\noverlap = 8\n\n'
-                               f'[[sources]]\nname = "wiki"\ntype = "mediawiki"\napi_url = "{wiki.api_url}"\n'
-                               'requests_per_second = 200\nburst = 20\n')
+        wiki_config = write_wiki_config(tmp_path / "wiki.toml", wiki.api_url)
         ingest(config_file=str(wiki_config))
         wiki.advance(1)
         wiki.delete_page("Runbook 0")
@@ -179,10 +188,7 @@ def test_documents_emptied_at_their_source_are_removed_not_kept_stale(tmp_path, 
 
     with MediaWikiServer() as wiki:
         wiki.import_pages({f"Runbook {n}": f"Runbook {n}: restart service {n} at midnight." for n in range(3)})
-        wiki_config = tmp_path / "wiki.toml"
-        wiki_config.write_text('[store]\npath = "wiki-store"\n\n[chunking]\ntokens = 64\noverlap = 8\n\n'
-                               f'[[sources]]\nname = "wiki"\ntype = "mediawiki"\napi_url = "{wiki.api_url}"\n'
-                               'requests_per_second = 200\nburst = 20\n')
+        wiki_config = write_wiki_config(tmp_path / "wiki.toml", wiki.api_url)
         ingest(config_file=str(wiki_config))
         wiki.advance(1)
         wiki.edit_page("Runbook 2", "")  # blanked
@@ -229,10 +235,8 @@ def test_one_queued_failure_in_a_quiet_run_warns_instead_of_failing(tmp_path, pr
 
     with MediaWikiServer() as wiki:
         wiki.import_pages({f"Runbook {n}": f"Runbook {n}: restart service {n} at midnight." for n in range(4)})
-        config = tmp_path / "vectormill.toml"
-        config.write_text('[store]\npath = "store"\n\n[chunking]\ntokens = 64\noverlap = 8\n\n'
-                          f'[[sources]]\nname = "wiki"\ntype = "mediawiki"\napi_url = "{wiki.api_url}"\n'
-                          'requests_per_second = 200\nburst = 20\nmax_attempts = 1\nmax_backoff_seconds = 0.1\n')
+        config = write_wiki_config(tmp_path / "vectormill.toml", wiki.api_url,
+                                   "max_attempts = 1\nmax_backoff_seconds = 0.1\n")
         wiki.fail_parse_of("Runbook 3")
         first = ingest(config_file=str(config))  # 1 of 4 failed: a warning
         assert first["documents"]["failed"] == 1
