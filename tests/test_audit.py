@@ -22,7 +22,7 @@ from vectormill.stores.records import DocumentFailed
 from .cli_process import harness_env, run
 from .corpus import write_config
 from .servers.mediawiki_server import MediaWikiServer
-from .test_faithful_mirror import NOTES, write_notes, write_wiki_config
+from .test_faithful_mirror import write_notes, write_wiki_config
 
 CONTRACT = {"name", "listed", "stored", "missing", "missing_count", "extra", "extra_count", "stale", "stale_count",
             "queued", "stuck", "ok"}
