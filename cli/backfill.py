@@ -51,7 +51,7 @@ class _DropTracebacksOf(logging.Filter):
 
 
 def run_ingest(config_file: Optional[Path], sources: list[str] | None, full: bool, show_progress: bool,
-               window: dict[str, Any] | None = None):
+               window: dict[str, Any] | None = None, allow_deletions: bool = False):
     """Validate, then run the flow in-process; returns (summary, failure).
 
     Fixed costs overlap (flows/warmup.py): without a configured Prefect server a temporary one
@@ -93,7 +93,7 @@ def run_ingest(config_file: Optional[Path], sources: list[str] | None, full: boo
         token = progress_listener.set(RichProgress(progress))
         try:
             state = ingest(config_file=config_file_path(config_file), sources=sources or None, full=full,
-                           **(window or {}), return_state=True)
+                           allow_deletions=allow_deletions, **(window or {}), return_state=True)
         finally:
             progress_listener.reset(token)
             logging.getLogger("prefect.flow_runs").removeFilter(expected_failure)
@@ -121,7 +121,7 @@ def _with_seconds(summary: dict[str, Any], fixed: dict[str, float]) -> dict[str,
 
 
 def run_on_deployment(config_file: Optional[Path], sources: list[str] | None, full: bool,
-                      window: dict[str, Any] | None = None):
+                      window: dict[str, Any] | None = None, allow_deletions: bool = False):
     """Run ingest/<source> (or ingest/all) on the server, wait, and read its summary artifact.
 
     Returns (summary, failure) like `run_ingest`: failure is None when the run completed.
@@ -133,6 +133,8 @@ def run_on_deployment(config_file: Optional[Path], sources: list[str] | None, fu
     with user_errors():
         target, parameters = remote.deployment_target(config, sources)
         parameters.update(full=full, **(window or {}))
+        if allow_deletions:
+            parameters["allow_deletions"] = True
         started = remote.start_run(target, parameters)
         errors.print(f"waiting for flow run {started.id} of {remote.deployment_name(target)} "
                      f"{remote.run_url(started.id) or ''}", highlight=False)
@@ -164,6 +166,9 @@ def print_summary(summary: dict[str, Any]) -> None:
             table.add_row(escape(entry["source"]), escape(entry["document"]), str(entry["attempts"]),
                           escape(entry["reason"]))
         console.print(table)
+    for entry in summary.get("removed", []):
+        console.print(f"removed {escape(entry['source'])}/{escape(entry['document'])}: {escape(entry['reason'])}",
+                      highlight=False)
     queued = sum(summary.get("retry_queue", {}).values())
     if queued:
         console.print(f"queued for retry: {queued}, {len(stuck)} stuck "
@@ -189,6 +194,9 @@ def register(app: typer.Typer, store_app: typer.Typer) -> None:
         since: Optional[datetime] = typer.Option(None, "--since", help="Backfill the documents modified at or after "
                                                  "this date/time (UTC unless it says otherwise), even if unchanged."),
         until: Optional[datetime] = typer.Option(None, "--until", help="…and at or before this one."),
+        allow_deletions: bool = typer.Option(False, "--allow-deletions", help="Let this run delete more than a "
+                                             "source's max_delete_ratio of its stored documents (or all of them, "
+                                             "when its listing is empty)."),
         deployment: bool = typer.Option(False, "--deployment", help="Run it as a flow run of deployment "
                                         "ingest/<source> (or ingest/all) on the Prefect server at PREFECT_API_URL, "
                                         "and wait for it."),
@@ -200,9 +208,11 @@ def register(app: typer.Typer, store_app: typer.Typer) -> None:
             raise UserError([f"--since {since} is after --until {until}"], code=2)
         window = {key: value for key, value in (("since", since), ("until", until)) if value is not None}
         if deployment:
-            summary, failure = run_on_deployment(config, source, full, {k: v.isoformat() for k, v in window.items()})
+            summary, failure = run_on_deployment(config, source, full, {k: v.isoformat() for k, v in window.items()},
+                                                 allow_deletions)
         else:
-            summary, failure = run_ingest(config, source, full, show_progress=not as_json, window=window)
+            summary, failure = run_ingest(config, source, full, show_progress=not as_json, window=window,
+                                          allow_deletions=allow_deletions)
         if as_json:
             print(json.dumps(summary))
         else:

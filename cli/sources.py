@@ -1,4 +1,4 @@
-"""`vectormill sources check`: can each configured source be reached with its credentials?"""
+"""`vectormill sources check` (can each source be reached?) and `sources audit` (does the store mirror it?)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import ConfigOption, JsonOption, console, load
+from .common import ConfigOption, JsonOption, console, load, user_errors
 
 
 def register(app: typer.Typer, store_app: typer.Typer) -> None:
@@ -35,4 +35,37 @@ def register(app: typer.Typer, store_app: typer.Typer) -> None:
                 table.add_row(result.name, result.type, status, result.detail)
             console.print(table)
         if not all(result.ok for result in results):
+            raise typer.Exit(1)
+
+    @sources_app.command("audit")
+    def audit_command(source: Optional[str] = typer.Option(None, "--source", "-s", help="Only this source."),
+                      deep: bool = typer.Option(False, "--deep", help="Also fetch and chunk the documents whose "
+                                                "version matches, comparing content hashes (finds a file rewritten "
+                                                "with its size and mtime restored)."),
+                      config: Optional[Path] = ConfigOption, as_json: bool = JsonOption) -> None:
+        """List each source fully and compare it with the store: missing, extra, stale, queued and stuck
+        documents; exits 1 on any divergence."""
+        from vectormill.flows.audit import audit, audit_report
+
+        settings = load(config)
+        with user_errors():
+            report = audit_report(audit(settings, source, deep))
+        if as_json:
+            print(json.dumps(report))
+        else:
+            table = Table(title="sources audit" + (" (deep)" if deep else ""))
+            for column in ("source", "listed", "stored", "missing", "extra", "stale", "queued", "stuck", "status"):
+                table.add_column(column, justify="left" if column in ("source", "status") else "right")
+            for entry in report["sources"]:
+                status = "[green]ok[/green]" if entry["ok"] else "[red]diverges[/red]"
+                table.add_row(entry["name"], *(str(entry[key]) for key in (
+                    "listed", "stored", "missing_count", "extra_count", "stale_count", "queued", "stuck")), status)
+            console.print(table)
+            for entry in report["sources"]:
+                for kind in ("missing", "extra", "stale"):
+                    if entry[kind]:
+                        more = entry[f"{kind}_count"] - len(entry[kind])
+                        console.print(f"{entry['name']} {kind}: {', '.join(entry[kind])}"
+                                      + (f" and {more} more" if more else ""), highlight=False, markup=False)
+        if not report["ok"]:
             raise typer.Exit(1)

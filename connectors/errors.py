@@ -13,3 +13,8 @@ class DocumentGone(DocumentError):
 
 class SourceError(Exception):
     """The whole source is unusable (bad credentials, listing failed, circuit open): its run stops."""
+
+
+class DocumentEmpty(DocumentError):
+    """The document exists but holds no text at its source (a blanked page, a record whose properties were
+    cleared, a file truncated to nothing): it is removed from the store, reported as "empty at source"."""

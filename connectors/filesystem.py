@@ -16,7 +16,7 @@ from pypdf import PdfReader
 from pypdf.errors import FileNotDecryptedError, PdfReadError, PyPdfError
 
 from .base import Document, DocumentRef, Page
-from .errors import DocumentError, SourceError
+from .errors import DocumentEmpty, DocumentError, SourceError
 from .ocr import INSTALL_HINT, OcrUnavailableError, PdfOcr, Tesseract
 from .settings import FilesystemSourceSettings
 
@@ -46,7 +46,14 @@ class FilesystemSource:
                               f"{INSTALL_HINT} (and tesseract-ocr-<language>), or set ocr = \"auto\"")
 
     def list_documents(self) -> Iterator[DocumentRef]:
-        for dirpath, dirnames, filenames in os.walk(self.root, followlinks=False):
+        """Every selected file under the root. A listing is complete or the source fails: a folder it
+        cannot read (the root too: missing, not mounted, EACCES, EIO, a stale NFS handle) raises
+        SourceError naming it, so no run plans deletions from part of a listing."""
+
+        def unreadable(exc: OSError) -> None:
+            raise self._unreadable(exc) from exc
+
+        for dirpath, dirnames, filenames in os.walk(self.root, onerror=unreadable, followlinks=False):
             dirnames.sort()
             for filename in sorted(filenames):
                 path = Path(dirpath, filename)
@@ -55,11 +62,21 @@ class FilesystemSource:
                     continue
                 try:
                     stat = path.stat()
-                except OSError:
+                except (FileNotFoundError, NotADirectoryError):
                     # A dangling link or a file removed while listing: fetch reports it if listed again.
                     continue
+                except OSError as exc:
+                    raise self._unreadable(exc) from exc
                 yield DocumentRef(id=relative, version=f"{stat.st_size}-{stat.st_mtime_ns}",
                                   modified=_iso(stat.st_mtime))
+
+    def _unreadable(self, exc: OSError) -> SourceError:
+        path = exc.filename or str(self.root)
+        if exc.errno == errno.ENOENT and path == str(self.root):
+            return SourceError(f"source {self.name!r}: root folder {path!r} does not exist (is the share mounted?); "
+                               "nothing is deleted")
+        return SourceError(f"source {self.name!r}: cannot list {path!r}: {exc.strerror or exc}; the listing would be "
+                           "incomplete, so nothing is deleted")
 
     def _selected(self, relative: str) -> bool:
         posix = PurePosixPath(relative)
@@ -120,6 +137,8 @@ class FilesystemSource:
         size = max(stat.st_size, len(data))
         if size > limit:
             raise DocumentError(f"file is {size / 1024 / 1024:.1f} MB, over max_file_mb = {self.settings.max_file_mb:g}")
+        if not data.strip() and path.suffix.lower() in TEXT_SUFFIXES | {".pdf"}:
+            raise DocumentEmpty("the file is empty" if not data else "the file holds only blank space")
         ocr_seconds, skipped = 0.0, 0
         if path.suffix.lower() == ".pdf":
             pages, title, ocr_seconds, skipped = self._read_pdf(data)

@@ -24,7 +24,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
 from .base import Changes, Document, DocumentRef, Page
-from .errors import DocumentError, DocumentGone, SourceError
+from .errors import DocumentEmpty, DocumentError, DocumentGone, SourceError
 from .http import HttpClient, HttpStats, HttpStatusError, HttpUnavailableError
 from .secrets import resolve_secret
 from .settings import HubSpotSourceSettings
@@ -184,7 +184,7 @@ class HubSpotSource:
         else:
             text = "\n".join(f"{key}: {properties[key]}" for key in self.settings.properties if properties.get(key))
         if not text.strip():
-            raise DocumentError(f"record has no text in its properties {', '.join(self.settings.properties)}")
+            raise DocumentEmpty(f"record has no text in its properties {', '.join(self.settings.properties)}")
         title_property = self.settings.title_property or self.settings.properties[0]
         return Document(
             source=self.name,

@@ -30,7 +30,7 @@ from html.parser import HTMLParser
 from typing import Any, Literal
 
 from .base import Changes, Document, DocumentRef, Page
-from .errors import DocumentError, DocumentGone, SourceError
+from .errors import DocumentEmpty, DocumentError, DocumentGone, SourceError
 from .http import HttpClient, HttpStats, HttpStatusError, HttpUnavailableError
 from .secrets import resolve_secret
 from .settings import MediaWikiSourceSettings
@@ -250,7 +250,7 @@ class MediaWikiSource:
                              "disablelimitreport": 1, "disableeditsection": 1}, DocumentError)
         text = html_to_text(parsed.get("parse", {}).get("text", ""))
         if not text:
-            raise DocumentError(f"revision {revision['revid']} has no text")
+            raise DocumentEmpty(f"revision {revision['revid']} has no text")
         url = page.get("canonicalurl") or page.get("fullurl") or self.settings.api_url
         return Document(
             source=self.name,

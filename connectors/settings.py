@@ -20,6 +20,10 @@ class SourceSettingsBase(BaseModel):
     # Runs a document may fail before it counts as stuck: it stays on the retry queue, reported,
     # and is fetched again only when the source reports it changed, or by a --full run.
     max_document_attempts: int = Field(default=10, ge=1)
+    # Fraction of the source's stored documents one run may delete (listing, delete logs, archivals,
+    # documents gone or empty at the source); above it the run deletes nothing and the source fails
+    # until `backfill --source NAME --allow-deletions` confirms them.
+    max_delete_ratio: float = Field(default=0.5, ge=0.0, le=1.0)
 
 
 class FilesystemSourceSettings(SourceSettingsBase):
@@ -40,11 +44,10 @@ class FilesystemSourceSettings(SourceSettingsBase):
 
     @field_validator("root")
     @classmethod
-    def _root_is_a_readable_folder(cls, root: Path) -> Path:
-        root = root.expanduser()
-        if not root.is_dir():
-            raise ValueError(f"folder {str(root)!r} does not exist or is not a folder")
-        return root.resolve()
+    def _absolute_root(cls, root: Path) -> Path:
+        # Not checked for existence here: a share that is not mounted fails its source's run
+        # (connectors/filesystem.py), while search, store and failures go on working.
+        return root.expanduser().resolve()
 
 
 class HttpSourceSettings(SourceSettingsBase):

@@ -10,6 +10,8 @@ Artifact keys are stable, so the UI's Artifacts page shows each one's history ac
                               max_document_attempts), embedding throughput, stage seconds, store, then
                               the optional sections below, then the summary as JSON (what
                               `backfill --deployment --json` prints)
+- `sources-audit`             markdown: the last `sources audit` run by the audit flow (audit/weekly):
+                              counts per source, the diverging document ids, the report as JSON
 
 Keys hold only lowercase letters, digits and dashes (`slug`). The summary renders these optional
 keys of the summary dict when a flow adds them (one line each in the flow): `precision` (what
@@ -242,3 +244,29 @@ class ArtifactProgress:
         self.sources[source] = status
         self._update(force=True)
         self.inner.source_finished(source, status)
+
+
+# ---- the weekly audit (flows/audit_flow.py) -------------------------------------------------------
+AUDIT_KEY = "sources-audit"
+
+
+def audit_markdown(report: dict[str, Any]) -> str:
+    """The audit's report (`sources audit --json`) for people: a table, then the diverging ids."""
+    lines = [f"# Sources audit: {'ok' if report['ok'] else 'DIVERGES'}", ""]
+    lines += _table([{key: entry[key] for key in ("name", "listed", "stored", "missing_count", "extra_count",
+                                                   "stale_count", "queued", "stuck", "ok")}
+                     for entry in report["sources"]])
+    for entry in report["sources"]:
+        for kind in ("missing", "extra", "stale"):
+            if entry[kind]:
+                lines += ["", f"## {entry['name']}: {kind} ({entry[f'{kind}_count']})", "",
+                          *(f"- {_cell(document)}" for document in entry[kind])]
+    lines += ["", "```json", json.dumps(report), "```"]
+    return "\n".join(lines)
+
+
+def publish_audit(report: dict[str, Any]) -> None:
+    from prefect.artifacts import create_markdown_artifact
+
+    create_markdown_artifact(audit_markdown(report), key=AUDIT_KEY,
+                             description=f"sources audit: {'ok' if report['ok'] else 'diverges'}")

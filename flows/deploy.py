@@ -1,7 +1,8 @@
 """Deployments of the `ingest` flow and the Prefect global concurrency limits they share.
 
 One deployment per configured source (`ingest/<source>`) plus `ingest/all`, each with its cron
-schedule from the config's [deployments] table. The same specs feed `vectormill serve`
+schedule from the config's [deployments] table, and `audit/weekly`: the `audit` flow
+(flows/audit_flow.py, `sources audit` of every source) on `audit_schedule`. The same specs feed `vectormill serve`
 (`flow.to_deployment` + `prefect.serve`, no work pool) and `deployments/prefect.yaml`
 (`prefect deploy`, a process work pool), so both ways deploy the same thing.
 
@@ -36,6 +37,9 @@ if TYPE_CHECKING:
 FLOW_NAME = "ingest"
 ALL = "all"  # the deployment that ingests every source; no source may take this name
 ENTRYPOINT = "vectormill.flows.ingest:ingest"
+AUDIT_NAME = "weekly"  # the deployment audit/weekly
+AUDIT_ENTRYPOINT = "vectormill.flows.audit_flow:audit_sources"
+AUDIT_DESCRIPTION = "vectormill: list every source fully and compare it with the store (sources audit)."
 
 
 class DeploymentConfigError(ValueError):
@@ -109,6 +113,15 @@ def runner_deployments(config: VectormillConfig, config_file: str) -> list[Any]:
             # same everywhere, which the task worker of `vectormill serve` needs to read their context.
             entrypoint_type=EntrypointType.MODULE_PATH,
         ))
+    from .audit_flow import audit_sources
+
+    deployments.append(audit_sources.to_deployment(
+        name=AUDIT_NAME,
+        schedules=[CronSchedule(cron=settings.audit_schedule, timezone=settings.timezone)]
+        if settings.audit_schedule else None,
+        parameters={"config_file": config_file, "deep": False},
+        concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE),
+        description=AUDIT_DESCRIPTION, tags=["vectormill", "audit"], entrypoint_type=EntrypointType.MODULE_PATH))
     return deployments
 
 
@@ -127,6 +140,16 @@ def prefect_yaml(config: VectormillConfig, config_file: str) -> dict[str, Any]:
             "concurrency_limit": {"limit": settings.runs_per_deployment, "collision_strategy": "ENQUEUE"},
             "work_pool": {"name": settings.work_pool, "work_queue_name": None, "job_variables": {}},
         })
+    deployments.append({
+        "name": AUDIT_NAME,
+        "description": AUDIT_DESCRIPTION,
+        "entrypoint": AUDIT_ENTRYPOINT,
+        "tags": ["vectormill", "audit"],
+        "parameters": {"config_file": config_file, "deep": False},
+        "schedules": [{"cron": settings.audit_schedule, "timezone": settings.timezone}] if settings.audit_schedule else [],
+        "concurrency_limit": {"limit": 1, "collision_strategy": "ENQUEUE"},
+        "work_pool": {"name": settings.work_pool, "work_queue_name": None, "job_variables": {}},
+    })
     return {
         "name": "vectormill",
         "prefect-version": _prefect_version(),

@@ -62,13 +62,14 @@ def summarize(reports: list[SourceReport], seconds: dict[str, float], store_stat
         "drift": {r.name: r.drift for r in reports if r.drift},
         "retry_queue": {r.name: r.retry_queue for r in reports},
         "stuck": [entry for r in reports for entry in r.stuck],
+        "removed": [{"source": r.name, **entry} for r in reports for entry in r.removed],
     }
 
 
 def assess(config: VectormillConfig, reports: list[SourceReport],
            replication: str | None = None) -> tuple[str | None, list[str]]:
     """(why the run fails or None, warnings): a source that failed or whose failed documents exceed
-    its max_failed_ratio fails the run, and so do too few replicas confirming the checkpoint;
+    its max_failed_ratio (of the source's documents: stored before the run plus new) fails the run, and so do too few replicas confirming the checkpoint;
     failed documents within the ratio and embeddings that drifted from a source's baseline are
     warnings."""
     problems, warnings = [], []
@@ -82,12 +83,13 @@ def assess(config: VectormillConfig, reports: list[SourceReport],
         if report.status == "failed":
             problems.append(f"source {report.name!r} failed: {report.error}")
             continue
-        seen, failed = report.documents["seen"], report.documents["failed"]
+        failed = report.documents["failed"]
         if not failed:
             continue
+        total = max(report.known, report.documents["seen"], failed)
         limit = config.source(report.name).max_failed_ratio
-        counts = f"{failed} of {seen} documents failed ({failed / seen:.0%})"
-        if failed / seen > limit:
+        counts = f"{failed} of {total} documents failed ({failed / total:.0%})"
+        if failed / total > limit:
             problems.append(f"source {report.name!r}: {counts}, above max_failed_ratio = {limit:g}; "
                             f"see the failures listed in the summary")
         else:
@@ -103,11 +105,13 @@ def ingest(
     full: bool = False,
     since: datetime | None = None,
     until: datetime | None = None,
+    allow_deletions: bool = False,
 ) -> dict[str, Any]:
     """Bring the store up to date with the configured sources (all, or those named).
 
     With `since`/`until`, backfill the documents modified in that window instead: done again even
-    if unchanged, no deletions by reconciliation, cursors left where they are.
+    if unchanged, no deletions by reconciliation, cursors left where they are. `allow_deletions`
+    lets the deletions past a source's max_delete_ratio go ahead (flows/deletions.py).
     """
     logger = get_run_logger()
     started = time.perf_counter()
@@ -129,7 +133,7 @@ def ingest(
         if limits:
             seconds["wait_store"] = time.perf_counter() - waiting
         outcome = _ingest_sources(config, selected, chunk_tokens, full, seconds,
-                                  limits.embedding_limit if limits else None, window)
+                                  limits.embedding_limit if limits else None, window, allow_deletions)
     seconds["total"] = time.perf_counter() - started
     # This process's model load (overlapped with the run where it could be); Dask workers and the
     # task worker of `vectormill serve` load theirs.
@@ -201,7 +205,8 @@ class _Outcome:
     telemetry: dict[str, Any] | None  # GPU/CPU use while this process embedded
 
 
-def _ingest_sources(config, selected, chunk_tokens, full, seconds, embedding_limit, window) -> _Outcome:
+def _ingest_sources(config, selected, chunk_tokens, full, seconds, embedding_limit, window,
+                    allow_deletions) -> _Outcome:
     """Open the execution and the store, run each source, record the precision, checkpoint and replicate."""
     logger = get_run_logger()
     with open_execution(config.execution, server_url(), logger) as execution:
@@ -219,7 +224,7 @@ def _ingest_sources(config, selected, chunk_tokens, full, seconds, embedding_lim
             reports = [
                 ingest_source(source, store, config.embedding, chunk_tokens, config.chunking.overlap, full,
                               embedding_limit=embedding_limit, execution=execution, drift=config.drift,
-                              window=window)
+                              window=window, allow_deletions=allow_deletions)
                 for source in selected
             ]
             embedded = any(report.chunks_embedded for report in reports)

@@ -9,14 +9,18 @@ in order and writes whole documents, so a crash leaves every document either ful
 its new version or untouched.
 
 Each source's run also records a baseline of the vectors it embedded (embedding/drift.py) and
-compares it with the source's previous one. A document that fails goes on the source's retry
-queue (flows/retry_queue.py) in the same write as the cursor that moves past it.
+compares it with the source's previous one. A document is put on the source's retry queue
+(flows/retry_queue.py), its attempt counted, before it is fetched; it leaves the queue when it
+lands, and one that fails gets its reason in the same write as the cursor that moves past it.
+Deletions pass the safety valve (flows/deletions.py) first; any error of the source fails that
+source alone.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -31,7 +35,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 
 from vectormill.connectors.base import DocumentRef, HttpBackedSource, Source
-from vectormill.connectors.errors import DocumentError, DocumentGone, SourceError
+from vectormill.connectors.errors import DocumentEmpty, DocumentError, DocumentGone, SourceError
 from vectormill.connectors.ocr import OcrUnavailableError
 from vectormill.connectors.registry import build_source
 from vectormill.connectors.settings import SourceSettingsBase
@@ -42,13 +46,15 @@ from vectormill.embedding.loader import loader_for
 from vectormill.embedding.settings import DriftSettings, EmbeddingSettings
 from vectormill.embedding.tokenizer import ModelTokenizer
 from vectormill.stores.base import VectorStore
+from vectormill.stores.errors import StoreError
 from vectormill.stores.records import (BaselineRecord, ChunkRecord, CursorUpdate, DocumentDelete, DocumentFailed,
                                        DocumentUpsert)
 
 from .server import occupy, server_url
 from .execution import LocalExecution, fetch_settings
-from .plan import Window, plan_source
-from .retry_queue import QueueEntry
+from .deletions import deletion_refusal
+from .plan import Plan, Window, plan_source
+from .retry_queue import INTERRUPTED, QueueEntry
 from .progress import progress_listener
 
 if TYPE_CHECKING:
@@ -97,7 +103,7 @@ class FetchResult:
     failures: list[Failure]
     seconds: float  # OCR included
     failed_refs: dict[str, DocumentRef] = field(default_factory=dict)  # failed document → its ref, to retry it
-    gone: list[str] = field(default_factory=list)  # documents the source says no longer exist
+    removed: dict[str, str] = field(default_factory=dict)  # document → why it goes: gone or empty at the source
     ocr_seconds: float = 0.0
     ocr_skipped_pages: int = 0  # pages without text left unread: Tesseract is not installed
 
@@ -119,6 +125,8 @@ class SourceReport:
     retry_queue: int = 0  # documents on the source's retry queue after the run
     stuck: list[dict[str, Any]] = field(default_factory=list)  # those queued past max_document_attempts
     ocr_skipped_pages: int = 0
+    removed: list[dict[str, str]] = field(default_factory=list)  # documents gone or empty at the source: why
+    known: int = 0  # the source's documents: stored before the run plus new ones (max_failed_ratio's base)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -135,6 +143,7 @@ class SourceReport:
             "retry_queue": self.retry_queue,
             "stuck": list(self.stuck),
             "ocr_skipped_pages": self.ocr_skipped_pages,
+            "removed": list(self.removed),
         }
 
 
@@ -147,7 +156,7 @@ def fetch_parse_chunk(
     overlap: int,
 ) -> FetchResult:
     """Fetch, parse and chunk a batch of documents; a bad document becomes a Failure, and one the source
-    says is gone a deletion, not an error.
+    says is gone, or empty, a deletion, not an error.
 
     Retried by Prefect only for unexpected errors (a bug or a lost worker); per-document errors
     and HTTP retries are handled inside.
@@ -161,7 +170,10 @@ def fetch_parse_chunk(
             document = source.fetch(ref)
             chunks = chunk_document(document, tokenizer.tokens, chunk_tokens, overlap)
         except DocumentGone:
-            result.gone.append(ref.id)
+            result.removed[ref.id] = "gone at source"
+            continue
+        except DocumentEmpty:
+            result.removed[ref.id] = "empty at source"
             continue
         except DocumentError as exc:
             result.failures.append(Failure(settings.name, ref.id, str(exc)))
@@ -211,10 +223,15 @@ def ingest_source(
     execution: Execution | None = None,
     drift: DriftSettings | None = None,
     window: Window | None = None,
+    allow_deletions: bool = False,
 ) -> SourceReport:
     """Run one source; `embedding_limit` names the Prefect global concurrency limit each
     embedding call holds a slot of (None: none, e.g. ephemeral runs). `execution` says where
-    tasks run (default: locally); `drift` how this run's embeddings are profiled and compared."""
+    tasks run (default: locally); `drift` how this run's embeddings are profiled and compared.
+
+    Whatever goes wrong with the source (SourceError, or any other exception: a bug in a
+    connector, a malformed record) fails this source alone, with a one-line reason; deletions
+    beyond its `max_delete_ratio` fail it too, deleting nothing, unless `allow_deletions`."""
     logger = get_run_logger()
     listener = progress_listener.get()
     execution = execution or LocalExecution()
@@ -233,9 +250,18 @@ def ingest_source(
         listed = time.perf_counter()
         plan = plan_source(source, store, report.documents, full, window, max_attempts=settings.max_document_attempts)
         report.seconds["list"] += time.perf_counter() - listed
-        failed_refs, gone = _embed_and_write(settings, store, embedding, chunk_tokens, overlap, plan, report, listener,
-                                             embedding_limit, execution, profile)
-        deleted = [DocumentDelete(settings.name, document) for document in dict.fromkeys([*plan.deletions, *gone])]
+        failed_refs, removed = _embed_and_write(settings, store, embedding, chunk_tokens, overlap, plan, report,
+                                                listener, embedding_limit, execution, profile)
+        report.removed = [{"document": document, "reason": reason} for document, reason in removed.items()]
+        report.known = len(set(plan.stored).union(failure.document for failure in report.failures)) + \
+            report.documents["new"]
+        deleted = [DocumentDelete(settings.name, document) for document in dict.fromkeys([*plan.deletions, *removed])]
+        refusal = deletion_refusal(
+            settings.name, sum(op.document in plan.stored for op in deleted), len(plan.stored),
+            settings.max_delete_ratio, listed_nothing=plan.reconciled and not report.documents["seen"],
+            allowed=allow_deletions, where=str(getattr(settings, "root", "")) or None)
+        if refusal:
+            raise SourceError(refusal)
         if deleted:
             store.write(deleted)
             report.documents["deleted"] = len(deleted)
@@ -247,7 +273,7 @@ def ingest_source(
         failed_at = datetime.now(timezone.utc).isoformat()
         final: list[DocumentFailed | CursorUpdate] = [
             DocumentFailed(settings.name, failure.document, failed_refs[failure.document].to_json(), failure.reason,
-                           failed_at) for failure in report.failures]
+                           failed_at, attempt=False) for failure in report.failures]  # counted before its fetch
         if plan.cursor is not None and plan.cursor != store.cursor(settings.name):
             final.append(CursorUpdate(settings.name, plan.cursor))
         if final:
@@ -255,6 +281,12 @@ def ingest_source(
     except SourceError as exc:
         report.status, report.error = "failed", str(exc)
         logger.error("source %s failed: %s", settings.name, exc)
+    except (StoreError, sqlite3.Error):
+        raise  # the store's trouble, not the source's: no other source could be written either
+    except Exception as exc:  # noqa: BLE001 - one broken source must not stop the others
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        report.status, report.error = "failed", f"unexpected {type(exc).__name__}: {first_line}"
+        logger.exception("source %s failed: %s", settings.name, report.error)
     _report_queue(settings, store, report)
     if http_before is not None:
         report.http = source.http_stats.since(http_before)
@@ -303,12 +335,19 @@ class _EmbedBatch:
     embedded: Any
 
 
-def _embed_and_write(settings, store, embedding, chunk_tokens, overlap, plan, report, listener,
-                     embedding_limit, execution, profile) -> tuple[dict[str, DocumentRef], list[str]]:
-    """Fetch, embed and write the plan's documents; returns the refs of the failed ones and the gone ones."""
+def _embed_and_write(settings, store, embedding, chunk_tokens, overlap, plan: Plan, report, listener,
+                     embedding_limit, execution, profile) -> tuple[dict[str, DocumentRef], dict[str, str]]:
+    """Fetch, embed and write the plan's documents; returns the refs of the failed ones, and the
+    documents gone or empty at the source with why.
+
+    Each batch's documents are queued, their attempt counted, before the batch is fetched: a
+    process that dies on one has counted it (flows/retry_queue.py). The suspects of an earlier
+    such death come last, one at a time with nothing else in flight, so the one that kills the
+    process again counts an attempt alone, and the others land.
+    """
     fetches: deque = deque()
     failed_refs: dict[str, DocumentRef] = {}
-    gone: list[str] = []
+    removed: dict[str, str] = {}
     embeds: deque[_EmbedBatch] = deque()
     pending: list[ParsedDocument] = []
     pending_chunks = 0
@@ -323,11 +362,11 @@ def _embed_and_write(settings, store, embedding, chunk_tokens, overlap, plan, re
             report.documents["failed"] += 1
             get_run_logger().warning("%s: %s: %s", failure.source, failure.document, failure.reason)
         failed_refs.update(result.failed_refs)
-        for document in result.gone:
-            get_run_logger().info("%s: %s is gone at the source: removed", settings.name, document)
-        gone.extend(result.gone)
-        if result.failures or result.gone:
-            listener.documents_done(settings.name, len(result.failures) + len(result.gone), 0)
+        for document, reason in result.removed.items():
+            get_run_logger().info("%s: %s is %s: removed", settings.name, document, reason)
+        removed.update(result.removed)
+        if result.failures or result.removed:
+            listener.documents_done(settings.name, len(result.failures) + len(result.removed), 0)
         pending.extend(result.documents)
         pending_chunks += sum(len(d.chunks) for d in result.documents)
 
@@ -341,28 +380,50 @@ def _embed_and_write(settings, store, embedding, chunk_tokens, overlap, plan, re
         while len(embeds) > execution.embed_tasks_in_flight:
             _write_documents(embeds.popleft(), store, report, listener, profile)
 
-    listing = time.perf_counter()
-    for batch in _batched(plan.refs, settings.fetch_batch_size):
-        report.seconds["list"] += time.perf_counter() - listing
+    def submit(batch: list[tuple[DocumentRef, bool]]) -> None:
         listener.documents_found(settings.name, len(batch))
+        started = datetime.now(timezone.utc).isoformat()
+        store.write([DocumentFailed(settings.name, ref.id, ref.to_json(), INTERRUPTED, started) for ref, _ in batch])
         execution.warm_up(embedding)  # something to fetch: the model loads while it is fetched and parsed
         fetches.append(execution.submit_fetch(fetch_parse_chunk, {
             "settings": settings, "refs": batch, "model": embedding.model, "chunk_tokens": chunk_tokens,
             "overlap": overlap}))
+
+    def drain() -> None:
+        while fetches:
+            collect(fetches.popleft().result())
+            if pending_chunks >= embedding.task_chunks:
+                flush()
+        flush()
+        while embeds:
+            _write_documents(embeds.popleft(), store, report, listener, profile)
+
+    suspects: list[tuple[DocumentRef, bool]] = []
+    listing = time.perf_counter()
+    for batch in _batched(_set_aside(plan.refs, plan.suspects, suspects), settings.fetch_batch_size):
+        report.seconds["list"] += time.perf_counter() - listing
+        submit(batch)
         while len(fetches) > execution.fetch_ahead:
             collect(fetches.popleft().result())
             if pending_chunks >= embedding.task_chunks:
                 flush()
         listing = time.perf_counter()
     report.seconds["list"] += time.perf_counter() - listing
-    while fetches:
-        collect(fetches.popleft().result())
-        if pending_chunks >= embedding.task_chunks:
-            flush()
-    flush()
-    while embeds:
-        _write_documents(embeds.popleft(), store, report, listener, profile)
-    return failed_refs, gone
+    drain()
+    for suspect in suspects:
+        submit([suspect])
+        drain()
+    return failed_refs, removed
+
+
+def _set_aside(refs: Iterable[tuple[DocumentRef, bool]], suspects: frozenset[str],
+               aside: list[tuple[DocumentRef, bool]]) -> Iterator[tuple[DocumentRef, bool]]:
+    """The refs that are not suspects; the suspects go to `aside`."""
+    for item in refs:
+        if item[0].id in suspects:
+            aside.append(item)
+        else:
+            yield item
 
 
 def _start_embedding(documents, store, embedding, report, embedding_limit, execution) -> _EmbedBatch:

@@ -6,14 +6,14 @@ tested with a real source and store alone.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, MutableMapping
+from collections.abc import Collection, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
 from datetime import datetime
 
 from vectormill.connectors.base import Changes, DocumentRef, IncrementalSource, Source
 from vectormill.stores.base import VectorStore
 
-from .retry_queue import is_stuck
+from .retry_queue import INTERRUPTED, is_stuck
 
 
 @dataclass
@@ -24,6 +24,9 @@ class Plan:
     deletions: list[str]  # filled once `refs` is exhausted for a full listing
     cursor: str | None
     incremental: bool
+    stored: Collection[str] = ()  # the source's documents in the store before the run
+    reconciled: bool = False  # a full listing: the stored documents it does not list are deleted
+    suspects: frozenset[str] = frozenset()  # queued because a process ended while it handled them
 
 
 @dataclass(frozen=True)
@@ -55,9 +58,11 @@ def plan_source(source: Source, store: VectorStore, counts: MutableMapping[str, 
     since they failed, or by a `full` run."""
     stored = store.document_versions(source.name)
     cursor = store.cursor(source.name)
+    queue = store.retry_queue(source.name)
     queued = {queued.document: (DocumentRef.from_json(queued.ref), is_stuck(queued, max_attempts))
-              for queued in store.retry_queue(source.name)}
+              for queued in queue}
     deletions: list[str] = []
+    suspects = frozenset(q.document for q in queue if q.reason == INTERRUPTED)
 
     def wanted(ref: DocumentRef) -> bool:
         """A listed document to fetch: a queued one (unless stuck and unchanged since), or a changed one."""
@@ -94,15 +99,17 @@ def plan_source(source: Source, store: VectorStore, counts: MutableMapping[str, 
                 yield ref, ref.id not in stored
             yield from classify(changes.upserts, reconcile=False, seen={ref.id for ref in retries})
 
-        return Plan(refs(), deletions, cursor, incremental=True)
+        return Plan(refs(), deletions, cursor, incremental=True, stored=stored.keys(), suspects=suspects)
 
     if window is not None:
         if isinstance(source, IncrementalSource) and window.since is not None and not full:
             return queue_then_changes(source.changes_since(window.since.strftime("%Y-%m-%dT%H:%M:%SZ")), None)
-        return Plan(classify(source.list_documents(), reconcile=False, seen=set()), deletions, None, incremental=False)
+        return Plan(classify(source.list_documents(), reconcile=False, seen=set()), deletions, None, incremental=False,
+                    stored=stored.keys(), suspects=suspects)
     if isinstance(source, IncrementalSource) and cursor and not full:
         changes = source.changes_since(cursor)
         return queue_then_changes(changes, changes.cursor)
     # Taken before listing: a change made while we list is seen again next time, never skipped.
     new_cursor = source.current_cursor() if isinstance(source, IncrementalSource) else None
-    return Plan(classify(source.list_documents(), reconcile=True, seen=set()), deletions, new_cursor, incremental=False)
+    return Plan(classify(source.list_documents(), reconcile=True, seen=set()), deletions, new_cursor, incremental=False,
+                stored=stored.keys(), reconciled=True, suspects=suspects)

@@ -4,6 +4,8 @@ A document that fails in a run is put on its source's queue (in the store, in th
 the cursor that moves past it); later runs fetch it again first, until it lands or its source says
 it is gone. After `max_document_attempts` failed runs it is *stuck*: it stays queued and is
 reported, and is fetched again only when the source reports it changed, or by a --full run.
+A document is queued (its attempt counted) before it is processed, so one that kills the process
+becomes stuck too instead of killing every later run.
 
 Pure decisions over the store's `QueuedDocument`s, plus the read-only listing `failures` prints:
 no Prefect, no model.
@@ -19,6 +21,12 @@ from vectormill.stores.faiss_store import FaissStore
 from vectormill.stores.records import QueuedDocument
 
 from .config import VectormillConfig
+
+
+# The reason a document is queued with before it is processed: its attempt counts even if the process
+# dies on it (out of memory, a crash in a native parser, a kill). Replaced by the real reason if it
+# fails; taken off the queue when it lands. Later runs process such suspects alone, after the rest.
+INTERRUPTED = "interrupted: the process ended while handling it (killed, out of memory or crashed)"
 
 
 def is_stuck(queued: QueuedDocument, max_attempts: int) -> bool:

@@ -34,6 +34,8 @@ class DeploymentSettings(BaseModel):
     schedules: dict[str, str] = Field(default_factory=dict)
     # Cron of ingest/all.
     all_schedule: str | None = None
+    # Cron of audit/weekly (`sources audit` of every source, published as a UI artifact); "": on demand.
+    audit_schedule: str | None = "0 4 * * 0"
     timezone: str = "UTC"
     # Runs of one deployment at once; more wait for a slot (collision strategy ENQUEUE).
     runs_per_deployment: int = Field(default=1, ge=1)
@@ -52,7 +54,7 @@ class DeploymentSettings(BaseModel):
                 raise ValueError(f"schedules.{name}: {exc}") from None
         return schedules
 
-    @field_validator("all_schedule")
+    @field_validator("all_schedule", "audit_schedule")
     @classmethod
     def _all_cron(cls, expression: str | None) -> str | None:
-        return _valid_cron(expression)
+        return _valid_cron(expression or None)

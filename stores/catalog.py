@@ -187,9 +187,9 @@ class Catalog:
             elif isinstance(op, DocumentFailed):
                 self.db.execute(
                     "INSERT INTO retry_queue VALUES (?, ?, ?, ?, 1, ?, ?, NULL) ON CONFLICT(source, document) DO UPDATE "
-                    "SET ref = excluded.ref, reason = excluded.reason, attempts = attempts + 1, "
+                    "SET ref = excluded.ref, reason = excluded.reason, attempts = attempts + ?, "
                     "last_failed = excluded.last_failed, segment = NULL",
-                    (op.source, op.document, op.ref, op.reason, op.failed_at, op.failed_at))
+                    (op.source, op.document, op.ref, op.reason, op.failed_at, op.failed_at, int(op.attempt)))
             elif isinstance(op, PropertyUpdate):
                 if op.value is None:
                     self._remove(PROPERTIES, (op.key,))

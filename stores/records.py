@@ -72,6 +72,9 @@ class DocumentFailed:
     `ref` is what the source needs to fetch it again (opaque to the store, e.g. JSON). A document
     already queued keeps its first failure; its attempts count up and its reason and last failure
     are replaced. Written in the same `write` as the cursor that moves past it.
+
+    `attempt` False records the reason of an attempt already counted (a document is queued, its
+    attempt counted, before it is processed, so that a process that dies on it has counted it).
     """
 
     source: str
@@ -79,6 +82,7 @@ class DocumentFailed:
     ref: str
     reason: str
     failed_at: str  # ISO 8601, UTC
+    attempt: bool = True  # counts one more attempt
 
 
 @dataclass(frozen=True)

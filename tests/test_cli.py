@@ -20,11 +20,12 @@ pytest_plugins = ["tests.servers.prefect_server"]
 
 
 def test_bad_config_prints_one_clear_line_and_exits_non_zero(tmp_path):
-    (tmp_path / "vectormill.toml").write_text('[[sources]]\nname = "docs"\ntype = "filesystem"\nroot = "missing"\n')
+    (tmp_path / "vectormill.toml").write_text('[[sources]]\nname = "docs"\ntype = "filesystem"\nroot = "pdfs"\n'
+                                              'max_delete_ratio = 2\n')
     result = run("backfill", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"error: sources[docs].root: folder '{tmp_path / 'missing'}' does not exist or is not a folder"]
+        "error: sources[docs].max_delete_ratio: Input should be less than or equal to 1"]
     assert "Traceback" not in result.stderr
 
     result = run("backfill", "--config", str(tmp_path / "absent.toml"), cwd=tmp_path)
@@ -49,7 +50,7 @@ def test_init_writes_an_example_that_loads(tmp_path):
 def test_commands_that_run_no_flow_import_no_prefect(tmp_path):
     write_corpus(tmp_path / "pdfs", {"chess": TOPICS["chess"]})
     write_config(tmp_path)
-    for command in (["store", "stats"], ["failures"]):
+    for command in (["store", "stats"], ["failures"], ["sources", "audit"]):
         code = (f"import sys; from vectormill.cli import main as cli; sys.argv = ['vectormill', *{command!r}];\n"
                 "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
                 "print('PREFECT LOADED' if 'prefect' in sys.modules else 'NO PREFECT')")

@@ -51,7 +51,7 @@ def test_every_problem_is_reported_once_with_its_place(tmp_path):
         parse_config(data, tmp_path, environ={})
     problems = caught.value.problems
     assert any(p.startswith("sources[ftp]") and "unknown source type 'ftp'" in p for p in problems)
-    assert any(p.startswith("sources[docs].root") and "does not exist" in p for p in problems)
+    assert not any(p.startswith("sources[docs].root") for p in problems)  # a share may be unmounted: runs say so
     assert any(p.startswith("sources[docs].colour") and "unknown key" in p for p in problems)
     assert any(p.startswith("chunking") and "overlap" in p for p in problems)
     assert all("\n" not in p for p in problems)

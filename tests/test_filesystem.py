@@ -120,3 +120,16 @@ def test_symlinks_within_the_root_are_followed_and_fifos_refused(tmp_path):
     assert "inside the root" in source(tmp_path).fetch(DocumentRef("alias/a.txt", "v")).text
     with pytest.raises(DocumentError, match="not a regular file"):  # and no wait for a writer
         source(tmp_path).fetch(DocumentRef("pipe.txt", "v"))
+
+
+def test_a_missing_root_fails_the_listing_and_an_empty_file_is_empty_at_source(tmp_path):
+    from vectormill.connectors.errors import DocumentEmpty, SourceError
+
+    with pytest.raises(SourceError, match=r"root folder '.*absent' does not exist \(is the share mounted\?\)"):
+        list(source(tmp_path / "absent").list_documents())
+    (tmp_path / "blank.md").write_text(" \n\n")
+    (tmp_path / "nothing.pdf").write_bytes(b"")
+    src = source(tmp_path)
+    for ref in src.list_documents():
+        with pytest.raises(DocumentEmpty):
+            src.fetch(ref)

@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from vectormill.connectors.base import DocumentRef, IncrementalSource
-from vectormill.connectors.errors import DocumentError, DocumentGone, SourceError
+from vectormill.connectors.errors import DocumentEmpty, DocumentError, DocumentGone, SourceError
 from vectormill.connectors.hubspot import HubSpotSource, format_time, parse_time
 from vectormill.connectors.settings import HubSpotSourceSettings
 from vectormill.flows.config import parse_config
@@ -89,13 +89,13 @@ def test_fetch_turns_a_record_into_text_with_the_default_or_a_configured_templat
     assert server.requests[-1].path == f"/crm/v3/objects/companies/{refs[2].id.split('/')[1]}"
 
 
-def test_fetch_says_a_record_gone_since_listing_is_gone_and_fails_one_without_text(server):
+def test_fetch_says_a_record_gone_since_listing_is_gone_and_one_without_text_empty(server):
     first, second = server.app.add("companies", name="Acme"), server.app.add("companies", description="")
     server.app.archive("companies", first)
     source = source_for(server)
     with pytest.raises(DocumentGone, match="record not found"):
         source.fetch(DocumentRef(f"companies/{first}", "v"))
-    with pytest.raises(DocumentError, match="no text") as empty:
+    with pytest.raises(DocumentEmpty, match="no text") as empty:
         source.fetch(DocumentRef(f"companies/{second}", "v"))
     assert not isinstance(empty.value, DocumentGone)
 

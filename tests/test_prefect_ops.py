@@ -66,7 +66,10 @@ def test_prefect_yaml_holds_the_same_deployments_on_a_process_pool(tmp_path):
                                   '[deployments.schedules]\nwiki = "0 * * * *"\n')
     document = yaml.safe_load(yaml.safe_dump(prefect_yaml(config, "/srv/vectormill.toml")))
     by_name = {d["name"]: d for d in document["deployments"]}
-    assert list(by_name) == ["docs", "wiki", "all"]
+    assert list(by_name) == ["docs", "wiki", "all", "weekly"]
+    audit = by_name["weekly"]  # audit/weekly: `sources audit` on Sundays, published as an artifact
+    assert audit["entrypoint"] == "vectormill.flows.audit_flow:audit_sources"
+    assert audit["schedules"] == [{"cron": "0 4 * * 0", "timezone": "UTC"}]
     wiki = by_name["wiki"]
     assert wiki["entrypoint"] == "vectormill.flows.ingest:ingest"
     assert wiki["work_pool"]["name"] == "ingest-pool"
@@ -77,6 +80,7 @@ def test_prefect_yaml_holds_the_same_deployments_on_a_process_pool(tmp_path):
     from prefect.flows import load_flow_from_entrypoint
 
     assert load_flow_from_entrypoint(wiki["entrypoint"]).name == "ingest"
+    assert load_flow_from_entrypoint(audit["entrypoint"]).name == "audit"
 
 
 def test_deployment_config_mistakes_are_named(tmp_path):
@@ -242,9 +246,9 @@ def test_above_the_failure_ratio_the_run_fails_naming_the_source_and_listing_eac
     assert "**Status: FAILED**" in text and "## Failed documents (3)" in text
     failed_section = text.split("## Failed documents")[1].split("\n## ")[0]
     lines = {line.split(" | ")[1]: line for line in failed_section.splitlines() if line.startswith("| broken | ")}
-    assert set(lines) == {"truncated.pdf", "not-a-pdf.pdf", "empty.txt"}
+    assert set(lines) == {"truncated.pdf", "not-a-pdf.pdf", "latin1.txt"}
     assert "not a readable PDF" in lines["not-a-pdf.pdf"]
-    assert "no text" in lines["empty.txt"].lower() or "empty" in lines["empty.txt"].lower()
+    assert "not UTF-8" in lines["latin1.txt"]
 
     runs = {r["id"]: r for r in last_json(served.cli("runs", "--json").stdout)}
     assert runs[run["id"]]["deployment"] == "ingest/broken" and runs[run["id"]]["state"] == "Failed"

@@ -218,9 +218,15 @@ def test_a_crm_record_is_fetched_again_by_its_ref_until_it_lands_and_dropped_onc
 
         configure(["name", "description"])
         first = ingest(config_file=str(config))
-        assert sorted(f["document"] for f in first["failures"]) == [f"companies/{quiet}", f"companies/{purged}"]
-        assert all("no text" in f["reason"] for f in first["failures"])
-        assert first["retry_queue"] == {"crm-queue": 2}
+        # Records without text in the configured properties are empty at the source: not stored, not queued.
+        assert first["failures"] == [] and first["retry_queue"] == {"crm-queue": 0}
+        assert sorted((r["document"], r["reason"]) for r in first["removed"]) == [
+            (f"companies/{quiet}", "empty at source"), (f"companies/{purged}", "empty at source")]
+        # As an earlier run that failed them would have left them: on the queue with their refs.
+        with FaissStore.open(load_config(config).store) as store:
+            store.write([DocumentFailed("crm-queue", f"companies/{record}", DocumentRef(
+                f"companies/{record}", server.app.objects["companies"][record]["updatedAt"]).to_json(),
+                "failed in an earlier run", FAILED_AT) for record in (quiet, purged)])
 
         # The fix is in the config (the records are not edited): the next runs must fetch them again.
         configure(["name", "domain", "description"])
@@ -289,7 +295,8 @@ def test_a_pdf_unreadable_during_one_run_lands_on_the_next_and_leaves_the_queue(
     [entry] = json.loads(listing.stdout)
     assert set(entry) == CONTRACT
     assert (entry["source"], entry["document"], entry["attempts"]) == ("docs", "volcanoes.pdf", 1)
-    assert entry["first_failed"] == entry["last_failed"] and "Permission denied" in entry["reason"]
+    # First: when its attempt began (counted before the fetch); last: when it failed.
+    assert entry["first_failed"] <= entry["last_failed"] and "Permission denied" in entry["reason"]
 
     locked.chmod(0o644)  # fixed; its size and modification time are those the failed run listed
     assert (locked.stat().st_size, locked.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
@@ -308,30 +315,30 @@ def test_after_max_document_attempts_a_document_stays_queued_reported_as_stuck(t
     root = tmp_path / "pdfs"
     root.mkdir()
     (root / "good.txt").write_text("Backups of the billing database are restored every Friday.\n")
-    (root / "empty.txt").write_text("")
+    (root / "broken.txt").write_bytes(b"\xff\xfe not UTF-8 text\n")
     config = write_config(tmp_path, extra="max_document_attempts = 2\n")
 
     def attempts() -> list[tuple[str, int]]:
         return [(entry.document, entry.attempts) for entry in list_failures(load_config(config))]
 
     first = ingest(config_file=str(config))
-    assert first["documents"]["failed"] == 1 and first["stuck"] == [] and attempts() == [("empty.txt", 1)]
+    assert first["documents"]["failed"] == 1 and first["stuck"] == [] and attempts() == [("broken.txt", 1)]
 
     second = ingest(config_file=str(config))
-    assert second["documents"]["failed"] == 1 and attempts() == [("empty.txt", 2)]
+    assert second["documents"]["failed"] == 1 and attempts() == [("broken.txt", 2)]
     [stuck] = second["stuck"]
-    assert set(stuck) == CONTRACT and (stuck["document"], stuck["attempts"]) == ("empty.txt", 2)
+    assert set(stuck) == CONTRACT and (stuck["document"], stuck["attempts"]) == ("broken.txt", 2)
     assert second["sources"][0]["stuck"] == [stuck]
     assert list_failures(load_config(config))[0].stuck
 
     third = ingest(config_file=str(config))  # unchanged and stuck: not fetched, still queued and reported
     assert third["documents"]["failed"] == 0 and third["documents"]["seen"] == 2
-    assert third["retry_queue"] == {"docs": 1} and [s["document"] for s in third["stuck"]] == ["empty.txt"]
-    assert attempts() == [("empty.txt", 2)]
+    assert third["retry_queue"] == {"docs": 1} and [s["document"] for s in third["stuck"]] == ["broken.txt"]
+    assert attempts() == [("broken.txt", 2)]
 
     forced = ingest(config_file=str(config), full=True)  # --full tries stuck documents again
-    assert forced["documents"]["failed"] == 1 and attempts() == [("empty.txt", 3)]
+    assert forced["documents"]["failed"] == 1 and attempts() == [("broken.txt", 3)]
 
-    (root / "empty.txt").write_text("The office network has a guest VLAN for visitors.\n")
+    (root / "broken.txt").write_text("The office network has a guest VLAN for visitors.\n")
     landed = ingest(config_file=str(config))
     assert landed["documents"]["new"] == 1 and landed["stuck"] == [] and attempts() == []

@@ -38,7 +38,7 @@ GOOD_TEXTS = {
 BROKEN = {
     "truncated.pdf": b"%PDF-1.4\n1 0 obj\n<< /Type /Catalog",  # cut off mid-object
     "not-a-pdf.pdf": b"this is plain text pretending to be a PDF\n",
-    "empty.txt": b"",
+    "latin1.txt": b"Caf\xe9 menu\n",  # not UTF-8
 }
 
 

@@ -1,0 +1,302 @@
+"""A faithful mirror (issue 18): no event at a source leaves the store silently wrong.
+
+An unreadable folder or an unmounted share fails its source and deletes nothing; one run deletes
+no more than `max_delete_ratio` of a source unless confirmed; a document emptied at its source is
+removed; any error of one source fails that source alone; one queued failure does not fail a
+quiet run; a document that kills its process is counted and, once stuck, skipped. Real files,
+the packaged model, the MediaWiki and HubSpot test servers, real processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from vectormill.flows.config import load_config
+from vectormill.flows.deletions import deletion_refusal
+from vectormill.flows.retry_queue import INTERRUPTED, list_failures
+from vectormill.stores.faiss_store import FaissStore
+
+from .cli_process import VECTORMILL, harness_env, run
+from .corpus import topic_pages, write_config
+from .servers.hubspot_server import hubspot_server
+from .servers.mediawiki_server import MediaWikiServer
+from .test_retry_queue import without_file_access_override
+
+NOTES = {f"note{n}.md": f"# Note {n}\n\nThe warehouse in city {n} ships {n * 7 + 3} pallets of item {n} daily.\n"
+         for n in range(6)}
+
+
+def write_notes(root: Path, notes: dict[str, str] = NOTES) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    for name, text in notes.items():
+        (root / name).write_text(text)
+
+
+def write_wiki_config(path: Path, api_url: str, extra: str = "") -> Path:
+    """A config at `path` with one MediaWiki source, `wiki`, and a store beside it named after the file."""
+    path.write_text(f'[store]\npath = "{path.stem}-store"\n\n[chunking]\ntokens = 64\noverlap = 8\n\n'
+                    f'[[sources]]\nname = "wiki"\ntype = "mediawiki"\napi_url = "{api_url}"\n'
+                    f'requests_per_second = 200\nburst = 20\n{extra}')
+    return path
+
+
+def stored_documents(config_file, source: str = "docs") -> set[str]:
+    with FaissStore.open(load_config(config_file).store, writable=False) as store:
+        return set(store.document_versions(source))
+
+
+# ---- the deletion safety valve (pure) -----------------------------------------------------------
+def test_the_valve_refuses_deletions_above_the_ratio_and_an_empty_listing_unless_allowed():
+    assert deletion_refusal("docs", 5, 10, 0.5) is None  # at the ratio: allowed
+    refusal = deletion_refusal("docs", 6, 10, 0.5)
+    assert "delete 6 of its 10 stored documents (60%)" in refusal and "max_delete_ratio = 0.5" in refusal
+    assert "`vectormill backfill --source docs --allow-deletions`" in refusal and "\n" not in refusal
+    assert deletion_refusal("docs", 6, 10, 0.5, allowed=True) is None
+    assert deletion_refusal("docs", 3, 0, 0.5) is None  # nothing stored: nothing to protect
+    empty = deletion_refusal("docs", 10, 10, 1.0, listed_nothing=True, where="/mnt/share")
+    assert "lists no documents at '/mnt/share' while the store holds 10" in empty
+    assert deletion_refusal("docs", 10, 10, 1.0, listed_nothing=True, allowed=True) is None
+
+
+# ---- a listing is complete, or the source fails --------------------------------------------------
+@pytest.mark.slow
+def test_an_unreadable_folder_fails_the_source_naming_it_and_deletes_nothing(tmp_path, prefect_harness):
+    from vectormill.flows.ingest import ingest
+
+    write_notes(tmp_path / "pdfs")
+    write_notes(tmp_path / "pdfs" / "team", {"plan.md": "# Plan\n\nThe team meets on Tuesdays in room 4.\n"})
+    config = write_config(tmp_path)
+    ingest(config_file=str(config))
+    before = stored_documents(config)
+    assert "team/plan.md" in before
+
+    (tmp_path / "pdfs" / "team").chmod(0)
+    (tmp_path / "locked").mkdir(mode=0)
+    try:
+        result = subprocess.run([*without_file_access_override(), VECTORMILL, "backfill", "--json"], cwd=tmp_path,
+                                env=harness_env(), capture_output=True, text=True, timeout=600)
+        # `sources check` lists with the same code: an unreadable root fails it, naming the folder.
+        check = subprocess.run([*without_file_access_override(), VECTORMILL, "sources", "check", "--json"],
+                               cwd=tmp_path, env=harness_env(VECTORMILL_SOURCES__DOCS__ROOT=str(tmp_path / "locked")),
+                               capture_output=True, text=True, timeout=120)
+    finally:
+        (tmp_path / "pdfs" / "team").chmod(0o755)
+
+    assert result.returncode == 1, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    [source] = summary["sources"]
+    assert source["status"] == "failed" and source["documents"]["deleted"] == 0
+    assert f"cannot list {str(tmp_path / 'pdfs' / 'team')!r}: Permission denied" in source["error"]
+    assert "source 'docs' failed" in result.stderr and "Traceback" not in result.stderr
+    assert stored_documents(config) == before
+    assert check.returncode == 1, check.stderr
+    [checked] = json.loads(check.stdout)
+    assert not checked["ok"] and f"cannot list {str(tmp_path / 'locked')!r}: Permission denied" in checked["detail"]
+
+
+@pytest.mark.slow
+def test_an_unmounted_share_fails_the_run_while_the_other_commands_work(tmp_path, prefect_harness):
+    from vectormill.flows.ingest import IngestFailed, ingest
+
+    write_notes(tmp_path / "pdfs")
+    config = write_config(tmp_path)
+    ingest(config_file=str(config))
+
+    (tmp_path / "pdfs").rename(tmp_path / "elsewhere")  # not mounted: no folder at all
+    env = harness_env()
+    for command in (["store", "stats", "--json"], ["failures", "--json"], ["search", "pallets of item 3", "--json"]):
+        result = run(*command, cwd=tmp_path, env=env)
+        assert result.returncode == 0, (command, result.stderr)
+    result = run("backfill", "--json", cwd=tmp_path, env=env)
+    assert result.returncode == 1
+    assert f"root folder {str(tmp_path / 'pdfs')!r} does not exist (is the share mounted?)" in result.stderr
+    assert stored_documents(config) == set(NOTES)
+
+    (tmp_path / "pdfs").mkdir()  # mounted on nothing: an empty mount point
+    with pytest.raises(IngestFailed, match=r"source 'docs' failed: the source lists no documents at '.*pdfs' "
+                                           r"while the store holds 6 of it") as caught:
+        ingest(config_file=str(config))
+    assert caught.value.summary["documents"]["deleted"] == 0 and stored_documents(config) == set(NOTES)
+    check = subprocess.run([VECTORMILL, "sources", "check", "--json"], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=120)
+    assert check.returncode == 0  # reachable, and empty
+
+    confirmed = ingest(config_file=str(config), allow_deletions=True)
+    assert confirmed["documents"]["deleted"] == 6 and stored_documents(config) == set()
+
+
+@pytest.mark.slow
+def test_a_run_deleting_more_than_max_delete_ratio_deletes_nothing_until_confirmed(tmp_path, prefect_harness):
+    from vectormill.flows.ingest import IngestFailed, ingest
+
+    write_notes(tmp_path / "pdfs")
+    config = write_config(tmp_path)
+    ingest(config_file=str(config))
+    for name in list(NOTES)[:4]:
+        (tmp_path / "pdfs" / name).unlink()
+
+    env = harness_env()
+    refused = run("backfill", cwd=tmp_path, env=env)
+    assert refused.returncode == 1
+    assert ("this run would delete 4 of its 6 stored documents (67%), above max_delete_ratio = 0.5; nothing was "
+            "deleted; if that is right, confirm it with `vectormill backfill --source docs --allow-deletions`"
+            in " ".join(refused.stderr.split()))
+    assert stored_documents(config) == set(NOTES)
+
+    confirmed = run("backfill", "--source", "docs", "--allow-deletions", "--json", cwd=tmp_path, env=env)
+    assert confirmed.returncode == 0, confirmed.stderr[-2000:]
+    assert json.loads(confirmed.stdout.strip().splitlines()[-1])["documents"]["deleted"] == 4
+    assert stored_documents(config) == set(list(NOTES)[4:])
+
+    # A wiki's delete log counts too.
+    with MediaWikiServer() as wiki:
+        wiki.import_pages({f"Runbook {n}": "\n\n".join(topic_pages(f"service {n}", f"Service {n} restarts."))
+                           for n in range(3)})
+        wiki_config = write_wiki_config(tmp_path / "wiki.toml", wiki.api_url)
+        ingest(config_file=str(wiki_config))
+        wiki.advance(1)
+        wiki.delete_page("Runbook 0")
+        wiki.delete_page("Runbook 1")
+        with pytest.raises(IngestFailed, match="would delete 2 of its 3 stored documents"):
+            ingest(config_file=str(wiki_config))
+        assert stored_documents(wiki_config, "wiki") == {"Runbook 0", "Runbook 1", "Runbook 2"}
+        assert ingest(config_file=str(wiki_config), allow_deletions=True)["documents"]["deleted"] == 2
+        assert stored_documents(wiki_config, "wiki") == {"Runbook 2"}
+
+
+# ---- a document empty at its source is removed ---------------------------------------------------
+@pytest.mark.slow
+def test_documents_emptied_at_their_source_are_removed_not_kept_stale(tmp_path, prefect_harness):
+    from vectormill.flows.ingest import ingest
+
+    write_notes(tmp_path / "pdfs")
+    config = write_config(tmp_path)
+    ingest(config_file=str(config))
+    (tmp_path / "pdfs" / "note1.md").write_text("")  # truncated to nothing
+
+    summary = ingest(config_file=str(config))
+
+    assert summary["removed"] == [{"source": "docs", "document": "note1.md", "reason": "empty at source"}]
+    assert summary["documents"]["deleted"] == 1 and summary["documents"]["failed"] == 0
+    assert summary["retry_queue"] == {"docs": 0}
+    assert stored_documents(config) == set(NOTES) - {"note1.md"}
+
+    with MediaWikiServer() as wiki:
+        wiki.import_pages({f"Runbook {n}": f"Runbook {n}: restart service {n} at midnight." for n in range(3)})
+        wiki_config = write_wiki_config(tmp_path / "wiki.toml", wiki.api_url)
+        ingest(config_file=str(wiki_config))
+        wiki.advance(1)
+        wiki.edit_page("Runbook 2", "")  # blanked
+        blanked = ingest(config_file=str(wiki_config))
+        assert blanked["removed"] == [{"source": "wiki", "document": "Runbook 2", "reason": "empty at source"}]
+        assert blanked["retry_queue"] == {"wiki": 0}
+        assert stored_documents(wiki_config, "wiki") == {"Runbook 0", "Runbook 1"}
+
+
+# ---- isolation ------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_an_unexpected_error_of_one_source_fails_it_alone(tmp_path, monkeypatch, prefect_harness):
+    from vectormill.flows.ingest import IngestFailed, ingest
+
+    token = "pat-na1-0b8d6c3e-2f11-4c5a-9d7e-isolat000001"
+    monkeypatch.setenv("HUBSPOT_ISOLATION_TOKEN", token)
+    write_notes(tmp_path / "pdfs")
+    with hubspot_server(token) as server:
+        server.app.add("companies", name="Acme", description="Makes anvils.")
+        malformed = server.app.add("companies", name="Broken", description="A record without updatedAt.")
+        del server.app.objects["companies"][malformed]["updatedAt"]
+        # The CRM source first: its error must not stop the files after it.
+        config = tmp_path / "vectormill.toml"
+        config.write_text(
+            '[store]\npath = "store"\n\n[chunking]\ntokens = 64\noverlap = 8\n\n'
+            '[[sources]]\nname = "crm"\ntype = "hubspot"\ntoken_env = "HUBSPOT_ISOLATION_TOKEN"\n'
+            f'base_url = "{server.url}"\nobject_type = "companies"\nproperties = ["name", "description"]\n'
+            'requests_per_second = 200\nburst = 20\nmax_attempts = 2\nmax_backoff_seconds = 0.1\n\n'
+            '[[sources]]\nname = "docs"\ntype = "filesystem"\nroot = "pdfs"\n')
+
+        with pytest.raises(IngestFailed, match=r"source 'crm' failed: unexpected KeyError: 'updatedAt'") as caught:
+            ingest(config_file=str(config))
+    summary = caught.value.summary
+    statuses = {source["name"]: source["status"] for source in summary["sources"]}
+    assert statuses == {"crm": "failed", "docs": "completed"}
+    assert summary["documents"]["new"] == len(NOTES)
+    assert stored_documents(config) == set(NOTES)
+
+
+# ---- max_failed_ratio over the source's documents ---------------------------------------------------
+@pytest.mark.slow
+def test_one_queued_failure_in_a_quiet_run_warns_instead_of_failing(tmp_path, prefect_harness):
+    from vectormill.flows.ingest import ingest
+
+    with MediaWikiServer() as wiki:
+        wiki.import_pages({f"Runbook {n}": f"Runbook {n}: restart service {n} at midnight." for n in range(4)})
+        config = write_wiki_config(tmp_path / "vectormill.toml", wiki.api_url,
+                                   "max_attempts = 1\nmax_backoff_seconds = 0.1\n")
+        wiki.fail_parse_of("Runbook 3")
+        first = ingest(config_file=str(config))  # 1 of 4 failed: a warning
+        assert first["documents"]["failed"] == 1
+
+        quiet = ingest(config_file=str(config), return_state=True)  # nothing edited: only the queued page
+
+        assert quiet.is_completed(), quiet.message
+        summary = quiet.result()
+        assert summary["documents"]["seen"] == 1 and summary["documents"]["failed"] == 1
+        assert any("1 of 4 documents failed (25%), within max_failed_ratio" in w for w in summary["warnings"])
+
+
+# ---- no poison pills ----------------------------------------------------------------------------
+KILLER = '''
+import os, signal
+from vectormill.connectors import filesystem
+
+_fetch = filesystem.FilesystemSource.fetch
+
+
+def fetch(self, ref):
+    if ref.id == "poison.md":
+        os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's OOM killer or a crashing parser would
+    return _fetch(self, ref)
+
+
+filesystem.FilesystemSource.fetch = fetch
+'''
+
+
+@pytest.mark.slow
+def test_a_document_that_kills_its_process_is_counted_then_skipped_as_stuck(tmp_path, prefect_harness):
+    notes = {f"note{n}.md": NOTES[f"note{n}.md"] for n in range(5)}
+    notes["poison.md"] = "# Poison\n\nThis file kills whatever process reads it.\n"
+    write_notes(tmp_path / "pdfs", notes)
+    config = write_config(tmp_path, extra="max_document_attempts = 2\n", fetch_batch_size=2)
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(KILLER)
+    env = harness_env(PYTHONPATH=os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")])),
+                      PREFECT_LOGGING_LEVEL="WARNING")
+
+    def backfill() -> subprocess.CompletedProcess:
+        return subprocess.run([VECTORMILL, "backfill", "--json"], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=600)
+
+    def attempts() -> dict[str, tuple[int, str]]:
+        return {e.document: (e.attempts, e.reason) for e in list_failures(load_config(config))}
+
+    first = backfill()
+    assert first.returncode == -9, first.stderr[-2000:]
+    assert attempts()["poison.md"] == (1, INTERRUPTED)  # counted before it was processed
+
+    second = backfill()  # the suspects go last, one at a time: the others land, the poison kills again
+    assert second.returncode == -9, second.stderr[-2000:]
+    assert attempts() == {"poison.md": (2, INTERRUPTED)}
+    assert stored_documents(config) == set(notes) - {"poison.md"}
+
+    third = backfill()  # stuck: skipped, and the run goes on
+    assert third.returncode == 0, third.stderr[-2000:]
+    summary = json.loads(third.stdout.strip().splitlines()[-1])
+    assert [entry["document"] for entry in summary["stuck"]] == ["poison.md"]
+    assert attempts() == {"poison.md": (2, INTERRUPTED)}
