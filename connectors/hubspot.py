@@ -48,6 +48,24 @@ def epoch_ms(moment: datetime) -> str:
     return str(round(moment.timestamp() * 1000))
 
 
+def record_problem(record: Any) -> str | None:
+    """Why a record in an answer cannot be read (a malformed answer), or None."""
+    if not isinstance(record, dict):
+        return f"record is {type(record).__name__}, not an object"
+    name = f"record {record.get('id')}" if record.get("id") else "record"
+    missing = [key for key in ("id", "updatedAt") if not record.get(key)]
+    if missing:
+        return f"{name} lacks {' and '.join(missing)}"
+    if not isinstance(record.get("properties") or {}, dict):
+        return f"{name}: its properties are not an object"
+    for value in (record["updatedAt"], (record.get("properties") or {}).get(MODIFIED)):
+        try:
+            value is None or parse_time(str(value))
+        except ValueError:
+            return f"{name}: updatedAt {value!r} is not a time"
+    return None
+
+
 class _BlankForMissing(dict):
     def __missing__(self, key: str) -> str:
         return ""
@@ -170,7 +188,10 @@ class HubSpotSource:
     def _document_id(self, record: dict[str, Any]) -> str:
         return f"{self.settings.object_type}/{record['id']}"
 
-    def _remember(self, record: dict[str, Any]) -> DocumentRef:
+    def _remember(self, record: Any) -> DocumentRef:
+        problem = record_problem(record)
+        if problem:  # left out, the record would look deleted to a full listing
+            raise SourceError(f"source {self.name!r}: the listing holds a malformed record: {problem}")
         document_id = self._document_id(record)
         self._listed[document_id] = record
         return DocumentRef(document_id, record["updatedAt"], record["updatedAt"])
@@ -178,7 +199,10 @@ class HubSpotSource:
     # ---- fetch ---------------------------------------------------------------------------
     def fetch(self, ref: DocumentRef) -> Document:
         record = self._listed.pop(ref.id, None) or self._get(ref.id)
-        properties = {key: value for key, value in (record.get("properties") or {}).items() if value is not None}
+        problem = record_problem(record)
+        if problem:
+            raise DocumentError(problem)
+        properties = {key: str(value) for key, value in (record.get("properties") or {}).items() if value is not None}
         if self.settings.template is not None:
             text = self.settings.template.format_map(_BlankForMissing(properties))
         else:

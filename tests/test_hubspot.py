@@ -15,6 +15,7 @@ from vectormill.connectors.errors import DocumentError, DocumentGone, SourceErro
 from vectormill.connectors.hubspot import HubSpotSource, format_time, parse_time
 from vectormill.connectors.settings import HubSpotSourceSettings
 from vectormill.flows.config import parse_config
+from vectormill.flows.config import ConfigError
 
 from .servers.hubspot_server import hubspot_server, iso
 
@@ -225,7 +226,13 @@ def test_a_missing_token_names_the_variable_not_a_value(server, monkeypatch):
 @pytest.mark.parametrize("entry, problem", [
     ({"token_env": "A", "token_secret_block": "b"}, "exactly one of token_env"),
     ({"token_env": None}, "exactly one of token_env"),
-    ({"template": "{name} {phone}"}, "template uses phone"),
+    ({"template": "{name} {phone}"}, r"sources\[crm\]\.template: \{phone\} is not a property"),
+    ({"template": "{name}: {amount:,.2f}", "properties": ["name", "amount"]},
+     r"sources\[crm\]\.template: .*'\{amount:,\.2f\}'.*strings"),
+    ({"template": "{name} {}"}, r"sources\[crm\]\.template: .*positional"),
+    ({"template": "{name.upper} {domain[0]}"}, r"sources\[crm\]\.template: .*name\.upper"),
+    ({"template": "{name:{domain}}"}, r"sources\[crm\]\.template: .*nested"),
+    ({"template": "{name"}, r"sources\[crm\]\.template: .*not a valid template"),
     ({"title_property": "phone"}, "title_property 'phone' is not in properties"),
     ({"page_size": 500}, "page_size"),
 ])
@@ -233,8 +240,16 @@ def test_config_problems_are_reported_by_key(tmp_path, entry, problem):
     source = {"name": "crm", "type": "hubspot", "object_type": "companies", "properties": ["name", "domain"],
               "token_env": "HUBSPOT_TOKEN", **entry}
     source = {key: value for key, value in source.items() if value is not None}
-    with pytest.raises(Exception, match=problem):
+    with pytest.raises(ConfigError, match=problem):
         parse_config({"sources": [source]}, tmp_path, environ={})
+
+
+def test_templates_that_format_strings_are_accepted(tmp_path):
+    config = parse_config({"sources": [{
+        "name": "crm", "type": "hubspot", "object_type": "companies", "properties": ["name", "domain"],
+        "token_env": "HUBSPOT_TOKEN", "template": "{name!r:>20} {{literal}} {domain:.40}",
+    }]}, tmp_path, environ={})
+    assert config.sources[0].template.startswith("{name!r")
 
 
 def test_the_documented_config_contract_parses(tmp_path):
@@ -370,3 +385,32 @@ def test_fetches_that_keep_failing_fail_their_documents_until_the_circuit_stops_
     # The next run starts with a closed circuit.
     server.clear_faults()
     assert len(list(source.list_documents())) == 5
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda record: record.pop("updatedAt"), "lacks updatedAt"),
+    (lambda record: record.update(properties=["not", "an", "object"]), "properties are not an object"),
+    (lambda record: record.update(updatedAt="yesterday"), "updatedAt 'yesterday' is not a time"),
+])
+def test_a_malformed_record_fails_that_record_with_a_one_line_reason(server, damage, reason):
+    good, bad = add_companies(server, 2)
+    damage(server.app.objects["companies"][bad])
+    source = source_for(server, template="{name}: {description}")
+    assert "Company 0" in source.fetch(DocumentRef(f"companies/{good}", "v")).text
+    with pytest.raises(DocumentError, match=reason) as failed:
+        source.fetch(DocumentRef(f"companies/{bad}", "v"))
+    assert "\n" not in str(failed.value) and not isinstance(failed.value, DocumentGone)
+
+
+def test_a_malformed_record_in_a_listing_stops_the_source_instead_of_looking_deleted(server):
+    ids = add_companies(server, 3)
+    del server.app.objects["companies"][ids[1]]["updatedAt"]
+    with pytest.raises(SourceError, match=f"record {ids[1]} lacks updatedAt"):
+        list(source_for(server).list_documents())
+
+
+def test_property_values_that_are_not_strings_are_formatted_as_text(server):
+    (object_id,) = add_companies(server, 1)
+    server.app.objects["companies"][object_id]["properties"]["description"] = 12
+    document = source_for(server, template="{name} ({description:.5})").fetch(DocumentRef(f"companies/{object_id}", "v"))
+    assert document.text == "Company 0 (12)"
