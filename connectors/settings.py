@@ -131,7 +131,6 @@ class HubSpotSourceSettings(HttpSourceSettings):
     # Records per request: HubSpot allows 100 for a listing, 200 for a search.
     page_size: int = Field(default=SEARCH_PAGE_LIMIT, ge=1, le=SEARCH_PAGE_LIMIT)
     cursor_overlap_seconds: float = Field(default=120.0, ge=0)
-    search_window: int = Field(default=10_000, ge=1)  # results one search query may page through
 
     @field_validator("template")
     @classmethod

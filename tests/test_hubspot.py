@@ -123,9 +123,11 @@ def test_incremental_search_returns_changes_and_archived_records_since_the_curso
     assert before <= changes.cursor <= source.current_cursor()
     assert "Now sells gadgets." in source.fetch(next(r for r in upserts if r.id == f"companies/{ids[12]}")).text
     body = searches(server)[0]
-    assert body["filterGroups"] == [{"filters": [{"propertyName": "hs_lastmodifieddate", "operator": "GT",
-                                                  "value": str(round(parse_time(cursor).timestamp() * 1000))}]}]
-    assert body["sorts"] == [{"propertyName": "hs_lastmodifieddate", "direction": "ASCENDING"}]
+    since, until = body["filterGroups"][0]["filters"]
+    assert since == {"propertyName": "hs_lastmodifieddate", "operator": "GT",
+                     "value": str(round(parse_time(cursor).timestamp() * 1000))}
+    assert until == {"propertyName": "hs_lastmodifieddate", "operator": "LTE",
+                     "value": str(round(parse_time(changes.cursor).timestamp() * 1000))}
     assert body["limit"] <= 200 and body["properties"] == ["name", "domain", "description"]
 
     # Nothing changed since the new cursor: nothing to do.
@@ -141,33 +143,73 @@ def test_the_cursor_overlap_sees_recent_records_again(server):
     assert sorted(ref.id for ref in changes.upserts) == sorted(f"companies/{i}" for i in ids)
 
 
-def test_search_windows_are_chained_past_the_result_limit_without_losing_ties(monkeypatch):
+def test_a_record_edited_while_the_search_pages_skips_no_other(server):
+    """The issue's reproduction: page size 2, records A-F changed an hour ago, A edited after page 1."""
+    hour_ago = int(time.time() * 1000) - 3_600_000
+    ids = {name: server.app.add("companies", at_ms=hour_ago + n, name=name) for n, name in enumerate("ABCDEF")}
+    names = {f"companies/{object_id}": name for name, object_id in ids.items()}
+    source = source_for(server, page_size=2)
+
+    changes = source.changes_since(iso(hour_ago - 1))
+    upserts = iter(changes.upserts)
+    returned = [names[next(upserts).id] for _ in range(2)]
+    next_millisecond()
+    server.app.update("companies", ids["A"], description="Edited while the search pages.")
+    returned += [names[ref.id] for ref in upserts]
+
+    assert returned[:6] == list("ABCDEF") and set(returned[6:]) <= {"A"}
+    assert all("after" not in body for body in searches(server))  # keyset, never an offset
+    assert changes.cursor <= source.current_cursor()
+    # The edit is not lost either: the next run (from the returned cursor) sees A's new version.
+    again = [names[ref.id] for ref in source.changes_since(changes.cursor).upserts]
+    assert "A" in again
+
+
+def test_search_continues_from_the_last_time_and_id_seen(server):
+    base = int(time.time() * 1000) - 60_000
+    ids = [server.app.add("companies", at_ms=base + n // 3, name=f"Company {n}") for n in range(7)]
+    source = source_for(server, page_size=2)
+
+    upserts = [ref.id for ref in source.changes_since(iso(base - 1)).upserts]
+
+    assert upserts == [f"companies/{i}" for i in ids]
+    first, second = searches(server)[:2]
+    assert first["sorts"] == [{"propertyName": "hs_lastmodifieddate", "direction": "ASCENDING"},
+                              {"propertyName": "hs_object_id", "direction": "ASCENDING"}]
+    (only,) = first["filterGroups"]
+    assert only["filters"][0] == {"propertyName": "hs_lastmodifieddate", "operator": "GT", "value": str(base - 1)}
+    # Records 0 and 1 share a time with record 2: the next query asks for (that time, id > 1's) or a later time.
+    tie, later = second["filterGroups"]
+    assert tie["filters"] == [{"propertyName": "hs_lastmodifieddate", "operator": "EQ", "value": str(base)},
+                              {"propertyName": "hs_object_id", "operator": "GT", "value": ids[1]}]
+    assert later["filters"][0] == {"propertyName": "hs_lastmodifieddate", "operator": "GT", "value": str(base)}
+
+
+def test_search_goes_past_the_result_window_and_through_ties_larger_than_a_page(monkeypatch):
     monkeypatch.setenv(TOKEN_ENV, TOKEN)
     with hubspot_server(TOKEN, search_window=30) as server:
         base = int(time.time() * 1000) - 60_000
-        # 100 records modified in groups of 5 sharing one millisecond, so windows end inside a group.
-        ids = [server.app.add("companies", at_ms=base + n // 5, name=f"Company {n}") for n in range(100)]
-        source = source_for(server, page_size=7, search_window=30)
+        # 100 records in groups sharing one millisecond, one group larger than the window itself.
+        ids = [server.app.add("companies", at_ms=base + (n // 5 if n < 60 else 12), name=f"Company {n}")
+               for n in range(100)]
+        source = source_for(server, page_size=7)
 
         upserts = [ref.id for ref in source.changes_since(iso(base - 1)).upserts]
 
-        assert sorted(upserts) == sorted(f"companies/{i}" for i in ids)
-        assert len(upserts) == len(set(upserts)) == 100
-        bodies = searches(server)
-        assert all(int(b.get("after", 0)) + b["limit"] <= 30 for b in bodies)  # never past the window
-        operators = [b["filterGroups"][0]["filters"][0]["operator"] for b in bodies if "after" not in b]
-        assert operators[0] == "GT" and operators[1:] == ["GTE"] * (len(operators) - 1) and len(operators) >= 4
+        assert upserts == [f"companies/{i}" for i in ids]  # each once, in (time, id) order
+        assert all("after" not in body for body in searches(server))
 
 
-def test_more_ties_than_one_search_window_stop_the_source_with_advice(monkeypatch):
-    monkeypatch.setenv(TOKEN_ENV, TOKEN)
-    with hubspot_server(TOKEN, search_window=20) as server:
-        moment = int(time.time() * 1000) - 60_000
-        for n in range(25):
-            server.app.add("companies", at_ms=moment, name=f"Company {n}")
-        source = source_for(server, page_size=5, search_window=20)
-        with pytest.raises(SourceError, match="backfill --full"):
-            list(source.changes_since(iso(moment - 1)).upserts)
+def test_results_out_of_keyset_order_stop_the_source_instead_of_skipping(server, monkeypatch):
+    base = int(time.time() * 1000) - 60_000
+    for n in range(4):
+        server.app.add("companies", at_ms=base, name=f"Company {n}")
+    source = source_for(server, page_size=3)
+    # A search that ignores the second sort (ties in descending id order) would let the keyset skip records.
+    sort = server.app._sorted
+    monkeypatch.setattr(server.app, "_sorted", lambda records, sorts: list(reversed(sort(records, sorts))))
+    with pytest.raises(SourceError, match="not in .hs_lastmodifieddate, hs_object_id. order"):
+        list(source.changes_since(iso(base - 1)).upserts)
 
 
 def test_listing_completes_through_faults_within_the_rate_limit(server):
