@@ -55,6 +55,7 @@ class Chunk:
     last_page: int | None
     tokens: int
     ocr: bool = False  # some of its text was read by OCR (it may hold recognition errors)
+    pages: tuple[int, ...] = ()  # every page it holds, in order (none for sources without pages)
 
 
 def content_hash(text: str) -> str:
@@ -153,6 +154,7 @@ def chunk_document(
                 last_page=page_numbers[last_page_index],
                 tokens=last - first,
                 ocr=any(page_ocr[first_page_index:last_page_index + 1]),
+                pages=tuple(n for n in page_numbers[first_page_index:last_page_index + 1] if n is not None),
             )
         )
     return chunks
