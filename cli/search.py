@@ -28,9 +28,14 @@ def show_search(text: str, k: int, config_file: Optional[Path], as_json: bool) -
         table.add_column(column, overflow="fold")
     for hit in result.hits:
         snippet = " ".join(hit["text"].split())
-        table.add_row(f"{hit['score']:.3f}", hit["source"], hit["document"], str(hit["page"] or ""),
+        table.add_row(f"{hit['score']:.3f}", hit["source"], hit["document"], _pages(hit["pages"]),
                       snippet[:200] + ("…" if len(snippet) > 200 else ""))
     console.print(table)
+
+
+def _pages(pages: list[int]) -> str:
+    """'3', '3–5' (a chunk across pages), or '' (a text without pages)."""
+    return f"{pages[0]}–{pages[-1]}" if len(pages) > 1 else "".join(str(page) for page in pages)
 
 
 def register(app: typer.Typer, store_app: typer.Typer) -> None:

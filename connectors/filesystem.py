@@ -169,12 +169,7 @@ class FilesystemSource:
         try:
             reader = PdfReader(io.BytesIO(data))
             if reader.is_encrypted:
-                password = os.environ.get(self.settings.pdf_password_env or "", "")
-                if not password or not reader.decrypt(password):
-                    raise DocumentError(
-                        "encrypted PDF and no working password "
-                        "(set pdf_password_env on the source to an environment variable holding it)"
-                    )
+                password = self._unlock(reader)
             texts = [page.extract_text() or "" for page in reader.pages]
             title = (reader.metadata or {}).get("/Title") if reader.metadata is not None else None
         except DocumentError:
@@ -190,6 +185,22 @@ class FilesystemSource:
         read = self.ocr.read(data, texts, password)
         pages = [Page(index + 1, text, ocr=index in read.read) for index, text in enumerate(read.texts)]
         return pages, str(title) if title else None, read.seconds, read.skipped
+
+    def _unlock(self, reader: PdfReader) -> str | None:
+        """Decrypt a PDF; returns the password that opened it (None: the empty user password).
+
+        A "copy-protected" PDF has only an owner password: it opens with the empty user password,
+        as every PDF viewer opens it. Others need the password in `pdf_password_env`.
+        """
+        if reader.decrypt(""):
+            return None
+        password = os.environ.get(self.settings.pdf_password_env or "", "")
+        if not password or not reader.decrypt(password):
+            raise DocumentError(
+                "encrypted PDF and no working password "
+                "(set pdf_password_env on the source to an environment variable holding it)"
+            )
+        return password
 
     def _read_text(self, data: bytes) -> list[Page]:
         try:

@@ -3,9 +3,9 @@
 - Full listing: `GET /crm/v3/objects/{objectType}` with `limit`, `after` paging and the configured
   properties.
 - Incremental: `POST /crm/v3/objects/{objectType}/search` on `hs_lastmodifieddate` after the
-  stored cursor, ascending. The search API returns at most 10,000 results per query, so when a
-  query reaches that window the search starts again from the last modification time seen
-  (GTE, skipping the records already seen).
+  stored cursor and up to the new one, sorted by (`hs_lastmodifieddate`, `hs_object_id`) and
+  paged by keyset: each query asks for the records after the last (time, id) seen, never for an
+  offset, so an edit while paging skips nothing and the 10,000-result window is never reached.
 - Deletions: archived objects (`GET …?archived=true`) archived after the cursor.
 
 The cursor is the client's clock taken before listing or searching; each search starts
@@ -31,6 +31,7 @@ from .settings import HubSpotSourceSettings
 
 LIST_PAGE_LIMIT = 100  # HubSpot's maximum `limit` for GET /crm/v3/objects/{objectType}
 MODIFIED = "hs_lastmodifieddate"
+OBJECT_ID = "hs_object_id"
 
 
 def parse_time(value: str) -> datetime:
@@ -46,6 +47,44 @@ def format_time(moment: datetime) -> str:
 
 def epoch_ms(moment: datetime) -> str:
     return str(round(moment.timestamp() * 1000))
+
+
+def record_problem(record: Any) -> str | None:
+    """Why a record in an answer cannot be read (a malformed answer), or None."""
+    if not isinstance(record, dict):
+        return f"record is {type(record).__name__}, not an object"
+    name = f"record {record.get('id')}" if record.get("id") else "record"
+    missing = [key for key in ("id", "updatedAt") if not record.get(key)]
+    if missing:
+        return f"{name} lacks {' and '.join(missing)}"
+    if not str(record["id"]).isdigit():
+        return f"record id {record['id']!r} is not a number"
+    if not isinstance(record.get("properties") or {}, dict):
+        return f"{name}: its properties are not an object"
+    for value in (record["updatedAt"], (record.get("properties") or {}).get(MODIFIED)):
+        try:
+            value is None or parse_time(str(value))
+        except ValueError:
+            return f"{name}: updatedAt {value!r} is not a time"
+    return None
+
+
+KEYSET_SORTS = [{"propertyName": MODIFIED, "direction": "ASCENDING"},
+                {"propertyName": OBJECT_ID, "direction": "ASCENDING"}]
+
+
+def keyset_filter_groups(since: datetime, until: datetime,
+                         last: tuple[datetime, int] | None) -> list[dict[str, Any]]:
+    """Search filters for the records after `last` (modification time, id) — or, first, after
+    `since` — up to `until`; filter groups are ORed, the filters within one ANDed."""
+    def modified(operator: str, moment: datetime) -> dict[str, str]:
+        return {"propertyName": MODIFIED, "operator": operator, "value": epoch_ms(moment)}
+
+    if last is None:
+        return [{"filters": [modified("GT", since), modified("LTE", until)]}]
+    moment, object_id = last
+    return [{"filters": [modified("EQ", moment), {"propertyName": OBJECT_ID, "operator": "GT", "value": str(object_id)}]},
+            {"filters": [modified("GT", moment), modified("LTE", until)]}]
 
 
 class _BlankForMissing(dict):
@@ -83,7 +122,7 @@ class HubSpotSource:
         self._start_run()
         deletions = [self._document_id(record) for record in self._pages(archived=True)
                      if parse_time(record.get("archivedAt") or record["updatedAt"]) > since]
-        return Changes(upserts=(self._remember(r) for r in self._search_modified_after(since)),
+        return Changes(upserts=(self._remember(r) for r in self._search_modified(since, parse_time(new_cursor))),
                        deletions=deletions, cursor=new_cursor)
 
     def _start_run(self) -> None:
@@ -101,45 +140,31 @@ class HubSpotSource:
                 return
             params["after"] = after
 
-    def _search_modified_after(self, since: datetime) -> Iterator[dict[str, Any]]:
-        """Records modified after `since`, oldest first, across as many 10,000-result windows as needed."""
-        limit = min(self.settings.page_size, self.settings.search_window)
-        operator, boundary = "GT", since
-        seen_at_boundary: set[str] = set()  # ids already yielded whose modification time is `boundary`
+    def _search_modified(self, since: datetime, until: datetime) -> Iterator[dict[str, Any]]:
+        """Records modified in (`since`, `until`], in (modification time, id) order.
+
+        Each query continues from the last record seen (keyset), never by an `after` offset: a
+        record edited while this pages moves to the end of the results without shifting another
+        past a page boundary, and no query pages into the search API's 10,000-result window.
+        """
+        last: tuple[datetime, int] | None = None
         while True:
-            body: dict[str, Any] = {
-                "filterGroups": [{"filters": [{"propertyName": MODIFIED, "operator": operator,
-                                               "value": epoch_ms(boundary)}]}],
-                "sorts": [{"propertyName": MODIFIED, "direction": "ASCENDING"}],
-                "properties": list(self.settings.properties),
-                "limit": limit,
-            }
-            last_modified, window_full = boundary, False
-            newest_ids: set[str] = set()  # ids seen at `last_modified`
-            while True:
-                page = self._listing("POST", f"{self.objects_url}/search", json=body)
-                for record in page.get("results", []):
-                    modified = self._modified(record)
-                    if modified > last_modified:
-                        last_modified, newest_ids = modified, set()
-                    newest_ids.add(record["id"])
-                    if modified == boundary and record["id"] in seen_at_boundary:
-                        continue
-                    yield record
-                after = ((page.get("paging") or {}).get("next") or {}).get("after")
-                if not after:
-                    return
-                if int(after) + limit > self.settings.search_window:
-                    window_full = True
-                    break
-                body["after"] = after
-            if window_full and last_modified == boundary:
-                raise SourceError(
-                    f"source {self.name!r}: more than {self.settings.search_window} records share the modification "
-                    f"time {format_time(boundary)}, beyond what the search API can page through; "
-                    "run `vectormill backfill --full` for this source")
-            # A new query from the newest time seen (GTE: records sharing it may lie beyond the window).
-            operator, boundary, seen_at_boundary = "GTE", last_modified, newest_ids
+            page = self._listing("POST", f"{self.objects_url}/search", json={
+                "filterGroups": keyset_filter_groups(since, until, last), "sorts": KEYSET_SORTS,
+                "properties": list(self.settings.properties), "limit": self.settings.page_size})
+            results = page.get("results") or []
+            for record in results:
+                self._check_listed(record)
+                key = (self._modified(record), int(record["id"]))
+                if last is not None and key <= last:
+                    raise SourceError(
+                        f"source {self.name!r}: the search answered records not in (hs_lastmodifieddate, "
+                        f"hs_object_id) order (record {record['id']} after {last[1]}); continuing from the last "
+                        "one seen could skip records, so this run stops")
+                last = key
+                yield record
+            if not results or not (page.get("paging") or {}).get("next"):
+                return
 
     def _modified(self, record: dict[str, Any]) -> datetime:
         value = (record.get("properties") or {}).get(MODIFIED) or record.get("updatedAt")
@@ -170,7 +195,13 @@ class HubSpotSource:
     def _document_id(self, record: dict[str, Any]) -> str:
         return f"{self.settings.object_type}/{record['id']}"
 
-    def _remember(self, record: dict[str, Any]) -> DocumentRef:
+    def _check_listed(self, record: Any) -> None:
+        problem = record_problem(record)
+        if problem:  # left out, the record would look deleted to a full listing
+            raise SourceError(f"source {self.name!r}: the listing holds a malformed record: {problem}")
+
+    def _remember(self, record: Any) -> DocumentRef:
+        self._check_listed(record)
         document_id = self._document_id(record)
         self._listed[document_id] = record
         return DocumentRef(document_id, record["updatedAt"], record["updatedAt"])
@@ -178,7 +209,10 @@ class HubSpotSource:
     # ---- fetch ---------------------------------------------------------------------------
     def fetch(self, ref: DocumentRef) -> Document:
         record = self._listed.pop(ref.id, None) or self._get(ref.id)
-        properties = {key: value for key, value in (record.get("properties") or {}).items() if value is not None}
+        problem = record_problem(record)
+        if problem:
+            raise DocumentError(problem)
+        properties = {key: str(value) for key, value in (record.get("properties") or {}).items() if value is not None}
         if self.settings.template is not None:
             text = self.settings.template.format_map(_BlankForMissing(properties))
         else:

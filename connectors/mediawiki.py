@@ -26,6 +26,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterable, Iterator
+from datetime import datetime, timedelta, timezone
 from html.parser import HTMLParser
 from typing import Any, Literal
 
@@ -38,7 +39,14 @@ from .settings import MediaWikiSourceSettings
 logger = logging.getLogger("vectormill.mediawiki")
 
 MAX_TITLES_PER_QUERY = 50  # the API's limit of `titles` per request for a non-bot account
+STALE = "older than the oldest recent change the wiki holds"
 DEFAULT_MAXLAG_WAIT = 5.0  # what MediaWiki sends as Retry-After for maxlag when the header is lost
+
+
+def _shifted(timestamp: str, seconds: int) -> str:
+    """A wiki timestamp (`2024-01-01T00:00:00Z`, one-second resolution) moved by `seconds`."""
+    moment = datetime.fromisoformat(timestamp.replace("Z", "+00:00")) + timedelta(seconds=seconds)
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def maxlag_delay(response) -> float | None:
@@ -181,13 +189,19 @@ class MediaWikiSource:
         until = self._wiki_time()
         newest = cursor
         touched: dict[str, None] = {}  # titles, in order seen
-        recent = {"action": "query", "list": "recentchanges", "rcstart": cursor, "rcend": until, "rcdir": "newer",
-                  "rcnamespace": "|".join(str(n) for n in self.settings.namespaces), "rctype": "edit|new|log",
-                  "rcprop": "title|timestamp|loginfo", "rclimit": self.settings.api_limit}
-        for body in self._continued(recent):
-            for change in body.get("query", {}).get("recentchanges", []):
-                newest = max(newest, change.get("timestamp", newest))
-                touched.update(dict.fromkeys(self._titles_of(change, change.get("logparams"))))
+        held_from = self._recent_changes_lost(cursor, until)
+        if held_from is not False:
+            logger.warning("source %s: the cursor %s is %s (MediaWiki keeps them for $wgRCMaxAge, 90 days by "
+                           "default), and pages changed in between: listing every page and comparing revision ids",
+                           self.name, cursor, f"{STALE} ({held_from or 'none left'})")
+        else:
+            recent = {"action": "query", "list": "recentchanges", "rcstart": cursor, "rcend": until,
+                      "rcdir": "newer", "rcnamespace": self._namespaces, "rctype": "edit|new|log",
+                      "rcprop": "title|timestamp|loginfo", "rclimit": self.settings.api_limit}
+            for body in self._continued(recent):
+                for change in body.get("query", {}).get("recentchanges", []):
+                    newest = max(newest, change.get("timestamp", newest))
+                    touched.update(dict.fromkeys(self._titles_of(change, change.get("logparams"))))
         for log_type in ("delete", "move"):
             events = {"action": "query", "list": "logevents", "letype": log_type, "lestart": cursor, "leend": until,
                       "ledir": "newer", "leprop": "title|type|timestamp|details", "lelimit": self.settings.api_limit}
@@ -196,7 +210,38 @@ class MediaWikiSource:
                     newest = max(newest, event.get("timestamp", newest))
                     touched.update(dict.fromkeys(self._titles_of(event, event.get("params"))))
         upserts, deletions = self._current_state(touched)
+        if held_from is not False:
+            # Every page as of `until` or later: the flow fetches those whose revision differs from the
+            # stored one. Deletions and moves still come from the logs, which the wiki keeps for good.
+            return Changes(upserts=self.list_documents(), deletions=deletions, cursor=until)
         return Changes(upserts=upserts, deletions=deletions, cursor=newest)
+
+    @property
+    def _namespaces(self) -> str:
+        return "|".join(str(n) for n in self.settings.namespaces)
+
+    def _recent_changes_lost(self, cursor: str, until: str) -> str | None | Literal[False]:
+        """False when the recent changes hold every edit since `cursor`; else the time of the oldest
+        recent change the wiki still holds (None: it holds none).
+
+        MediaWiki purges recent changes older than $wgRCMaxAge but keeps revisions and logs for good:
+        when the oldest recent change held is newer than the cursor, a revision between the two is an
+        edit whose row is gone (or an import, which writes none), and the window cannot be trusted.
+        """
+        oldest = {"action": "query", "list": "recentchanges", "rcdir": "newer", "rclimit": 1, "rcprop": "timestamp"}
+        changes = self._call(oldest, SourceError).get("query", {}).get("recentchanges") or [{}]
+        held_from = changes[0].get("timestamp")
+        if held_from is not None and held_from <= cursor:
+            return False
+        start, end = _shifted(cursor, 1), _shifted(held_from, -1) if held_from else until
+        if start > end:
+            return False
+        revisions = {"action": "query", "list": "allrevisions", "arvstart": start, "arvend": end, "arvdir": "newer",
+                     "arvnamespace": self._namespaces, "arvprop": "timestamp", "arvlimit": 1}
+        for body in self._continued(revisions):
+            if body.get("query", {}).get("allrevisions"):
+                return held_from
+        return False
 
     @staticmethod
     def _titles_of(entry: dict[str, Any], params: dict[str, Any] | None) -> list[str]:

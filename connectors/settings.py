@@ -6,7 +6,7 @@ import string
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator, model_validator
 
 
 class SourceSettingsBase(BaseModel):
@@ -91,6 +91,32 @@ class MediaWikiSourceSettings(HttpSourceSettings):
         return self
 
 
+def template_problem(template: str, properties: tuple[str, ...]) -> str | None:
+    """Why `template` cannot turn every record into text, or None.
+
+    HubSpot sends every property value as a string (numbers and dates too), and a record may lack
+    any of them (blank then): each field must name a property and take a string's format spec.
+    """
+    try:
+        fields = [(field, spec) for _, field, spec, _ in string.Formatter().parse(template) if field is not None]
+    except ValueError as exc:
+        return f"not a valid template ({exc}); write a literal brace as {{{{ or }}}}"
+    for field, spec in fields:
+        if field == "" or field.isdigit():
+            return "a positional field ('{}' or '{0}') has no value; name a property, e.g. {" + properties[0] + "}"
+        if field not in properties:
+            return (f"{{{field}}} is not a property: fields name one of properties ({', '.join(properties)}), "
+                    "without attributes or indexes")
+        if "{" in spec:
+            return f"{{{field}:{spec}}}: nested fields in a format spec are not supported"
+        try:
+            format("", spec)
+        except ValueError:
+            return (f"'{{{field}:{spec}}}' cannot format text: HubSpot sends property values as strings "
+                    "(numbers too), so use a string format spec such as :>10 or :.200")
+    return None
+
+
 SEARCH_PAGE_LIMIT = 200  # HubSpot's maximum `limit` for its search API
 
 
@@ -108,17 +134,19 @@ class HubSpotSourceSettings(HttpSourceSettings):
     # Records per request: HubSpot allows 100 for a listing, 200 for a search.
     page_size: int = Field(default=SEARCH_PAGE_LIMIT, ge=1, le=SEARCH_PAGE_LIMIT)
     cursor_overlap_seconds: float = Field(default=120.0, ge=0)
-    search_window: int = Field(default=10_000, ge=1)  # results one search query may page through
+
+    @field_validator("template")
+    @classmethod
+    def _template_formats_the_properties(cls, template: str | None, info: ValidationInfo) -> str | None:
+        problem = template_problem(template, info.data.get("properties", ())) if template is not None else None
+        if problem:
+            raise ValueError(problem)
+        return template
 
     @model_validator(mode="after")
-    def _one_token_source_and_known_template_fields(self) -> "HubSpotSourceSettings":
+    def _one_token_source_and_known_title(self) -> "HubSpotSourceSettings":
         if bool(self.token_env) == bool(self.token_secret_block):
             raise ValueError("set exactly one of token_env (an environment variable name) and token_secret_block")
-        if self.template is not None:
-            used = {field for _, field, _, _ in string.Formatter().parse(self.template) if field}
-            unknown = sorted(used - set(self.properties))
-            if unknown:
-                raise ValueError(f"template uses {', '.join(unknown)}, which are not in properties")
         if self.title_property is not None and self.title_property not in self.properties:
             raise ValueError(f"title_property {self.title_property!r} is not in properties")
         return self

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-from collections.abc import Callable, Sequence
+import itertools
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -55,6 +57,7 @@ class Chunk:
     last_page: int | None
     tokens: int
     ocr: bool = False  # some of its text was read by OCR (it may hold recognition errors)
+    pages: tuple[int, ...] = ()  # every page it holds, in order (none for sources without pages)
 
 
 def content_hash(text: str) -> str:
@@ -77,66 +80,86 @@ def validate_chunk_size(chunk_tokens: int, overlap: int, max_content_tokens: int
         raise ChunkingError(f"chunking.overlap = {overlap} must be smaller than chunking.tokens = {chunk_tokens}")
 
 
-def _word_spans(tokens: Sequence[Token]) -> list[tuple[int, int]]:
-    """[start, end) token ranges of whole words; a word's tokens are never split unless it alone is too long."""
-    spans: list[tuple[int, int]] = []
-    start = 0
-    for index in range(1, len(tokens) + 1):
-        if index == len(tokens) or tokens[index].word is None or tokens[index].word != tokens[start].word:
-            spans.append((start, index))
-            start = index
-    return spans
+@dataclass(frozen=True)
+class _Piece:
+    """A whole word (or a chunk-sized piece of a longer one): its tokens [first, end) and characters."""
+
+    first: int
+    end: int
+    start_char: int
+    end_char: int
 
 
-def _windows(spans: list[tuple[int, int]], size: int, overlap: int) -> list[tuple[int, int]]:
-    """Token windows of at most `size` tokens on word boundaries, each overlapping the last by ≤ `overlap`."""
-    # Split words longer than a window (long URLs, base64) into window-sized pieces.
-    pieces: list[tuple[int, int]] = []
-    for start, end in spans:
-        while end - start > size:
-            pieces.append((start, start + size))
-            start += size
-        pieces.append((start, end))
+def _pieces(tokens: Iterable[Token], size: int) -> Iterator[_Piece]:
+    """Whole words in order; a word's tokens are never split unless it alone is longer than `size`
+    (long URLs, base64), which is cut into `size`-token pieces."""
+    first = count = 0
+    word: int | None = None
+    start_char = end_char = 0
+    for index, token in enumerate(tokens):
+        if count and (token.word is None or token.word != word or count == size):
+            yield _Piece(first, index, start_char, end_char)
+            count = 0
+        if not count:
+            first, word, start_char = index, token.word, token.start
+        count += 1
+        end_char = token.end
+    if count:
+        yield _Piece(first, first + count, start_char, end_char)
 
-    windows: list[tuple[int, int]] = []
-    first = 0
-    while first < len(pieces):
-        last = first
-        while last + 1 < len(pieces) and pieces[last + 1][1] - pieces[first][0] <= size:
-            last += 1
-        windows.append((pieces[first][0], pieces[last][1]))
-        if last + 1 >= len(pieces):
-            break
+
+def _windows(pieces: Iterator[_Piece], size: int, overlap: int) -> Iterator[tuple[_Piece, _Piece]]:
+    """(first, last) pieces of token windows of at most `size` tokens on word boundaries, each
+    overlapping the one before by ≤ `overlap`; only the pieces of one window are held."""
+    held: deque[_Piece] = deque(itertools.islice(pieces, 1))  # from the window's first piece on
+    while held:
+        last = 0
+        while True:
+            if last + 1 == len(held):
+                held.extend(itertools.islice(pieces, 1))
+            if last + 1 < len(held) and held[last + 1].end - held[0].first <= size:
+                last += 1
+            else:
+                break
+        yield held[0], held[last]
+        if last + 1 == len(held):
+            return  # no piece left
         # Step back over whole words that fit in the overlap, always moving forward.
         next_first = last + 1
-        while next_first - 1 > first and pieces[last][1] - pieces[next_first - 1][0] <= overlap:
+        while next_first - 1 > 0 and held[last].end - held[next_first - 1].first <= overlap:
             next_first -= 1
-        first = next_first
-    return windows
+        for _ in range(next_first):
+            held.popleft()
 
 
 def chunk_document(
     document: PagedDocument,
-    tokenize: Callable[[str], list[Token]],
+    tokenize: Callable[[str], Iterable[Token]],
     chunk_tokens: int,
     overlap: int,
 ) -> list[Chunk]:
-    text = ""
+    """The document's chunks; `tokenize` streams tokens, so besides the chunks, memory follows one chunk."""
+    parts: list[str] = []
     page_starts: list[int] = []
     page_numbers: list[int | None] = []
     page_ocr: list[bool] = []
+    length = 0
     for page in document.pages:
-        if text:
-            text += "\n\n"
-        page_starts.append(len(text))
+        if length:
+            parts.append("\n\n")
+            length += 2
+        page_starts.append(length)
         page_numbers.append(page.number)
         page_ocr.append(page.ocr)
-        text += page.text
+        parts.append(page.text)
+        length += len(page.text)
+    text = "".join(parts)
+    del parts
 
-    tokens = tokenize(text)
     chunks: list[Chunk] = []
-    for position, (first, last) in enumerate(_windows(_word_spans(tokens), chunk_tokens, overlap)):
-        start, end = tokens[first].start, tokens[last - 1].end
+    windows = _windows(_pieces(tokenize(text), chunk_tokens), chunk_tokens, overlap)
+    for position, (first, last) in enumerate(windows):
+        start, end = first.start_char, last.end_char
         piece = text[start:end]
         digest = content_hash(piece)
         first_page_index = bisect.bisect_right(page_starts, start) - 1
@@ -151,8 +174,9 @@ def chunk_document(
                 content_hash=digest,
                 page=page_numbers[first_page_index],
                 last_page=page_numbers[last_page_index],
-                tokens=last - first,
+                tokens=last.end - first.first,
                 ocr=any(page_ocr[first_page_index:last_page_index + 1]),
+                pages=tuple(n for n in page_numbers[first_page_index:last_page_index + 1] if n is not None),
             )
         )
     return chunks

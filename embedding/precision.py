@@ -147,7 +147,7 @@ def probe_texts(tokenizer: ModelTokenizer) -> list[str]:
     raw = json.loads(resources.files(__package__).joinpath("probe_texts.json").read_text(encoding="utf-8"))
     texts = []
     for text in raw:
-        tokens = tokenizer.tokens(text)
+        tokens = list(tokenizer.tokens(text))  # a probe text: a few hundred tokens
         cut = tokenizer.max_content_tokens
         if len(tokens) > cut:
             # Back to the start of the word the limit falls in: a cut word could take more tokens.

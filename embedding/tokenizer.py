@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from tokenizers import Tokenizer
 
 from .models import resolve_model
+
+WINDOW_CHARS = 32 * 1024  # text handed to the tokenizer at once
+WINDOWS_PER_BATCH = 8  # windows tokenized in one call (the Rust tokenizer runs a batch in parallel)
+WHITESPACE = (" ", "\n", "\t", "\r")  # where a window may end
 
 
 @dataclass(frozen=True)
@@ -50,13 +55,43 @@ class ModelTokenizer:
         limit = _max_seq_length(folder) if folder.is_dir() else None
         return cls(auto.backend_tokenizer, limit or min(auto.model_max_length, 512))
 
-    def tokens(self, text: str) -> list[Token]:
-        encoding = self._tokenizer.encode(text, add_special_tokens=False)
-        return [Token(start, end, word) for (start, end), word in zip(encoding.offsets, encoding.word_ids)]
+    def tokens(self, text: str, window_chars: int = WINDOW_CHARS) -> Iterator[Token]:
+        """The text's tokens with offsets into `text` and word indexes, read a window at a time.
+
+        Windows end before white space, where no word continues, so their tokens are those of the
+        whole text (a run of more than `window_chars` characters without white space is cut within).
+        Memory follows the windows of one batch, not the text: a document of any size is streamed.
+        """
+        words = 0  # words of the windows read so far: word indexes stay distinct across windows
+        windows = text_windows(text, window_chars)
+        while batch := list(itertools.islice(windows, WINDOWS_PER_BATCH)):
+            encodings = self._tokenizer.encode_batch([text[start:end] for start, end in batch],
+                                                     add_special_tokens=False)
+            for (start, _), encoding in zip(batch, encodings):
+                last_word = -1
+                for (first, end), word in zip(encoding.offsets, encoding.word_ids):
+                    if word is not None:
+                        last_word = max(last_word, word)
+                        word += words
+                    yield Token(start + first, start + end, word)
+                words += last_word + 1
 
     def count(self, texts: Sequence[str]) -> list[int]:
         """Token counts as the model will see them (special tokens included)."""
         return [len(e.ids) for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=True)]
+
+
+def text_windows(text: str, size: int) -> Iterator[tuple[int, int]]:
+    """[start, end) ranges covering `text`, each at most `size` characters, ending before white
+    space where the range holds any."""
+    start = 0
+    while start < len(text):
+        end = min(start + size, len(text))
+        if end < len(text):
+            cut = max(text.rfind(space, start + 1, end + 1) for space in WHITESPACE)
+            end = cut if cut > start else end
+        yield start, end
+        start = end
 
 
 def _max_seq_length(folder: Path) -> int | None:

@@ -15,7 +15,7 @@ from .config import VectormillConfig
 
 @dataclass
 class SearchResult:
-    hits: list[dict[str, Any]]  # best first: document, source, page, score, text, title, location, chunk_id, ocr
+    hits: list[dict[str, Any]]  # best first: document, source, page, pages, score, text, title, location, chunk_id, ocr
     notes: list[str]  # the store's warnings (recovery, replicas), for the user
 
 
@@ -30,7 +30,8 @@ def search_store(config: VectormillConfig, text: str, k: int) -> SearchResult:
         embedder = build_embedder(config.embedding.model_copy(update={"precision": "fp32"}))
         hits = store.search(embedder.embed([text])[0], k)
         notes = list(store.notes)
-    return SearchResult([{"document": h.document, "source": h.source, "page": h.page, "score": round(h.score, 4),
+    return SearchResult([{"document": h.document, "source": h.source, "page": h.page, "pages": list(h.pages),
+                          "score": round(h.score, 4),
                           "text": h.text, "title": h.title, "location": h.location, "chunk_id": h.chunk_id,
                           "ocr": h.ocr}
                          for h in hits], notes)

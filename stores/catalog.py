@@ -396,12 +396,13 @@ class Catalog:
         return ids, np.frombuffer(b"".join(row[1] for row in rows), dtype=np.float32).reshape(len(rows), self.dimension)
 
     def hit_rows(self, ids: Sequence[int]) -> dict[int, tuple]:
-        """(chunk_id, source, document, title, location, page, text, ocr) by faiss id."""
+        """(chunk_id, source, document, title, location, page, text, ocr, last_page) by faiss id."""
         found: dict[int, tuple] = {}
         for start in range(0, len(ids), PARAMETERS_PER_STATEMENT):
             part = list(ids[start : start + PARAMETERS_PER_STATEMENT])
             for row in self.db.execute(
-                    "SELECT c.faiss_id, c.chunk_id, c.source, c.document, d.title, d.location, c.page, c.text, c.ocr "
+                    "SELECT c.faiss_id, c.chunk_id, c.source, c.document, d.title, d.location, c.page, c.text, c.ocr, "
+                    "c.last_page "
                     "FROM chunks c JOIN documents d USING (source, document) "
                     f"WHERE c.faiss_id IN ({','.join('?' * len(part))})", part):
                 found[row[0]] = row[1:]

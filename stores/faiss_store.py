@@ -36,7 +36,7 @@ from .generations import Generations, current_manifest, damaged_files
 from .legacy import migrate, refuse_to_read, set_aside_old_layout
 from .lock import WriterLock
 from .manifest import SEGMENTS, FileEntry, files_of, manifest_bytes, parse_manifest, segments_of
-from .records import DocumentUpsert, Operation, QueuedDocument, SearchHit
+from .records import DocumentUpsert, Operation, QueuedDocument, SearchHit, page_span
 from .settings import ReplicaSettings, StoreSettings
 
 if TYPE_CHECKING:  # FAISS and fsspec load only for what needs them: `store stats` reads a few rows
@@ -441,8 +441,13 @@ class FaissStore:
 
         best = search_parts(self._parts(), vector, k)
         rows = self.catalog.hit_rows([identifier for _, identifier in best])
-        return [SearchHit(score, *rows[identifier][:-1], ocr=bool(rows[identifier][-1]))
-                for score, identifier in best if identifier in rows]
+        hits = []
+        for score, identifier in best:
+            if identifier in rows:
+                chunk_id, source, document, title, location, page, text, ocr, last_page = rows[identifier]
+                hits.append(SearchHit(score, chunk_id, source, document, title, location, page, text, ocr=bool(ocr),
+                                      pages=page_span(page, last_page)))
+        return hits
 
     def index_ids(self) -> list[int]:
         """Live ids the segments and the pending vectors hold (for checks: they must match the catalog's)."""

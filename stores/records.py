@@ -109,6 +109,13 @@ class PropertyUpdate:
 Operation = DocumentUpsert | DocumentDelete | CursorUpdate | BaselineRecord | DocumentFailed | PropertyUpdate
 
 
+def page_span(page: int | None, last_page: int | None) -> tuple[int, ...]:
+    """The pages a chunk stored with its first and last page holds (a chunk is one stretch of text)."""
+    if page is None:
+        return ()
+    return tuple(range(page, (last_page if last_page is not None else page) + 1))
+
+
 @dataclass(frozen=True)
 class SearchHit:
     score: float
@@ -117,6 +124,7 @@ class SearchHit:
     document: str
     title: str
     location: str
-    page: int | None
+    page: int | None  # the first page its chunk holds
     text: str
     ocr: bool = False
+    pages: tuple[int, ...] = ()  # every page its chunk holds, in order (none for texts without pages)

@@ -78,6 +78,17 @@ def write_scanned_pdf(path: Path, pages: list[str], text_layer_pages: frozenset[
         writer.write(handle)
 
 
+def encrypt_pdf(plain: Path, encrypted: Path, user_password: str, owner_password: str | None = None,
+                algorithm: str = "AES-256") -> None:
+    """`plain` encrypted as `encrypted`; an empty `user_password` with an owner password is a
+    "copy-protected" PDF: anyone may open it, only the owner password lifts its restrictions."""
+    writer = PdfWriter(clone_from=plain)
+    writer.encrypt(user_password=user_password, owner_password=owner_password, algorithm=algorithm,
+                   permissions_flag=0)  # print, copy and edit all forbidden to the user
+    with open(encrypted, "wb") as handle:
+        writer.write(handle)
+
+
 def write_broken_pdfs(root: Path) -> dict[str, str]:
     """Broken files named .pdf; returns {name: a word the failure reason must contain}."""
     good = root / "_good.tmp"
@@ -92,14 +103,9 @@ def write_broken_pdfs(root: Path) -> dict[str, str]:
     with open(root / "empty-text.pdf", "wb") as handle:
         writer.write(handle)
 
-    encrypted = PdfWriter(clone_from=None)
     source = root / "_secret.tmp"
     write_pdf(["Top secret text."], source)
-    for page in PdfReader(source).pages:
-        encrypted.add_page(page)
-    encrypted.encrypt(user_password="hunter2", algorithm="AES-256")
-    with open(root / "encrypted.pdf", "wb") as handle:
-        encrypted.write(handle)
+    encrypt_pdf(source, root / "encrypted.pdf", user_password="hunter2")
     source.unlink()
     return {"truncated.pdf": "PDF", "not-a-pdf.pdf": "PDF", "empty-text.pdf": "no extractable text",
             "encrypted.pdf": "encrypted"}

@@ -1,3 +1,7 @@
+import hashlib
+import random
+import tracemalloc
+
 import pytest
 
 from vectormill.connectors.base import Document, Page
@@ -65,3 +69,45 @@ def test_chunk_size_above_the_model_limit_is_refused():
     with pytest.raises(ChunkingError, match="above what model 'm' takes .*at most 254"):
         validate_chunk_size(300, 10, 254, "m")
     validate_chunk_size(254, 10, 254, "m")
+
+
+def golden_pages() -> list[str]:
+    """Text with what tokenizers treat specially: accents, CJK, emoji, punctuation, tabs, line breaks."""
+    rng = random.Random(18)
+    words = ["naïve", "café", "über-long-hyphenated", "U.S.A.", "e-mail:", "x@y.org", "(parenthesis)", "数据", "emoji😀",
+             "don't", "3.14159", "\t", "line\nbreak", "word", "the", "of", "ingestion", "pipeline", "vectors"]
+    return [" ".join(rng.choice(words) for _ in range(700 + 50 * n)) for n in range(4)]
+
+
+def fingerprint(chunks) -> str:
+    return hashlib.sha256("|".join(f"{c.id}:{c.page}:{c.last_page}:{c.tokens}" for c in chunks).encode()).hexdigest()
+
+
+def test_streamed_chunks_are_the_chunks_of_before_so_nothing_is_embedded_again(tokenizer):
+    chunks = chunk_document(document(*golden_pages(), doc_id="golden.pdf"), tokenizer.tokens, 60, 12)
+    # What the chunker made when it tokenized whole documents at once (vectormill 0bc7503).
+    assert (len(chunks), fingerprint(chunks)) == (
+        166, "c2b03897bc844dcdfb3b23b84088e69ed41777aa1aa0edc078c4bba27da72711")
+
+
+@pytest.mark.parametrize("window_chars", [25, 64, 1000])  # each above the longest word
+def test_chunks_do_not_depend_on_the_windows_the_tokenizer_reads(tokenizer, window_chars):
+    doc = document(*golden_pages())
+    whole = chunk_document(doc, lambda text: tokenizer.tokens(text, window_chars=10**9), 60, 12)
+    windowed = chunk_document(doc, lambda text: tokenizer.tokens(text, window_chars=window_chars), 60, 12)
+    assert windowed == whole
+
+
+def test_chunking_memory_follows_the_chunk_not_the_document(tokenizer):
+    text = " ".join(f"Line {n} of a large log file: service {n % 97} answered in {n % 1000} ms." for n in range(40_000))
+    assert len(text) > 2_000_000
+    doc = document(text, doc_id="big.log")
+    tracemalloc.start()
+    try:
+        chunks = chunk_document(doc, tokenizer.tokens, 254, 32)
+        held, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(chunks) > 1_500
+    # Beyond the chunks it returns, chunking holds a window of tokens, not an object per token of the text.
+    assert peak - held < 16 * 1024 * 1024, (held, peak)

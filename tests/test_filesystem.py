@@ -7,7 +7,7 @@ from vectormill.connectors.errors import DocumentError
 from vectormill.connectors.filesystem import FilesystemSource
 from vectormill.connectors.settings import FilesystemSourceSettings
 
-from .corpus import write_broken_pdfs, write_corpus
+from .corpus import encrypt_pdf, write_broken_pdfs, write_corpus, write_scanned_pdf
 
 
 def source(root, **kwargs):
@@ -62,6 +62,40 @@ def test_encrypted_pdf_opens_with_a_password_from_the_environment(tmp_path, monk
     monkeypatch.setenv("PDF_PASSWORD", "hunter2")
     document = source(tmp_path, pdf_password_env="PDF_PASSWORD").fetch(DocumentRef("encrypted.pdf", "v"))
     assert "Top secret" in document.text
+
+
+@pytest.mark.parametrize("algorithm", ["RC4-128", "AES-128", "AES-256"])
+def test_a_copy_protected_pdf_with_only_an_owner_password_opens_without_one(tmp_path, monkeypatch, algorithm):
+    from vectormill.flows.sample import write_pdf
+
+    write_pdf(["Protected but readable text.", "Its second page."], tmp_path / "plain.tmp")
+    encrypt_pdf(tmp_path / "plain.tmp", tmp_path / "protected.pdf", user_password="", owner_password="owner-only",
+                algorithm=algorithm)
+    document = source(tmp_path).fetch(DocumentRef("protected.pdf", "v"))
+    assert [page.text.strip() for page in document.pages] == ["Protected but readable text.", "Its second page."]
+    monkeypatch.setenv("PDF_PASSWORD", "a wrong guess")  # a configured password does not get in the way
+    assert source(tmp_path, pdf_password_env="PDF_PASSWORD").fetch(DocumentRef("protected.pdf", "v")).text \
+        == document.text
+
+
+def test_a_copy_protected_scan_is_read_by_ocr(tmp_path):
+    write_scanned_pdf(tmp_path / "scan.tmp", ["Lighthouse keepers trim the wick at dusk."])
+    encrypt_pdf(tmp_path / "scan.tmp", tmp_path / "scan.pdf", user_password="", owner_password="owner-only")
+    (page,) = source(tmp_path, ocr="always").fetch(DocumentRef("scan.pdf", "v")).pages
+    assert page.ocr and "wick at dusk" in page.text
+
+
+def test_a_pdf_needing_a_user_password_keeps_its_message(tmp_path, monkeypatch):
+    from vectormill.flows.sample import write_pdf
+
+    write_pdf(["Locked text."], tmp_path / "plain.tmp")
+    encrypt_pdf(tmp_path / "plain.tmp", tmp_path / "locked.pdf", user_password="user-secret", owner_password="owner")
+    for settings in ({}, {"pdf_password_env": "PDF_PASSWORD"}):
+        monkeypatch.setenv("PDF_PASSWORD", "a wrong guess")
+        with pytest.raises(DocumentError, match="^encrypted PDF and no working password .set pdf_password_env"):
+            source(tmp_path, **settings).fetch(DocumentRef("locked.pdf", "v"))
+    monkeypatch.setenv("PDF_PASSWORD", "user-secret")
+    assert "Locked text." in source(tmp_path, pdf_password_env="PDF_PASSWORD").fetch(DocumentRef("locked.pdf", "v")).text
 
 
 def test_paths_leaving_the_root_are_refused(tmp_path):

@@ -15,6 +15,7 @@ from vectormill.connectors.errors import DocumentEmpty, DocumentError, DocumentG
 from vectormill.connectors.hubspot import HubSpotSource, format_time, parse_time
 from vectormill.connectors.settings import HubSpotSourceSettings
 from vectormill.flows.config import parse_config
+from vectormill.flows.config import ConfigError
 
 from .servers.hubspot_server import hubspot_server, iso
 
@@ -122,9 +123,11 @@ def test_incremental_search_returns_changes_and_archived_records_since_the_curso
     assert before <= changes.cursor <= source.current_cursor()
     assert "Now sells gadgets." in source.fetch(next(r for r in upserts if r.id == f"companies/{ids[12]}")).text
     body = searches(server)[0]
-    assert body["filterGroups"] == [{"filters": [{"propertyName": "hs_lastmodifieddate", "operator": "GT",
-                                                  "value": str(round(parse_time(cursor).timestamp() * 1000))}]}]
-    assert body["sorts"] == [{"propertyName": "hs_lastmodifieddate", "direction": "ASCENDING"}]
+    since, until = body["filterGroups"][0]["filters"]
+    assert since == {"propertyName": "hs_lastmodifieddate", "operator": "GT",
+                     "value": str(round(parse_time(cursor).timestamp() * 1000))}
+    assert until == {"propertyName": "hs_lastmodifieddate", "operator": "LTE",
+                     "value": str(round(parse_time(changes.cursor).timestamp() * 1000))}
     assert body["limit"] <= 200 and body["properties"] == ["name", "domain", "description"]
 
     # Nothing changed since the new cursor: nothing to do.
@@ -140,33 +143,73 @@ def test_the_cursor_overlap_sees_recent_records_again(server):
     assert sorted(ref.id for ref in changes.upserts) == sorted(f"companies/{i}" for i in ids)
 
 
-def test_search_windows_are_chained_past_the_result_limit_without_losing_ties(monkeypatch):
+def test_a_record_edited_while_the_search_pages_skips_no_other(server):
+    """The issue's reproduction: page size 2, records A-F changed an hour ago, A edited after page 1."""
+    hour_ago = int(time.time() * 1000) - 3_600_000
+    ids = {name: server.app.add("companies", at_ms=hour_ago + n, name=name) for n, name in enumerate("ABCDEF")}
+    names = {f"companies/{object_id}": name for name, object_id in ids.items()}
+    source = source_for(server, page_size=2)
+
+    changes = source.changes_since(iso(hour_ago - 1))
+    upserts = iter(changes.upserts)
+    returned = [names[next(upserts).id] for _ in range(2)]
+    next_millisecond()
+    server.app.update("companies", ids["A"], description="Edited while the search pages.")
+    returned += [names[ref.id] for ref in upserts]
+
+    assert returned[:6] == list("ABCDEF") and set(returned[6:]) <= {"A"}
+    assert all("after" not in body for body in searches(server))  # keyset, never an offset
+    assert changes.cursor <= source.current_cursor()
+    # The edit is not lost either: the next run (from the returned cursor) sees A's new version.
+    again = [names[ref.id] for ref in source.changes_since(changes.cursor).upserts]
+    assert "A" in again
+
+
+def test_search_continues_from_the_last_time_and_id_seen(server):
+    base = int(time.time() * 1000) - 60_000
+    ids = [server.app.add("companies", at_ms=base + n // 3, name=f"Company {n}") for n in range(7)]
+    source = source_for(server, page_size=2)
+
+    upserts = [ref.id for ref in source.changes_since(iso(base - 1)).upserts]
+
+    assert upserts == [f"companies/{i}" for i in ids]
+    first, second = searches(server)[:2]
+    assert first["sorts"] == [{"propertyName": "hs_lastmodifieddate", "direction": "ASCENDING"},
+                              {"propertyName": "hs_object_id", "direction": "ASCENDING"}]
+    (only,) = first["filterGroups"]
+    assert only["filters"][0] == {"propertyName": "hs_lastmodifieddate", "operator": "GT", "value": str(base - 1)}
+    # Records 0 and 1 share a time with record 2: the next query asks for (that time, id > 1's) or a later time.
+    tie, later = second["filterGroups"]
+    assert tie["filters"] == [{"propertyName": "hs_lastmodifieddate", "operator": "EQ", "value": str(base)},
+                              {"propertyName": "hs_object_id", "operator": "GT", "value": ids[1]}]
+    assert later["filters"][0] == {"propertyName": "hs_lastmodifieddate", "operator": "GT", "value": str(base)}
+
+
+def test_search_goes_past_the_result_window_and_through_ties_larger_than_a_page(monkeypatch):
     monkeypatch.setenv(TOKEN_ENV, TOKEN)
     with hubspot_server(TOKEN, search_window=30) as server:
         base = int(time.time() * 1000) - 60_000
-        # 100 records modified in groups of 5 sharing one millisecond, so windows end inside a group.
-        ids = [server.app.add("companies", at_ms=base + n // 5, name=f"Company {n}") for n in range(100)]
-        source = source_for(server, page_size=7, search_window=30)
+        # 100 records in groups sharing one millisecond, one group larger than the window itself.
+        ids = [server.app.add("companies", at_ms=base + (n // 5 if n < 60 else 12), name=f"Company {n}")
+               for n in range(100)]
+        source = source_for(server, page_size=7)
 
         upserts = [ref.id for ref in source.changes_since(iso(base - 1)).upserts]
 
-        assert sorted(upserts) == sorted(f"companies/{i}" for i in ids)
-        assert len(upserts) == len(set(upserts)) == 100
-        bodies = searches(server)
-        assert all(int(b.get("after", 0)) + b["limit"] <= 30 for b in bodies)  # never past the window
-        operators = [b["filterGroups"][0]["filters"][0]["operator"] for b in bodies if "after" not in b]
-        assert operators[0] == "GT" and operators[1:] == ["GTE"] * (len(operators) - 1) and len(operators) >= 4
+        assert upserts == [f"companies/{i}" for i in ids]  # each once, in (time, id) order
+        assert all("after" not in body for body in searches(server))
 
 
-def test_more_ties_than_one_search_window_stop_the_source_with_advice(monkeypatch):
-    monkeypatch.setenv(TOKEN_ENV, TOKEN)
-    with hubspot_server(TOKEN, search_window=20) as server:
-        moment = int(time.time() * 1000) - 60_000
-        for n in range(25):
-            server.app.add("companies", at_ms=moment, name=f"Company {n}")
-        source = source_for(server, page_size=5, search_window=20)
-        with pytest.raises(SourceError, match="backfill --full"):
-            list(source.changes_since(iso(moment - 1)).upserts)
+def test_results_out_of_keyset_order_stop_the_source_instead_of_skipping(server, monkeypatch):
+    base = int(time.time() * 1000) - 60_000
+    for n in range(4):
+        server.app.add("companies", at_ms=base, name=f"Company {n}")
+    source = source_for(server, page_size=3)
+    # A search that ignores the second sort (ties in descending id order) would let the keyset skip records.
+    sort = server.app._sorted
+    monkeypatch.setattr(server.app, "_sorted", lambda records, sorts: list(reversed(sort(records, sorts))))
+    with pytest.raises(SourceError, match="not in .hs_lastmodifieddate, hs_object_id. order"):
+        list(source.changes_since(iso(base - 1)).upserts)
 
 
 def test_listing_completes_through_faults_within_the_rate_limit(server):
@@ -225,7 +268,13 @@ def test_a_missing_token_names_the_variable_not_a_value(server, monkeypatch):
 @pytest.mark.parametrize("entry, problem", [
     ({"token_env": "A", "token_secret_block": "b"}, "exactly one of token_env"),
     ({"token_env": None}, "exactly one of token_env"),
-    ({"template": "{name} {phone}"}, "template uses phone"),
+    ({"template": "{name} {phone}"}, r"sources\[crm\]\.template: \{phone\} is not a property"),
+    ({"template": "{name}: {amount:,.2f}", "properties": ["name", "amount"]},
+     r"sources\[crm\]\.template: .*'\{amount:,\.2f\}'.*strings"),
+    ({"template": "{name} {}"}, r"sources\[crm\]\.template: .*positional"),
+    ({"template": "{name.upper} {domain[0]}"}, r"sources\[crm\]\.template: .*name\.upper"),
+    ({"template": "{name:{domain}}"}, r"sources\[crm\]\.template: .*nested"),
+    ({"template": "{name"}, r"sources\[crm\]\.template: .*not a valid template"),
     ({"title_property": "phone"}, "title_property 'phone' is not in properties"),
     ({"page_size": 500}, "page_size"),
 ])
@@ -233,8 +282,16 @@ def test_config_problems_are_reported_by_key(tmp_path, entry, problem):
     source = {"name": "crm", "type": "hubspot", "object_type": "companies", "properties": ["name", "domain"],
               "token_env": "HUBSPOT_TOKEN", **entry}
     source = {key: value for key, value in source.items() if value is not None}
-    with pytest.raises(Exception, match=problem):
+    with pytest.raises(ConfigError, match=problem):
         parse_config({"sources": [source]}, tmp_path, environ={})
+
+
+def test_templates_that_format_strings_are_accepted(tmp_path):
+    config = parse_config({"sources": [{
+        "name": "crm", "type": "hubspot", "object_type": "companies", "properties": ["name", "domain"],
+        "token_env": "HUBSPOT_TOKEN", "template": "{name!r:>20} {{literal}} {domain:.40}",
+    }]}, tmp_path, environ={})
+    assert config.sources[0].template.startswith("{name!r")
 
 
 def test_the_documented_config_contract_parses(tmp_path):
@@ -370,3 +427,32 @@ def test_fetches_that_keep_failing_fail_their_documents_until_the_circuit_stops_
     # The next run starts with a closed circuit.
     server.clear_faults()
     assert len(list(source.list_documents())) == 5
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda record: record.pop("updatedAt"), "lacks updatedAt"),
+    (lambda record: record.update(properties=["not", "an", "object"]), "properties are not an object"),
+    (lambda record: record.update(updatedAt="yesterday"), "updatedAt 'yesterday' is not a time"),
+])
+def test_a_malformed_record_fails_that_record_with_a_one_line_reason(server, damage, reason):
+    good, bad = add_companies(server, 2)
+    damage(server.app.objects["companies"][bad])
+    source = source_for(server, template="{name}: {description}")
+    assert "Company 0" in source.fetch(DocumentRef(f"companies/{good}", "v")).text
+    with pytest.raises(DocumentError, match=reason) as failed:
+        source.fetch(DocumentRef(f"companies/{bad}", "v"))
+    assert "\n" not in str(failed.value) and not isinstance(failed.value, DocumentGone)
+
+
+def test_a_malformed_record_in_a_listing_stops_the_source_instead_of_looking_deleted(server):
+    ids = add_companies(server, 3)
+    del server.app.objects["companies"][ids[1]]["updatedAt"]
+    with pytest.raises(SourceError, match=f"record {ids[1]} lacks updatedAt"):
+        list(source_for(server).list_documents())
+
+
+def test_property_values_that_are_not_strings_are_formatted_as_text(server):
+    (object_id,) = add_companies(server, 1)
+    server.app.objects["companies"][object_id]["properties"]["description"] = 12
+    document = source_for(server, template="{name} ({description:.5})").fetch(DocumentRef(f"companies/{object_id}", "v"))
+    assert document.text == "Company 0 (12)"

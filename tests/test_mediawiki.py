@@ -6,6 +6,7 @@ import itertools
 import logging
 import math
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -165,8 +166,77 @@ def test_changes_are_paged_with_continue(wiki):
 
     assert {ref.id for ref in changes.upserts} == {f"Runbook {n}" for n in range(20)} | {f"Moved {n}" for n in range(27, 31)}
     assert set(changes.deletions) == {f"Runbook {n}" for n in range(20, 31)}
-    assert len([p for p in wiki.params() if p.get("list") == "recentchanges"]) == math.ceil(31 / 3)
+    assert len([p for p in wiki.params() if p.get("list") == "recentchanges" and "rcstart" in p]) == math.ceil(31 / 3)
     assert len([p for p in wiki.params() if p.get("letype") == "delete"]) == math.ceil(7 / 3)
+
+
+STALE = "older than the oldest recent change the wiki holds"
+
+
+def test_a_cursor_older_than_the_wikis_recent_changes_lists_fully_and_says_so_once(caplog):
+    with MediaWikiServer(rc_max_age=timedelta(days=90)) as wiki:
+        wiki.import_pages({f"Runbook {n}": page_text(n) for n in range(30)})
+        source = make_source(wiki)
+        cursor = source.current_cursor()
+        assert len(list(source.list_documents())) == 30
+        wiki.advance(3600)
+        edited_early = wiki.edit_page("Runbook 3", "Edited a day after the last run.")
+        wiki.add_page("Runbook Early", "Created then.")
+        wiki.delete_page("Runbook 4")
+        wiki.move_page("Runbook 5", "Runbook Five", leave_redirect=False)
+        wiki.advance(100 * 86400)  # a schedule paused for a quarter: those rows are purged by the next edit
+        edited_late = wiki.edit_page("Runbook 6", "Edited recently.")
+        wiki.advance(1)
+        assert wiki.state.recentchanges[0]["title"] == "Runbook 6"
+
+        with caplog.at_level(logging.INFO, logger="vectormill.mediawiki"):
+            changes = source.changes_since(cursor)
+            upserts = {ref.id: ref.version for ref in changes.upserts}
+
+        # Every page, at its current revision (the flow fetches only those whose revision changed).
+        assert upserts == {title: str(wiki.revision(title)) for title in wiki.titles(0)}
+        assert upserts["Runbook 3"] == str(edited_early) and upserts["Runbook 6"] == str(edited_late)
+        assert "Runbook Early" in upserts and "Runbook Five" in upserts
+        assert set(changes.deletions) == {"Runbook 4", "Runbook 5"}  # from the delete and move logs, kept for good
+        assert changes.cursor == "2024-04-10T01:00:01Z"  # the wiki's time before listing
+        warnings = [r.getMessage() for r in caplog.records if STALE in r.getMessage()]
+        assert len(warnings) == 1 and cursor in warnings[0] and "listing every page" in warnings[0]
+
+        # From the new cursor the recent changes cover the window again: no full listing.
+        wiki.reset_requests()
+        wiki.edit_page("Runbook 7", "Edited after the catch-up.")
+        assert [ref.id for ref in source.changes_since(changes.cursor).upserts] == ["Runbook 7"]
+        assert not any(p.get("generator") == "allpages" for p in wiki.params())
+
+
+def test_a_window_reaching_past_the_recent_changes_is_listed_fully(wiki, caplog):
+    wiki.state.rc_max_age = timedelta(days=90)
+    source = make_source(wiki)
+    since = source.current_cursor()
+    wiki.advance(86400)
+    wiki.edit_page("Help:Topic 2", "Edited inside the window, purged since.")
+    wiki.advance(120 * 86400)
+    wiki.edit_page("Runbook 9", "Recent.")
+    with caplog.at_level(logging.INFO, logger="vectormill.mediawiki"):
+        upserts = {ref.id for ref in source.changes_since(since).upserts}
+    assert {"Help:Topic 2", "Runbook 9"} <= upserts and len(upserts) == MAIN_PAGES + HELP_PAGES
+    assert sum(STALE in r.getMessage() for r in caplog.records) == 1
+
+
+def test_recent_changes_that_begin_after_the_cursor_with_nothing_in_between_need_no_full_listing(wiki):
+    """A freshly imported wiki: its first recent change is newer than the cursor, yet nothing was lost."""
+    source = make_source(wiki)
+    cursor = source.current_cursor()
+    wiki.advance(1)
+    assert [ref.id for ref in source.changes_since(cursor).upserts] == []  # no recent changes at all
+    wiki.advance(7200)
+    wiki.edit_page("Runbook 1", "The wiki's first recorded change.")
+    wiki.reset_requests()
+
+    changes = source.changes_since(cursor)
+
+    assert [ref.id for ref in changes.upserts] == ["Runbook 1"]
+    assert not any(p.get("generator") == "allpages" for p in wiki.params())
 
 
 def test_faults_are_survived_with_every_page_fetched_within_the_rate_limit(wiki):

@@ -21,6 +21,7 @@ from .corpus import FILLER, TOPICS, write_config, write_corpus, write_scanned_pd
 SCANNED_SENTENCE = "The lighthouse keeper logs every passing ship in a leather bound journal."
 SCANNED_PAGES = ["Notes on lighthouses, page one. The keeper climbs the spiral stairs at dusk to light the lamp.",
                  "Notes on lighthouses, page two. " + FILLER * 2 + SCANNED_SENTENCE + " " + FILLER]
+HARBOUR_SENTENCE = "The harbour master writes down every tide and the name of each fishing boat."
 NOTICE = "pages without text were skipped: install tesseract-ocr"
 
 
@@ -72,6 +73,7 @@ def test_a_chunk_is_ocr_text_when_a_page_it_covers_was_read_by_ocr():
     assert {(c.page, c.last_page) for c in chunks} == {(1, 1), (1, 2), (2, 2)}
     for chunk in chunks:
         assert chunk.ocr == (chunk.last_page == 2), chunk
+        assert chunk.pages == tuple(range(chunk.page, chunk.last_page + 1)), chunk
 
 
 # ---- the real Tesseract ------------------------------------------------------------------------
@@ -146,19 +148,24 @@ def test_backfill_ocrs_a_scanned_pdf_that_search_then_finds_and_never_ocrs_it_ag
     env = harness_env()
     write_corpus(tmp_path / "pdfs", {k: TOPICS[k] for k in ("chess", "baking")})
     write_scanned_pdf(tmp_path / "pdfs" / "lighthouse.pdf", SCANNED_PAGES)
+    # A short text page and a scanned page 2: one chunk holds both, and says so.
+    write_scanned_pdf(tmp_path / "pdfs" / "harbour.pdf", ["Harbour log, cover page.", HARBOUR_SENTENCE],
+                      text_layer_pages=frozenset({1}))
     write_config(tmp_path)
 
     result = run("backfill", "--json", cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
-    assert summary["documents"]["new"] == 3 and summary["failures"] == []
+    assert summary["documents"]["new"] == 4 and summary["failures"] == []
     assert summary["seconds"]["ocr"] > 0 and NOTICE not in result.stderr
 
     result = run("search", SCANNED_SENTENCE, "-k", "3", "--json", cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
     best = json.loads(result.stdout)[0]
-    assert (best["document"], best["page"], best["ocr"]) == ("lighthouse.pdf", 2, True)
+    assert (best["document"], best["page"], best["pages"], best["ocr"]) == ("lighthouse.pdf", 2, [2], True)
     assert SCANNED_SENTENCE in " ".join(best["text"].split())
+    best = json.loads(run("search", HARBOUR_SENTENCE, "-k", "1", "--json", cwd=tmp_path, env=env).stdout)[0]
+    assert (best["document"], best["page"], best["pages"], best["ocr"]) == ("harbour.pdf", 1, [1, 2], True)
     best = json.loads(run("search", TOPICS["baking"], "-k", "1", "--json", cwd=tmp_path, env=env).stdout)[0]
     assert (best["document"], best["ocr"]) == ("baking.pdf", False)
 
@@ -166,7 +173,7 @@ def test_backfill_ocrs_a_scanned_pdf_that_search_then_finds_and_never_ocrs_it_ag
     result = run("backfill", "--json", cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     again = json.loads(result.stdout.strip().splitlines()[-1])
-    assert again["documents"]["unchanged"] == 3 and again["chunks_embedded"] == 0
+    assert again["documents"]["unchanged"] == 4 and again["chunks_embedded"] == 0
     assert again["seconds"]["ocr"] == 0
 
 

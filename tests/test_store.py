@@ -459,3 +459,15 @@ def test_properties_and_the_ocr_flag_survive_reopening(tmp_path):
         assert store.properties() == {"precision": "bf16"}
         assert store.search(scanned.vectors[0], k=1)[0].ocr is True
         assert store.search(vector_for(chunk_text("text", 0, 1)), k=1)[0].ocr is False
+
+
+def test_a_hit_names_every_page_its_chunk_holds(tmp_path):
+    config = settings(tmp_path)
+    spanning = upsert("paged", 1, 3)
+    pages = ((1, 1), (1, 3), (None, None))  # a chunk on page 1, one across pages 1-3, one of a page-less text
+    chunks = tuple(dataclasses.replace(c, page=first, last_page=last) for c, (first, last) in zip(spanning.chunks, pages))
+    with open_store(config) as store:
+        store.write([dataclasses.replace(spanning, chunks=chunks)])
+        found = {hit.chunk_id: (hit.page, hit.pages) for hit in store.search(spanning.vectors[1], k=3)}
+    assert found == {chunks[0].chunk_id: (1, (1,)), chunks[1].chunk_id: (1, (1, 2, 3)),
+                     chunks[2].chunk_id: (None, ())}

@@ -3,9 +3,11 @@
 - `GET /crm/v3/objects/{type}?limit&after&properties&archived` → `{"results": [...], "paging": {"next": {"after", "link"}}}`
   (limit ≤ 100; `after` is opaque);
 - `GET /crm/v3/objects/{type}/{id}?properties` → one object, 404 `OBJECT_NOT_FOUND`;
-- `POST /crm/v3/objects/{type}/search` with `filterGroups`, `sorts`, `properties`, `limit` (≤ 200),
-  `after` → `{"total", "results", "paging"}`; paging past `search_window` (10,000 at HubSpot) is a 400;
-  archived objects are not searchable;
+- `POST /crm/v3/objects/{type}/search` with `filterGroups` (OR of groups whose filters are ANDed;
+  at most 5 groups, 6 filters a group, 18 in all), `sorts` (each breaking the ties of the one
+  before), `properties`, `limit` (≤ 200), `after` → `{"total", "results", "paging"}`; paging past
+  `search_window` (10,000 at HubSpot) is a 400 and no `paging.next` leads there; archived objects
+  are not searchable;
 - every request needs `Authorization: Bearer <token>`, else 401 `INVALID_AUTHENTICATION`;
 - errors are `{"status": "error", "message", "correlationId", "category"}`.
 
@@ -27,6 +29,7 @@ from .fault_server import FaultServer, Reply, Request
 DEFAULT_PROPERTIES = ("createdate", "hs_lastmodifieddate", "hs_object_id")
 CATEGORIES = {400: "VALIDATION_ERROR", 401: "INVALID_AUTHENTICATION", 403: "MISSING_SCOPES",
               404: "OBJECT_NOT_FOUND", 429: "RATE_LIMITS"}
+MAX_FILTER_GROUPS, MAX_FILTERS_PER_GROUP, MAX_FILTERS = 5, 6, 18  # HubSpot's documented search limits
 OPERATORS = {"GT": lambda a, b: a > b, "GTE": lambda a, b: a >= b, "LT": lambda a, b: a < b,
              "LTE": lambda a, b: a <= b, "EQ": lambda a, b: a == b}
 
@@ -114,7 +117,9 @@ class HubSpotApp:
 
     def _view(self, record: dict[str, Any], properties: list[str]) -> dict[str, Any]:
         view = {key: value for key, value in record.items() if key != "properties"}
-        view["properties"] = {name: record["properties"].get(name) for name in (*properties, *DEFAULT_PROPERTIES)}
+        stored = record["properties"]  # a test may store a malformed record: it is served as it is
+        view["properties"] = {name: stored.get(name) for name in (*properties, *DEFAULT_PROPERTIES)} \
+            if isinstance(stored, dict) else stored
         return view
 
     @staticmethod
@@ -147,27 +152,39 @@ class HubSpotApp:
         query = request.json()
         limit = int(query.get("limit", 10))
         after = int(query.get("after") or 0)
+        groups = query.get("filterGroups") or []
         if not 1 <= limit <= 200:
             return self.error(400, f"limit must be between 1 and 200, got {limit}")
         if after >= self.search_window:
             return self.error(400, f"after must be less than {self.search_window}: the search API pages through "
                                    f"at most {self.search_window} results")
+        if len(groups) > MAX_FILTER_GROUPS or any(len(g["filters"]) > MAX_FILTERS_PER_GROUP for g in groups) \
+                or sum(len(g["filters"]) for g in groups) > MAX_FILTERS:
+            return self.error(400, f"at most {MAX_FILTER_GROUPS} filterGroups of {MAX_FILTERS_PER_GROUP} filters "
+                                   f"each, {MAX_FILTERS} filters in all")
 
-        def matches(record: dict[str, Any]) -> bool:
-            groups = query.get("filterGroups") or [{"filters": []}]
-            return any(all(OPERATORS[f["operator"]](to_ms(record["properties"][f["propertyName"]]), to_ms(f["value"]))
-                           for f in group["filters"]) for group in groups)
+        def matches(record: dict[str, Any]) -> bool:  # filterGroups are ORed, the filters of a group ANDed
+            return not groups or any(
+                all(OPERATORS[f["operator"]](to_ms(record["properties"][f["propertyName"]]), to_ms(f["value"]))
+                    for f in group["filters"]) for group in groups)
 
         records = [r for r in self.objects.get(object_type, {}).values() if not r["archived"] and matches(r)]
-        for sort in reversed(query.get("sorts") or [{"propertyName": "hs_object_id", "direction": "ASCENDING"}]):
-            records.sort(key=lambda r: (to_ms(r["properties"][sort["propertyName"]]), int(r["id"])),
-                         reverse=sort.get("direction") == "DESCENDING")
+        records = self._sorted(records, query.get("sorts") or [])
         page = records[after:min(after + limit, self.search_window)]
         body: dict[str, Any] = {"total": len(records),
                                 "results": [self._view(r, query.get("properties") or []) for r in page]}
-        if after + limit < len(records):
+        if after + limit < min(len(records), self.search_window):
             body["paging"] = {"next": {"after": str(after + limit), "link": f"{request.path}?after={after + limit}"}}
         return Reply(200, body)
+
+    @staticmethod
+    def _sorted(records: list[dict[str, Any]], sorts: list[dict[str, str]]) -> list[dict[str, Any]]:
+        """By each sort in turn (the first decides, later ones break its ties); by id without sorts."""
+        records = sorted(records, key=lambda r: int(r["id"]))
+        for sort in reversed(sorts):
+            records.sort(key=lambda r: to_ms(r["properties"][sort["propertyName"]]),
+                         reverse=sort.get("direction") == "DESCENDING")
+        return records
 
 
 def hubspot_server(token: str, search_window: int = 10_000) -> FaultServer:

@@ -4,7 +4,8 @@ It answers the calls vectormill makes, in the documented shapes of MediaWiki 1.3
 `format=json&formatversion=2` (checked against a real 1.39 on this machine):
 
 - `action=query` with `generator=allpages` (+ `prop=info|revisions`), `titles=` (≤ 50, with
-  `normalized`, `missing`, `invalid`, `redirect`), `list=recentchanges`, `list=logevents`,
+  `normalized`, `missing`, `invalid`, `redirect`), `list=recentchanges` (kept for `rc_max_age`
+  like `$wgRCMaxAge`, when given), `list=logevents` (kept for good), `list=allrevisions`,
   `meta=siteinfo` and `meta=tokens&type=login`, paged with the `continue` protocol;
 - `action=parse` (`page=` or `oldid=`) rendering a small subset of wikitext to HTML, with the
   edit-section links, table of contents and limit-report comment the real parser adds;
@@ -26,6 +27,7 @@ a page whose rendering fails (`fail_parse_of`: its `action=parse` requests answe
 from __future__ import annotations
 
 import html
+import itertools
 import re
 import secrets
 import threading
@@ -52,9 +54,12 @@ MODULE_PARAMETERS = {
     "revisions": {"prop", "slots", "limit", "start", "end", "dir", "continue"},
     "recentchanges": {"start", "end", "dir", "namespace", "type", "prop", "limit", "continue", "show"},
     "logevents": {"type", "action", "start", "end", "dir", "prop", "limit", "continue", "namespace", "title"},
+    "allrevisions": {"prop", "slots", "limit", "start", "end", "dir", "continue", "namespace", "user", "excludeuser",
+                     "generatetitles"},
     "siteinfo": {"prop"},
 }
-PREFIXES = {"allpages": "ap", "info": "in", "revisions": "rv", "recentchanges": "rc", "logevents": "le", "siteinfo": "si"}
+PREFIXES = {"allpages": "ap", "info": "in", "revisions": "rv", "recentchanges": "rc", "logevents": "le", "siteinfo": "si",
+            "allrevisions": "arv"}
 PARSE_PARAMETERS = {"page", "pageid", "oldid", "prop", "redirects", "disablelimitreport", "disableeditsection",
                     "disabletoc", "disablestylededuplication", "wrapoutputclass", "section"}
 LOGIN_PARAMETERS = {"lgname", "lgpassword", "lgtoken", "lgdomain"}
@@ -137,15 +142,17 @@ class Maxlag:
 class WikiState:
     """Pages, revisions, recent changes and log entries of one wiki, behind one lock."""
 
-    def __init__(self, start: datetime):
+    def __init__(self, start: datetime, rc_max_age: timedelta | None = None):
         self.lock = threading.RLock()
         self.now = start
+        self.rc_max_age = rc_max_age  # $wgRCMaxAge: older recent changes are purged as new ones are written
         self.pages: dict[str, WikiPage] = {}
         self.revisions: dict[int, tuple[WikiPage, Revision]] = {}
         self.recentchanges: list[dict[str, Any]] = []
         self.logevents: list[dict[str, Any]] = []
         self._next_pageid = 1
         self._next_revid = 1
+        self._rcids = itertools.count(1)
 
     def _stamp(self) -> str:
         return mw_timestamp(self.now)
@@ -199,16 +206,24 @@ class WikiState:
         if leave_redirect:
             self.create(old_title, f"#REDIRECT [[{new}]]", record=False)
 
+    def _purge_expired_changes(self) -> None:
+        """What MediaWiki does after an edit (RecentChange::purgeExpiredChanges); the logging table stays."""
+        if self.rc_max_age is not None:
+            oldest = mw_timestamp(self.now - self.rc_max_age)
+            self.recentchanges = [change for change in self.recentchanges if change["timestamp"] >= oldest]
+
     def _rc(self, kind: str, page: WikiPage, revid: int, old_revid: int) -> None:
+        self._purge_expired_changes()
         self.recentchanges.append({
             "type": kind, "ns": page.namespace, "title": page.title, "pageid": page.pageid, "revid": revid,
-            "old_revid": old_revid, "rcid": len(self.recentchanges) + 1, "timestamp": self._stamp(),
+            "old_revid": old_revid, "rcid": next(self._rcids), "timestamp": self._stamp(),
         })
 
     def _rc_log(self, page: WikiPage, entry: dict[str, Any]) -> None:
+        self._purge_expired_changes()
         self.recentchanges.append({
             "type": "log", "ns": page.namespace, "title": page.title, "pageid": entry["pageid"], "revid": 0,
-            "old_revid": 0, "rcid": len(self.recentchanges) + 1, "timestamp": entry["timestamp"],
+            "old_revid": 0, "rcid": next(self._rcids), "timestamp": entry["timestamp"],
             "logid": entry["logid"], "logtype": entry["type"], "logaction": entry["action"],
             "logparams": entry["params"],
         })
@@ -345,7 +360,7 @@ class MediaWikiApi:
         if "tokens" in metas:
             known.add("type")
         for value, allowed, name in ((props, {"info", "revisions"}, "prop"),
-                                     (lists, {"recentchanges", "logevents"}, "list"),
+                                     (lists, {"recentchanges", "logevents", "allrevisions"}, "list"),
                                      (metas, {"siteinfo", "tokens"}, "meta")):
             for unknown_value in set(value) - allowed:
                 warnings.append(f'Unrecognized value for parameter "{name}": {unknown_value}.')
@@ -378,6 +393,8 @@ class MediaWikiApi:
         for name in lists:
             if name == "recentchanges":
                 query["recentchanges"], cont = self._recentchanges(params)
+            elif name == "allrevisions":
+                query["allrevisions"], cont = self._allrevisions(params)
             else:
                 query["logevents"], cont = self._logevents(params)
             if cont:
@@ -509,6 +526,27 @@ class MediaWikiApi:
             out.append(shown)
         return out, cont
 
+    def _allrevisions(self, params: dict[str, str]) -> tuple[list[dict[str, Any]], dict[str, str] | None]:
+        """Revisions of existing pages (a deleted page's are archived, out of this list), grouped by page."""
+        namespaces = {int(n) for n in params["arvnamespace"].split("|")} if params.get("arvnamespace") else None
+        props = set(params.get("arvprop", "ids|timestamp|flags|comment|user").split("|"))
+        revisions = [{"revid": revision.revid, "timestamp": revision.timestamp, "page": page}
+                     for page, revision in self.state.revisions.values()]
+        entries, cont = self._window(revisions, params, "arv", "revid",
+                                     lambda e: namespaces is None or e["page"].namespace in namespaces)
+        out: list[dict[str, Any]] = []
+        for entry in entries:
+            page = entry["page"]
+            if not out or out[-1]["pageid"] != page.pageid:
+                out.append({"pageid": page.pageid, "revisions": [], "ns": page.namespace, "title": page.title})
+            shown: dict[str, Any] = {}
+            if "ids" in props:
+                shown.update(revid=entry["revid"], parentid=0)
+            if "timestamp" in props:
+                shown["timestamp"] = entry["timestamp"]
+            out[-1]["revisions"].append(shown)
+        return out, cont
+
     def _logevents(self, params: dict[str, str]) -> tuple[list[dict[str, Any]], dict[str, str] | None]:
         kind = params.get("letype")
         if kind is not None and kind not in {"create", "delete", "move", "protect", "upload", "block", "newusers"}:
@@ -633,8 +671,8 @@ class MediaWikiServer(FaultServer):
     """A wiki's api.php on http://127.0.0.1:PORT, with the FaultServer's faults and the wiki's maxlag."""
 
     def __init__(self, *, bot_passwords: dict[str, str] | None = None, private: bool = False,
-                 start: datetime = datetime(2024, 1, 1, tzinfo=timezone.utc)):
-        self.state = WikiState(start)
+                 start: datetime = datetime(2024, 1, 1, tzinfo=timezone.utc), rc_max_age: timedelta | None = None):
+        self.state = WikiState(start, rc_max_age)
         super().__init__(MediaWikiApp(MediaWikiApi(self.state, "", bot_passwords or {}, private)))
         self.app.api.server_url = self.url
         self.api_url = f"{self.url}/api.php"
