@@ -5,6 +5,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import logging
+import time
 
 import pytest
 
@@ -62,3 +63,23 @@ def test_full_then_incremental_sync_against_a_real_wiki(real_wiki, caplog):
     assert edited.text == "Runbook 3 now says: drain the queue first."
     assert {ref.id for ref in source.list_documents()} == expected - {"Runbook 4", "Runbook 5"} | {"Runbook Five"}
     assert "the wiki warns" not in caplog.text  # MediaWiki 1.39 knows every parameter and value sent
+
+
+def test_a_window_older_than_the_real_wikis_recent_changes_is_listed_fully(real_wiki, caplog):
+    source = MediaWikiSource(MediaWikiSourceSettings(
+        name="real-wiki-stale", type="mediawiki", api_url=real_wiki.api_url, api_limit=API_LIMIT,
+        requests_per_second=100, burst=20))
+    cursor = source.current_cursor()
+    time.sleep(1.1)  # wiki timestamps have one-second resolution
+    real_wiki.edit("Runbook 1", "Runbook 1 now says: page the on-call engineer.")
+    time.sleep(1.1)
+    real_wiki.edit("Runbook 2", "Runbook 2 now says: check the dashboards.")
+    real_wiki.purge_recent_changes_before_the_newest()  # Runbook 1's edit is gone from recent changes
+    caplog.set_level(logging.INFO, logger="vectormill.mediawiki")
+
+    changes = source.changes_since(cursor)
+
+    upserts = {ref.id for ref in changes.upserts}
+    assert upserts == {ref.id for ref in source.list_documents()} and {"Runbook 1", "Runbook 2"} <= upserts
+    assert sum("older than the oldest recent change the wiki holds" in r.getMessage() for r in caplog.records) == 1
+    assert "the wiki warns" not in caplog.text

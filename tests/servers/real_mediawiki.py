@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -123,6 +124,12 @@ class RealMediaWiki:
         listing = self.folder / f"move-{time.monotonic_ns()}.txt"
         listing.write_text(f"{old}|{new}\n")
         self._php(MAINTENANCE / "moveBatch.php", "-u", "Admin", "-r", "test move", str(listing))
+
+    def purge_recent_changes_before_the_newest(self) -> None:
+        """What $wgRCMaxAge's purge (RecentChange::purgeExpiredChanges) does to older rows: delete them;
+        revisions and logs stay."""
+        with sqlite3.connect(self.folder / "data" / "wiki.sqlite") as db:
+            db.execute("DELETE FROM recentchanges WHERE rc_timestamp < (SELECT MAX(rc_timestamp) FROM recentchanges)")
 
     def api(self, **params) -> dict:
         return requests.get(self.api_url, params={"format": "json", "formatversion": 2, **params}, timeout=10).json()

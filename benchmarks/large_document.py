@@ -1,0 +1,118 @@
+"""Peak memory of one large document: a big text file and a PDF of many pages, each against an empty one.
+
+Each measurement runs in a fresh process and prints its peak RSS (`ru_maxrss`):
+
+- `chunk` (default): what a fetch task does with one document — the filesystem source reads it
+  (PDF: pypdf, page by page) and `chunk_document` chunks it with the model's tokenizer;
+- `ingest` (`--ingest`): a whole `vectormill backfill` of a folder holding only that document
+  (embedding included: slow on a CPU; meant for a machine with a GPU).
+
+The figure that matters is the peak above the empty document's run in the same mode
+(goal: ≤ 400 MiB for a 200 MB text file and a 2,000-page PDF).
+
+    .venv/bin/python benchmarks/large_document.py [--text-mb 200] [--pdf-pages 2000] [--ingest]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+WORDS = ("request served cache miss upstream latency retry queue worker shard replica timeout "
+         "connection pool checkpoint segment vector index merge compaction").split()
+MODEL = "all-MiniLM-L6-v2"
+
+
+def write_text(path: Path, megabytes: float, seed: int = 18) -> None:
+    """Log-like lines up to `megabytes` MB, written a block at a time."""
+    rng = random.Random(seed)
+    target = int(megabytes * 1_000_000)
+    with open(path, "w", encoding="utf-8") as out:
+        written = line = 0
+        while written < target:
+            block = "".join(f"{line + n} {' '.join(rng.choices(WORDS, k=12))} in {rng.randrange(1000)} ms\n"
+                            for n in range(2000))
+            out.write(block)
+            written += len(block)
+            line += 2000
+
+
+def write_pdf_pages(path: Path, pages: int, seed: int = 18) -> None:
+    from vectormill.flows.sample import write_pdf
+
+    rng = random.Random(seed)
+    write_pdf([" ".join(rng.choices(WORDS, k=250)) + "." for _ in range(pages)], path)
+
+
+def child(mode: str, path: Path) -> None:
+    """Read and chunk (or ingest) the one document under path's folder; print peak RSS in MiB."""
+    started = time.perf_counter()
+    if mode == "chunk":
+        from vectormill.connectors.base import DocumentRef
+        from vectormill.connectors.filesystem import FilesystemSource
+        from vectormill.connectors.settings import FilesystemSourceSettings
+        from vectormill.embedding.chunking import chunk_document
+        from vectormill.embedding.tokenizer import ModelTokenizer
+
+        tokenizer = ModelTokenizer.for_model(MODEL)
+        source = FilesystemSource(FilesystemSourceSettings(name="big", type="filesystem", root=path.parent,
+                                                           max_file_mb=1000, ocr="never"))
+        chunks = chunk_document(source.fetch(DocumentRef(path.name, "v")), tokenizer.tokens,
+                                tokenizer.max_content_tokens, 32)
+        count = len(chunks)
+    else:
+        from vectormill.flows.ingest import ingest
+
+        config = path.parent.parent / "vectormill.toml"
+        config.write_text(f'[store]\npath = "store"\n\n[[sources]]\nname = "big"\ntype = "filesystem"\n'
+                          f'root = "{path.parent.name}"\nmax_file_mb = 1000\nocr = "never"\n')
+        count = ingest(config_file=str(config))["chunks_embedded"]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"chunks": count, "peak_rss_mib": round(peak, 1),
+                      "seconds": round(time.perf_counter() - started, 1)}))
+
+
+def measure(mode: str, path: Path) -> dict:
+    done = subprocess.run([sys.executable, __file__, "--child", mode, str(path)], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"child failed on {path.name}:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--text-mb", type=float, default=200.0)
+    parser.add_argument("--pdf-pages", type=int, default=2000, help="0 to skip the PDF")
+    parser.add_argument("--ingest", action="store_true", help="measure a whole backfill, not fetch + chunk")
+    parser.add_argument("--child", nargs=2, metavar=("MODE", "PATH"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child[0], Path(args.child[1]))
+        return
+    mode = "ingest" if args.ingest else "chunk"
+    with tempfile.TemporaryDirectory() as scratch:
+        cases = {"empty document": ("empty.txt", lambda p: p.write_text("one line\n")),
+                 f"{args.text_mb:g} MB text file": ("big.txt", lambda p: write_text(p, args.text_mb))}
+        if args.pdf_pages:
+            cases[f"{args.pdf_pages}-page PDF"] = ("big.pdf", lambda p: write_pdf_pages(p, args.pdf_pages))
+        baseline = None
+        for label, (name, make) in cases.items():
+            folder = Path(scratch, name.replace(".", "-"), "docs")
+            folder.mkdir(parents=True)
+            make(folder / name)
+            result = measure(mode, folder / name)
+            baseline = baseline if baseline is not None else result["peak_rss_mib"]
+            print(f"{mode} {label:>22}: {(folder / name).stat().st_size / 1e6:8.1f} MB, {result['chunks']:7d} chunks, "
+                  f"peak RSS {result['peak_rss_mib']:7.0f} MiB (+{result['peak_rss_mib'] - baseline:.0f} over empty), "
+                  f"{result['seconds']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
