@@ -187,7 +187,9 @@ def register(app: typer.Typer, store_app: typer.Typer) -> None:
         source: Optional[list[str]] = typer.Option(None, "--source", "-s", help="Only this source (repeatable)."),
         full: bool = typer.Option(False, "--full", help="List everything again (ignore cursors) and reconcile deletions."),
         since: Optional[datetime] = typer.Option(None, "--since", help="Backfill the documents modified at or after "
-                                                 "this date/time (UTC unless it says otherwise), even if unchanged."),
+                                                 "this date/time, even if unchanged; a time without a zone "
+                                                 "(2026-03-31, 2026-03-31T12:00) is UTC, one with a zone "
+                                                 "(2026-01-01T00:00:00+02:00) is converted to UTC."),
         until: Optional[datetime] = typer.Option(None, "--until", help="…and at or before this one."),
         deployment: bool = typer.Option(False, "--deployment", help="Run it as a flow run of deployment "
                                         "ingest/<source> (or ingest/all) on the Prefect server at PREFECT_API_URL, "
@@ -195,10 +197,14 @@ def register(app: typer.Typer, store_app: typer.Typer) -> None:
         config: Optional[Path] = ConfigOption,
         as_json: bool = JsonOption,
     ) -> None:
-        """Run the ingest flow here, now (Prefect's ephemeral mode: no server needed), or on a deployment."""
-        if since and until and since > until:
-            raise UserError([f"--since {since} is after --until {until}"], code=2)
-        window = {key: value for key, value in (("since", since), ("until", until)) if value is not None}
+        """Run the ingest flow here, now, or on a deployment. Without PREFECT_API_URL a temporary Prefect
+        server starts for the run; with it, the run is recorded on that server."""
+        from vectormill.flows.plan import Window
+
+        span = Window.between(since, until)
+        if span.since and span.until and span.since > span.until:
+            raise UserError([f"--since {span.since.isoformat()} is after --until {span.until.isoformat()}"], code=2)
+        window = {key: value for key, value in (("since", span.since), ("until", span.until)) if value is not None}
         if deployment:
             summary, failure = run_on_deployment(config, source, full, {k: v.isoformat() for k, v in window.items()})
         else:

@@ -45,7 +45,7 @@ def fail(exc: Exception) -> NoReturn:
     known = user_error(exc)
     if known is None:
         raise exc
-    raise UserError(*known) from None
+    raise UserError(*known) from exc  # the cause: its traceback shows under --debug
 
 
 @contextlib.contextmanager

@@ -258,13 +258,13 @@ def test_times_round_trip_between_iso_and_epoch_milliseconds():
 
 
 CHECK_SCRIPT = """
-import sys, typer
-from vectormill.cli.sources import register
-app = typer.Typer()
-register(app, typer.Typer())
-code = app(["sources", "check", *sys.argv[1:]], standalone_mode=False)
-print("prefect imported" if "prefect" in sys.modules else "prefect not imported", file=sys.stderr)
-sys.exit(code or 0)
+import sys
+from vectormill.cli.main import main
+sys.argv = ["vectormill", "sources", "check", *sys.argv[1:]]
+try:
+    main()
+finally:
+    print("prefect imported" if "prefect" in sys.modules else "prefect not imported", file=sys.stderr)
 """
 
 
