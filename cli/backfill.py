@@ -121,8 +121,9 @@ def _with_seconds(summary: dict[str, Any], fixed: dict[str, float]) -> dict[str,
 
 
 def run_on_deployment(config_file: Optional[Path], sources: list[str] | None, full: bool,
-                      window: dict[str, Any] | None = None):
-    """Run ingest/<source> (or ingest/all) on the server, wait, and read its summary artifact.
+                      window: dict[str, Any] | None = None, timeout: float | None = None):
+    """Run ingest/<source> (or ingest/all) on the server, wait at most `timeout` seconds (None: the
+    deployment's expected duration), and read its summary artifact.
 
     Returns (summary, failure) like `run_ingest`: failure is None when the run completed.
     """
@@ -134,9 +135,11 @@ def run_on_deployment(config_file: Optional[Path], sources: list[str] | None, fu
         target, parameters = remote.deployment_target(config, sources)
         parameters.update(full=full, **(window or {}))
         started = remote.start_run(target, parameters)
-        errors.print(f"waiting for flow run {started.id} of {remote.deployment_name(target)} "
+        name = remote.deployment_name(target)
+        seconds = timeout if timeout is not None else remote.wait_seconds(target)
+        errors.print(f"waiting up to {seconds:g} s for flow run {started.id} of {name} "
                      f"{remote.run_url(started.id) or ''}", highlight=False)
-        return remote.summary_of(remote.wait_for(started.id), target, parameters)
+        return remote.summary_of(remote.wait_for(started.id, name, seconds), target, parameters)
 
 
 def print_summary(summary: dict[str, Any]) -> None:
@@ -194,6 +197,10 @@ def register(app: typer.Typer, store_app: typer.Typer) -> None:
         deployment: bool = typer.Option(False, "--deployment", help="Run it as a flow run of deployment "
                                         "ingest/<source> (or ingest/all) on the Prefect server at PREFECT_API_URL, "
                                         "and wait for it."),
+        timeout: Optional[float] = typer.Option(None, "--timeout", min=0, help="With --deployment: stop waiting "
+                                                "after this many seconds, saying why (exit 1; the run is left as it "
+                                                "is). Default: 3 times the longest of the deployment's last 10 "
+                                                "completed runs (at least 600 s), or 3600 s without any."),
         config: Optional[Path] = ConfigOption,
         as_json: bool = JsonOption,
     ) -> None:
@@ -205,8 +212,11 @@ def register(app: typer.Typer, store_app: typer.Typer) -> None:
         if span.since and span.until and span.since > span.until:
             raise UserError([f"--since {span.since.isoformat()} is after --until {span.until.isoformat()}"], code=2)
         window = {key: value for key, value in (("since", span.since), ("until", span.until)) if value is not None}
+        if timeout is not None and not deployment:
+            raise UserError(["--timeout applies to --deployment runs only"], code=2)
         if deployment:
-            summary, failure = run_on_deployment(config, source, full, {k: v.isoformat() for k, v in window.items()})
+            summary, failure = run_on_deployment(config, source, full, {k: v.isoformat() for k, v in window.items()},
+                                                 timeout)
         else:
             summary, failure = run_ingest(config, source, full, show_progress=not as_json, window=window)
         if as_json:
