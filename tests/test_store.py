@@ -459,3 +459,11 @@ def test_properties_and_the_ocr_flag_survive_reopening(tmp_path):
         assert store.properties() == {"precision": "bf16"}
         assert store.search(scanned.vectors[0], k=1)[0].ocr is True
         assert store.search(vector_for(chunk_text("text", 0, 1)), k=1)[0].ocr is False
+
+
+def test_opening_a_missing_store_without_a_model_says_so_and_creates_nothing(tmp_path):
+    config = settings(tmp_path)
+    for writable in (False, True):  # `store compact` opens it writable, with no model to create it with
+        with pytest.raises(StoreError, match="no store at .*: run `vectormill backfill` first"):
+            FaissStore.open(config, writable=writable)
+    assert not config.path.exists()
