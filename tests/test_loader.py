@@ -74,19 +74,33 @@ def test_a_failed_load_raises_in_get_and_the_next_get_tries_again():
     assert isinstance(loader.get(), Built) and builder.calls == 2
 
 
-def test_concurrent_callers_share_one_load():
-    builder = Builder(gated=True)
+def callers_of_a_started_load(builder: Builder, count: int) -> tuple[EmbedderLoader, list]:
+    """`count` threads call get() while a started load waits for `release`: what each got (embedder or error)."""
     loader = EmbedderLoader(SETTINGS, builder)
     loader.start()
     results = []
-    callers = [threading.Thread(target=lambda: results.append(loader.get())) for _ in range(4)]
+
+    def call():
+        try:
+            results.append(loader.get())
+        except BaseException as exc:  # noqa: BLE001 - what each caller got
+            results.append(exc)
+
+    callers = [threading.Thread(target=call) for _ in range(count)]
     for caller in callers:
         caller.start()
     time.sleep(0.1)
     builder.release.set()
     for caller in callers:
         caller.join(10)
+    return loader, results
+
+
+def test_concurrent_callers_share_one_load():
+    builder = Builder(gated=True)
+    _, results = callers_of_a_started_load(builder, 4)
     assert builder.calls == 1 and len(results) == 4 and len({id(r) for r in results}) == 1
+    assert isinstance(results[0], Built)
 
 
 def test_one_loader_per_settings_in_a_process():
@@ -96,24 +110,9 @@ def test_one_loader_per_settings_in_a_process():
 
 def test_every_caller_waiting_on_a_failed_load_gets_its_error():
     builder = Builder(failures=1, gated=True)
-    loader = EmbedderLoader(SETTINGS, builder)
-    loader.start()
-    raised = []
-
-    def call():
-        try:
-            loader.get()
-        except BaseException as exc:  # noqa: BLE001 - what each caller got
-            raised.append(exc)
-
-    callers = [threading.Thread(target=call) for _ in range(3)]
-    for caller in callers:
-        caller.start()
-    time.sleep(0.1)
-    builder.release.set()
-    for caller in callers:
-        caller.join(10)
+    loader, raised = callers_of_a_started_load(builder, 3)
     assert [str(exc) for exc in raised] == ["load 1 failed"] * 3 and builder.calls == 1
+    assert all(isinstance(exc, RuntimeError) for exc in raised)
     assert isinstance(loader.get(), Built) and builder.calls == 2
 
 
