@@ -13,7 +13,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .common import (ConfigOption, JsonOption, UserError, config_file_path, console, errors, fail, load,
+from .common import (ConfigOption, JsonOption, UserError, config_file_path, console, debugging, errors, fail, load,
                      prefect_defaults, print_error, user_errors)
 
 
@@ -42,12 +42,20 @@ class RichProgress:
 
 
 class _DropTracebacksOf(logging.Filter):
+    """Drops Prefect's log records of `kind` and of errors the user can act on: the command ends with their
+    one line instead (under --debug they stay, with their traceback)."""
+
     def __init__(self, kind: type[BaseException]):
         super().__init__()
         self.kind = kind
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and isinstance(record.exc_info[1], self.kind))
+        if not record.exc_info or debugging():
+            return True
+        from vectormill.flows.errors import user_error
+
+        error = record.exc_info[1]
+        return not (isinstance(error, self.kind) or user_error(error) is not None)
 
 
 def run_ingest(config_file: Optional[Path], sources: list[str] | None, full: bool, show_progress: bool,

@@ -59,6 +59,13 @@ def user_errors() -> Iterator[None]:
         fail(exc)
 
 
+DEBUG_ENV = "VECTORMILL_DEBUG"  # set (or `vectormill --debug`): errors show their traceback too
+
+
+def debugging() -> bool:
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
 def load(config_file: Optional[Path]):
     from vectormill.flows.config import load_config
 

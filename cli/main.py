@@ -20,14 +20,11 @@ import typer.main
 from rich.markup import escape
 
 from . import backfill, capacity, drift, failures, init, ops, search, sources, store
-from .common import UserError, errors, print_error
+from .common import DEBUG_ENV, UserError, debugging, errors, print_error
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Batch embedding ingestion: sources → chunks → vectors → FAISS.")
 store_app = typer.Typer(no_args_is_help=True, help="Inspect the vector store.")
 app.add_typer(store_app, name="store")
-
-DEBUG_ENV = "VECTORMILL_DEBUG"
-
 
 @app.callback()
 def options(debug: bool = typer.Option(False, "--debug", help="Show the traceback of an error, not just its line "
@@ -70,10 +67,6 @@ def plain_flags(command):
 def cli():
     """The command line as click runs it (tests enumerate and invoke its commands)."""
     return plain_flags(typer.main.get_command(app))
-
-
-def debugging() -> bool:
-    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
 def report(exc: BaseException) -> int:
