@@ -13,7 +13,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .common import (ConfigOption, JsonOption, UserError, config_file_path, console, errors, fail, load,
+from .common import (ConfigOption, JsonOption, UserError, config_file_path, console, debugging, errors, fail, load,
                      prefect_defaults, print_error, user_errors)
 
 
@@ -42,12 +42,20 @@ class RichProgress:
 
 
 class _DropTracebacksOf(logging.Filter):
+    """Drops Prefect's log records of `kind` and of errors the user can act on: the command ends with their
+    one line instead (under --debug they stay, with their traceback)."""
+
     def __init__(self, kind: type[BaseException]):
         super().__init__()
         self.kind = kind
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and isinstance(record.exc_info[1], self.kind))
+        if not record.exc_info or debugging():
+            return True
+        from vectormill.flows.errors import user_error
+
+        error = record.exc_info[1]
+        return not (isinstance(error, self.kind) or user_error(error) is not None)
 
 
 def run_ingest(config_file: Optional[Path], sources: list[str] | None, full: bool, show_progress: bool,
@@ -121,8 +129,10 @@ def _with_seconds(summary: dict[str, Any], fixed: dict[str, float]) -> dict[str,
 
 
 def run_on_deployment(config_file: Optional[Path], sources: list[str] | None, full: bool,
-                      window: dict[str, Any] | None = None, allow_deletions: bool = False):
-    """Run ingest/<source> (or ingest/all) on the server, wait, and read its summary artifact.
+                      window: dict[str, Any] | None = None, allow_deletions: bool = False,
+                      timeout: float | None = None):
+    """Run ingest/<source> (or ingest/all) on the server, wait at most `timeout` seconds (None: the
+    deployment's expected duration), and read its summary artifact.
 
     Returns (summary, failure) like `run_ingest`: failure is None when the run completed.
     """
@@ -136,9 +146,11 @@ def run_on_deployment(config_file: Optional[Path], sources: list[str] | None, fu
         if allow_deletions:
             parameters["allow_deletions"] = True
         started = remote.start_run(target, parameters)
-        errors.print(f"waiting for flow run {started.id} of {remote.deployment_name(target)} "
+        name = remote.deployment_name(target)
+        seconds = timeout if timeout is not None else remote.wait_seconds(target)
+        errors.print(f"waiting up to {seconds:g} s for flow run {started.id} of {name} "
                      f"{remote.run_url(started.id) or ''}", highlight=False)
-        return remote.summary_of(remote.wait_for(started.id), target, parameters)
+        return remote.summary_of(remote.wait_for(started.id, name, seconds), target, parameters)
 
 
 def print_summary(summary: dict[str, Any]) -> None:
@@ -192,7 +204,9 @@ def register(app: typer.Typer, store_app: typer.Typer) -> None:
         source: Optional[list[str]] = typer.Option(None, "--source", "-s", help="Only this source (repeatable)."),
         full: bool = typer.Option(False, "--full", help="List everything again (ignore cursors) and reconcile deletions."),
         since: Optional[datetime] = typer.Option(None, "--since", help="Backfill the documents modified at or after "
-                                                 "this date/time (UTC unless it says otherwise), even if unchanged."),
+                                                 "this date/time, even if unchanged; a time without a zone "
+                                                 "(2026-03-31, 2026-03-31T12:00) is UTC, one with a zone "
+                                                 "(2026-01-01T00:00:00+02:00) is converted to UTC."),
         until: Optional[datetime] = typer.Option(None, "--until", help="…and at or before this one."),
         allow_deletions: bool = typer.Option(False, "--allow-deletions", help="Let this run delete more than a "
                                              "source's max_delete_ratio of its stored documents (or all of them, "
@@ -200,16 +214,26 @@ def register(app: typer.Typer, store_app: typer.Typer) -> None:
         deployment: bool = typer.Option(False, "--deployment", help="Run it as a flow run of deployment "
                                         "ingest/<source> (or ingest/all) on the Prefect server at PREFECT_API_URL, "
                                         "and wait for it."),
+        timeout: Optional[float] = typer.Option(None, "--timeout", min=0, help="With --deployment: stop waiting "
+                                                "after this many seconds, saying why (exit 1; the run is left as it "
+                                                "is). Default: 3 times the longest of the deployment's last 10 "
+                                                "completed runs (at least 600 s), or 3600 s without any."),
         config: Optional[Path] = ConfigOption,
         as_json: bool = JsonOption,
     ) -> None:
-        """Run the ingest flow here, now (Prefect's ephemeral mode: no server needed), or on a deployment."""
-        if since and until and since > until:
-            raise UserError([f"--since {since} is after --until {until}"], code=2)
-        window = {key: value for key, value in (("since", since), ("until", until)) if value is not None}
+        """Run the ingest flow here, now, or on a deployment. Without PREFECT_API_URL a temporary Prefect
+        server starts for the run; with it, the run is recorded on that server."""
+        from vectormill.flows.plan import Window
+
+        span = Window.between(since, until)
+        if span.since and span.until and span.since > span.until:
+            raise UserError([f"--since {span.since.isoformat()} is after --until {span.until.isoformat()}"], code=2)
+        window = {key: value for key, value in (("since", span.since), ("until", span.until)) if value is not None}
+        if timeout is not None and not deployment:
+            raise UserError(["--timeout applies to --deployment runs only"], code=2)
         if deployment:
             summary, failure = run_on_deployment(config, source, full, {k: v.isoformat() for k, v in window.items()},
-                                                 allow_deletions)
+                                                 allow_deletions, timeout)
         else:
             summary, failure = run_ingest(config, source, full, show_progress=not as_json, window=window,
                                           allow_deletions=allow_deletions)

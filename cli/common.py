@@ -45,7 +45,7 @@ def fail(exc: Exception) -> NoReturn:
     known = user_error(exc)
     if known is None:
         raise exc
-    raise UserError(*known) from None
+    raise UserError(*known) from exc  # the cause: its traceback shows under --debug
 
 
 @contextlib.contextmanager
@@ -57,6 +57,13 @@ def user_errors() -> Iterator[None]:
         raise
     except Exception as exc:  # noqa: BLE001 - fail() re-raises what it does not know
         fail(exc)
+
+
+DEBUG_ENV = "VECTORMILL_DEBUG"  # set (or `vectormill --debug`): errors show their traceback too
+
+
+def debugging() -> bool:
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
 def load(config_file: Optional[Path]):

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from rich.markup import escape
+
 from .common import UserError, console
 
 EXAMPLE_CONFIG = '''\
@@ -97,4 +99,4 @@ def register(app: typer.Typer, store_app: typer.Typer) -> None:
         if path.exists() and not force:
             raise UserError([f"{path} exists; pass --force to overwrite it"])
         path.write_text(EXAMPLE_CONFIG)
-        console.print(f"wrote {path}: edit the [[sources]] entry, then run `vectormill backfill`")
+        console.print(escape(f"wrote {path}: edit the [[sources]] entry, then run `vectormill backfill`"))

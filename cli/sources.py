@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import ConfigOption, JsonOption, console, load, user_errors
+from .common import ConfigOption, JsonOption, UserError, console, load, user_errors
 
 
 def register(app: typer.Typer, store_app: typer.Typer) -> None:
@@ -34,8 +34,9 @@ def register(app: typer.Typer, store_app: typer.Typer) -> None:
                 status = "[green]ok[/green]" if result.ok else "[red]failed[/red]"
                 table.add_row(result.name, result.type, status, result.detail)
             console.print(table)
-        if not all(result.ok for result in results):
-            raise typer.Exit(1)
+        failed = [result.name for result in results if not result.ok]
+        if failed:
+            raise UserError([f"{len(failed)} of {len(results)} sources failed the check: {', '.join(failed)}"])
 
     @sources_app.command("audit")
     def audit_command(source: Optional[str] = typer.Option(None, "--source", "-s", help="Only this source."),

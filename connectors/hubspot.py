@@ -129,6 +129,10 @@ class HubSpotSource:
         self._listed.clear()
         self.http.reset_circuit()
 
+    def finish_run(self) -> None:
+        """Forget this run's listed records: those not fetched (unchanged documents) would stay until the next run."""
+        self._listed.clear()
+
     def _pages(self, archived: bool) -> Iterator[dict[str, Any]]:
         params: dict[str, Any] = {"limit": min(self.settings.page_size, LIST_PAGE_LIMIT),
                                   "properties": ",".join(self.settings.properties), "archived": str(archived).lower()}

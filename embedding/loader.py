@@ -1,4 +1,4 @@
-"""The embedder of this process: built once per settings, in a background thread when started early.
+"""The embedder of this process: built once per model settings, in a background thread when started early.
 
 Importing torch and sentence-transformers and loading the model take seconds. A run that knows
 it will embed starts the load (`EmbedderLoader.start`) and goes on listing, fetching and
@@ -9,9 +9,9 @@ the run summary (`take_times`).
 
 from __future__ import annotations
 
-import functools
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -35,65 +35,83 @@ def _import_model_libraries() -> None:
     import torch  # noqa: F401
 
 
+class _Load:
+    """One attempt at building the embedder: every caller waiting on it gets its embedder or its error."""
+
+    def __init__(self):
+        self.done = threading.Event()
+        self.embedder: Embedder | None = None
+        self.error: BaseException | None = None
+        self.reported = False  # its error reached a caller of get(): the next call tries again
+
+    @property
+    def spent(self) -> bool:
+        return self.done.is_set() and self.embedder is None and self.reported
+
+
 class EmbedderLoader:
     def __init__(self, settings: EmbeddingSettings, build: Callable[[EmbeddingSettings], Embedder] = build_embedder):
         self.settings = settings
         self._build = build
         self._lock = threading.Lock()
-        self._done = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._embedder: Embedder | None = None
-        self._error: BaseException | None = None
+        self._attempt: _Load | None = None  # the current load; a failed one, once reported, is replaced
         self._times = LoadTimes()
 
     @property
     def started(self) -> bool:
-        return self._thread is not None or self._done.is_set()
+        return self._attempt is not None and not self._attempt.spent
 
     @property
     def loaded(self) -> bool:
-        return self._embedder is not None
+        return self._attempt is not None and self._attempt.embedder is not None
 
     def start(self) -> None:
         """Begin loading in the background (no-op when started or loaded already)."""
         with self._lock:
             if self.started:
                 return
-            # A daemon: a run that ends without embedding (its changed documents kept their chunk texts)
-            # exits without waiting for a load it did not need.
-            self._thread = threading.Thread(target=self._load, name="load-embedder", daemon=True)
-            self._thread.start()
+            attempt = self._attempt = _Load()
+        # A daemon: a run that ends without embedding (its changed documents kept their chunk texts)
+        # exits without waiting for a load it did not need.
+        threading.Thread(target=self._load, args=(attempt,), name="load-embedder", daemon=True).start()
 
     def get(self) -> Embedder:
         """The embedder; loads it here if nobody started it, waits if a load is under way.
 
-        A failed load raises its error here, and the next call tries again.
+        A failed load raises its error in every caller that waited for it, and the next call tries again.
         """
         with self._lock:
-            if self._embedder is not None:
-                return self._embedder
-            here = not self.started
+            attempt = self._attempt
+            here = attempt is None or attempt.spent
             if here:
-                self._thread = threading.current_thread()
+                attempt = self._attempt = _Load()
         if here:
-            self._load()
-        else:
+            self._load(attempt)
+        elif not attempt.done.is_set():
             waiting = time.perf_counter()
-            self._done.wait()
+            attempt.done.wait()
             self._times.wait_model += time.perf_counter() - waiting
-        with self._lock:
-            if self._embedder is not None:
-                return self._embedder
-            error, self._error, self._thread = self._error, None, None
-            self._done.clear()
-        raise error  # type: ignore[misc]
+        if attempt.embedder is None:
+            attempt.reported = True
+            raise attempt.error  # type: ignore[misc]
+        return attempt.embedder
+
+    def close(self) -> None:
+        """Close the embedder (its pool's worker threads hold the model), once a load under way ends."""
+        attempt = self._attempt
+        if attempt is None:
+            return
+        attempt.done.wait()
+        close = getattr(attempt.embedder, "close", None)
+        if close is not None:
+            close()
 
     def take_times(self) -> LoadTimes:
         """The seconds spent since the last call (a long-lived process reports each load once)."""
         times, self._times = self._times, LoadTimes()
         return times
 
-    def _load(self) -> None:
+    def _load(self, attempt: _Load) -> None:
         try:
             if self.settings.service is None:
                 started = time.perf_counter()
@@ -102,14 +120,34 @@ class EmbedderLoader:
             started = time.perf_counter()
             embedder = self._build(self.settings)
             self._times.load_model += time.perf_counter() - started
-            self._embedder = embedder
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller of get()
-            self._error = exc
+            attempt.embedder = embedder
+        except BaseException as exc:  # noqa: BLE001 - handed to the callers of get()
+            attempt.error = exc
         finally:
-            self._done.set()
+            attempt.done.set()
 
 
-@functools.cache
+# Models kept per process: the one in use and the one before it (a run of an older config still going).
+MODELS_KEPT = 2
+_loaders: OrderedDict[str, EmbedderLoader] = OrderedDict()
+_loaders_lock = threading.Lock()
+
+
+def model_key(settings: EmbeddingSettings) -> str:
+    """What the built embedder depends on: every [embedding] setting but those that only split a run's work."""
+    return settings.model_dump_json(exclude={"task_chunks"})
+
+
 def loader_for(settings: EmbeddingSettings) -> EmbedderLoader:
-    """One loader, so one model, per process and settings."""
-    return EmbedderLoader(settings)
+    """One loader, so one model, per process and model settings. Beyond MODELS_KEPT, the least recently
+    used is dropped and its model closed (in the background: a load under way finishes first)."""
+    key = model_key(settings)
+    with _loaders_lock:
+        loader = _loaders.get(key)
+        if loader is None:
+            loader = _loaders[key] = EmbedderLoader(settings)
+        _loaders.move_to_end(key)
+        while len(_loaders) > MODELS_KEPT:
+            _, dropped = _loaders.popitem(last=False)
+            threading.Thread(target=dropped.close, name="close-embedder", daemon=True).start()
+        return loader

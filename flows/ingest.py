@@ -10,7 +10,7 @@ import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -115,7 +115,7 @@ def ingest(
     """
     logger = get_run_logger()
     started = time.perf_counter()
-    window = Window(_utc(since), _utc(until)) if since or until else None
+    window = Window.between(since, until) if since or until else None
     config = load_config(config_file)
     selected = [config.source(name) for name in sources] if sources else list(config.sources)
     target = run_target(sources)
@@ -176,12 +176,6 @@ def _artifact_progress(target: str) -> Iterator[None]:
         yield
     finally:
         progress_listener.reset(token)
-
-
-def _utc(moment: datetime | None) -> datetime | None:
-    if moment is None or moment.tzinfo is not None:
-        return moment
-    return moment.replace(tzinfo=timezone.utc)  # a date without a zone means UTC
 
 
 def _embedding_telemetry(config: VectormillConfig) -> dict[str, Any] | None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import functools
 import sqlite3
+import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -61,10 +62,19 @@ if TYPE_CHECKING:
     from .execution import Execution
 
 
-@functools.lru_cache(maxsize=None)
+_sources: dict[str, tuple[SourceSettingsBase, Source]] = {}
+_sources_lock = threading.Lock()
+
+
 def source_for(settings: SourceSettingsBase) -> Source:
-    """One source object per process, so its HTTP session and rate limiter are shared by all tasks."""
-    return build_source(settings)
+    """One source object per process and source name, so its HTTP session and rate limiter are shared by
+    all tasks; new settings for a name (an edited config) replace the old object, so a long-lived
+    process keeps one per configured source."""
+    with _sources_lock:
+        cached = _sources.get(settings.name)
+        if cached is None or cached[0] != settings:
+            cached = _sources[settings.name] = (settings, build_source(settings))
+        return cached[1]
 
 
 def embedder_for(settings: EmbeddingSettings) -> Embedder:
@@ -73,7 +83,7 @@ def embedder_for(settings: EmbeddingSettings) -> Embedder:
     return loader_for(settings).get()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=2)  # the models of the config in use and of the one before it
 def tokenizer_for(model: str) -> ModelTokenizer:
     return ModelTokenizer.for_model(model)
 
@@ -287,6 +297,10 @@ def ingest_source(
         first_line = (str(exc).strip().splitlines() or [""])[0]
         report.status, report.error = "failed", f"unexpected {type(exc).__name__}: {first_line}"
         logger.exception("source %s failed: %s", settings.name, report.error)
+    finally:
+        finish_run = getattr(source, "finish_run", None)  # what a source kept for this run only (HubSpot: listings)
+        if finish_run is not None:
+            finish_run()
     _report_queue(settings, store, report)
     if http_before is not None:
         report.http = source.http_stats.since(http_before)

@@ -8,12 +8,20 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 
 from vectormill.connectors.base import Changes, DocumentRef, IncrementalSource, Source
 from vectormill.stores.base import VectorStore
 
 from .retry_queue import INTERRUPTED, is_stuck
+
+
+def as_utc(moment: datetime | None) -> datetime | None:
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc)
 
 
 @dataclass
@@ -35,6 +43,11 @@ class Window:
 
     since: datetime | None = None
     until: datetime | None = None
+
+    @classmethod
+    def between(cls, since: datetime | None, until: datetime | None) -> "Window":
+        """Both ends as aware UTC times, so they compare: a time without a zone means UTC."""
+        return cls(as_utc(since), as_utc(until))
 
     def holds(self, ref: DocumentRef) -> bool:
         if ref.modified is None:

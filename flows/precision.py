@@ -1,7 +1,7 @@
 """The precision a run embedded in: reported in its summary and recorded in the store.
 
-The store keeps the precisions of its vectors in its "precision" property, in the order they
-arrived ("fp32", or "fp32+bf16" once a bf16 run added vectors to an fp32 store). A run whose
+The store keeps the set of precisions of its vectors in its "precision" property, in the order they
+arrived ("fp32", or "fp32+bf16" once a bf16 run added vectors to an fp32 store), each once. A run whose
 precision is not recorded yet adds it and says so once, in its warnings.
 """
 
@@ -43,23 +43,30 @@ def run_precision(settings: EmbeddingSettings, execution: Any, embedded: bool) -
 
 
 def record_precision(store: VectorStore, precision: dict[str, Any], existed: bool) -> str | None:
-    """Add the precision of the vectors this run wrote to the store's record (call it only when the
-    run embedded something); a note when the store held vectors of another precision."""
+    """Add the precisions of the vectors this run wrote to the store's record (call it only when the
+    run embedded something); a note when the store held vectors of another precision.
+
+    The record is a set, kept in arrival order: a pool whose workers ran in several precisions reports
+    them all ("bf16+fp32"), and a precision already recorded is not added again.
+    """
     used = precision.get("used")
     if not used:
         return None
     stored = store.properties().get(PROPERTY)
-    kinds = [kind for kind in (stored or (UNRECORDED if existed else "")).split("+") if kind]
-    if stored and used in kinds:
-        return None
-    before = list(kinds)
-    if used not in kinds:
-        kinds.append(used)
-    store.write([PropertyUpdate(PROPERTY, "+".join(kinds))])
-    if not before or used in before:
+    before = _kinds(stored or (UNRECORDED if existed else ""))
+    kinds = _kinds("+".join([*before, *used.split("+")]))
+    if "+".join(kinds) != stored:
+        store.write([PropertyUpdate(PROPERTY, "+".join(kinds))])
+    added = [kind for kind in kinds if kind not in before]
+    if not before or not added:
         return None
     probe = precision.get("probe_min_cosine")
     agree = f" (its probe vectors agree with fp32 to cosine {probe:.5f})" if probe else ""
     return (f"the store's vectors so far were embedded in {'+'.join(before)}; this run embeds in {used}{agree}: "
             f"search works across both; for one precision throughout set [embedding] precision = \"{before[0]}\", "
             "or rebuild the store")
+
+
+def _kinds(record: str) -> list[str]:
+    """The precisions of a record ("fp32+bf16"), each once, in order (a record that grew repeats is mended)."""
+    return list(dict.fromkeys(kind for kind in record.split("+") if kind))

@@ -45,16 +45,68 @@ def start_run(target: str, parameters: dict[str, Any]):
                           f"or deploy deployments/prefect.yaml (see `vectormill prefect-yaml`)") from None
 
 
-def wait_for(flow_run_id, poll_seconds: float = 2.0):
-    """The flow run once its state is final."""
+DEFAULT_WAIT_SECONDS = 3600  # a deployment with no completed run yet
+# A deployment's expected duration: this many times the longest of its last RECENT_RUNS completed runs,
+# and at least MIN_WAIT_SECONDS (a worker or `vectormill serve` may take a while to pick the run up).
+EXPECTED_MARGIN = 3
+RECENT_RUNS = 10
+MIN_WAIT_SECONDS = 600
+
+
+class WaitTimedOut(ServerError):
+    """The flow run did not end within the time `backfill --deployment` waits; it is left as it is."""
+
+
+def expected_seconds(run_seconds: list[float]) -> float:
+    """How long to wait for a run of a deployment whose last completed runs took `run_seconds`."""
+    if not run_seconds:
+        return DEFAULT_WAIT_SECONDS
+    return max(MIN_WAIT_SECONDS, EXPECTED_MARGIN * max(run_seconds))
+
+
+def wait_seconds(target: str) -> float:
+    """The default wait for a run of ingest/TARGET: from its recent completed runs (`expected_seconds`)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterDeploymentId, FlowRunFilterState,
+                                                FlowRunFilterStateType)
+    from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(deployment_name(target))
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[deployment.id]),
+                                          state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.COMPLETED]))),
+            sort=FlowRunSort.START_TIME_DESC, limit=RECENT_RUNS)
+    return expected_seconds([run.total_run_time.total_seconds() for run in runs])
+
+
+def stopped_waiting(flow_run, name: str, seconds: float) -> str:
+    """Why `backfill --deployment` stopped waiting for a flow run that is not over: never started, or still running."""
+    url = run_url(flow_run.id)
+    where = f" ({url})" if url else ""
+    if flow_run.start_time is None:
+        return (f"no worker or `vectormill serve` picked up flow run {flow_run.id} of {name} within {seconds:g} s: "
+                f"is anything serving {name}? The run stays {flow_run.state.name if flow_run.state else 'scheduled'}"
+                f"{where}; `prefect flow-run cancel {flow_run.id}` cancels it")
+    return (f"flow run {flow_run.id} of {name} is still running after {seconds:g} s (--timeout); it goes on: "
+            f"follow it with `vectormill runs`{where}")
+
+
+def wait_for(flow_run_id, name: str, timeout: float, poll_seconds: float = 2.0):
+    """The flow run once its state is final; WaitTimedOut (saying why) after `timeout` seconds."""
     from prefect.client.orchestration import get_client
 
+    deadline = time.monotonic() + timeout
     with get_client(sync_client=True) as client:
         while True:
             flow_run = client.read_flow_run(flow_run_id)
             if flow_run.state and flow_run.state.is_final():
                 return flow_run
-            time.sleep(poll_seconds)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise WaitTimedOut(stopped_waiting(flow_run, name, timeout))
+            time.sleep(min(poll_seconds, left))
 
 
 def deployment_target(config: VectormillConfig, sources: list[str] | None) -> tuple[str, dict[str, Any]]:

@@ -107,10 +107,11 @@ class FaissStore:
         return store
 
     def _open(self, model: str | None, dimension: int | None) -> None:
+        # Without a model to create it with, a missing store is an error, and leaves no folder behind.
+        identity = read_identity(self.path)
+        if identity is None and (not self.writable or model is None or dimension is None):
+            raise StoreError(f"no store at {str(self.path)!r}: run `vectormill backfill` first")
         if not self.writable:
-            identity = read_identity(self.path)
-            if identity is None:
-                raise StoreError(f"no store at {str(self.path)!r}: run `vectormill backfill` first")
             if "format" not in identity:
                 refuse_to_read(self.path)
             self.identity = identity

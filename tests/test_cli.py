@@ -277,3 +277,20 @@ def test_without_a_server_backfill_starts_a_temporary_one_says_what_it_cost_and_
     while any(_alive(pid) for pid in servers) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not [pid for pid in servers if _alive(pid)]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_an_error_the_user_can_act_on_inside_the_flow_is_one_line_without_prefects_traceback(tmp_path):
+    from vectormill.stores.faiss_store import FaissStore
+    from vectormill.stores.settings import StoreSettings
+
+    write_corpus(tmp_path / "pdfs", {"chess": TOPICS["chess"]})
+    write_config(tmp_path)
+    FaissStore.open(StoreSettings(path=tmp_path / "store"), model="another-model", dimension=8).close()
+    result = run("backfill", cwd=tmp_path, env=harness_env())
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:") or "ERROR" in line]
+    assert len(errors) == 1 and errors[0].startswith(f"error: store '{tmp_path / 'store'}' holds vectors of model "
+                                                     "'another-model' (8 dims), but the config embeds with")
+    debug = run("--debug", "backfill", cwd=tmp_path, env=harness_env())
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and debug.stderr.strip().endswith(errors[0][7:])

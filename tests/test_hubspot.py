@@ -315,13 +315,13 @@ def test_times_round_trip_between_iso_and_epoch_milliseconds():
 
 
 CHECK_SCRIPT = """
-import sys, typer
-from vectormill.cli.sources import register
-app = typer.Typer()
-register(app, typer.Typer())
-code = app(["sources", "check", *sys.argv[1:]], standalone_mode=False)
-print("prefect imported" if "prefect" in sys.modules else "prefect not imported", file=sys.stderr)
-sys.exit(code or 0)
+import sys
+from vectormill.cli.main import main
+sys.argv = ["vectormill", "sources", "check", *sys.argv[1:]]
+try:
+    main()
+finally:
+    print("prefect imported" if "prefect" in sys.modules else "prefect not imported", file=sys.stderr)
 """
 
 
@@ -407,6 +407,10 @@ def test_the_ingest_flow_syncs_a_crm_incrementally_and_a_rejected_token_fails_on
     assert stored == {f"companies/{i}": r["updatedAt"] for i, r in records.items() if not r["archived"]}
     assert f"companies/{added}" in stored and f"companies/{ids[20]}" not in stored
 
+    # A long-lived process keeps one source object per configured source, holding no record after its run.
+    from vectormill.flows import pipeline
+    assert all(not source._listed for name, (_, source) in pipeline._sources.items() if name.startswith("crm"))
+
     captured = capfd.readouterr()
     everything = captured.out + captured.err + caplog.text + json.dumps(second) + json.dumps(failed.value.summary)
     assert TOKEN not in everything and "pat-na1-bad-token-31337" not in everything
@@ -456,3 +460,27 @@ def test_property_values_that_are_not_strings_are_formatted_as_text(server):
     server.app.objects["companies"][object_id]["properties"]["description"] = 12
     document = source_for(server, template="{name} ({description:.5})").fetch(DocumentRef(f"companies/{object_id}", "v"))
     assert document.text == "Company 0 (12)"
+
+def test_a_run_holds_its_listed_records_only_until_it_ends(server):
+    """Listed records wait for their fetch (no second request); those never fetched (unchanged) are freed."""
+    add_companies(server, 12)
+    source = source_for(server)
+    refs = list(source.list_documents())
+    sent = len(server.requests)
+    source.fetch(refs[0])
+    assert len(server.requests) == sent  # from the listing
+    source.finish_run()
+    source.fetch(refs[1])
+    assert len(server.requests) == sent + 1  # forgotten: fetched again
+    assert not source._listed
+
+
+def test_one_source_object_per_configured_source_and_an_edit_replaces_it(server):
+    from vectormill.flows.pipeline import _sources, source_for as shared_source
+
+    settings = source_for(server).settings
+    first = shared_source(settings)
+    assert shared_source(settings.model_copy()) is first
+    edited = shared_source(settings.model_copy(update={"page_size": 5}))
+    assert edited is not first and shared_source(edited.settings) is edited
+    assert [entry[1] for name, entry in _sources.items() if name == settings.name] == [edited]

@@ -74,21 +74,61 @@ def test_a_failed_load_raises_in_get_and_the_next_get_tries_again():
     assert isinstance(loader.get(), Built) and builder.calls == 2
 
 
-def test_concurrent_callers_share_one_load():
-    builder = Builder(gated=True)
+def callers_of_a_started_load(builder: Builder, count: int) -> tuple[EmbedderLoader, list]:
+    """`count` threads call get() while a started load waits for `release`: what each got (embedder or error)."""
     loader = EmbedderLoader(SETTINGS, builder)
     loader.start()
     results = []
-    callers = [threading.Thread(target=lambda: results.append(loader.get())) for _ in range(4)]
+
+    def call():
+        try:
+            results.append(loader.get())
+        except BaseException as exc:  # noqa: BLE001 - what each caller got
+            results.append(exc)
+
+    callers = [threading.Thread(target=call) for _ in range(count)]
     for caller in callers:
         caller.start()
     time.sleep(0.1)
     builder.release.set()
     for caller in callers:
         caller.join(10)
+    return loader, results
+
+
+def test_concurrent_callers_share_one_load():
+    builder = Builder(gated=True)
+    _, results = callers_of_a_started_load(builder, 4)
     assert builder.calls == 1 and len(results) == 4 and len({id(r) for r in results}) == 1
+    assert isinstance(results[0], Built)
 
 
 def test_one_loader_per_settings_in_a_process():
     assert loader_for(SETTINGS) is loader_for(EmbeddingSettings(service=ServiceSettings(url="http://127.0.0.1:9")))
     assert loader_for(SETTINGS) is not loader_for(EmbeddingSettings(precision="fp32"))
+
+
+def test_every_caller_waiting_on_a_failed_load_gets_its_error():
+    builder = Builder(failures=1, gated=True)
+    loader, raised = callers_of_a_started_load(builder, 3)
+    assert [str(exc) for exc in raised] == ["load 1 failed"] * 3 and builder.calls == 1
+    assert all(isinstance(exc, RuntimeError) for exc in raised)
+    assert isinstance(loader.get(), Built) and builder.calls == 2
+
+
+def test_an_edit_that_does_not_touch_the_model_keeps_its_loader_and_old_models_are_closed():
+    from vectormill.embedding import loader as loaders
+
+    base = EmbeddingSettings(service=ServiceSettings(url="http://127.0.0.1:9"), model="a")
+    assert loader_for(base) is loader_for(base.model_copy(update={"task_chunks": 7}))  # splits work only
+    closed = []
+    kept = [loader_for(base.model_copy(update={"model": name})) for name in ("b", "c", "d")]
+    for loader in kept:
+        loader.close = lambda loader=loader: closed.append(loader.settings.model)
+    loader_for(base.model_copy(update={"model": "e"}))
+    assert len(loaders._loaders) == loaders.MODELS_KEPT
+    for _ in range(50):
+        if closed:
+            break
+        time.sleep(0.05)
+    assert closed == ["c"]  # b went when d came (its loader had not been patched yet); c when e came

@@ -228,3 +228,22 @@ def test_a_run_reports_its_precision_records_it_in_the_store_and_notes_a_change_
     third = ingest(config_file=config_file)
     assert third["precision"]["used"] == "bf16" and third["warnings"] == []
     assert precision_property(config_file) == "fp32+bf16"
+
+
+def test_the_store_records_the_set_of_precisions_each_once_and_notes_only_a_new_one(tmp_path):
+    """A pool whose workers ran in two precisions reports "bf16+fp32": nothing new for an fp32+bf16 store."""
+    from vectormill.flows.precision import record_precision
+    from vectormill.stores.faiss_store import FaissStore
+    from vectormill.stores.settings import StoreSettings
+
+    notes = []
+    with FaissStore.open(StoreSettings(path=tmp_path / "store"), model="m", dimension=4) as store:
+        for used, existed in (("fp32", False), ("bf16", True), ("bf16+fp32", True), ("fp32+bf16", True),
+                              ("bf16", True), ("fp16+bf16", True)):
+            notes.append(record_precision(store, {"used": used}, existed))
+            if used == "fp32+bf16":
+                assert store.properties()["precision"] == "fp32+bf16"
+        assert store.properties()["precision"] == "fp32+bf16+fp16"
+    assert notes[0] is None and notes[1].startswith("the store's vectors so far were embedded in fp32; this run")
+    assert notes[2:5] == [None, None, None]
+    assert notes[5].startswith("the store's vectors so far were embedded in fp32+bf16; this run embeds in fp16+bf16")

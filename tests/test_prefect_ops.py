@@ -411,3 +411,45 @@ def test_a_background_task_that_has_no_state_yet_is_read_again_not_failed():
     with pytest.raises(RuntimeError, match="has no state"):
         _await_started(never, patience_s=0.5)
     assert never.reads >= 2
+
+
+# ---- backfill --deployment waits at most --timeout --------------------------------------------
+def test_the_default_wait_follows_the_deployments_recent_runs():
+    from vectormill.flows.remote import DEFAULT_WAIT_SECONDS, MIN_WAIT_SECONDS, expected_seconds
+
+    assert expected_seconds([]) == DEFAULT_WAIT_SECONDS == 3600
+    assert expected_seconds([12.0, 30.0]) == MIN_WAIT_SECONDS  # short runs: time left for a pick-up
+    assert expected_seconds([400.0, 1500.0, 90.0]) == 4500.0
+
+
+def test_stopping_the_wait_says_whether_the_run_never_started_or_is_still_running():
+    from vectormill.flows.remote import stopped_waiting
+
+    scheduled = SimpleNamespace(id="r1", start_time=None, state=SimpleNamespace(name="Late"))
+    running = SimpleNamespace(id="r2", start_time=datetime.now(timezone.utc), state=SimpleNamespace(name="Running"))
+    assert stopped_waiting(scheduled, "ingest/docs", 30).startswith(
+        "no worker or `vectormill serve` picked up flow run r1 of ingest/docs within 30 s: is anything serving "
+        "ingest/docs? The run stays Late")
+    assert stopped_waiting(running, "ingest/docs", 7.5).startswith(
+        "flow run r2 of ingest/docs is still running after 7.5 s (--timeout); it goes on")
+
+
+def test_backfill_on_a_deployment_nothing_serves_stops_waiting_after_its_timeout(served, tmp_path):
+    """`served` serves other deployments; ingest/lonely exists on the server, and nothing serves it."""
+    with served.server.client() as client:
+        flow = client.post("/flows/", json={"name": "ingest"}).raise_for_status().json()
+        client.post("/deployments/", json={"name": "lonely", "flow_id": flow["id"]}).raise_for_status()
+    (tmp_path / "docs").mkdir()
+    config = tmp_path / "vectormill.toml"
+    config.write_text('[store]\npath = "store"\n[[sources]]\nname = "lonely"\ntype = "filesystem"\nroot = "docs"\n')
+    result = served.cli("backfill", "--deployment", "--source", "lonely", "--timeout", "2", "--config", str(config),
+                        timeout=120)
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith("waiting up to 2 s for flow run ") and len(lines) == 2, result.stderr
+    assert lines[1].startswith("error: no worker or `vectormill serve` picked up flow run ")
+    assert "of ingest/lonely within 2 s" in lines[1] and "Traceback" not in result.stderr
+    flow_run_id = lines[1].split("flow run ")[1].split()[0]
+    assert served.flow_run(flow_run_id)["state_type"] == "SCHEDULED"  # left as it was: nothing cancelled
+    wrong = served.cli("backfill", "--timeout", "2", "--config", str(config))
+    assert wrong.returncode == 2 and wrong.stderr.strip() == "error: --timeout applies to --deployment runs only"

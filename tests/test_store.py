@@ -471,3 +471,10 @@ def test_a_hit_names_every_page_its_chunk_holds(tmp_path):
         found = {hit.chunk_id: (hit.page, hit.pages) for hit in store.search(spanning.vectors[1], k=3)}
     assert found == {chunks[0].chunk_id: (1, (1,)), chunks[1].chunk_id: (1, (1, 2, 3)),
                      chunks[2].chunk_id: (None, ())}
+
+def test_opening_a_missing_store_without_a_model_says_so_and_creates_nothing(tmp_path):
+    config = settings(tmp_path)
+    for writable in (False, True):  # `store compact` opens it writable, with no model to create it with
+        with pytest.raises(StoreError, match="no store at .*: run `vectormill backfill` first"):
+            FaissStore.open(config, writable=writable)
+    assert not config.path.exists()
