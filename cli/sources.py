@@ -68,5 +68,7 @@ def register(app: typer.Typer, store_app: typer.Typer) -> None:
                         more = entry[f"{kind}_count"] - len(entry[kind])
                         console.print(f"{entry['name']} {kind}: {', '.join(entry[kind])}"
                                       + (f" and {more} more" if more else ""), highlight=False, markup=False)
-        if not report["ok"]:
-            raise typer.Exit(1)
+        diverging = [entry["name"] for entry in report["sources"] if not entry["ok"]]
+        if diverging:
+            raise UserError([f"{len(diverging)} of {len(report['sources'])} sources diverge from the store: "
+                             f"{', '.join(diverging)}; `vectormill backfill --full` reconciles them"])
