@@ -88,6 +88,24 @@ def _key_condition(table: Table) -> str:
     return " AND ".join(f"{column} = ?" for column in table.key)
 
 
+def record_checked_files(path: Path, entries: Sequence[tuple[str, str, int, str]]) -> bool:
+    """Record files a reader found intact on re-hashing, through a short write of its own; False when it may not
+    write the database (permissions, read-only mount, a writer holding it): it hashes them again next time."""
+    try:
+        db = sqlite3.connect(path, timeout=1, isolation_level=None)
+    except sqlite3.Error:
+        return False
+    try:
+        catalog = Catalog(db, 0)
+        with catalog.transaction():
+            catalog.record_files(entries)
+        return True
+    except sqlite3.Error:
+        return False
+    finally:
+        db.close()
+
+
 class Catalog:
     def __init__(self, db: sqlite3.Connection, dimension: int):
         self.db = db
@@ -378,12 +396,10 @@ class Catalog:
         self.db.executemany("DELETE FROM files WHERE name = ?", [(name,) for name in names])
 
     # ---- reading -------------------------------------------------------------------------
-    def dead_ids(self) -> dict[int, np.ndarray]:
-        """Per segment, the ids it holds that are no longer live."""
-        dead: dict[int, list[int]] = {}
-        for segment, identifier in self.db.execute("SELECT segment, faiss_id FROM dead"):
-            dead.setdefault(segment, []).append(identifier)
-        return {segment: np.array(ids, dtype=np.int64) for segment, ids in dead.items()}
+    def dead_ids(self, segment: int) -> np.ndarray:
+        """The ids a segment holds that are no longer live."""
+        return np.array([row[0] for row in self.db.execute("SELECT faiss_id FROM dead WHERE segment = ?", (segment,))],
+                        dtype=np.int64)
 
     def dead_counts(self) -> dict[int, int]:
         return dict(self.db.execute("SELECT segment, dead FROM dead_counts"))
