@@ -315,11 +315,13 @@ class Catalog:
         where, args = _members("segment", segments)
         return self.db.execute(f"SELECT tbl, key FROM deletions WHERE {where}", args).fetchall()
 
-    def reassign(self, run: Sequence[int] | None, parts: Sequence[tuple[int, int, int]], last: int | None,
-                 prefix: bool = False) -> None:
-        """Record that segments `parts` [(seq, low id, high id)] now hold the rows of `run` (None: the pending rows),
-        and the last of them its tombstones, table rows and removals. A run that starts the generation
-        (`prefix`) has nothing older to remove keys from: its removals are dropped."""
+    def reassign(self, run: Sequence[int] | None, parts: Sequence[tuple[int, int, int]],
+                 carriers: Sequence[tuple[int, int]], prefix: bool = False) -> None:
+        """Record that segments `parts` [(seq, low id, high id)] now hold the rows of `run` (None: the pending rows);
+        that the new segments `carriers` [(seq, high id of its part)], in id order, carry its tombstones (each the
+        ones up to its high id, the last the rest: see generations.tombstones_by_part); and that the last of them
+        carries its table rows and removals. A run that starts the generation (`prefix`) has nothing older to
+        remove keys from: its removals are dropped."""
         where, args = _members("segment", run)
         for seq, low, high in parts:
             self.db.execute(f"UPDATE chunks SET segment = ? WHERE {where} AND faiss_id BETWEEN ? AND ?",
@@ -327,10 +329,13 @@ class Catalog:
         if run is not None:
             self._add_to_counter("dead", -self.db.execute(f"DELETE FROM dead WHERE {where}", args).rowcount)
             self.db.execute(f"DELETE FROM dead_counts WHERE {where}", args)
-        if last is None:  # the run held nothing live and nothing else: it just goes
+        if not carriers:  # the run held nothing live and nothing else: it just goes
             return
         recorded, recorded_args = _members("recorded", run)
-        self.db.execute(f"UPDATE dead SET recorded = ? WHERE {recorded}", (last, *recorded_args))
+        for number, (seq, high) in enumerate(carriers):
+            bound = ("", ()) if number == len(carriers) - 1 else (" AND faiss_id <= ?", (high,))
+            self.db.execute(f"UPDATE dead SET recorded = ? WHERE {recorded}{bound[0]}", (seq, *recorded_args, *bound[1]))
+        last = carriers[-1][0]
         for table in TABLES:
             self.db.execute(f"UPDATE {table.name} SET segment = ? WHERE {where}", (last, *args))
         if prefix:
@@ -341,26 +346,24 @@ class Catalog:
     def load_extras(self, seq: int, present: set[int], tombstones: Sequence[tuple[int, int]],
                     tables: dict[str, list[tuple]], deletions: Sequence[tuple[str, str]]) -> None:
         """Replay a segment of a generation being restored (in the generation's order), all but its chunks:
-        its removals and tombstones first, then its table rows."""
+        its removals, its tombstones (the copies they name are never loaded: see `load_chunks`), its table rows."""
         for name, key in deletions:
             self.db.execute(f"DELETE FROM {name} WHERE {_key_condition(BY_NAME[name])}", tuple(json.loads(key)))
             self.db.execute("INSERT OR REPLACE INTO deletions VALUES (?, ?, ?)", (name, key, seq))
-        live_targets = [(target, identifier) for target, identifier in tombstones if target in present]
-        self.db.executemany("DELETE FROM chunks WHERE faiss_id = ? AND segment = ?",
-                            [(identifier, target) for target, identifier in live_targets])
         self.db.executemany("INSERT OR IGNORE INTO dead VALUES (?, ?, ?)",
-                            [(target, identifier, seq) for target, identifier in live_targets])
+                            [(target, identifier, seq) for target, identifier in tombstones if target in present])
         for table in TABLES:
             self.db.executemany(
                 f"INSERT OR REPLACE INTO {table.name} ({', '.join(table.columns)}, segment) "
                 f"VALUES ({', '.join('?' * len(table.columns))}, ?)", [(*row, seq) for row in tables.get(table.name, ())])
 
-    def load_chunks(self, seq: int, vectors: np.ndarray, chunks: Sequence[tuple]) -> None:
-        """Chunks of a segment being restored, after its extras."""
+    def load_chunks(self, seq: int, vectors: np.ndarray, chunks: Sequence[tuple], dead: set[int]) -> None:
+        """Chunks of a segment being restored, but those that a tombstone anywhere in the generation names (`dead`):
+        whatever order the segments carrying tombstones come in, no id is ever loaded twice."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self.db.executemany(f"INSERT INTO chunks ({', '.join(CHUNK_COLUMNS)}, vector, segment) "
                             f"VALUES ({', '.join('?' * (len(CHUNK_COLUMNS) + 2))})",
-                            [(*row, vector.tobytes(), seq) for row, vector in zip(chunks, vectors)])
+                            [(*row, vector.tobytes(), seq) for row, vector in zip(chunks, vectors) if row[0] not in dead])
 
     # ---- generations and their files -------------------------------------------------------
     def add_generation(self, generation: int, manifest: bytes, keep: int) -> list[int]:

@@ -11,6 +11,7 @@ committed generation names, are removed at the next writable open.
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import os
@@ -97,6 +98,16 @@ def set_aside(path: Path, catalog: Catalog, database: str, quarantine: Path) -> 
     return moved
 
 
+def tombstones_by_part(tombstones: Sequence[tuple[int, int]], highs: Sequence[int]) -> list[list[tuple[int, int]]]:
+    """Split a new segment's tombstones among its parts (split by ascending id ranges ending at `highs`): each goes
+    to the first part whose range ends at or above its id, so a chunk deleted and written again lands in the same
+    part as the tombstone of its older copy, and a restore replaying part by part never holds both copies."""
+    parts: list[list[tuple[int, int]]] = [[] for _ in highs]
+    for tombstone in tombstones:
+        parts[min(bisect.bisect_left(highs, tombstone[1]), len(highs) - 1)].append(tombstone)
+    return parts
+
+
 class Generations:
     def __init__(self, path: Path, settings: StoreSettings, identity: dict[str, Any], catalog: Catalog,
                  notes: list[str]):
@@ -155,30 +166,34 @@ class Generations:
         return self._commit(result + segments[position:], changes, new)
 
     def _rewrite(self, run: list[int] | None, prefix: bool) -> tuple[list[SegmentEntry], Callable[[], None]]:
-        """New segments holding the live rows of `run` (None: the pending rows); the last one also carries the
-        tombstones, table rows and removals. Returns them and the catalog change recording it."""
+        """New segments holding the live rows of `run` (None: the pending rows), each with the tombstones of its id
+        range; the last one also carries the table rows and removals. Returns them and the catalog change recording it."""
         from .segments import SegmentExtras, write_segment  # FAISS loads only where segments are written
 
         catalog = self.catalog
         ranges: list[tuple[int, int, int]] = catalog.chunk_ranges(run, self.settings.max_segment_vectors)
-        extras = SegmentExtras(catalog.tombstones(run), catalog.table_rows(run), [] if prefix else catalog.deletions(run))
+        tombstones = catalog.tombstones(run)
+        tables, deletions = catalog.table_rows(run), [] if prefix else catalog.deletions(run)
         if not ranges:
-            if extras.is_empty():
-                return [], lambda: catalog.reassign(run, [], None, prefix)
+            if not (tombstones or deletions or any(tables.values())):
+                return [], lambda: catalog.reassign(run, [], [], prefix)
             ranges = [(1, 0, 0)]  # only other rows: a segment without vectors
+        by_part = tombstones_by_part(tombstones, [high for _, high, _ in ranges])
         entries, parts = [], []
         for number, (low, high, count) in enumerate(ranges):
             seq = catalog.next_segment()
+            last = number == len(ranges) - 1
+            extras = SegmentExtras(by_part[number], tables if last else {}, deletions if last else [])
             entry, problem = write_segment(
                 self.segments_dir, seq, count, lambda: catalog.chunk_batches(run, low, high),
-                extras if number == len(ranges) - 1 else SegmentExtras(), self.identity["index_factory"],
-                self.settings.train_vectors, catalog.dimension)
+                extras, self.identity["index_factory"], self.settings.train_vectors, catalog.dimension)
             if problem:
                 self.note(f"{problem}; the segment stays exact (Flat) until a merge retrains it")
             entries.append(entry)
             if count:
                 parts.append((seq, low, high))
-        return entries, lambda: catalog.reassign(run, parts, entries[-1].seq, prefix)
+        carriers = [(entry.seq, high) for entry, (_, high, _) in zip(entries, ranges)]
+        return entries, lambda: catalog.reassign(run, parts, carriers, prefix)
 
     def _commit(self, segments: list[SegmentEntry], changes: Sequence[Callable[[], None]],
                 new: list[SegmentEntry]) -> int:

@@ -64,6 +64,7 @@ def verify_store(settings: StoreSettings) -> dict[str, Any]:
                                                    "once to migrate it in place"))
     else:
         problems.extend(_database_problems(path, identity))
+    replayed: dict[str, str | None] = {}  # by manifest checksum: a generation copied to several places is read once
     for location in _reachable(settings, problems):
         try:
             numbers = location.generations()
@@ -76,12 +77,25 @@ def verify_store(settings: StoreSettings) -> dict[str, Any]:
         checked: dict[str, tuple[str, int] | None] = {}
         for number in numbers:
             manifest, found = location.verify(number, checked)
+            if manifest and not found and location.is_local:
+                found = _replay_problems(location, number, manifest, replayed)
             problems.extend(problem for problem in found if problem not in problems)
             entry = {"where": location.name, "generation": number, "ok": not found}
             if manifest:
                 entry.update({key: manifest[key] for key in ("lsn", "vectors", "documents", "created_at")})
             generations.append(entry)
     return {"ok": not problems, "generations": generations, "problems": [asdict(p) for p in problems]}
+
+
+def _replay_problems(location: Location, number: int, manifest: dict[str, Any],
+                     replayed: dict[str, str | None]) -> list[Problem]:
+    """Whether a generation whose files are intact replays into the store its manifest describes (local copies)."""
+    from .segments import replay_problem
+
+    if manifest["checksum"] not in replayed:
+        replayed[manifest["checksum"]] = replay_problem(Path(location.path(SEGMENTS)), segments_of(manifest))
+    detail = replayed[manifest["checksum"]]
+    return [Problem(location.name, f"{MANIFESTS}/{manifest_name(number)}", detail)] if detail else []
 
 
 def _database_problems(path: Path, identity: dict[str, Any]) -> list[Problem]:
@@ -257,12 +271,16 @@ def _build_database(settings: StoreSettings, path: Path, database: str, manifest
     number = max([manifest["generation"], newest_anywhere, *used_generation_numbers(path)]) + 1
     catalog = Catalog.open(path / database, dimension, writable=True)
     try:
+        read = [read_segment(path / SEGMENTS, segment, dimension) for segment in segments]
+        dead: dict[int, set[int]] = {}  # every copy a tombstone of the generation names, by its segment
+        for extras, _ in read:
+            for target, identifier in extras.tombstones:
+                dead.setdefault(target, set()).add(identifier)
         with catalog.transaction():
-            for segment in segments:
-                extras, chunks = read_segment(path / SEGMENTS, segment, dimension)
+            for segment, (extras, chunks) in zip(segments, read):
                 catalog.load_extras(segment.seq, present, extras.tombstones, extras.tables, extras.deletions)
                 for vectors, rows in chunks:
-                    catalog.load_chunks(segment.seq, vectors, rows)
+                    catalog.load_chunks(segment.seq, vectors, rows, dead.get(segment.seq, set()))
             catalog.recount()
             catalog.set_counter("lsn", manifest["lsn"])
             catalog.set_counter("next_segment", max(present, default=0))
