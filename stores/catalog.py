@@ -67,6 +67,10 @@ CREATE TABLE IF NOT EXISTS generations (generation INTEGER PRIMARY KEY, manifest
 -- Segment files as last checked: a file whose stat fingerprint is unchanged is not hashed again at open.
 CREATE TABLE IF NOT EXISTS files (name TEXT PRIMARY KEY, sha256 TEXT NOT NULL, bytes INTEGER NOT NULL,
                                   fingerprint TEXT NOT NULL);
+-- Segment files each replica was seen to hold with their sha256 (copied and read back, or read back): the next
+-- checkpoint trusts these, and reads back any other file a replica holds under a name it needs.
+CREATE TABLE IF NOT EXISTS replica_files (replica TEXT NOT NULL, name TEXT NOT NULL, PRIMARY KEY (replica, name))
+    WITHOUT ROWID;
 """
 COUNTERS = ("lsn", "vectors", "documents", "dead", "generation", "next_segment")
 PARAMETERS_PER_STATEMENT = 900  # below SQLite's default limit of host parameters
@@ -397,6 +401,17 @@ class Catalog:
 
     def forget_files(self, names: set[str]) -> None:
         self.db.executemany("DELETE FROM files WHERE name = ?", [(name,) for name in names])
+
+    def replica_files(self) -> dict[str, set[str]]:
+        """By replica, the files it was seen to hold with their sha256."""
+        held: dict[str, set[str]] = {}
+        for replica, name in self.db.execute("SELECT replica, name FROM replica_files"):
+            held.setdefault(replica, set()).add(name)
+        return held
+
+    def set_replica_files(self, replica: str, names: set[str]) -> None:
+        self.db.execute("DELETE FROM replica_files WHERE replica = ?", (replica,))
+        self.db.executemany("INSERT INTO replica_files VALUES (?, ?)", [(replica, name) for name in sorted(names)])
 
     # ---- reading -------------------------------------------------------------------------
     def dead_ids(self, segment: int) -> np.ndarray:

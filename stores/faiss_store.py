@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from .catalog import Catalog, faiss_id, record_checked_files
-from .durable import write_atomically
+from .durable import file_sha256, write_atomically
 from .errors import StoreCorruptError, StoreError
 from .generations import Generations, current_manifest, damaged_files
 from .legacy import migrate, refuse_to_read, set_aside_old_layout
@@ -370,15 +370,22 @@ class FaissStore:
                 "dead_dropped": dead - self.catalog.counter("dead"),
                 "bytes_written": sum(f.bytes for name, f in files_of(after).items() if name not in old)}
 
-    def repair(self, source: str | None = None) -> dict[str, Any]:
+    def repair(self, source: str | None = None, also: dict[str, str] | None = None) -> dict[str, Any]:
         """Hash every file of the current generation; fetch damaged ones again from a replica (`source`: only that
-        one; "primary": none) or rebuild their segments from the database."""
+        one; "primary": none) or rebuild their segments from the database. `also`: damaged files of older kept
+        generations (found by `store verify`), fetched again too, or their generations set aside."""
         self._check_writable()
         before = self.generation
         manifest = current_manifest(self.catalog)
         damaged, rechecked = damaged_files(manifest, {}, self._locate) if manifest else ({}, [])
-        with self.catalog.transaction():
-            self.catalog.record_files(rechecked)
+        self._remember(rechecked)
+        current = files_of(manifest) if manifest else {}  # hashed just now
+        kept = {name: entry for _, older in self.catalog.manifests() for name, entry in files_of(parse_manifest(older)).items()}
+        for name, detail in (also or {}).items():
+            path = self.path / SEGMENTS / name
+            if name in kept and name not in current and (
+                    not path.is_file() or file_sha256(path) != (kept[name].sha256, kept[name].bytes)):
+                damaged[name] = detail
         if damaged:
             replicas = [r for r in self.settings.replicas if source in (None, r.name)]
             self._guarded(lambda: self._generations.repair(damaged, [self._fetcher(r) for r in replicas]))
@@ -400,7 +407,10 @@ class FaissStore:
         if not self.settings.replicas:
             return
         manifest = dict(self.catalog.manifests())[generation]
-        self.replicator.replicate(self.path, generation, manifest)
+        self.replicator.replicate(self.path, generation, manifest, self.catalog.replica_files())
+        with self.catalog.transaction():
+            for status in self.replicator.statuses.values():
+                self.catalog.set_replica_files(status.name, status.confirmed)
         failed = [s for s in self.replicator.statuses.values() if s.ok is False]
         for status in failed:
             self.notes.append(f"replica {status.name!r} ({status.url}): {status.error}")

@@ -264,8 +264,9 @@ class Generations:
         self._prune([])
 
     def repair(self, damaged: dict[str, str], fetchers: Sequence[Callable[[FileEntry, Path], str]]) -> None:
-        """Set damaged files of the current generation aside, fetch an identical copy (`fetchers`: replicas), or
-        rewrite the segments that name them from the catalog, which holds every live row and vector."""
+        """Set damaged files of kept generations aside, fetch an identical copy (`fetchers`: replicas), or rewrite the
+        current generation's segments that name them from the catalog, which holds every live row and vector; older
+        generations naming a file no copy holds are set aside."""
         quarantine = self.path / QUARANTINE / f"damaged-{utc_stamp()}"
         for name in damaged:
             if (self.segments_dir / name).exists():
@@ -273,7 +274,8 @@ class Generations:
                 os.replace(self.segments_dir / name, quarantine / name)
         fsync_dir(self.segments_dir)
         manifest = self.current_manifest()
-        entries = files_of(manifest)
+        entries = {name: entry for _, kept in reversed(self.catalog.manifests())
+                   for name, entry in files_of(parse_manifest(kept)).items()}
         recovered: dict[str, str] = {}
         for name in damaged:
             for fetch in fetchers:
@@ -294,19 +296,21 @@ class Generations:
             done.append(f"{len(recovered)} file(s) fetched from replica {', '.join(map(repr, sources))}")
         if rebuilt:
             generation = self.rebuild(rebuilt)
-            self._drop_generations_naming(set(damaged) - set(recovered))
             done.append(f"{len(rebuilt)} segment(s) rebuilt from the database as generation {generation}")
+        dropped = self._drop_generations_naming(set(damaged) - set(recovered))
+        if dropped:
+            done.append(f"older generation(s) {', '.join(map(str, dropped))} naming a file no copy holds set aside")
         self.note(f"CORRUPT SEGMENT FILE in {str(self.path)!r}: {how} (moved to {QUARANTINE}/{quarantine.name}/). "
                   f"Recovered: {'; '.join(done)}; no acknowledged write was lost. "
                   "Run `vectormill store verify` to check every copy.")
 
-    def _drop_generations_naming(self, missing: set[str]) -> None:
+    def _drop_generations_naming(self, missing: set[str]) -> list[int]:
         """Older kept generations that name files no longer present cannot be restored from here: set them aside."""
         quarantine = self.path / QUARANTINE / f"damaged-{utc_stamp()}"
         manifests = self.catalog.manifests()
         broken = [g for g, m in manifests[1:] if missing & set(files_of(parse_manifest(m)))]
         if not broken:
-            return
+            return []
         with self.catalog.transaction():
             self.catalog.drop_generations(broken)
         quarantine.mkdir(parents=True, exist_ok=True)
@@ -316,6 +320,7 @@ class Generations:
                 os.replace(source, quarantine / source.name)
         fsync_dir(self.manifests_dir)
         self._prune([])
+        return broken
 
     def note(self, message: str) -> None:
         self.notes.append(message)

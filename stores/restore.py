@@ -87,6 +87,49 @@ def verify_store(settings: StoreSettings) -> dict[str, Any]:
     return {"ok": not problems, "generations": generations, "problems": [asdict(p) for p in problems]}
 
 
+def verify_and_repair(settings: StoreSettings) -> dict[str, Any]:
+    """`verify_store`, then copy again every file a replica lacks or holds damaged from the primary, and the primary's
+    damaged files from a replica (under the writer's lock), then verify again. The report adds
+    "repaired": [{"where", "file"}], the copies that were written."""
+    report = verify_store(settings)
+    repaired: list[dict[str, str]] = []
+    damaged = [(p["where"], p["file"]) for p in report["problems"]
+               if p["file"].startswith((f"{SEGMENTS}/", f"{MANIFESTS}/"))]
+    if damaged:
+        on_primary = sorted(file for where, file in damaged if where == PRIMARY)
+        if on_primary:  # the writable open fixes what it sees (manifests, changed files), `repair` the rest
+            with FaissStore.open(settings) as store:
+                store.repair(also={file.split("/", 1)[1]: "damaged (store verify)" for file in on_primary
+                                   if file.startswith(f"{SEGMENTS}/")})
+        for location in _reachable(settings, []):
+            if location.name != PRIMARY:
+                repaired += _copy_again(Path(settings.path), location,
+                                        sorted(file for where, file in damaged if where == location.name))
+        report = verify_store(settings)
+        left = {(p["where"], p["file"]) for p in report["problems"]}
+        repaired = [{"where": PRIMARY, "file": file} for file in on_primary if (PRIMARY, file) not in left] + repaired
+    report["repaired"] = repaired
+    return report
+
+
+def _copy_again(path: Path, location: Location, files: list[str]) -> list[dict[str, str]]:
+    """Copy these files (relative paths) from the primary to a replica, each checked: those the primary holds intact."""
+    copied = []
+    for relative in files:
+        local = path / relative
+        if not local.is_file():
+            continue
+        found = file_sha256(local)
+        if relative.startswith(f"{SEGMENTS}/") and found[0] != Path(relative).stem:
+            continue  # damaged on the primary too: repaired there first, or reported again
+        try:
+            location.put_file(local, relative, found)
+        except Exception:  # noqa: BLE001 - the verify that follows reports the file again
+            continue
+        copied.append({"where": location.name, "file": relative})
+    return copied
+
+
 def _replay_problems(location: Location, number: int, manifest: dict[str, Any],
                      replayed: dict[str, str | None]) -> list[Problem]:
     """Whether a generation whose files are intact replays into the store its manifest describes (local copies)."""

@@ -74,3 +74,86 @@ def test_verify_names_a_generation_that_would_not_restore(tmp_path, monkeypatch)
     assert not report["ok"]
     assert [(p["where"], p["file"]) for p in report["problems"]] == [("primary", "manifests/00000002.json")]
     assert "live in two segments" in report["problems"][0]["detail"]
+
+
+def _replica(tmp_path, url=None, **options):
+    return {"name": "r", "url": url or str(tmp_path / "replica"), "storage_options": options}
+
+
+def _segment_names(folder):
+    return sorted(p.name for p in (folder / "segments").iterdir()) if (folder / "segments").is_dir() else []
+
+
+def test_a_copy_that_fails_its_read_back_never_appears_under_its_name_and_is_sent_again(tmp_path):
+    from .servers.faulty_fs import register
+    from .test_store import write_batches
+
+    register()
+    bad = settings(tmp_path, replica_attempts=2, replica_backoff_seconds=0.01,
+                   replicas=[_replica(tmp_path, f"faulty://{tmp_path / 'replica'}", every=1, faults=["corrupt"])])
+    with open_store(bad) as store:  # every upload is corrupted on its way
+        write_batches(store, 0, 10)
+        store.checkpoint()
+        assert store.replication_problem() is not None
+    replica = tmp_path / "replica"
+    assert [n for n in _segment_names(replica) if not n.startswith(".")] == []  # nothing under a final name
+    assert not list((replica / "manifests").glob("0*.json"))
+    good = settings(tmp_path, replicas=[_replica(tmp_path)])
+    with open_store(good) as store:
+        assert store.checkpoint() is None and store.replication_problem() is None  # the newest offered again
+    report = verify_store(good)
+    assert report["ok"], report["problems"]
+    assert [n for n in _segment_names(replica) if n.startswith(".")] == []  # leftovers of failed copies pruned
+
+
+def test_a_same_size_file_a_replica_already_holds_is_read_back_before_it_is_trusted(tmp_path):
+    import shutil
+
+    from .test_store import write_batches
+
+    config = settings(tmp_path)
+    with open_store(config) as store:
+        write_batches(store, 0, 10)
+        store.checkpoint()
+    replica = tmp_path / "replica"
+    shutil.copytree(config.path / "segments", replica / "segments")  # e.g. a copy from before, never checked
+    victim = max((replica / "segments").iterdir(), key=lambda p: p.stat().st_size)
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0x20
+    victim.write_bytes(bytes(data))  # same name, same size, another sha256
+    replicated = settings(tmp_path, replicas=[_replica(tmp_path)])
+    with open_store(replicated) as store:
+        write_batches(store, 10, 12)
+        store.checkpoint()
+        assert store.replication_problem() is None
+        assert store.replicator.statuses["r"].files_sent >= 2  # the damaged file again, and the new ones
+    report = verify_store(replicated)
+    assert report["ok"], report["problems"]
+
+
+def test_verify_repair_copies_back_what_a_replica_lacks_or_holds_damaged_and_the_primary_s_damaged_files(tmp_path):
+    import json
+
+    from .test_replicas import run_cli
+    from .test_store import damage, write_batches
+
+    config = settings(tmp_path, replicas=[_replica(tmp_path)])
+    with open_store(config) as store:
+        for n in range(3):
+            write_batches(store, n * 5, n * 5 + 5)
+            store.checkpoint()
+        files = sorted({entry.name for segment in current_segments(store) for entry in segment.files})
+    primary_victim, replica_victim, replica_lost = files[0], files[1], files[2]
+    damage(config.path / "segments" / primary_victim, "bitflip")
+    damage(tmp_path / "replica" / "segments" / replica_victim, "bitflip")
+    (tmp_path / "replica" / "segments" / replica_lost).unlink()
+    result = run_cli(tmp_path, config, ["store", "verify", "--repair", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["ok"] and report["problems"] == []
+    assert sorted((item["where"], item["file"]) for item in report["repaired"]) == sorted([
+        ("primary", f"segments/{primary_victim}"), ("r", f"segments/{replica_victim}"),
+        ("r", f"segments/{replica_lost}")])
+    assert verify_store(config)["ok"]
+    with FaissStore.open(config, writable=False) as store:
+        assert store.vector_count() and store.notes == []
