@@ -17,7 +17,10 @@ immutable, content-addressed FAISS segments grouped in generations.
   changed (a copy, chmod, chown) is hashed once and its new fingerprint recorded, by a reader too
   when it may write the database; `store verify` hashes everything.
 
-Layout of a store folder: identity.json (model, dimension, factory, format, current database),
+A store has an id and a timeline (identity.json, and every manifest): a replica holding another store's
+generations is refused, and a restore starts a new timeline, as PostgreSQL does.
+
+Layout of a store folder: identity.json (model, dimension, factory, format, current database, store id, timeline),
 store.sqlite (the catalog), segments/<sha256>.faiss|.rows, manifests/NNNNNNNN.json, quarantine/.
 """
 
@@ -28,6 +31,7 @@ import logging
 import os
 import sqlite3
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -66,6 +70,10 @@ FD_FOLDER = Path("/dev/fd")  # open descriptors by number (Linux, macOS)
 
 def write_identity(path: Path, identity: dict[str, Any]) -> None:
     write_atomically(path / IDENTITY, json.dumps(identity, indent=2).encode())
+
+
+def new_store_id() -> str:
+    return uuid.uuid4().hex
 
 
 def read_identity(path: Path) -> dict[str, Any] | None:
@@ -140,6 +148,9 @@ class FaissStore:
             if "format" not in identity:
                 identity = migrate(self.path, identity, DATABASE, write_identity, self.notes)
                 migrated = True
+            if "store_id" not in identity:  # written before stores had ids
+                identity = {**identity, "store_id": new_store_id(), "timeline": 1}
+                write_identity(self.path, identity)
             self.identity = identity
             self._check_model(model, dimension)
             self._open_catalog()
@@ -177,7 +188,8 @@ class FaissStore:
         except IndexFactoryError as exc:
             raise StoreError(str(exc)) from None
         return {"model": model, "dimension": int(dimension), "index_factory": self.settings.index_factory,
-                "created_at": datetime.now(timezone.utc).isoformat(), "format": FORMAT, "database": DATABASE}
+                "created_at": datetime.now(timezone.utc).isoformat(), "format": FORMAT, "database": DATABASE,
+                "store_id": new_store_id(), "timeline": 1}
 
     def _refuse_to_shadow_replicas(self) -> None:
         """A lost primary must be restored, not silently replaced: its replicas would prune the backups."""
@@ -245,6 +257,10 @@ class FaissStore:
     @property
     def dimension(self) -> int:
         return int(self.identity["dimension"])
+
+    @property
+    def store_id(self) -> str | None:
+        return self.identity.get("store_id")
 
     @property
     def factory(self) -> str:
@@ -411,6 +427,8 @@ class FaissStore:
         with self.catalog.transaction():
             for status in self.replicator.statuses.values():
                 self.catalog.set_replica_files(status.name, status.confirmed)
+                if status.newest_held is not None and status.newest_held > self.catalog.counter("seen_generation"):
+                    self.catalog.set_counter("seen_generation", status.newest_held)  # numbered past it from now on
         failed = [s for s in self.replicator.statuses.values() if s.ok is False]
         for status in failed:
             self.notes.append(f"replica {status.name!r} ({status.url}): {status.error}")

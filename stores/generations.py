@@ -129,7 +129,8 @@ class Generations:
 
     def next_generation(self) -> int:
         """Past every number present, quarantined ones included, so that no copy is ever overwritten."""
-        return max([self.catalog.counter("generation"), *used_generation_numbers(self.path)]) + 1
+        return max([self.catalog.counter("generation"), self.catalog.counter("seen_generation"),
+                    *used_generation_numbers(self.path)]) + 1
 
     # ---- making generations ----------------------------------------------------------------
     def seal(self) -> int:
@@ -202,7 +203,8 @@ class Generations:
         body = {"generation": generation, "lsn": catalog.counter("lsn"),
                 "created_at": datetime.now(timezone.utc).isoformat(), "vectors": catalog.counter("vectors"),
                 "documents": catalog.counter("documents"), "model": self.identity["model"],
-                "dimension": self.identity["dimension"], "index_factory": self.identity["index_factory"]}
+                "dimension": self.identity["dimension"], "index_factory": self.identity["index_factory"],
+                "store_id": self.identity["store_id"], "timeline": self.identity["timeline"]}
         manifest = build_manifest(body, segments)
         self.manifests_dir.mkdir(exist_ok=True)
         write_atomically(self.manifests_dir / manifest_name(generation), manifest)

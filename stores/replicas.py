@@ -28,7 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import Retrying, retry_if_not_exception_type, stop_after_attempt, wait_exponential
 
 from .durable import file_sha256, fsync_dir, fsync_file
 from .manifest import (
@@ -49,6 +49,10 @@ SECRET_QUERY_VALUE = re.compile(r"([?&][^=&\s]*(?:token|key|secret|pass|auth|sig
 
 class ReplicaCopyError(RuntimeError):
     """A copied file did not read back with the checksum it was sent with."""
+
+
+class ReplicaRefusedError(RuntimeError):
+    """The replica holds another store's generations, or another timeline's under our numbers: it is not written."""
 
 
 def redact_url(url: str) -> str:
@@ -245,9 +249,10 @@ class ReplicaStatus:
     seconds: float = 0.0
     checked_at: str | None = None
     confirmed: set[str] = field(default_factory=set)  # files it holds whose hash was confirmed (not shown)
+    newest_held: int | None = None  # its newest generation when that was not ours: later ones are numbered past it
 
     def as_dict(self) -> dict[str, Any]:
-        return {key: value for key, value in asdict(self).items() if key != "confirmed"}
+        return {key: value for key, value in asdict(self).items() if key not in ("confirmed", "newest_held")}
 
 
 CopyListener = Callable[[str, int, str], None]  # (replica, generation, file) after each verified file
@@ -272,7 +277,7 @@ class Replicator:
         return Retrying(
             stop=stop_after_attempt(self.settings.replica_attempts),
             wait=wait_exponential(multiplier=self.settings.replica_backoff_seconds, max=30),
-            retry=retry_if_exception_type(Exception),
+            retry=retry_if_not_exception_type(ReplicaRefusedError),
             before=count,
             before_sleep=lambda state: log.warning(
                 "replica %s: attempt %d failed (%s), retrying", status.name, state.attempt_number,
@@ -287,7 +292,7 @@ class Replicator:
         for replica in self.settings.replicas:
             status = self.statuses[replica.name]
             status.attempts, status.error, status.files_sent, status.bytes_sent = 0, None, 0, 0
-            status.confirmed = set(confirmed.get(replica.name, ()))
+            status.confirmed, status.newest_held = set(confirmed.get(replica.name, ())), None
             started = time.perf_counter()
             redact = redactor(replica)
             try:
@@ -305,6 +310,8 @@ class Replicator:
     def _replicate_one(self, location: Location, store_path: Path, generation: int, manifest: bytes,
                        status: ReplicaStatus) -> None:
         retrying = self._retrying(status, location.redact)
+        ours = parse_manifest(manifest, "primary manifest")
+        retrying(self._refuse_another_history, location, ours, status)
         held = retrying(location.segment_files)
         for name, entry in sorted(files_of(parse_manifest(manifest, "primary manifest")).items()):
             relative, expected = f"{SEGMENTS}/{name}", (entry.sha256, entry.bytes)
@@ -328,6 +335,30 @@ class Replicator:
             status.confirmed &= retrying(self._prune, location)
         except Exception as exc:  # noqa: BLE001 - the copy is confirmed; leftovers only cost space
             log.warning("replica %s: could not remove old generations: %s", location.name, location.redact(str(exc)))
+
+    def _refuse_another_history(self, location: Location, ours: dict[str, Any], status: ReplicaStatus) -> None:
+        """Raise if the replica holds another store's generations, or one numbered like ours but of another timeline
+        (written before a restore, while it was out of reach): never overwritten. Notes its newest generation."""
+        numbers = location.generations()
+        if not numbers:
+            return
+        status.newest_held = numbers[0]
+        try:
+            theirs = location.read_manifest(numbers[0])
+        except (FileNotFoundError, ManifestError):
+            return
+        if theirs.get("store_id") not in (None, ours["store_id"]):
+            raise ReplicaRefusedError(
+                f"replica {location.name!r} holds generations of store {theirs['store_id']}, not of this store "
+                f"{ours['store_id']}: point the replica at a location of its own")
+        if ours["generation"] in numbers and numbers[0] >= ours["generation"]:
+            same = location.read_manifest(ours["generation"])
+            if same.get("checksum") != ours["checksum"]:
+                raise ReplicaRefusedError(
+                    f"replica {location.name!r} holds generation {ours['generation']} of timeline "
+                    f"{same.get('timeline', 1)} (written before this store was restored to timeline "
+                    f"{ours['timeline']}), and generations up to {numbers[0]}: kept; the next checkpoint is "
+                    f"numbered past {numbers[0]}")
 
     def _prune(self, location: Location) -> set[str]:
         """Keep the newest K generations with a valid manifest and the files they name; remove the rest (and the

@@ -24,7 +24,7 @@ from typing import Any
 from .catalog import Catalog
 from .durable import file_sha256, fingerprint, fsync_dir, write_atomically
 from .errors import StoreError
-from .faiss_store import IDENTITY, FaissStore, read_identity, write_identity
+from .faiss_store import IDENTITY, FaissStore, new_store_id, read_identity, write_identity
 from .generations import QUARANTINE, RESTORING, set_aside, used_generation_numbers, utc_stamp
 from .lock import WriterLock
 from .manifest import (
@@ -77,6 +77,10 @@ def verify_store(settings: StoreSettings) -> dict[str, Any]:
         checked: dict[str, tuple[str, int] | None] = {}
         for number in numbers:
             manifest, found = location.verify(number, checked)
+            if manifest and identity and manifest.get("store_id") not in (None, identity.get("store_id")):
+                found = [*found, Problem(location.name, f"{MANIFESTS}/{manifest_name(number)}",
+                                         f"a generation of store {manifest['store_id']}, not of this store "
+                                         f"{identity.get('store_id')}: another store writes to this location")]
             if manifest and not found and location.is_local:
                 found = _replay_problems(location, number, manifest, replayed)
             problems.extend(problem for problem in found if problem not in problems)
@@ -253,7 +257,11 @@ def _install(settings: StoreSettings, path: Path, location: Location, number: in
             folder.mkdir(exist_ok=True)
         for entry in files_of(manifest).values():
             _bring(entry, path, location, settings, quarantine)
-        restored = _build_database(settings, path, database, manifest, location.name, newest_anywhere)
+        # The same store, on a new timeline: generations written from here on are told apart from those written
+        # after `number` before the restore (a copy out of reach now may hold some).
+        lineage = {"store_id": manifest.get("store_id") or (previous or {}).get("store_id") or new_store_id(),
+                   "timeline": max(manifest.get("timeline", 1), (previous or {}).get("timeline", 1)) + 1}
+        restored = _build_database(settings, path, database, manifest, location.name, newest_anywhere, lineage)
     except BaseException:
         for leftover in path.glob(f"{database}*"):
             leftover.unlink()
@@ -262,7 +270,7 @@ def _install(settings: StoreSettings, path: Path, location: Location, number: in
     identity = {"model": manifest["model"], "dimension": manifest["dimension"],
                 "index_factory": manifest["index_factory"],
                 "created_at": (previous or {}).get("created_at", manifest["created_at"]), "format": 2,
-                "database": database}
+                "database": database, "store_id": lineage["store_id"], "timeline": lineage["timeline"]}
     write_identity(path, identity)  # the switch: from here on the store is the restored generation
     catalog = Catalog.open(path / database, int(manifest["dimension"]), writable=False)
     try:
@@ -304,7 +312,7 @@ def _bring(entry: FileEntry, path: Path, location: Location, settings: StoreSett
 
 
 def _build_database(settings: StoreSettings, path: Path, database: str, manifest: dict[str, Any], where: str,
-                    newest_anywhere: int) -> int:
+                    newest_anywhere: int, lineage: dict[str, Any]) -> int:
     """A new database replaying the generation's segments, sealed as a new generation; returns its number."""
     from .segments import read_segment
 
@@ -329,7 +337,7 @@ def _build_database(settings: StoreSettings, path: Path, database: str, manifest
             catalog.set_counter("next_segment", max(present, default=0))
         body = {key: value for key, value in manifest.items() if key not in ("segments", "checksum", "format")}
         body.update(generation=number, restored_from={"where": where, "generation": manifest["generation"]},
-                    created_at=datetime.now(timezone.utc).isoformat())
+                    created_at=datetime.now(timezone.utc).isoformat(), **lineage)
         sealed = build_manifest(body, segments)
         write_atomically(path / MANIFESTS / manifest_name(number), sealed)
         with catalog.transaction():

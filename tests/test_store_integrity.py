@@ -157,3 +157,68 @@ def test_verify_repair_copies_back_what_a_replica_lacks_or_holds_damaged_and_the
     assert verify_store(config)["ok"]
     with FaissStore.open(config, writable=False) as store:
         assert store.vector_count() and store.notes == []
+
+
+def test_two_stores_pointed_at_one_replica_are_told_apart(tmp_path):
+    from .test_store import write_batches
+
+    shared = _replica(tmp_path)
+    first = settings(tmp_path / "a", replicas=[shared])
+    second = settings(tmp_path / "b", replicas=[shared])
+    with open_store(first) as store:
+        write_batches(store, 0, 5)
+        store.checkpoint()
+        first_id = store.store_id
+    before = sorted(p.read_bytes() for p in (tmp_path / "replica" / "manifests").iterdir())
+    with open_store(settings(tmp_path / "b")):
+        pass  # created on its own: a new store never starts over a replica that holds generations
+    with open_store(second) as store:
+        write_batches(store, 10, 20)
+        store.checkpoint()
+        problem = store.replication_problem()
+        second_id = store.store_id
+    assert first_id != second_id and problem and first_id in problem and second_id in problem
+    assert sorted(p.read_bytes() for p in (tmp_path / "replica" / "manifests").iterdir()) == before  # untouched
+    report = verify_store(second)
+    assert not report["ok"]
+    assert any(first_id in p["detail"] and second_id in p["detail"] for p in report["problems"])
+    assert verify_store(first)["ok"]
+
+
+def test_after_a_restore_a_replica_that_was_out_of_reach_keeps_its_generations(tmp_path):
+    import shutil
+
+    from .test_store import write_batches
+
+    config = settings(tmp_path, keep_generations=3, max_dead_ratio=1.0,
+                      replicas=[_replica(tmp_path, str(tmp_path / "near")), {"name": "far", "url": str(tmp_path / "far")}])
+    with open_store(config) as store:
+        write_batches(store, 0, 5)
+        store.checkpoint()  # generation 1 on both
+        shutil.move(tmp_path / "near", tmp_path / "near-away")
+        (tmp_path / "near").write_text("")  # out of reach: its folder cannot be made
+        write_batches(store, 5, 10)
+        store.checkpoint()
+        write_batches(store, 10, 15)
+        assert store.checkpoint() == 3  # 2 and 3 on `far` only
+    shutil.rmtree(config.path)  # the primary is lost, and `far` is out of reach now
+    shutil.move(tmp_path / "far", tmp_path / "far-away")
+    (tmp_path / "far").write_text("")
+    (tmp_path / "near").unlink()
+    shutil.move(tmp_path / "near-away", tmp_path / "near")
+    result = restore_store(config, source="r")
+    assert (result["restored_generation"], result["as_generation"]) == (1, 2)  # 2: past what was reachable
+    (tmp_path / "far").unlink()
+    shutil.move(tmp_path / "far-away", tmp_path / "far")
+    far = {p.name: p.read_bytes() for p in (tmp_path / "far" / "manifests").iterdir()}
+    with open_store(config) as store:
+        assert store.identity["timeline"] == 2
+        write_batches(store, 20, 22)
+        store.checkpoint()  # generation 3 here: `far` holds a 3 of timeline 1, never overwritten
+        far_status = store.replicator.statuses["far"]
+        assert far_status.ok is False and "timeline 1" in far_status.error and store.generation == 3
+        write_batches(store, 22, 24)
+        assert store.checkpoint() == 4  # numbered past what `far` holds: copied everywhere
+        assert all(status.ok for status in store.replicator.statuses.values())
+    assert all((tmp_path / "far" / "manifests" / name).read_bytes() == data
+               for name, data in far.items() if (tmp_path / "far" / "manifests" / name).exists())
