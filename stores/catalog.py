@@ -13,6 +13,7 @@ into a new segment, a compaction moves the live rows of a run of segments into a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -35,7 +36,7 @@ CREATE TABLE IF NOT EXISTS chunks (
     row INTEGER PRIMARY KEY, faiss_id INTEGER NOT NULL UNIQUE, chunk_id TEXT NOT NULL, source TEXT NOT NULL,
     document TEXT NOT NULL,
     position INTEGER NOT NULL, text TEXT NOT NULL, content_hash TEXT NOT NULL, page INTEGER, last_page INTEGER,
-    tokens INTEGER NOT NULL, ocr INTEGER NOT NULL, vector BLOB NOT NULL, segment INTEGER);
+    tokens INTEGER NOT NULL, ocr INTEGER NOT NULL, vector BLOB NOT NULL, segment INTEGER, checksum TEXT);
 CREATE INDEX IF NOT EXISTS chunks_by_document ON chunks (source, document);
 CREATE INDEX IF NOT EXISTS chunks_by_segment ON chunks (segment);
 CREATE TABLE IF NOT EXISTS documents (
@@ -74,6 +75,23 @@ CREATE TABLE IF NOT EXISTS replica_files (replica TEXT NOT NULL, name TEXT NOT N
 """
 COUNTERS = ("lsn", "vectors", "documents", "dead", "generation", "next_segment")
 PARAMETERS_PER_STATEMENT = 900  # below SQLite's default limit of host parameters
+
+
+def row_checksum(*values: Any) -> str:
+    """The checksum written with every chunk row: sha256 of its CHUNK_COLUMNS values and its vector's bytes (last).
+    SQLite keeps no checksums of its own: a flipped byte in a row is found by this, by `store verify` and `search`."""
+    *row, vector = values
+    digest = hashlib.sha256(json.dumps(row, separators=(",", ":")).encode())
+    digest.update(vector)
+    return digest.hexdigest()[:32]
+
+
+def _row_checksum_sql(alias: str = "") -> str:
+    """`row_checksum` in SQL (a function of the connection) over the columns of `alias` (a table alias, or none)."""
+    return f"row_checksum({', '.join(alias + column for column in (*CHUNK_COLUMNS, 'vector'))})"
+
+
+ROW_CHECKSUM = _row_checksum_sql()
 
 
 def faiss_id(chunk_id: str) -> int:
@@ -124,9 +142,17 @@ class Catalog:
             db.execute("PRAGMA synchronous=FULL")  # the WAL is fsync'd at every COMMIT: an acknowledged write stays
             db.executescript(SCHEMA)
             db.executemany("INSERT OR IGNORE INTO counters VALUES (?, 0)", [(name,) for name in COUNTERS])
+            db.create_function("row_checksum", len(CHUNK_COLUMNS) + 1, row_checksum, deterministic=True)
+            if "checksum" not in {row[1] for row in db.execute("PRAGMA table_info(chunks)")}:
+                catalog = cls(db, dimension)
+                with catalog.transaction():  # a store written before row checksums: every row gets one, once
+                    db.execute("ALTER TABLE chunks ADD COLUMN checksum TEXT")
+                    db.execute(f"UPDATE chunks SET checksum = {ROW_CHECKSUM}")
+                return catalog
         else:
             db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
                                  check_same_thread=False)
+            db.create_function("row_checksum", len(CHUNK_COLUMNS) + 1, row_checksum, deterministic=True)
         return cls(db, dimension)
 
     def close(self) -> None:
@@ -260,9 +286,9 @@ class Catalog:
             self.db.execute("INSERT INTO dead_counts VALUES (?, ?) ON CONFLICT(segment) DO UPDATE SET "
                             "dead = dead + excluded.dead", (segment, killed))
             self._add_to_counter("dead", killed)
-        self.db.executemany(f"INSERT INTO chunks ({', '.join(CHUNK_COLUMNS)}, vector, segment) "
-                            f"VALUES ({', '.join('?' * (len(CHUNK_COLUMNS) + 1))}, NULL)",
-                            [row for row in rows if row[0] not in unchanged])
+        self.db.executemany(f"INSERT INTO chunks ({', '.join(CHUNK_COLUMNS)}, vector, segment, checksum) "
+                            f"VALUES ({', '.join('?' * (len(CHUNK_COLUMNS) + 1))}, NULL, ?)",
+                            [(*row, row_checksum(*row)) for row in rows if row[0] not in unchanged])
         key = (op.source, op.document)
         existed = self.db.execute(f"SELECT 1 FROM documents WHERE {_key_condition(DOCUMENTS)}", key).fetchone()
         if isinstance(op, DocumentUpsert):
@@ -365,9 +391,10 @@ class Catalog:
         """Chunks of a segment being restored, but those that a tombstone anywhere in the generation names (`dead`):
         whatever order the segments carrying tombstones come in, no id is ever loaded twice."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        self.db.executemany(f"INSERT INTO chunks ({', '.join(CHUNK_COLUMNS)}, vector, segment) "
-                            f"VALUES ({', '.join('?' * (len(CHUNK_COLUMNS) + 2))})",
-                            [(*row, vector.tobytes(), seq) for row, vector in zip(chunks, vectors) if row[0] not in dead])
+        self.db.executemany(f"INSERT INTO chunks ({', '.join(CHUNK_COLUMNS)}, vector, segment, checksum) "
+                            f"VALUES ({', '.join('?' * (len(CHUNK_COLUMNS) + 3))})",
+                            [(*row, vector.tobytes(), seq, row_checksum(*row, vector.tobytes()))
+                             for row, vector in zip(chunks, vectors) if row[0] not in dead])
 
     # ---- generations and their files -------------------------------------------------------
     def add_generation(self, generation: int, manifest: bytes, keep: int) -> list[int]:
@@ -429,17 +456,37 @@ class Catalog:
         ids = np.array([row[0] for row in rows], dtype=np.int64)
         return ids, np.frombuffer(b"".join(row[1] for row in rows), dtype=np.float32).reshape(len(rows), self.dimension)
 
-    def hit_rows(self, ids: Sequence[int]) -> dict[int, tuple]:
-        """(chunk_id, source, document, title, location, page, text, ocr) by faiss id."""
+    def hit_rows(self, ids: Sequence[int]) -> tuple[dict[int, tuple], list[tuple[str, str]]]:
+        """(chunk_id, source, document, title, location, page, text, ocr) by faiss id, of the rows whose checksum
+        holds; and the (source, document) of those whose checksum does not (damaged: never served)."""
         found: dict[int, tuple] = {}
+        damaged = []
+        intact = f"c.checksum = {_row_checksum_sql('c.')}" if self.has_checksums() else "1"
         for start in range(0, len(ids), PARAMETERS_PER_STATEMENT):
             part = list(ids[start : start + PARAMETERS_PER_STATEMENT])
             for row in self.db.execute(
-                    "SELECT c.faiss_id, c.chunk_id, c.source, c.document, d.title, d.location, c.page, c.text, c.ocr "
+                    "SELECT c.faiss_id, c.chunk_id, c.source, c.document, d.title, d.location, c.page, c.text, c.ocr, "
+                    f"{intact} "
                     "FROM chunks c JOIN documents d USING (source, document) "
                     f"WHERE c.faiss_id IN ({','.join('?' * len(part))})", part):
-                found[row[0]] = row[1:]
-        return found
+                if row[-1]:
+                    found[row[0]] = row[1:-1]
+                else:
+                    damaged.append((row[2], row[3]))
+        return found, damaged
+
+    def has_checksums(self) -> bool:
+        return "checksum" in {row[1] for row in self.db.execute("PRAGMA table_info(chunks)")}
+
+    def damaged_rows(self) -> dict[tuple[str, str], int]:
+        """Chunk rows whose checksum does not hold, counted by (source, document)."""
+        counted: dict[tuple[str, str], int] = {}
+        if not self.has_checksums():  # written before row checksums, not opened writable since
+            return counted
+        for source, document in self.db.execute(
+                f"SELECT source, document FROM chunks WHERE checksum IS NULL OR checksum != {ROW_CHECKSUM}"):
+            counted[(source, document)] = counted.get((source, document), 0) + 1
+        return counted
 
     def document_versions(self, source: str) -> dict[str, str]:
         return dict(self.db.execute("SELECT document, version FROM documents WHERE source = ?", (source,)))

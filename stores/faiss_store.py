@@ -494,7 +494,9 @@ class FaissStore:
 
         with self.snapshot():
             best = search_parts(self._parts(), vector, k)
-            rows = self.catalog.hit_rows([identifier for _, identifier in best])
+            rows, damaged = self.catalog.hit_rows([identifier for _, identifier in best])
+        if damaged:
+            self._report_damaged_rows(sorted(set(damaged)))
         return [SearchHit(score, *rows[identifier][:-1], ocr=bool(rows[identifier][-1]))
                 for score, identifier in best if identifier in rows]
 
@@ -602,6 +604,17 @@ class FaissStore:
         self.catalog.end_snapshot()
         self.catalog.begin_snapshot()
         return self.catalog.counter("generation") != seen
+
+    def _report_damaged_rows(self, documents: list[tuple[str, str]]) -> None:
+        new = [document for document in documents if f"row:{document}" not in self._reported]
+        self._reported.update(f"row:{document}" for document in new)
+        if new:
+            message = (f"DAMAGED CHUNK ROW in {str(self.path)!r} (its checksum does not match): "
+                       f"{', '.join('/'.join(d) for d in new)}; left out of search results. Run `vectormill store "
+                       "verify` to list every damaged row, then `vectormill store restore --generation G` from an "
+                       "intact copy, or ingest the document again.")
+            self.notes.append(message)
+            log.warning(message)
 
     def _report_damage(self, damaged: dict[str, str]) -> None:
         new = {name: detail for name, detail in damaged.items() if name not in self._reported}

@@ -163,6 +163,13 @@ def _database_problems(path: Path, identity: dict[str, Any]) -> list[Problem]:
                 if catalog.counter(name) != rows:
                     problems.append(Problem(PRIMARY, database.name,
                                             f"counter {name} = {catalog.counter(name)} but it holds {rows} rows"))
+            damaged = catalog.damaged_rows()
+            if damaged:
+                named = ", ".join(f"{source}/{document} ({rows} row(s))" for (source, document), rows
+                                  in sorted(damaged.items())[:20])
+                problems.append(Problem(PRIMARY, database.name, f"chunk rows whose checksum does not match, of "
+                                        f"{len(damaged)} document(s): {named}: restore an intact generation "
+                                        "(`vectormill store restore --generation G`) or ingest them again"))
             counted = dict(catalog.db.execute("SELECT segment, count(*) FROM dead GROUP BY segment"))
             if counted != catalog.dead_counts():
                 problems.append(Problem(PRIMARY, database.name, "tombstone counts per segment do not match its rows"))

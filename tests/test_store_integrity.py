@@ -3,6 +3,7 @@ says so only when it can."""
 
 import sqlite3
 
+import numpy as np
 import pytest
 
 from vectormill.stores.faiss_store import FaissStore, faiss_id
@@ -222,3 +223,55 @@ def test_after_a_restore_a_replica_that_was_out_of_reach_keeps_its_generations(t
         assert all(status.ok for status in store.replicator.statuses.values())
     assert all((tmp_path / "far" / "manifests" / name).read_bytes() == data
                for name, data in far.items() if (tmp_path / "far" / "manifests" / name).exists())
+
+
+def _flip_in_database(config, needle: bytes) -> None:
+    """Flip one byte of `needle` where the database file holds it (same length: SQLite's structure stays valid)."""
+    database = config.path / "store.sqlite"
+    data = bytearray(database.read_bytes())
+    at = data.find(needle)
+    assert at >= 0 and not (config.path / "store.sqlite-wal").exists()
+    data[at + len(needle) - 1] ^= 0x01
+    database.write_bytes(bytes(data))
+
+
+def test_a_flipped_byte_in_a_chunk_row_is_named_by_verify_and_never_served(tmp_path):
+    from .servers.store_batches import vector_for
+    from .test_store import write_batches
+
+    config = settings(tmp_path)
+    with open_store(config) as store:
+        write_batches(store, 0, 10)
+        store.checkpoint()
+    _flip_in_database(config, b"d3 chunk 0 v1")  # d3's text now reads "d3 chunk 0 v0"
+    report = verify_store(config)
+    assert not report["ok"]
+    assert [p["file"] for p in report["problems"]] == ["store.sqlite"] and "s/d3 (1 row(s))" in report["problems"][0]["detail"]
+    with FaissStore.open(config, writable=False) as store:
+        hits = store.search(vector_for("d3 chunk 0 v1"), k=3)
+        assert "d3" not in [hit.document for hit in hits] and len(hits) == 2
+        assert any("DAMAGED CHUNK ROW" in note and "s/d3" in note for note in store.notes)
+    restore_store(config, generation=1)  # an intact generation brings the row back
+    assert verify_store(config)["ok"]
+    with FaissStore.open(config, writable=False) as store:
+        assert store.search(vector_for("d3 chunk 0 v1"), k=1)[0].text == "d3 chunk 0 v1"
+
+
+def test_rows_written_before_checksums_get_one_at_the_first_writable_open(tmp_path):
+    import sqlite3 as sqlite
+
+    from .test_store import write_batches
+
+    config = settings(tmp_path)
+    with open_store(config) as store:
+        write_batches(store, 0, 10)
+        store.checkpoint()
+    db = sqlite.connect(config.path / "store.sqlite")
+    db.execute("ALTER TABLE chunks DROP COLUMN checksum")  # as a store written before this version
+    db.commit()
+    db.close()
+    with FaissStore.open(config, writable=False) as store:  # a reader of such a store still searches
+        assert store.search(np.ones(8, dtype=np.float32), k=1)
+    with open_store(config) as store:
+        assert store.db.execute("SELECT count(*) FROM chunks WHERE checksum IS NULL").fetchone()[0] == 0
+    assert verify_store(config)["ok"]
