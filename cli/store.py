@@ -53,12 +53,19 @@ def register(app: typer.Typer, store_app: typer.Typer) -> None:
         console.print(sources)
 
     @store_app.command("verify")
-    def verify(config: Optional[Path] = ConfigOption, as_json: bool = JsonOption) -> None:
+    def verify(
+        repair: bool = typer.Option(False, "--repair", help="Copy again every file a replica lacks or holds damaged "
+                                                            "(from the primary) and the primary's damaged files (from "
+                                                            "a replica), then verify again."),
+        config: Optional[Path] = ConfigOption,
+        as_json: bool = JsonOption,
+    ) -> None:
         """Hash every file of every generation on the primary and on each replica; exit 1 on any mismatch."""
-        from vectormill.stores.restore import verify_store
+        from vectormill.stores.restore import verify_and_repair, verify_store
 
         settings = load(config)
-        report = verify_store(settings.store)
+        with user_errors():
+            report = verify_and_repair(settings.store) if repair else verify_store(settings.store)
         if as_json:
             print(json.dumps(report))
         else:
@@ -70,6 +77,8 @@ def register(app: typer.Typer, store_app: typer.Typer) -> None:
                               str(entry.get("vectors", "")), str(entry.get("documents", "")),
                               "[green]ok[/green]" if entry["ok"] else "[red]DAMAGED[/red]")
             console.print(table)
+            for item in report.get("repaired", []):
+                console.print(f"repaired: {item['where']}: {item['file']}", highlight=False)
             for problem in report["problems"]:
                 errors.print(f"[red]problem:[/red] {problem['where']}: {problem['file']}: {problem['detail']}",
                              highlight=False)

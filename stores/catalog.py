@@ -13,6 +13,7 @@ into a new segment, a compaction moves the live rows of a run of segments into a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -35,7 +36,7 @@ CREATE TABLE IF NOT EXISTS chunks (
     row INTEGER PRIMARY KEY, faiss_id INTEGER NOT NULL UNIQUE, chunk_id TEXT NOT NULL, source TEXT NOT NULL,
     document TEXT NOT NULL,
     position INTEGER NOT NULL, text TEXT NOT NULL, content_hash TEXT NOT NULL, page INTEGER, last_page INTEGER,
-    tokens INTEGER NOT NULL, ocr INTEGER NOT NULL, vector BLOB NOT NULL, segment INTEGER);
+    tokens INTEGER NOT NULL, ocr INTEGER NOT NULL, vector BLOB NOT NULL, segment INTEGER, checksum TEXT);
 CREATE INDEX IF NOT EXISTS chunks_by_document ON chunks (source, document);
 CREATE INDEX IF NOT EXISTS chunks_by_segment ON chunks (segment);
 CREATE TABLE IF NOT EXISTS documents (
@@ -67,9 +68,30 @@ CREATE TABLE IF NOT EXISTS generations (generation INTEGER PRIMARY KEY, manifest
 -- Segment files as last checked: a file whose stat fingerprint is unchanged is not hashed again at open.
 CREATE TABLE IF NOT EXISTS files (name TEXT PRIMARY KEY, sha256 TEXT NOT NULL, bytes INTEGER NOT NULL,
                                   fingerprint TEXT NOT NULL);
+-- Segment files each replica was seen to hold with their sha256 (copied and read back, or read back): the next
+-- checkpoint trusts these, and reads back any other file a replica holds under a name it needs.
+CREATE TABLE IF NOT EXISTS replica_files (replica TEXT NOT NULL, name TEXT NOT NULL, PRIMARY KEY (replica, name))
+    WITHOUT ROWID;
 """
 COUNTERS = ("lsn", "vectors", "documents", "dead", "generation", "next_segment")
 PARAMETERS_PER_STATEMENT = 900  # below SQLite's default limit of host parameters
+
+
+def row_checksum(*values: Any) -> str:
+    """The checksum written with every chunk row: sha256 of its CHUNK_COLUMNS values and its vector's bytes (last).
+    SQLite keeps no checksums of its own: a flipped byte in a row is found by this, by `store verify` and `search`."""
+    *row, vector = values
+    digest = hashlib.sha256(json.dumps(row, separators=(",", ":")).encode())
+    digest.update(vector)
+    return digest.hexdigest()[:32]
+
+
+def _row_checksum_sql(alias: str = "") -> str:
+    """`row_checksum` in SQL (a function of the connection) over the columns of `alias` (a table alias, or none)."""
+    return f"row_checksum({', '.join(alias + column for column in (*CHUNK_COLUMNS, 'vector'))})"
+
+
+ROW_CHECKSUM = _row_checksum_sql()
 
 
 def faiss_id(chunk_id: str) -> int:
@@ -88,6 +110,24 @@ def _key_condition(table: Table) -> str:
     return " AND ".join(f"{column} = ?" for column in table.key)
 
 
+def record_checked_files(path: Path, entries: Sequence[tuple[str, str, int, str]]) -> bool:
+    """Record files a reader found intact on re-hashing, through a short write of its own; False when it may not
+    write the database (permissions, read-only mount, a writer holding it): it hashes them again next time."""
+    try:
+        db = sqlite3.connect(path, timeout=1, isolation_level=None)
+    except sqlite3.Error:
+        return False
+    try:
+        catalog = Catalog(db, 0)
+        with catalog.transaction():
+            catalog.record_files(entries)
+        return True
+    except sqlite3.Error:
+        return False
+    finally:
+        db.close()
+
+
 class Catalog:
     def __init__(self, db: sqlite3.Connection, dimension: int):
         self.db = db
@@ -102,9 +142,17 @@ class Catalog:
             db.execute("PRAGMA synchronous=FULL")  # the WAL is fsync'd at every COMMIT: an acknowledged write stays
             db.executescript(SCHEMA)
             db.executemany("INSERT OR IGNORE INTO counters VALUES (?, 0)", [(name,) for name in COUNTERS])
+            db.create_function("row_checksum", len(CHUNK_COLUMNS) + 1, row_checksum, deterministic=True)
+            if "checksum" not in {row[1] for row in db.execute("PRAGMA table_info(chunks)")}:
+                catalog = cls(db, dimension)
+                with catalog.transaction():  # a store written before row checksums: every row gets one, once
+                    db.execute("ALTER TABLE chunks ADD COLUMN checksum TEXT")
+                    db.execute(f"UPDATE chunks SET checksum = {ROW_CHECKSUM}")
+                return catalog
         else:
             db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
                                  check_same_thread=False)
+            db.create_function("row_checksum", len(CHUNK_COLUMNS) + 1, row_checksum, deterministic=True)
         return cls(db, dimension)
 
     def close(self) -> None:
@@ -238,9 +286,9 @@ class Catalog:
             self.db.execute("INSERT INTO dead_counts VALUES (?, ?) ON CONFLICT(segment) DO UPDATE SET "
                             "dead = dead + excluded.dead", (segment, killed))
             self._add_to_counter("dead", killed)
-        self.db.executemany(f"INSERT INTO chunks ({', '.join(CHUNK_COLUMNS)}, vector, segment) "
-                            f"VALUES ({', '.join('?' * (len(CHUNK_COLUMNS) + 1))}, NULL)",
-                            [row for row in rows if row[0] not in unchanged])
+        self.db.executemany(f"INSERT INTO chunks ({', '.join(CHUNK_COLUMNS)}, vector, segment, checksum) "
+                            f"VALUES ({', '.join('?' * (len(CHUNK_COLUMNS) + 1))}, NULL, ?)",
+                            [(*row, row_checksum(*row)) for row in rows if row[0] not in unchanged])
         key = (op.source, op.document)
         existed = self.db.execute(f"SELECT 1 FROM documents WHERE {_key_condition(DOCUMENTS)}", key).fetchone()
         if isinstance(op, DocumentUpsert):
@@ -297,11 +345,13 @@ class Catalog:
         where, args = _members("segment", segments)
         return self.db.execute(f"SELECT tbl, key FROM deletions WHERE {where}", args).fetchall()
 
-    def reassign(self, run: Sequence[int] | None, parts: Sequence[tuple[int, int, int]], last: int | None,
-                 prefix: bool = False) -> None:
-        """Record that segments `parts` [(seq, low id, high id)] now hold the rows of `run` (None: the pending rows),
-        and the last of them its tombstones, table rows and removals. A run that starts the generation
-        (`prefix`) has nothing older to remove keys from: its removals are dropped."""
+    def reassign(self, run: Sequence[int] | None, parts: Sequence[tuple[int, int, int]],
+                 carriers: Sequence[tuple[int, int]], prefix: bool = False) -> None:
+        """Record that segments `parts` [(seq, low id, high id)] now hold the rows of `run` (None: the pending rows);
+        that the new segments `carriers` [(seq, high id of its part)], in id order, carry its tombstones (each the
+        ones up to its high id, the last the rest: see generations.tombstones_by_part); and that the last of them
+        carries its table rows and removals. A run that starts the generation (`prefix`) has nothing older to
+        remove keys from: its removals are dropped."""
         where, args = _members("segment", run)
         for seq, low, high in parts:
             self.db.execute(f"UPDATE chunks SET segment = ? WHERE {where} AND faiss_id BETWEEN ? AND ?",
@@ -309,10 +359,13 @@ class Catalog:
         if run is not None:
             self._add_to_counter("dead", -self.db.execute(f"DELETE FROM dead WHERE {where}", args).rowcount)
             self.db.execute(f"DELETE FROM dead_counts WHERE {where}", args)
-        if last is None:  # the run held nothing live and nothing else: it just goes
+        if not carriers:  # the run held nothing live and nothing else: it just goes
             return
         recorded, recorded_args = _members("recorded", run)
-        self.db.execute(f"UPDATE dead SET recorded = ? WHERE {recorded}", (last, *recorded_args))
+        for number, (seq, high) in enumerate(carriers):
+            bound = ("", ()) if number == len(carriers) - 1 else (" AND faiss_id <= ?", (high,))
+            self.db.execute(f"UPDATE dead SET recorded = ? WHERE {recorded}{bound[0]}", (seq, *recorded_args, *bound[1]))
+        last = carriers[-1][0]
         for table in TABLES:
             self.db.execute(f"UPDATE {table.name} SET segment = ? WHERE {where}", (last, *args))
         if prefix:
@@ -323,26 +376,25 @@ class Catalog:
     def load_extras(self, seq: int, present: set[int], tombstones: Sequence[tuple[int, int]],
                     tables: dict[str, list[tuple]], deletions: Sequence[tuple[str, str]]) -> None:
         """Replay a segment of a generation being restored (in the generation's order), all but its chunks:
-        its removals and tombstones first, then its table rows."""
+        its removals, its tombstones (the copies they name are never loaded: see `load_chunks`), its table rows."""
         for name, key in deletions:
             self.db.execute(f"DELETE FROM {name} WHERE {_key_condition(BY_NAME[name])}", tuple(json.loads(key)))
             self.db.execute("INSERT OR REPLACE INTO deletions VALUES (?, ?, ?)", (name, key, seq))
-        live_targets = [(target, identifier) for target, identifier in tombstones if target in present]
-        self.db.executemany("DELETE FROM chunks WHERE faiss_id = ? AND segment = ?",
-                            [(identifier, target) for target, identifier in live_targets])
         self.db.executemany("INSERT OR IGNORE INTO dead VALUES (?, ?, ?)",
-                            [(target, identifier, seq) for target, identifier in live_targets])
+                            [(target, identifier, seq) for target, identifier in tombstones if target in present])
         for table in TABLES:
             self.db.executemany(
                 f"INSERT OR REPLACE INTO {table.name} ({', '.join(table.columns)}, segment) "
                 f"VALUES ({', '.join('?' * len(table.columns))}, ?)", [(*row, seq) for row in tables.get(table.name, ())])
 
-    def load_chunks(self, seq: int, vectors: np.ndarray, chunks: Sequence[tuple]) -> None:
-        """Chunks of a segment being restored, after its extras."""
+    def load_chunks(self, seq: int, vectors: np.ndarray, chunks: Sequence[tuple], dead: set[int]) -> None:
+        """Chunks of a segment being restored, but those that a tombstone anywhere in the generation names (`dead`):
+        whatever order the segments carrying tombstones come in, no id is ever loaded twice."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        self.db.executemany(f"INSERT INTO chunks ({', '.join(CHUNK_COLUMNS)}, vector, segment) "
-                            f"VALUES ({', '.join('?' * (len(CHUNK_COLUMNS) + 2))})",
-                            [(*row, vector.tobytes(), seq) for row, vector in zip(chunks, vectors)])
+        self.db.executemany(f"INSERT INTO chunks ({', '.join(CHUNK_COLUMNS)}, vector, segment, checksum) "
+                            f"VALUES ({', '.join('?' * (len(CHUNK_COLUMNS) + 3))})",
+                            [(*row, vector.tobytes(), seq, row_checksum(*row, vector.tobytes()))
+                             for row, vector in zip(chunks, vectors) if row[0] not in dead])
 
     # ---- generations and their files -------------------------------------------------------
     def add_generation(self, generation: int, manifest: bytes, keep: int) -> list[int]:
@@ -377,13 +429,22 @@ class Catalog:
     def forget_files(self, names: set[str]) -> None:
         self.db.executemany("DELETE FROM files WHERE name = ?", [(name,) for name in names])
 
+    def replica_files(self) -> dict[str, set[str]]:
+        """By replica, the files it was seen to hold with their sha256."""
+        held: dict[str, set[str]] = {}
+        for replica, name in self.db.execute("SELECT replica, name FROM replica_files"):
+            held.setdefault(replica, set()).add(name)
+        return held
+
+    def set_replica_files(self, replica: str, names: set[str]) -> None:
+        self.db.execute("DELETE FROM replica_files WHERE replica = ?", (replica,))
+        self.db.executemany("INSERT INTO replica_files VALUES (?, ?)", [(replica, name) for name in sorted(names)])
+
     # ---- reading -------------------------------------------------------------------------
-    def dead_ids(self) -> dict[int, np.ndarray]:
-        """Per segment, the ids it holds that are no longer live."""
-        dead: dict[int, list[int]] = {}
-        for segment, identifier in self.db.execute("SELECT segment, faiss_id FROM dead"):
-            dead.setdefault(segment, []).append(identifier)
-        return {segment: np.array(ids, dtype=np.int64) for segment, ids in dead.items()}
+    def dead_ids(self, segment: int) -> np.ndarray:
+        """The ids a segment holds that are no longer live."""
+        return np.array([row[0] for row in self.db.execute("SELECT faiss_id FROM dead WHERE segment = ?", (segment,))],
+                        dtype=np.int64)
 
     def dead_counts(self) -> dict[int, int]:
         return dict(self.db.execute("SELECT segment, dead FROM dead_counts"))
@@ -395,18 +456,37 @@ class Catalog:
         ids = np.array([row[0] for row in rows], dtype=np.int64)
         return ids, np.frombuffer(b"".join(row[1] for row in rows), dtype=np.float32).reshape(len(rows), self.dimension)
 
-    def hit_rows(self, ids: Sequence[int]) -> dict[int, tuple]:
-        """(chunk_id, source, document, title, location, page, text, ocr, last_page) by faiss id."""
+    def hit_rows(self, ids: Sequence[int]) -> tuple[dict[int, tuple], list[tuple[str, str]]]:
+        """(chunk_id, source, document, title, location, page, text, ocr, last_page) by faiss id, of the rows whose
+        checksum holds; and the (source, document) of those whose checksum does not (damaged: never served)."""
         found: dict[int, tuple] = {}
+        damaged = []
+        intact = f"c.checksum = {_row_checksum_sql('c.')}" if self.has_checksums() else "1"
         for start in range(0, len(ids), PARAMETERS_PER_STATEMENT):
             part = list(ids[start : start + PARAMETERS_PER_STATEMENT])
             for row in self.db.execute(
                     "SELECT c.faiss_id, c.chunk_id, c.source, c.document, d.title, d.location, c.page, c.text, c.ocr, "
-                    "c.last_page "
+                    f"c.last_page, {intact} "
                     "FROM chunks c JOIN documents d USING (source, document) "
                     f"WHERE c.faiss_id IN ({','.join('?' * len(part))})", part):
-                found[row[0]] = row[1:]
-        return found
+                if row[-1]:
+                    found[row[0]] = row[1:-1]
+                else:
+                    damaged.append((row[2], row[3]))
+        return found, damaged
+
+    def has_checksums(self) -> bool:
+        return "checksum" in {row[1] for row in self.db.execute("PRAGMA table_info(chunks)")}
+
+    def damaged_rows(self) -> dict[tuple[str, str], int]:
+        """Chunk rows whose checksum does not hold, counted by (source, document)."""
+        counted: dict[tuple[str, str], int] = {}
+        if not self.has_checksums():  # written before row checksums, not opened writable since
+            return counted
+        for source, document in self.db.execute(
+                f"SELECT source, document FROM chunks WHERE checksum IS NULL OR checksum != {ROW_CHECKSUM}"):
+            counted[(source, document)] = counted.get((source, document), 0) + 1
+        return counted
 
     def document_versions(self, source: str) -> dict[str, str]:
         return dict(self.db.execute("SELECT document, version FROM documents WHERE source = ?", (source,)))

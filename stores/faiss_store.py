@@ -6,12 +6,21 @@ immutable, content-addressed FAISS segments grouped in generations.
 * `checkpoint` seals the vectors written since the previous one as a new segment and commits a
   generation (a manifest naming its segments by sha256); merges segments when the policy says so
   (`compact` merges everything); copies to each replica only the files it lacks.
-* Readers open the catalog in place and keep one snapshot of it for the life of the store object;
-  `search` maps the snapshot's segment files read-only and skips the ids they hold that were
-  deleted or replaced since (tombstones), plus searches the vectors not yet sealed. Opening costs a
-  few rows and a stat per segment file, whatever the store's size; `store verify` hashes everything.
+* Readers open the catalog in place and read its newest committed state: each `search` (or a block
+  under `snapshot()`) is one short read transaction, so a long-lived reader follows the writer and
+  never keeps SQLite's write-ahead log from resetting. `search` maps the segment files read-only and
+  skips the ids they hold that were deleted or replaced since (tombstones, filtered by a structure
+  built once per segment and tombstone count, not per query), plus searches the vectors not yet
+  sealed; its view is rebuilt only for what changed since the last search (new generation: the new
+  segments' files; new writes: the pending vectors and the filters of the segments they touched).
+  Opening costs a few rows and a stat per segment file, whatever the store's size; a file whose stat
+  changed (a copy, chmod, chown) is hashed once and its new fingerprint recorded, by a reader too
+  when it may write the database; `store verify` hashes everything.
 
-Layout of a store folder: identity.json (model, dimension, factory, format, current database),
+A store has an id and a timeline (identity.json, and every manifest): a replica holding another store's
+generations is refused, and a restore starts a new timeline, as PostgreSQL does.
+
+Layout of a store folder: identity.json (model, dimension, factory, format, current database, store id, timeline),
 store.sqlite (the catalog), segments/<sha256>.faiss|.rows, manifests/NNNNNNNN.json, quarantine/.
 """
 
@@ -22,15 +31,17 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from .catalog import Catalog, faiss_id
-from .durable import write_atomically
+from .catalog import Catalog, faiss_id, record_checked_files
+from .durable import file_sha256, write_atomically
 from .errors import StoreCorruptError, StoreError
 from .generations import Generations, current_manifest, damaged_files
 from .legacy import migrate, refuse_to_read, set_aside_old_layout
@@ -61,6 +72,10 @@ def write_identity(path: Path, identity: dict[str, Any]) -> None:
     write_atomically(path / IDENTITY, json.dumps(identity, indent=2).encode())
 
 
+def new_store_id() -> str:
+    return uuid.uuid4().hex
+
+
 def read_identity(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads((path / IDENTITY).read_text())
@@ -82,9 +97,13 @@ class FaissStore:
         self._replicator: Replicator | None = None
         self._generations: Generations | None = None
         self._view: list[Part] | None = None
+        self._view_key: tuple[int, int] | None = None  # (generation, lsn) the view was built for
         self._indexes: dict[int, Any] = {}  # mapped segment indexes by seq (immutable files)
+        self._segment_parts: dict[int, tuple[int, Part]] = {}  # seq -> (dead ids it filters, part)
+        self._verified: dict[str, str] = {}  # fingerprints of files this object hashed and found intact
         self._reported: set[str] = set()
         self._pinned: dict[str, int] = {}  # a reader's open descriptors of its generation's files
+        self._pinned_generation: int | None = None
         self._broken: str | None = None
         self._changed_vectors = 0
         self._last_checkpoint = time.monotonic()
@@ -117,7 +136,6 @@ class FaissStore:
             self.identity = identity
             self._check_model(model, dimension)
             self._open_catalog()
-            self._pin_files()
             return
         self.path.mkdir(parents=True, exist_ok=True)
         self._lock.acquire()
@@ -131,6 +149,9 @@ class FaissStore:
             if "format" not in identity:
                 identity = migrate(self.path, identity, DATABASE, write_identity, self.notes)
                 migrated = True
+            if "store_id" not in identity:  # written before stores had ids
+                identity = {**identity, "store_id": new_store_id(), "timeline": 1}
+                write_identity(self.path, identity)
             self.identity = identity
             self._check_model(model, dimension)
             self._open_catalog()
@@ -168,7 +189,8 @@ class FaissStore:
         except IndexFactoryError as exc:
             raise StoreError(str(exc)) from None
         return {"model": model, "dimension": int(dimension), "index_factory": self.settings.index_factory,
-                "created_at": datetime.now(timezone.utc).isoformat(), "format": FORMAT, "database": DATABASE}
+                "created_at": datetime.now(timezone.utc).isoformat(), "format": FORMAT, "database": DATABASE,
+                "store_id": new_store_id(), "timeline": 1}
 
     def _refuse_to_shadow_replicas(self) -> None:
         """A lost primary must be restored, not silently replaced: its replicas would prune the backups."""
@@ -196,7 +218,8 @@ class FaissStore:
         try:
             self.catalog = Catalog.open(database, self.dimension, self.writable)
             if not self.writable:
-                self.catalog.begin_snapshot()
+                with self.snapshot():  # reads the database, and pins the files of its newest generation
+                    pass
         except sqlite3.DatabaseError as exc:
             raise StoreCorruptError(
                 f"store {str(self.path)!r}: its database {database.name} is damaged ({exc}); run "
@@ -209,9 +232,7 @@ class FaissStore:
         if manifest is None:
             return
         damaged, rechecked = damaged_files(manifest, self.catalog.checked_files(), self._locate)
-        if rechecked:
-            with self.catalog.transaction():
-                self.catalog.record_files(rechecked)
+        self._remember(rechecked)
         if damaged:
             self._generations.repair(damaged, [self._fetcher(replica) for replica in self.settings.replicas])
 
@@ -237,6 +258,10 @@ class FaissStore:
     @property
     def dimension(self) -> int:
         return int(self.identity["dimension"])
+
+    @property
+    def store_id(self) -> str | None:
+        return self.identity.get("store_id")
 
     @property
     def factory(self) -> str:
@@ -288,7 +313,6 @@ class FaissStore:
             self._broken = f"write {lsn}: {type(exc).__name__}: {exc}"
             raise StoreError(f"store {str(self.path)!r}: write {lsn} failed and was not acknowledged "
                              f"({type(exc).__name__}: {exc}); open the store again to go on") from exc
-        self._view = None
         self._changed_vectors += sum(len(op.chunks) for op in operations if isinstance(op, DocumentUpsert)) or 1
         if self._checkpoint_due():
             self.checkpoint()
@@ -363,15 +387,22 @@ class FaissStore:
                 "dead_dropped": dead - self.catalog.counter("dead"),
                 "bytes_written": sum(f.bytes for name, f in files_of(after).items() if name not in old)}
 
-    def repair(self, source: str | None = None) -> dict[str, Any]:
+    def repair(self, source: str | None = None, also: dict[str, str] | None = None) -> dict[str, Any]:
         """Hash every file of the current generation; fetch damaged ones again from a replica (`source`: only that
-        one; "primary": none) or rebuild their segments from the database."""
+        one; "primary": none) or rebuild their segments from the database. `also`: damaged files of older kept
+        generations (found by `store verify`), fetched again too, or their generations set aside."""
         self._check_writable()
         before = self.generation
         manifest = current_manifest(self.catalog)
         damaged, rechecked = damaged_files(manifest, {}, self._locate) if manifest else ({}, [])
-        with self.catalog.transaction():
-            self.catalog.record_files(rechecked)
+        self._remember(rechecked)
+        current = files_of(manifest) if manifest else {}  # hashed just now
+        kept = {name: entry for _, older in self.catalog.manifests() for name, entry in files_of(parse_manifest(older)).items()}
+        for name, detail in (also or {}).items():
+            path = self.path / SEGMENTS / name
+            if name in kept and name not in current and (
+                    not path.is_file() or file_sha256(path) != (kept[name].sha256, kept[name].bytes)):
+                damaged[name] = detail
         if damaged:
             replicas = [r for r in self.settings.replicas if source in (None, r.name)]
             self._guarded(lambda: self._generations.repair(damaged, [self._fetcher(r) for r in replicas]))
@@ -393,7 +424,12 @@ class FaissStore:
         if not self.settings.replicas:
             return
         manifest = dict(self.catalog.manifests())[generation]
-        self.replicator.replicate(self.path, generation, manifest)
+        self.replicator.replicate(self.path, generation, manifest, self.catalog.replica_files())
+        with self.catalog.transaction():
+            for status in self.replicator.statuses.values():
+                self.catalog.set_replica_files(status.name, status.confirmed)
+                if status.newest_held is not None and status.newest_held > self.catalog.counter("seen_generation"):
+                    self.catalog.set_counter("seen_generation", status.newest_held)  # numbered past it from now on
         failed = [s for s in self.replicator.statuses.values() if s.ok is False]
         for status in failed:
             self.notes.append(f"replica {status.name!r} ({status.url}): {status.error}")
@@ -437,11 +473,31 @@ class FaissStore:
         """Every stored chunk id with its vector (for checks and comparisons)."""
         return self.catalog.chunk_vectors()
 
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Read one consistent, committed state of the store in the calls inside the block: for a reader, one read
+        transaction as long as the block (outside one, every call reads the newest state). A writer's state is its own."""
+        if self.writable or self.catalog.db.in_transaction:
+            yield
+            return
+        self.catalog.begin_snapshot()
+        try:
+            if self.generation != self._pinned_generation:  # before anything is read: pinning may move the snapshot on
+                self._unpin()
+                self._pin_files()
+            yield
+        finally:
+            self.catalog.end_snapshot()
+
     def search(self, vector: np.ndarray, k: int = 5) -> list[SearchHit]:
+        """The k nearest live chunks in the newest committed state."""
         from .search import search_parts
 
-        best = search_parts(self._parts(), vector, k)
-        rows = self.catalog.hit_rows([identifier for _, identifier in best])
+        with self.snapshot():
+            best = search_parts(self._parts(), vector, k)
+            rows, damaged = self.catalog.hit_rows([identifier for _, identifier in best])
+        if damaged:
+            self._report_damaged_rows(sorted(set(damaged)))
         hits = []
         for score, identifier in best:
             if identifier in rows:
@@ -452,13 +508,8 @@ class FaissStore:
 
     def index_ids(self) -> list[int]:
         """Live ids the segments and the pending vectors hold (for checks: they must match the catalog's)."""
-        from .segments import index_ids
-
-        ids: list[int] = []
-        for part in self._parts():
-            held = index_ids(part.index)
-            ids.extend(held[~np.isin(held, part.dead)].tolist())
-        return sorted(ids)
+        with self.snapshot():
+            return sorted(identifier for part in self._parts() for identifier in part.live_ids().tolist())
 
     def _pin_files(self) -> None:
         """Open every file of the snapshot's generation now, so that the writer's pruning cannot take them away
@@ -473,6 +524,7 @@ class FaissStore:
                 except FileNotFoundError:
                     missing = True
             if not missing or not self._generation_moved():
+                self._pinned_generation = self.generation
                 return  # a file missing from the current generation is damage, reported when searched
             self._unpin()
         raise StoreError(f"store {str(self.path)!r}: a writer replaced generations faster than this reader could open "
@@ -482,6 +534,7 @@ class FaissStore:
         for fd in self._pinned.values():
             os.close(fd)
         self._pinned.clear()
+        self._pinned_generation = None
 
     def _locate(self, name: str) -> Path:
         """A segment file by name: through the reader's pinned descriptor when it has one."""
@@ -489,9 +542,11 @@ class FaissStore:
         return FD_FOLDER / str(fd) if fd is not None and FD_FOLDER.is_dir() else self.path / SEGMENTS / name
 
     def _parts(self) -> list["Part"]:
-        """The searchable parts of the store's generation: its segments and the vectors written since."""
-        if self._view is None:
-            self._view = self._build_parts()
+        """The searchable parts of the store's generation: its segments and the vectors written since. Rebuilt when
+        the state read changed since the last call (a reader follows the writer), reusing every unchanged part."""
+        key = (self.generation, self.lsn)
+        if self._view is None or key != self._view_key:
+            self._view, self._view_key = self._build_parts(), key
         return self._view
 
     def _build_parts(self) -> list["Part"]:
@@ -501,10 +556,13 @@ class FaissStore:
         manifest = current_manifest(self.catalog)
         parts: list[Part] = []
         segments = segments_of(manifest) if manifest else []
-        self._indexes = {seq: index for seq, index in self._indexes.items() if seq in {s.seq for s in segments}}
+        seqs = {s.seq for s in segments}
+        self._indexes = {seq: index for seq, index in self._indexes.items() if seq in seqs}
+        self._segment_parts = {seq: part for seq, part in self._segment_parts.items() if seq in seqs}
         if manifest is not None:
-            damaged, _ = damaged_files(manifest, self.catalog.checked_files(), self._locate)
-            dead = self.catalog.dead_ids()
+            damaged, rechecked = damaged_files(manifest, self.catalog.checked_files() | self._verified, self._locate)
+            self._remember(rechecked)
+            dead = self.catalog.dead_counts()
             for segment in segments:
                 if segment.index is None:
                     continue
@@ -523,12 +581,28 @@ class FaissStore:
                         self._indexes[segment.seq] = index
                 if index is None:
                     parts.append(exact_part(*self.catalog.live_vectors(segment.seq)))
-                else:
-                    gone = dead.get(segment.seq, np.empty(0, dtype=np.int64))
-                    parts.append(Part(index, gone, segment.vectors - len(gone)))
+                    continue
+                count = dead.get(segment.seq, 0)
+                known = self._segment_parts.get(segment.seq)
+                if known is None or known[0] != count or known[1].index is not index:  # dead ids only ever grow
+                    gone = self.catalog.dead_ids(segment.seq) if count else np.empty(0, dtype=np.int64)
+                    known = self._segment_parts[segment.seq] = (count, Part(index, gone, segment.vectors - len(gone)))
+                parts.append(known[1])
             self._report_damage(damaged)
         parts.append(exact_part(*self.catalog.live_vectors(None)))
         return parts
+
+    def _remember(self, rechecked: list[tuple[str, str, int, str]]) -> None:
+        """Files found intact on re-hashing (their stat changed: a copy, chmod, chown) are not hashed again: by this
+        object, and by any later open once recorded in the database (a reader records them when it may write it)."""
+        if not rechecked:
+            return
+        self._verified.update({name: found for name, _, _, found in rechecked})
+        if self.writable:
+            with self.catalog.transaction():
+                self.catalog.record_files(rechecked)
+        else:
+            record_checked_files(self.path / self.identity["database"], rechecked)
 
     def _generation_moved(self) -> bool:
         """For a reader whose files vanished: whether the writer committed a newer generation (then take it)."""
@@ -536,6 +610,17 @@ class FaissStore:
         self.catalog.end_snapshot()
         self.catalog.begin_snapshot()
         return self.catalog.counter("generation") != seen
+
+    def _report_damaged_rows(self, documents: list[tuple[str, str]]) -> None:
+        new = [document for document in documents if f"row:{document}" not in self._reported]
+        self._reported.update(f"row:{document}" for document in new)
+        if new:
+            message = (f"DAMAGED CHUNK ROW in {str(self.path)!r} (its checksum does not match): "
+                       f"{', '.join('/'.join(d) for d in new)}; left out of search results. Run `vectormill store "
+                       "verify` to list every damaged row, then `vectormill store restore --generation G` from an "
+                       "intact copy, or ingest the document again.")
+            self.notes.append(message)
+            log.warning(message)
 
     def _report_damage(self, damaged: dict[str, str]) -> None:
         new = {name: detail for name, detail in damaged.items() if name not in self._reported}

@@ -11,6 +11,7 @@ committed generation names, are removed at the next writable open.
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import os
@@ -97,6 +98,16 @@ def set_aside(path: Path, catalog: Catalog, database: str, quarantine: Path) -> 
     return moved
 
 
+def tombstones_by_part(tombstones: Sequence[tuple[int, int]], highs: Sequence[int]) -> list[list[tuple[int, int]]]:
+    """Split a new segment's tombstones among its parts (split by ascending id ranges ending at `highs`): each goes
+    to the first part whose range ends at or above its id, so a chunk deleted and written again lands in the same
+    part as the tombstone of its older copy, and a restore replaying part by part never holds both copies."""
+    parts: list[list[tuple[int, int]]] = [[] for _ in highs]
+    for tombstone in tombstones:
+        parts[min(bisect.bisect_left(highs, tombstone[1]), len(highs) - 1)].append(tombstone)
+    return parts
+
+
 class Generations:
     def __init__(self, path: Path, settings: StoreSettings, identity: dict[str, Any], catalog: Catalog,
                  notes: list[str]):
@@ -118,7 +129,8 @@ class Generations:
 
     def next_generation(self) -> int:
         """Past every number present, quarantined ones included, so that no copy is ever overwritten."""
-        return max([self.catalog.counter("generation"), *used_generation_numbers(self.path)]) + 1
+        return max([self.catalog.counter("generation"), self.catalog.counter("seen_generation"),
+                    *used_generation_numbers(self.path)]) + 1
 
     # ---- making generations ----------------------------------------------------------------
     def seal(self) -> int:
@@ -155,30 +167,34 @@ class Generations:
         return self._commit(result + segments[position:], changes, new)
 
     def _rewrite(self, run: list[int] | None, prefix: bool) -> tuple[list[SegmentEntry], Callable[[], None]]:
-        """New segments holding the live rows of `run` (None: the pending rows); the last one also carries the
-        tombstones, table rows and removals. Returns them and the catalog change recording it."""
+        """New segments holding the live rows of `run` (None: the pending rows), each with the tombstones of its id
+        range; the last one also carries the table rows and removals. Returns them and the catalog change recording it."""
         from .segments import SegmentExtras, write_segment  # FAISS loads only where segments are written
 
         catalog = self.catalog
         ranges: list[tuple[int, int, int]] = catalog.chunk_ranges(run, self.settings.max_segment_vectors)
-        extras = SegmentExtras(catalog.tombstones(run), catalog.table_rows(run), [] if prefix else catalog.deletions(run))
+        tombstones = catalog.tombstones(run)
+        tables, deletions = catalog.table_rows(run), [] if prefix else catalog.deletions(run)
         if not ranges:
-            if extras.is_empty():
-                return [], lambda: catalog.reassign(run, [], None, prefix)
+            if not (tombstones or deletions or any(tables.values())):
+                return [], lambda: catalog.reassign(run, [], [], prefix)
             ranges = [(1, 0, 0)]  # only other rows: a segment without vectors
+        by_part = tombstones_by_part(tombstones, [high for _, high, _ in ranges])
         entries, parts = [], []
         for number, (low, high, count) in enumerate(ranges):
             seq = catalog.next_segment()
+            last = number == len(ranges) - 1
+            extras = SegmentExtras(by_part[number], tables if last else {}, deletions if last else [])
             entry, problem = write_segment(
                 self.segments_dir, seq, count, lambda: catalog.chunk_batches(run, low, high),
-                extras if number == len(ranges) - 1 else SegmentExtras(), self.identity["index_factory"],
-                self.settings.train_vectors, catalog.dimension)
+                extras, self.identity["index_factory"], self.settings.train_vectors, catalog.dimension)
             if problem:
                 self.note(f"{problem}; the segment stays exact (Flat) until a merge retrains it")
             entries.append(entry)
             if count:
                 parts.append((seq, low, high))
-        return entries, lambda: catalog.reassign(run, parts, entries[-1].seq, prefix)
+        carriers = [(entry.seq, high) for entry, (_, high, _) in zip(entries, ranges)]
+        return entries, lambda: catalog.reassign(run, parts, carriers, prefix)
 
     def _commit(self, segments: list[SegmentEntry], changes: Sequence[Callable[[], None]],
                 new: list[SegmentEntry]) -> int:
@@ -187,7 +203,8 @@ class Generations:
         body = {"generation": generation, "lsn": catalog.counter("lsn"),
                 "created_at": datetime.now(timezone.utc).isoformat(), "vectors": catalog.counter("vectors"),
                 "documents": catalog.counter("documents"), "model": self.identity["model"],
-                "dimension": self.identity["dimension"], "index_factory": self.identity["index_factory"]}
+                "dimension": self.identity["dimension"], "index_factory": self.identity["index_factory"],
+                "store_id": self.identity["store_id"], "timeline": self.identity["timeline"]}
         manifest = build_manifest(body, segments)
         self.manifests_dir.mkdir(exist_ok=True)
         write_atomically(self.manifests_dir / manifest_name(generation), manifest)
@@ -249,8 +266,9 @@ class Generations:
         self._prune([])
 
     def repair(self, damaged: dict[str, str], fetchers: Sequence[Callable[[FileEntry, Path], str]]) -> None:
-        """Set damaged files of the current generation aside, fetch an identical copy (`fetchers`: replicas), or
-        rewrite the segments that name them from the catalog, which holds every live row and vector."""
+        """Set damaged files of kept generations aside, fetch an identical copy (`fetchers`: replicas), or rewrite the
+        current generation's segments that name them from the catalog, which holds every live row and vector; older
+        generations naming a file no copy holds are set aside."""
         quarantine = self.path / QUARANTINE / f"damaged-{utc_stamp()}"
         for name in damaged:
             if (self.segments_dir / name).exists():
@@ -258,7 +276,8 @@ class Generations:
                 os.replace(self.segments_dir / name, quarantine / name)
         fsync_dir(self.segments_dir)
         manifest = self.current_manifest()
-        entries = files_of(manifest)
+        entries = {name: entry for _, kept in reversed(self.catalog.manifests())
+                   for name, entry in files_of(parse_manifest(kept)).items()}
         recovered: dict[str, str] = {}
         for name in damaged:
             for fetch in fetchers:
@@ -279,19 +298,21 @@ class Generations:
             done.append(f"{len(recovered)} file(s) fetched from replica {', '.join(map(repr, sources))}")
         if rebuilt:
             generation = self.rebuild(rebuilt)
-            self._drop_generations_naming(set(damaged) - set(recovered))
             done.append(f"{len(rebuilt)} segment(s) rebuilt from the database as generation {generation}")
+        dropped = self._drop_generations_naming(set(damaged) - set(recovered))
+        if dropped:
+            done.append(f"older generation(s) {', '.join(map(str, dropped))} naming a file no copy holds set aside")
         self.note(f"CORRUPT SEGMENT FILE in {str(self.path)!r}: {how} (moved to {QUARANTINE}/{quarantine.name}/). "
                   f"Recovered: {'; '.join(done)}; no acknowledged write was lost. "
                   "Run `vectormill store verify` to check every copy.")
 
-    def _drop_generations_naming(self, missing: set[str]) -> None:
+    def _drop_generations_naming(self, missing: set[str]) -> list[int]:
         """Older kept generations that name files no longer present cannot be restored from here: set them aside."""
         quarantine = self.path / QUARANTINE / f"damaged-{utc_stamp()}"
         manifests = self.catalog.manifests()
         broken = [g for g, m in manifests[1:] if missing & set(files_of(parse_manifest(m)))]
         if not broken:
-            return
+            return []
         with self.catalog.transaction():
             self.catalog.drop_generations(broken)
         quarantine.mkdir(parents=True, exist_ok=True)
@@ -301,6 +322,7 @@ class Generations:
                 os.replace(source, quarantine / source.name)
         fsync_dir(self.manifests_dir)
         self._prune([])
+        return broken
 
     def note(self, message: str) -> None:
         self.notes.append(message)

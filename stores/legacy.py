@@ -171,8 +171,9 @@ def _import_snapshot(catalog: Catalog, snapshot: Path) -> None:
         old_columns = {row[1] for row in db.execute("PRAGMA old.table_info(chunks)")}
         selected = [column if column in old_columns else "0" for column in CHUNK_COLUMNS]  # before OCR: ocr = 0
         with catalog.transaction():
-            db.execute(f"INSERT INTO main.chunks ({', '.join(CHUNK_COLUMNS)}, vector, segment) "
-                       f"SELECT {', '.join(selected)}, vector, NULL FROM old.chunks")
+            db.execute(f"INSERT INTO main.chunks ({', '.join(CHUNK_COLUMNS)}, vector, segment, checksum) "
+                       f"SELECT {', '.join(selected)}, vector, NULL, row_checksum({', '.join(selected)}, vector) "
+                       "FROM old.chunks")
             for table in TABLES:
                 if table.name in tables:
                     columns = ", ".join(table.columns)

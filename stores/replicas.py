@@ -2,9 +2,12 @@
 
 A location holds `manifests/NNNNNNNN.json` (one per generation) and `segments/<sha256>.<kind>`
 (content-addressed segment files that generations share). A copy sends only the segment files
-the location lacks, reads each back to check its sha256, and writes the manifest last: a
-generation whose manifest is missing or invalid is never used, so a copy cut short anywhere is
-harmless. Copying only ever reads the primary. Every message naming a location goes through its
+the location lacks, each under a temporary name, read back and checked against its sha256 and
+only then renamed to its own name, and writes the manifest last the same way: a file that failed
+its check never appears under its name, and a generation whose manifest is missing or invalid is
+never used, so a copy cut short anywhere is harmless. A file already there under its name and size
+is trusted only once its hash was confirmed (by this store's copy or a read-back, recorded in the
+primary's catalog); any other is read back first. Copying only ever reads the primary. Every message naming a location goes through its
 redaction: no credential from its URL or storage options is ever shown.
 """
 
@@ -15,6 +18,7 @@ import logging
 import os
 import re
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -24,7 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import Retrying, retry_if_not_exception_type, stop_after_attempt, wait_exponential
 
 from .durable import file_sha256, fsync_dir, fsync_file
 from .manifest import (
@@ -36,6 +40,7 @@ from .settings import ReplicaSettings, StoreSettings
 log = logging.getLogger("vectormill.store.replicas")
 
 PRIMARY = "primary"
+TEMPORARY = ".tmp-"  # the prefix of a file being copied, not yet checked
 # The words the HTTP sources mask too (connectors/http.py; the store imports nothing else of ours).
 SECRET_WORDS = re.compile(r"token|key|secret|pass|auth|signature|sig|credential", re.IGNORECASE)
 SECRET_QUERY_VALUE = re.compile(r"([?&][^=&\s]*(?:token|key|secret|pass|auth|signature|sig|credential)[^=&\s]*=)"
@@ -44,6 +49,10 @@ SECRET_QUERY_VALUE = re.compile(r"([?&][^=&\s]*(?:token|key|secret|pass|auth|sig
 
 class ReplicaCopyError(RuntimeError):
     """A copied file did not read back with the checksum it was sent with."""
+
+
+class ReplicaRefusedError(RuntimeError):
+    """The replica holds another store's generations, or another timeline's under our numbers: it is not written."""
 
 
 def redact_url(url: str) -> str:
@@ -171,16 +180,43 @@ class Location:
         return manifest, problems
 
     def put_file(self, local: Path, relative: str, expected: tuple[str, int]) -> None:
-        """Copy one file here and check it by reading it back."""
+        """Copy one file here under a temporary name, check it by reading it back, then rename it to its name: a copy
+        that fails its check never appears under its name."""
         remote = self.path(*relative.split("/"))
-        self.fs.makedirs(remote.rsplit("/", 1)[0], exist_ok=True)
-        self.fs.put_file(str(local), remote)
+        folder, name = remote.rsplit("/", 1)
+        temporary = f"{folder}/{TEMPORARY}{uuid.uuid4().hex[:12]}-{name}"
+        self.fs.makedirs(folder, exist_ok=True)
+        try:
+            self.fs.put_file(str(local), temporary)
+            if self.is_local:
+                fsync_file(Path(temporary))
+            try:
+                found = self.digest(temporary)
+            except FileNotFoundError:
+                raise ReplicaCopyError(f"{self.name}: {relative} was not there when read back") from None
+            if found != expected:
+                raise ReplicaCopyError(f"{self.name}: {relative} read back as {found[1]} bytes with another sha256")
+            self.fs.mv(temporary, remote)
+        finally:
+            if self.fs.exists(temporary):
+                self.fs.rm(temporary)
         if self.is_local:
-            fsync_file(Path(remote))
-            fsync_dir(Path(remote).parent)
-        found = self.digest(remote)
-        if found != expected:
-            raise ReplicaCopyError(f"{self.name}: {relative} read back as {found[1]} bytes with another sha256")
+            fsync_dir(Path(folder))
+        self.fs.invalidate_cache(remote)
+        if int(self.fs.info(remote).get("size") or 0) != expected[1]:
+            raise ReplicaCopyError(f"{self.name}: {relative} is not the size it was sent with after its rename")
+
+    def holds(self, relative: str, expected: tuple[str, int]) -> bool:
+        """Whether the file here reads back with this sha256 and size."""
+        try:
+            return self.digest(self.path(*relative.split("/"))) == expected
+        except FileNotFoundError:
+            return False
+
+    def leftovers(self) -> list[str]:
+        """Temporary files of copies cut short (relative paths)."""
+        return [f"{folder}/{name}" for folder in (SEGMENTS, MANIFESTS) for name in self._names(folder)
+                if name.startswith(TEMPORARY)]
 
     def fetch_file(self, entry: FileEntry, folder: Path) -> None:
         """Download a segment file into `folder` under its name, checked against its sha256 before it appears there."""
@@ -212,9 +248,11 @@ class ReplicaStatus:
     bytes_sent: int = 0
     seconds: float = 0.0
     checked_at: str | None = None
+    confirmed: set[str] = field(default_factory=set)  # files it holds whose hash was confirmed (not shown)
+    newest_held: int | None = None  # its newest generation when that was not ours: later ones are numbered past it
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {key: value for key, value in asdict(self).items() if key not in ("confirmed", "newest_held")}
 
 
 CopyListener = Callable[[str, int, str], None]  # (replica, generation, file) after each verified file
@@ -239,7 +277,7 @@ class Replicator:
         return Retrying(
             stop=stop_after_attempt(self.settings.replica_attempts),
             wait=wait_exponential(multiplier=self.settings.replica_backoff_seconds, max=30),
-            retry=retry_if_exception_type(Exception),
+            retry=retry_if_not_exception_type(ReplicaRefusedError),
             before=count,
             before_sleep=lambda state: log.warning(
                 "replica %s: attempt %d failed (%s), retrying", status.name, state.attempt_number,
@@ -247,11 +285,14 @@ class Replicator:
             reraise=True,
         )
 
-    def replicate(self, store_path: Path, generation: int, manifest: bytes) -> list[ReplicaStatus]:
-        """Copy one primary generation to every replica; never raises for a replica's failure."""
+    def replicate(self, store_path: Path, generation: int, manifest: bytes,
+                  confirmed: dict[str, set[str]]) -> list[ReplicaStatus]:
+        """Copy one primary generation to every replica; never raises for a replica's failure. `confirmed`: by
+        replica, the files whose hash it was seen to hold; each status's `confirmed` says what it holds now."""
         for replica in self.settings.replicas:
             status = self.statuses[replica.name]
             status.attempts, status.error, status.files_sent, status.bytes_sent = 0, None, 0, 0
+            status.confirmed, status.newest_held = set(confirmed.get(replica.name, ())), None
             started = time.perf_counter()
             redact = redactor(replica)
             try:
@@ -269,11 +310,16 @@ class Replicator:
     def _replicate_one(self, location: Location, store_path: Path, generation: int, manifest: bytes,
                        status: ReplicaStatus) -> None:
         retrying = self._retrying(status, location.redact)
+        ours = parse_manifest(manifest, "primary manifest")
+        retrying(self._refuse_another_history, location, ours, status)
         held = retrying(location.segment_files)
         for name, entry in sorted(files_of(parse_manifest(manifest, "primary manifest")).items()):
-            if held.get(name) == entry.bytes:
-                continue  # content-addressed: the same name and size is the same file (`store verify` reads it back)
-            retrying(location.put_file, store_path / SEGMENTS / name, f"{SEGMENTS}/{name}", (entry.sha256, entry.bytes))
+            relative, expected = f"{SEGMENTS}/{name}", (entry.sha256, entry.bytes)
+            if held.get(name) == entry.bytes and (name in status.confirmed or retrying(location.holds, relative, expected)):
+                status.confirmed.add(name)
+                continue  # content-addressed, and its hash confirmed: the same file
+            retrying(location.put_file, store_path / SEGMENTS / name, relative, expected)
+            status.confirmed.add(name)
             status.files_sent += 1
             status.bytes_sent += entry.bytes
             if self.on_copied:
@@ -286,12 +332,37 @@ class Replicator:
         if self.on_copied:
             self.on_copied(location.name, generation, name)
         try:
-            retrying(self._prune, location)
+            status.confirmed &= retrying(self._prune, location)
         except Exception as exc:  # noqa: BLE001 - the copy is confirmed; leftovers only cost space
             log.warning("replica %s: could not remove old generations: %s", location.name, location.redact(str(exc)))
 
-    def _prune(self, location: Location) -> None:
-        """Keep the newest K generations with a valid manifest and the files they name; remove the rest."""
+    def _refuse_another_history(self, location: Location, ours: dict[str, Any], status: ReplicaStatus) -> None:
+        """Raise if the replica holds another store's generations, or one numbered like ours but of another timeline
+        (written before a restore, while it was out of reach): never overwritten. Notes its newest generation."""
+        numbers = location.generations()
+        if not numbers:
+            return
+        status.newest_held = numbers[0]
+        try:
+            theirs = location.read_manifest(numbers[0])
+        except (FileNotFoundError, ManifestError):
+            return
+        if theirs.get("store_id") not in (None, ours["store_id"]):
+            raise ReplicaRefusedError(
+                f"replica {location.name!r} holds generations of store {theirs['store_id']}, not of this store "
+                f"{ours['store_id']}: point the replica at a location of its own")
+        if ours["generation"] in numbers and numbers[0] >= ours["generation"]:
+            same = location.read_manifest(ours["generation"])
+            if same.get("checksum") != ours["checksum"]:
+                raise ReplicaRefusedError(
+                    f"replica {location.name!r} holds generation {ours['generation']} of timeline "
+                    f"{same.get('timeline', 1)} (written before this store was restored to timeline "
+                    f"{ours['timeline']}), and generations up to {numbers[0]}: kept; the next checkpoint is "
+                    f"numbered past {numbers[0]}")
+
+    def _prune(self, location: Location) -> set[str]:
+        """Keep the newest K generations with a valid manifest and the files they name; remove the rest (and the
+        temporary files of copies cut short). Returns the names of the files kept."""
         kept: list[dict[str, Any]] = []
         for generation in location.generations():
             if len(kept) < self.settings.keep_generations:
@@ -305,6 +376,9 @@ class Replicator:
         for name in location.segment_files():
             if name not in named:
                 location.remove(f"{SEGMENTS}/{name}")
+        for leftover in location.leftovers():
+            location.remove(leftover)
+        return named
 
     def probe(self, name: str) -> ReplicaStatus:
         """What a replica holds now, without copying or hashing: its newest generation that has a manifest."""

@@ -24,7 +24,7 @@ from typing import Any
 from .catalog import Catalog
 from .durable import file_sha256, fingerprint, fsync_dir, write_atomically
 from .errors import StoreError
-from .faiss_store import IDENTITY, FaissStore, read_identity, write_identity
+from .faiss_store import IDENTITY, FaissStore, new_store_id, read_identity, write_identity
 from .generations import QUARANTINE, RESTORING, set_aside, used_generation_numbers, utc_stamp
 from .lock import WriterLock
 from .manifest import (
@@ -64,6 +64,7 @@ def verify_store(settings: StoreSettings) -> dict[str, Any]:
                                                    "once to migrate it in place"))
     else:
         problems.extend(_database_problems(path, identity))
+    replayed: dict[str, str | None] = {}  # by manifest checksum: a generation copied to several places is read once
     for location in _reachable(settings, problems):
         try:
             numbers = location.generations()
@@ -76,12 +77,72 @@ def verify_store(settings: StoreSettings) -> dict[str, Any]:
         checked: dict[str, tuple[str, int] | None] = {}
         for number in numbers:
             manifest, found = location.verify(number, checked)
+            if manifest and identity and manifest.get("store_id") not in (None, identity.get("store_id")):
+                found = [*found, Problem(location.name, f"{MANIFESTS}/{manifest_name(number)}",
+                                         f"a generation of store {manifest['store_id']}, not of this store "
+                                         f"{identity.get('store_id')}: another store writes to this location")]
+            if manifest and not found and location.is_local:
+                found = _replay_problems(location, number, manifest, replayed)
             problems.extend(problem for problem in found if problem not in problems)
             entry = {"where": location.name, "generation": number, "ok": not found}
             if manifest:
                 entry.update({key: manifest[key] for key in ("lsn", "vectors", "documents", "created_at")})
             generations.append(entry)
     return {"ok": not problems, "generations": generations, "problems": [asdict(p) for p in problems]}
+
+
+def verify_and_repair(settings: StoreSettings) -> dict[str, Any]:
+    """`verify_store`, then copy again every file a replica lacks or holds damaged from the primary, and the primary's
+    damaged files from a replica (under the writer's lock), then verify again. The report adds
+    "repaired": [{"where", "file"}], the copies that were written."""
+    report = verify_store(settings)
+    repaired: list[dict[str, str]] = []
+    damaged = [(p["where"], p["file"]) for p in report["problems"]
+               if p["file"].startswith((f"{SEGMENTS}/", f"{MANIFESTS}/"))]
+    if damaged:
+        on_primary = sorted(file for where, file in damaged if where == PRIMARY)
+        if on_primary:  # the writable open fixes what it sees (manifests, changed files), `repair` the rest
+            with FaissStore.open(settings) as store:
+                store.repair(also={file.split("/", 1)[1]: "damaged (store verify)" for file in on_primary
+                                   if file.startswith(f"{SEGMENTS}/")})
+        for location in _reachable(settings, []):
+            if location.name != PRIMARY:
+                repaired += _copy_again(Path(settings.path), location,
+                                        sorted(file for where, file in damaged if where == location.name))
+        report = verify_store(settings)
+        left = {(p["where"], p["file"]) for p in report["problems"]}
+        repaired = [{"where": PRIMARY, "file": file} for file in on_primary if (PRIMARY, file) not in left] + repaired
+    report["repaired"] = repaired
+    return report
+
+
+def _copy_again(path: Path, location: Location, files: list[str]) -> list[dict[str, str]]:
+    """Copy these files (relative paths) from the primary to a replica, each checked: those the primary holds intact."""
+    copied = []
+    for relative in files:
+        local = path / relative
+        if not local.is_file():
+            continue
+        found = file_sha256(local)
+        if relative.startswith(f"{SEGMENTS}/") and found[0] != Path(relative).stem:
+            continue  # damaged on the primary too: repaired there first, or reported again
+        try:
+            location.put_file(local, relative, found)
+        except Exception:  # noqa: BLE001 - the verify that follows reports the file again
+            continue
+        copied.append({"where": location.name, "file": relative})
+    return copied
+
+
+def _replay_problems(location: Location, number: int, manifest: dict[str, Any],
+                     replayed: dict[str, str | None]) -> list[Problem]:
+    """Whether a generation whose files are intact replays into the store its manifest describes (local copies)."""
+    from .segments import replay_problem
+
+    if manifest["checksum"] not in replayed:
+        replayed[manifest["checksum"]] = replay_problem(Path(location.path(SEGMENTS)), segments_of(manifest))
+    detail = replayed[manifest["checksum"]]
+    return [Problem(location.name, f"{MANIFESTS}/{manifest_name(number)}", detail)] if detail else []
 
 
 def _database_problems(path: Path, identity: dict[str, Any]) -> list[Problem]:
@@ -102,6 +163,13 @@ def _database_problems(path: Path, identity: dict[str, Any]) -> list[Problem]:
                 if catalog.counter(name) != rows:
                     problems.append(Problem(PRIMARY, database.name,
                                             f"counter {name} = {catalog.counter(name)} but it holds {rows} rows"))
+            damaged = catalog.damaged_rows()
+            if damaged:
+                named = ", ".join(f"{source}/{document} ({rows} row(s))" for (source, document), rows
+                                  in sorted(damaged.items())[:20])
+                problems.append(Problem(PRIMARY, database.name, f"chunk rows whose checksum does not match, of "
+                                        f"{len(damaged)} document(s): {named}: restore an intact generation "
+                                        "(`vectormill store restore --generation G`) or ingest them again"))
             counted = dict(catalog.db.execute("SELECT segment, count(*) FROM dead GROUP BY segment"))
             if counted != catalog.dead_counts():
                 problems.append(Problem(PRIMARY, database.name, "tombstone counts per segment do not match its rows"))
@@ -196,7 +264,11 @@ def _install(settings: StoreSettings, path: Path, location: Location, number: in
             folder.mkdir(exist_ok=True)
         for entry in files_of(manifest).values():
             _bring(entry, path, location, settings, quarantine)
-        restored = _build_database(settings, path, database, manifest, location.name, newest_anywhere)
+        # The same store, on a new timeline: generations written from here on are told apart from those written
+        # after `number` before the restore (a copy out of reach now may hold some).
+        lineage = {"store_id": manifest.get("store_id") or (previous or {}).get("store_id") or new_store_id(),
+                   "timeline": max(manifest.get("timeline", 1), (previous or {}).get("timeline", 1)) + 1}
+        restored = _build_database(settings, path, database, manifest, location.name, newest_anywhere, lineage)
     except BaseException:
         for leftover in path.glob(f"{database}*"):
             leftover.unlink()
@@ -205,7 +277,7 @@ def _install(settings: StoreSettings, path: Path, location: Location, number: in
     identity = {"model": manifest["model"], "dimension": manifest["dimension"],
                 "index_factory": manifest["index_factory"],
                 "created_at": (previous or {}).get("created_at", manifest["created_at"]), "format": 2,
-                "database": database}
+                "database": database, "store_id": lineage["store_id"], "timeline": lineage["timeline"]}
     write_identity(path, identity)  # the switch: from here on the store is the restored generation
     catalog = Catalog.open(path / database, int(manifest["dimension"]), writable=False)
     try:
@@ -247,7 +319,7 @@ def _bring(entry: FileEntry, path: Path, location: Location, settings: StoreSett
 
 
 def _build_database(settings: StoreSettings, path: Path, database: str, manifest: dict[str, Any], where: str,
-                    newest_anywhere: int) -> int:
+                    newest_anywhere: int, lineage: dict[str, Any]) -> int:
     """A new database replaying the generation's segments, sealed as a new generation; returns its number."""
     from .segments import read_segment
 
@@ -257,18 +329,22 @@ def _build_database(settings: StoreSettings, path: Path, database: str, manifest
     number = max([manifest["generation"], newest_anywhere, *used_generation_numbers(path)]) + 1
     catalog = Catalog.open(path / database, dimension, writable=True)
     try:
+        read = [read_segment(path / SEGMENTS, segment, dimension) for segment in segments]
+        dead: dict[int, set[int]] = {}  # every copy a tombstone of the generation names, by its segment
+        for extras, _ in read:
+            for target, identifier in extras.tombstones:
+                dead.setdefault(target, set()).add(identifier)
         with catalog.transaction():
-            for segment in segments:
-                extras, chunks = read_segment(path / SEGMENTS, segment, dimension)
+            for segment, (extras, chunks) in zip(segments, read):
                 catalog.load_extras(segment.seq, present, extras.tombstones, extras.tables, extras.deletions)
                 for vectors, rows in chunks:
-                    catalog.load_chunks(segment.seq, vectors, rows)
+                    catalog.load_chunks(segment.seq, vectors, rows, dead.get(segment.seq, set()))
             catalog.recount()
             catalog.set_counter("lsn", manifest["lsn"])
             catalog.set_counter("next_segment", max(present, default=0))
         body = {key: value for key, value in manifest.items() if key not in ("segments", "checksum", "format")}
         body.update(generation=number, restored_from={"where": where, "generation": manifest["generation"]},
-                    created_at=datetime.now(timezone.utc).isoformat())
+                    created_at=datetime.now(timezone.utc).isoformat(), **lineage)
         sealed = build_manifest(body, segments)
         write_atomically(path / MANIFESTS / manifest_name(number), sealed)
         with catalog.transaction():

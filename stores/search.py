@@ -1,39 +1,21 @@
 """Search across segments: each index searched with its dead ids excluded, and the top k of all of them merged.
 
 With exact (flat) segments the result equals one exact index over the same live vectors.
+
+Dead ids are left out by structures built once per part (once per segment and tombstone count in a store's
+view), never per query: for an index wrapped in an IDMap, a mask of its live positions, and at need a bitmap
+of them searched on the inner index (a bit test per vector, whatever the number of dead ids); for an IVF
+index, which holds our ids itself, the sorted dead ids, and at need FAISS's batch selector over them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import faiss
 import numpy as np
 
-
-@dataclass
-class Part:
-    """One searchable piece of a generation: a segment's index, or the vectors written since the last checkpoint."""
-
-    index: faiss.Index
-    dead: np.ndarray  # ids the index holds that are no longer live
-    live: int
-
-
-def exact_part(ids: np.ndarray, vectors: np.ndarray) -> Part:
-    """An in-memory exact index (pending vectors, or a segment whose file is damaged, rebuilt from the catalog)."""
-    index = faiss.index_factory(vectors.shape[1], "IDMap,Flat", faiss.METRIC_INNER_PRODUCT)
-    if len(ids):
-        index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
-    return Part(index, np.empty(0, dtype=np.int64), len(ids))
-
-
-def merge_top_k(results: Iterable[tuple[np.ndarray, np.ndarray]], k: int) -> list[tuple[float, int]]:
-    """The k best (score, id) of several (scores, ids) results, best first; -1 ids (no result) are dropped."""
-    hits = [(float(score), int(identifier)) for scores, ids in results
-            for score, identifier in zip(scores, ids) if identifier >= 0]
-    return sorted(hits, key=lambda hit: (-hit[0], hit[1]))[:k]
+EMPTY = np.empty(0, dtype=np.int64)
 
 
 def _parameters(index: faiss.Index, selector: faiss.IDSelector) -> faiss.SearchParameters:
@@ -44,8 +26,7 @@ def _parameters(index: faiss.Index, selector: faiss.IDSelector) -> faiss.SearchP
         parameters = faiss.SearchParametersIVF()
         parameters.nprobe, parameters.max_codes = ivf.nprobe, ivf.max_codes
     else:
-        outer = faiss.downcast_index(index)
-        inner = faiss.downcast_index(outer.index) if isinstance(outer, (faiss.IndexIDMap, faiss.IndexIDMap2)) else outer
+        inner = faiss.downcast_index(index)
         if isinstance(inner, faiss.IndexHNSW):
             parameters = faiss.SearchParametersHNSW()
             parameters.efSearch = inner.hnsw.efSearch
@@ -55,25 +36,99 @@ def _parameters(index: faiss.Index, selector: faiss.IDSelector) -> faiss.SearchP
     return parameters
 
 
-def search_part(part: Part, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The part's best k live (scores, ids) for one query vector."""
-    wanted = min(k, part.live)
-    if wanted <= 0:
-        return np.empty(0, dtype=np.float32), np.empty(0, dtype=np.int64)
-    if not part.dead.size:
-        scores, ids = part.index.search(query, wanted)
-        return scores[0], ids[0]
-    dead = faiss.IDSelectorBatch(part.dead)
-    selector = faiss.IDSelectorNot(dead)
-    try:
-        scores, ids = part.index.search(query, wanted, params=_parameters(part.index, selector))
-        return scores[0], ids[0]
-    except RuntimeError:  # an index that takes no search parameters (IndexPQ): ask for more and drop the dead
-        scores, ids = part.index.search(query, min(wanted + part.dead.size, int(part.index.ntotal)))
-        keep = ~np.isin(ids[0], part.dead)
-        return scores[0][keep][:wanted], ids[0][keep][:wanted]
+class Part:
+    """One searchable piece of a generation: a segment's index, or the vectors written since the last checkpoint,
+    with the ids it holds that are no longer live (`dead`) left out of every result."""
+
+    def __init__(self, index: faiss.Index, dead: np.ndarray, live: int):
+        self.index = index
+        self.dead = np.sort(np.asarray(dead, dtype=np.int64))
+        self.live = live
+        self._searched = index  # what a query runs on: the index, or the inner index of an IDMap
+        self._ids: np.ndarray | None = None  # position -> id, when `_searched` is an IDMap's inner index
+        self._live_positions: np.ndarray | None = None
+        self._parameters: faiss.SearchParameters | None = None  # the filter, built at its first use
+        self._keep: list[object] = []  # what the filter points into, kept alive with it
+        outer = faiss.downcast_index(index)
+        if self.dead.size and isinstance(outer, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+            self._searched = faiss.downcast_index(outer.index)
+            self._ids = faiss.vector_to_array(outer.id_map)
+            self._live_positions = ~np.isin(self._ids, self.dead, assume_unique=True)
+
+    def _filter(self) -> faiss.SearchParameters:
+        if self._parameters is None:
+            if self._live_positions is not None:
+                bits = np.packbits(self._live_positions, bitorder="little")
+                selector = faiss.IDSelectorBitmap(len(self._live_positions), faiss.swig_ptr(bits))
+                self._keep = [bits, selector]
+            else:
+                batch = faiss.IDSelectorBatch(self.dead)
+                selector = faiss.IDSelectorNot(batch)
+                self._keep = [batch, selector]
+            self._parameters = _parameters(self._searched, selector)
+        return self._parameters
+
+    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The part's best k live (scores, ids) for one query vector.
+
+        Most queries meet few dead ids among their nearest: a plain search for a few more, the dead dropped, costs
+        what a search without tombstones does. Only when too many of those are dead does the filter run.
+        """
+        wanted = min(k, self.live)
+        if wanted <= 0:
+            return np.empty(0, dtype=np.float32), EMPTY
+        if not self.dead.size:
+            scores, ids = self.index.search(query, wanted)
+            return scores[0], ids[0]
+        scores, found, complete = self._dropping_dead(query, wanted, wanted * 4 + 16)
+        if len(found) < wanted and not complete:
+            try:
+                scores, found = self._searched.search(query, wanted, params=self._filter())
+                scores, found = scores[0], found[0]
+            except RuntimeError:  # an index that takes no search parameters (IndexPQ): ask for enough
+                scores, found, _ = self._dropping_dead(query, wanted, wanted + self.dead.size)
+        if self._ids is not None:
+            found = np.where(found >= 0, self._ids[np.maximum(found, 0)], -1)
+        return scores, found
+
+    def _dropping_dead(self, query: np.ndarray, wanted: int, asked: int) -> tuple[np.ndarray, np.ndarray, bool]:
+        """A plain search for `asked` results, the dead dropped: (scores, found, whether it saw every vector)."""
+        asked = min(asked, int(self._searched.ntotal))
+        scores, found = self._searched.search(query, asked)
+        scores, found = scores[0], found[0]
+        keep = found >= 0
+        keep[keep] = ~self._is_dead(found[keep])
+        return scores[keep][:wanted], found[keep][:wanted], asked >= self._searched.ntotal
+
+    def _is_dead(self, found: np.ndarray) -> np.ndarray:
+        if self._live_positions is not None:  # positions in an IDMap's inner index
+            return ~self._live_positions[found]
+        at = np.minimum(np.searchsorted(self.dead, found), self.dead.size - 1)
+        return self.dead[at] == found
+
+    def live_ids(self) -> np.ndarray:
+        """Every live id the part holds."""
+        from .segments import index_ids
+
+        held = index_ids(self.index)
+        return held[~np.isin(held, self.dead)] if self.dead.size else held
+
+
+def exact_part(ids: np.ndarray, vectors: np.ndarray) -> Part:
+    """An in-memory exact index (pending vectors, or a segment whose file is damaged, rebuilt from the catalog)."""
+    index = faiss.index_factory(vectors.shape[1], "IDMap,Flat", faiss.METRIC_INNER_PRODUCT)
+    if len(ids):
+        index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
+    return Part(index, EMPTY, len(ids))
+
+
+def merge_top_k(results: Iterable[tuple[np.ndarray, np.ndarray]], k: int) -> list[tuple[float, int]]:
+    """The k best (score, id) of several (scores, ids) results, best first; -1 ids (no result) are dropped."""
+    hits = [(float(score), int(identifier)) for scores, ids in results
+            for score, identifier in zip(scores, ids) if identifier >= 0]
+    return sorted(hits, key=lambda hit: (-hit[0], hit[1]))[:k]
 
 
 def search_parts(parts: Iterable[Part], vector: np.ndarray, k: int) -> list[tuple[float, int]]:
     query = np.ascontiguousarray(vector, dtype=np.float32).reshape(1, -1)
-    return merge_top_k((search_part(part, query, k) for part in parts), k)
+    return merge_top_k((part.search(query, k) for part in parts), k)

@@ -13,7 +13,7 @@ A segment is two files in a `segments/` folder, each named by its sha256:
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from .manifest import SegmentEntry
 from .tables import CHUNK_COLUMNS, TABLES
 
 FLAT = "flat"
+EMPTY_IDS = np.empty(0, dtype=np.int64)
 FACTORY = "factory"
 ROWS_SCHEMA = f"""
 CREATE TABLE chunks ({', '.join(CHUNK_COLUMNS)}, vector BLOB);
@@ -155,6 +156,30 @@ def read_segment(folder: Path, entry: SegmentEntry, dimension: int, batch: int =
             rows.close()
 
     return extras, chunks()
+
+
+def replay_problem(folder: Path, segments: Sequence[SegmentEntry]) -> str | None:
+    """Why a generation's segments (intact files in `folder`) would not replay into a store: a chunk id live in two
+    segments (a tombstone missing); None when they would."""
+    present = {segment.seq for segment in segments}
+    held: dict[int, np.ndarray] = {}
+    dead: dict[int, list[int]] = {}
+    for segment in segments:
+        rows = sqlite3.connect(f"{(folder / segment.rows.name).resolve().as_uri()}?mode=ro&immutable=1", uri=True)
+        try:
+            held[segment.seq] = np.array([row[0] for row in rows.execute("SELECT faiss_id FROM chunks")],
+                                         dtype=np.int64)
+            for target, identifier in rows.execute("SELECT segment, faiss_id FROM tombstones"):
+                if target in present:
+                    dead.setdefault(target, []).append(identifier)
+        finally:
+            rows.close()
+    live = np.concatenate([ids[~np.isin(ids, dead.get(seq, []))] for seq, ids in held.items()] or [EMPTY_IDS])
+    twice = len(live) - len(np.unique(live))
+    if twice:
+        return (f"{twice} chunk id(s) live in two segments (a tombstone is missing): this generation cannot be "
+                "restored as it is")
+    return None
 
 
 def open_index(path: Path, kind: str, ivf: bool) -> faiss.Index:
