@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from .filters import SearchFilter, epoch
 from .records import (
     BaselineRecord, CursorUpdate, DocumentDelete, DocumentFailed, DocumentUpsert, Operation, PropertyUpdate,
     QueuedDocument,
@@ -415,15 +416,52 @@ class Catalog:
         return ids, np.frombuffer(b"".join(row[1] for row in rows), dtype=np.float32).reshape(len(rows), self.dimension)
 
     def hit_rows(self, ids: Sequence[int]) -> dict[int, tuple]:
-        """(chunk_id, source, document, title, location, page, text, ocr) by faiss id."""
+        """(chunk_id, source, document, title, location, page, text, ocr, last_page, modified) by faiss id."""
         found: dict[int, tuple] = {}
         for start in range(0, len(ids), PARAMETERS_PER_STATEMENT):
             part = list(ids[start : start + PARAMETERS_PER_STATEMENT])
             for row in self.db.execute(
-                    "SELECT c.faiss_id, c.chunk_id, c.source, c.document, d.title, d.location, c.page, c.text, c.ocr "
-                    "FROM chunks c JOIN documents d USING (source, document) "
+                    "SELECT c.faiss_id, c.chunk_id, c.source, c.document, d.title, d.location, c.page, c.text, c.ocr, "
+                    "c.last_page, d.modified FROM chunks c JOIN documents d USING (source, document) "
                     f"WHERE c.faiss_id IN ({','.join('?' * len(part))})", part):
                 found[row[0]] = row[1:]
+        return found
+
+    def filtered_ids(self, chosen: SearchFilter) -> np.ndarray:
+        """Ids of the live chunks whose documents pass the filter (the candidates a filtered search may return)."""
+        conditions, args = ["1"], []
+        if chosen.sources:
+            conditions.append(f"c.source IN ({','.join('?' * len(chosen.sources))})")
+            args += chosen.sources
+        if chosen.document_prefix is not None:
+            conditions.append("substr(c.document, 1, ?) = ?")
+            args += [len(chosen.document_prefix), chosen.document_prefix]
+        if chosen.modified_after is not None:
+            conditions.append("vectormill_epoch(d.modified) > ?")
+            args.append(chosen.modified_after)
+        if chosen.modified_before is not None:
+            conditions.append("vectormill_epoch(d.modified) < ?")
+            args.append(chosen.modified_before)
+        for key, value in chosen.metadata.items():  # keys are METADATA_KEYS, checked by parse_filter
+            conditions.append(f"d.{key} = ?")
+            args.append(value)
+        self.db.create_function("vectormill_epoch", 1, epoch, deterministic=True)
+        rows = self.db.execute("SELECT c.faiss_id FROM chunks c JOIN documents d USING (source, document) "
+                               f"WHERE {' AND '.join(conditions)}", args)
+        return np.fromiter((row[0] for row in rows), dtype=np.int64)
+
+    def document(self, document: str, source: str | None = None) -> list[dict[str, Any]]:
+        """Stored documents with this id (of one source, or of every source), each with its chunks in order."""
+        query = ("SELECT source, document, version, title, location, modified FROM documents WHERE document = ?"
+                 + (" AND source = ?" if source is not None else "") + " ORDER BY source")
+        found = []
+        for row in self.db.execute(query, (document, source) if source is not None else (document,)):
+            chunks = self.db.execute(
+                "SELECT chunk_id, position, page, last_page, text, ocr FROM chunks WHERE source = ? AND document = ? "
+                "ORDER BY position", row[:2]).fetchall()
+            found.append(dict(zip(("source", "document", "version", "title", "location", "modified"), row))
+                         | {"chunks": [dict(zip(("chunk_id", "position", "page", "last_page", "text"), chunk[:5]))
+                                       | {"ocr": bool(chunk[5])} for chunk in chunks]})
         return found
 
     def document_versions(self, source: str) -> dict[str, str]:

@@ -39,6 +39,7 @@ import numpy as np
 from .catalog import Catalog, faiss_id, record_checked_files
 from .durable import write_atomically
 from .errors import StoreCorruptError, StoreError
+from .filters import SearchFilter
 from .generations import Generations, current_manifest, damaged_files
 from .legacy import migrate, refuse_to_read, set_aside_old_layout
 from .lock import WriterLock
@@ -460,15 +461,24 @@ class FaissStore:
         finally:
             self.catalog.end_snapshot()
 
-    def search(self, vector: np.ndarray, k: int = 5) -> list[SearchHit]:
-        """The k nearest live chunks in the newest committed state."""
+    def search(self, vector: np.ndarray, k: int = 5, where: SearchFilter | None = None) -> list[SearchHit]:
+        """The k nearest live chunks in the newest committed state, best first; with `where`, only chunks of
+        documents passing it (chosen inside the index search, before the top k)."""
         from .search import search_parts
 
         with self.snapshot():
-            best = search_parts(self._parts(), vector, k)
+            allowed = self.catalog.filtered_ids(where) if where is not None else None
+            if allowed is not None and not allowed.size:
+                return []
+            best = search_parts(self._parts(), vector, k, allowed)
             rows = self.catalog.hit_rows([identifier for _, identifier in best])
-        return [SearchHit(score, *rows[identifier][:-1], ocr=bool(rows[identifier][-1]))
+        return [SearchHit(score, *rows[identifier][:7], ocr=bool(rows[identifier][7]), last_page=rows[identifier][8],
+                          modified=rows[identifier][9])
                 for score, identifier in best if identifier in rows]
+
+    def document(self, document: str, source: str | None = None) -> list[dict[str, Any]]:
+        """The stored documents with this id (of `source`, or of any source), with their chunks."""
+        return self.catalog.document(document, source)
 
     def index_ids(self) -> list[int]:
         """Live ids the segments and the pending vectors hold (for checks: they must match the catalog's)."""

@@ -116,3 +116,5 @@ class SearchHit:
     page: int | None
     text: str
     ocr: bool = False
+    last_page: int | None = None  # the chunk spans page..last_page
+    modified: str | None = None  # the document's, as its source reported it (ISO 8601)

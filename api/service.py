@@ -1,0 +1,147 @@
+"""`vectormill serve-search`: the store's search over HTTP (FastAPI on uvicorn).
+
+POST /search {"query": text or vector, "k": n, "filter": {...}} -> {"hits": [...], "generation", "lsn"} (hits with
+the fields of `search --json`); GET /health; the OpenAPI page at /docs. Every search needs `Authorization: Bearer
+<key>`. Load shedding: `concurrency` searches run at once and `queue` more wait; a search beyond both is answered
+429 with Retry-After at once, so an answered search never waits behind an unbounded queue. Bad input gets a 4xx
+that says what is wrong, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from vectormill.flows.search import Searcher
+from vectormill.flows.settings import SearchServiceSettings
+from vectormill.stores.errors import StoreError
+from vectormill.stores.filters import FilterError
+
+
+class SearchRequest(BaseModel):
+    query: str | list[float] = Field(description="A text (embedded with the store's model) or a query vector.")
+    k: int = Field(default=5, description="How many hits (1 to the service's max_k).")
+    filter: dict[str, Any] | None = Field(
+        default=None, description='{"source", "document_prefix", "modified_after", "modified_before", "metadata"}')
+
+
+class Hit(BaseModel):
+    document: str
+    source: str
+    page: int | None
+    pages: list[int]
+    score: float
+    text: str
+    title: str
+    location: str
+    chunk_id: str
+    modified: str | None
+    ocr: bool
+
+
+class SearchResponse(BaseModel):
+    hits: list[Hit]
+    generation: int = Field(description="The store checkpoint every hit comes from.")
+    lsn: int = Field(description="The last write the hits include.")
+
+
+class Shed(Exception):
+    """No room for another search: answered 429."""
+
+
+def problem(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+class BodyLimit:
+    """Refuse a request body over `limit` bytes (413) before anything reads it (pure ASGI middleware)."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            length = dict(scope["headers"]).get(b"content-length", b"0")
+            if not length.isdigit() or int(length) > self.limit:
+                response = problem(413, f"request body over {self.limit} bytes")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class Admission:
+    """A bounded queue of searches: at most `running + waiting` admitted at once, the rest shed."""
+
+    def __init__(self, running: int, waiting: int):
+        self.capacity = running + waiting
+        self.admitted = 0
+        self.pool = ThreadPoolExecutor(max_workers=running, thread_name_prefix="search")
+
+    async def run(self, call, *args):
+        if self.admitted >= self.capacity:
+            raise Shed
+        self.admitted += 1  # one event loop: no other coroutine runs between the check and this
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.pool, call, *args)
+        finally:
+            self.admitted -= 1
+
+
+def create_app(searcher: Searcher, api_key: str, limits: SearchServiceSettings) -> FastAPI:
+    admission = Admission(limits.concurrency, limits.queue)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        yield
+        admission.pool.shutdown(wait=True)
+
+    app = FastAPI(title="vectormill search", version="1", lifespan=lifespan,
+                  description="Nearest chunks of the vectormill store. Searches need `Authorization: Bearer <key>`.")
+    app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
+    expected = f"Bearer {api_key}".encode()
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/search", response_model=SearchResponse, responses={
+        400: {"description": "A bad query, k or filter"}, 401: {"description": "A missing or wrong API key"},
+        413: {"description": "A body over max_body_bytes"}, 429: {"description": "Too many searches: retry later"}})
+    async def search(body: SearchRequest, request: Request):
+        given = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            return problem(401, "missing or wrong API key: send Authorization: Bearer <key>",
+                           {"WWW-Authenticate": "Bearer"})
+        if not 1 <= body.k <= limits.max_k:
+            return problem(400, f"k must be between 1 and {limits.max_k}, got {body.k}")
+        if len(body.query) > limits.max_query_chars or not body.query:
+            return problem(400, f"query must hold 1 to {limits.max_query_chars} characters (or numbers)")
+        try:
+            result = await admission.run(searcher.search, body.query, body.k, body.filter)
+        except Shed:
+            return problem(429, "too many searches at once: retry later",
+                           {"Retry-After": str(limits.retry_after_seconds)})
+        except (FilterError, StoreError) as exc:
+            return problem(400, str(exc))
+        return {"hits": result.hits, "generation": result.generation, "lsn": result.lsn}
+
+    @app.exception_handler(json.JSONDecodeError)
+    async def bad_json(_: Request, exc: json.JSONDecodeError) -> JSONResponse:
+        return problem(400, f"body is not JSON: {exc}")
+
+    return app
+
+
+def serve(searcher: Searcher, api_key: str, limits: SearchServiceSettings, host: str, port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(create_app(searcher, api_key, limits), host=host, port=port, log_level="warning",
+                timeout_graceful_shutdown=5)
