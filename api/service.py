@@ -4,19 +4,20 @@ POST /search {"query": text or vector, "k": n, "filter": {...}} -> {"hits": [...
 the fields of `search --json`); GET /health; the OpenAPI page at /docs. Every search needs `Authorization: Bearer
 <key>`. Load shedding: `concurrency` searches run at once and `queue` more wait; a search beyond both is answered
 429 with Retry-After at once, so an answered search never waits behind an unbounded queue. Bad input gets a 4xx
-that says what is wrong, never a traceback.
+that says what is wrong (413: a body over the limit, before it is read; 422: not JSON, or not a search request;
+401: a missing or wrong key, checked before the request's fields; 400: a bad k, query or filter), never a traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, HTTPException
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -106,7 +107,14 @@ def create_app(searcher: Searcher, api_key: str, limits: SearchServiceSettings) 
     app = FastAPI(title="vectormill search", version="1", lifespan=lifespan,
                   description="Nearest chunks of the vectormill store. Searches need `Authorization: Bearer <key>`.")
     app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
-    expected = f"Bearer {api_key}".encode()
+    bearer = HTTPBearer(auto_error=False, description="The key of $VECTORMILL_SEARCH_API_KEY or the Secret block")
+
+    def authorized(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        """Checked before the body is read or validated: without the key, nothing about the request is answered."""
+        given = credentials.credentials.encode() if credentials and credentials.scheme.lower() == "bearer" else b""
+        if not hmac.compare_digest(given, api_key.encode()):
+            raise HTTPException(401, "missing or wrong API key: send Authorization: Bearer <key>",
+                                {"WWW-Authenticate": "Bearer"})
 
     @app.get("/health")
     def health() -> dict[str, str]:
@@ -115,11 +123,7 @@ def create_app(searcher: Searcher, api_key: str, limits: SearchServiceSettings) 
     @app.post("/search", response_model=SearchResponse, responses={
         400: {"description": "A bad query, k or filter"}, 401: {"description": "A missing or wrong API key"},
         413: {"description": "A body over max_body_bytes"}, 429: {"description": "Too many searches: retry later"}})
-    async def search(body: SearchRequest, request: Request):
-        given = request.headers.get("authorization", "").encode()
-        if not hmac.compare_digest(given, expected):
-            return problem(401, "missing or wrong API key: send Authorization: Bearer <key>",
-                           {"WWW-Authenticate": "Bearer"})
+    async def search(body: SearchRequest, _: None = Depends(authorized)):
         if not 1 <= body.k <= limits.max_k:
             return problem(400, f"k must be between 1 and {limits.max_k}, got {body.k}")
         if len(body.query) > limits.max_query_chars or not body.query:
@@ -132,10 +136,6 @@ def create_app(searcher: Searcher, api_key: str, limits: SearchServiceSettings) 
         except (FilterError, StoreError) as exc:
             return problem(400, str(exc))
         return {"hits": result.hits, "generation": result.generation, "lsn": result.lsn}
-
-    @app.exception_handler(json.JSONDecodeError)
-    async def bad_json(_: Request, exc: json.JSONDecodeError) -> JSONResponse:
-        return problem(400, f"body is not JSON: {exc}")
 
     return app
 
