@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,14 +47,18 @@ def hit_dict(hit: SearchHit) -> dict[str, Any]:
 
 
 class Searcher:
-    """A reader of the store for many searches. Thread-safe; close it (or use it as a context manager)."""
+    """A reader of the store for many searches. Thread-safe: searches at once each get a store reader of their own
+    (its catalog connection and view are not shared between threads), so FAISS searches run in parallel. Close it
+    (or use it as a context manager)."""
 
     def __init__(self, config: VectormillConfig):
         self.config = config
-        self._lock = threading.Lock()  # one catalog connection: searches take turns on it
+        self._lock = threading.Lock()
         self._embedder = None
         self._embedder_lock = threading.Lock()
-        self._store = self._open()
+        first = self._open()
+        self.dimension = first.dimension
+        self._readers, self._idle = [first], [first]
 
     def _open(self) -> FaissStore:
         store = FaissStore.open(self.config.store, writable=False)
@@ -63,9 +68,21 @@ class Searcher:
                              f"{self.config.embedding.model!r}: set [embedding] model to match")
         return store
 
-    @property
-    def dimension(self) -> int:
-        return self._store.dimension
+    @contextmanager
+    def _reader(self) -> Iterator[FaissStore]:
+        """An idle reader (a new one when all are busy), reading one committed state for the block."""
+        with self._lock:
+            store = self._idle.pop() if self._idle else None
+        if store is None:
+            store = self._open()
+            with self._lock:
+                self._readers.append(store)
+        try:
+            with store.snapshot():
+                yield store
+        finally:
+            with self._lock:
+                self._idle.append(store)
 
     def embed(self, text: str) -> np.ndarray:
         with self._embedder_lock:
@@ -90,16 +107,15 @@ class Searcher:
             raise StoreError(f"k must be at least 1, got {k}")
         where = parse_filter(filter)
         vector = self.query_vector(query)
-        store = self._store
-        with self._lock, store.snapshot():  # the hits and the generation they name: one committed state
+        with self._reader() as store:  # the hits and the generation they name: one committed state
             hits = store.search(vector, k, where)
             return SearchResult([hit_dict(hit) for hit in hits], list(store.notes), store.generation, store.lsn)
 
     def get(self, document: str, source: str | None = None) -> dict[str, Any] | None:
         """A stored document (source, document, version, title, location, modified, text, chunks); None if absent.
         An id that several sources hold needs `source`."""
-        with self._lock, self._store.snapshot():
-            found = self._store.document(document, source)
+        with self._reader() as store:
+            found = store.document(document, source)
         if len(found) > 1:
             raise StoreError(f"document {document!r} is held by sources {', '.join(d['source'] for d in found)}: "
                              "name one with source=")
@@ -109,7 +125,9 @@ class Searcher:
 
     def close(self) -> None:
         with self._lock:
-            self._store.close()
+            for store in self._readers:
+                store.close()
+            self._readers, self._idle = [], []
         if self._embedder is not None and hasattr(self._embedder, "close"):
             self._embedder.close()
 

@@ -70,5 +70,5 @@ class SearchServiceSettings(BaseModel):
     max_body_bytes: int = Field(default=65_536, ge=1_024)
     # Searches run at once, and searches waiting for one of them; a search beyond both gets 429 at once.
     concurrency: int = Field(default=2, ge=1)
-    queue: int = Field(default=8, ge=0)
+    queue: int = Field(default=2, ge=0)
     retry_after_seconds: int = Field(default=1, ge=1)
