@@ -97,23 +97,42 @@ def test_searches_beyond_the_queue_are_shed_with_429_and_the_rest_answered(servi
             assert len(response.json()["hits"]) == 18  # every stored chunk
 
 
-def test_admission_holds_running_plus_waiting_searches_and_sheds_the_next_at_once():
-    from vectormill.service import Admission, Shed
+def test_admission_holds_its_capacity_of_searches_and_sheds_the_next_at_once():
+    from vectormill.service import Admission
 
-    admission = Admission(running=1, waiting=2)
-    release = threading.Event()
+    release = asyncio.Event()
+
+    async def slow_app(scope, receive, send):
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    admission = Admission(slow_app, capacity=3, retry_after=7)
+
+    async def call(path="/search") -> tuple[int, dict]:
+        sent = []
+
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        await admission(
+            {"type": "http", "path": path, "method": "POST", "headers": [], "query_string": b""}, receive, send)
+        return sent[0]["status"], dict(sent[0]["headers"])
 
     async def scenario():
-        held = [asyncio.ensure_future(admission.run(release.wait)) for _ in range(3)]
+        held = [asyncio.ensure_future(call()) for _ in range(3)]
         await asyncio.sleep(0.05)
-        with pytest.raises(Shed):
-            await admission.run(lambda: None)
+        status, headers = await call()  # answered at once, while the 3 are held
+        assert status == 429 and headers[b"retry-after"] == b"7"
+        other = asyncio.ensure_future(call("/health"))  # only searches are counted
         release.set()
-        assert await asyncio.gather(*held) == [True] * 3
-        assert await admission.run(lambda: "room again") == "room again"
+        assert [(await task)[0] for task in held] == [200, 200, 200] and (await other)[0] == 200
+        assert (await call())[0] == 200 and admission.admitted == 0
 
     asyncio.run(scenario())
-    admission.pool.shutdown()
 
 
 def test_every_answer_is_one_committed_state_while_a_writer_writes_checkpoints_and_compacts(service):
