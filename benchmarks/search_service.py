@@ -8,10 +8,10 @@ documents, checkpoints at the default cadence) and served by a real `serve-searc
 unit vectors (no model in the loop):
 * 1 client, then 8 clients (closed loop; `--queries` searches in all for each), with 2 searches at once and 6
   waiting (room for every client): p50/p99 latency and queries/s;
-then with the default [search_service] limits (2 searches at once, 2 waiting):
+then with `--concurrency` searches at once and `--queue` waiting (default 2 and 2, the service's defaults):
 * open loop at twice the queries/s of 8 clients for `--overload-seconds`: p50/p99 of the answered searches,
   against the 1-client p99 (goal: within 2x), and the share answered 429;
-* (smallest size) 8 clients for `--busy-seconds` while another process writes 256 vectors a write, checkpoints
+* (smallest size; `--busy-seconds 0`: not run) 8 clients for `--busy-seconds` while another process writes 256 vectors a write, checkpoints
   every 8 writes and compacts every 40, and adds and deletes documents near one vector: every answer must be a
   200 whose documents near that vector are exactly those live after the write it names (`lsn`).
 Figures come from one run on one machine; other work on it shows in them.
@@ -207,6 +207,8 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200, help="searches per client in the closed-loop runs")
     parser.add_argument("--overload-seconds", type=float, default=20)
     parser.add_argument("--busy-seconds", type=float, default=60)
+    parser.add_argument("--concurrency", type=int, default=2, help="[search_service] concurrency under 2x load")
+    parser.add_argument("--queue", type=int, default=2, help="[search_service] queue under 2x load")
     parser.add_argument("--dir", type=Path, default=None)
     options = parser.parse_args()
     report: dict[str, object] = {}
@@ -222,13 +224,14 @@ def main() -> None:
                 closed_loop(service.url, 1, 20)  # warm: pages of the segment files into memory
                 one = closed_loop(service.url, 1, options.queries)
                 eight = closed_loop(service.url, 8, options.queries // 4)
-            config.write_text('[store]\npath = "store"\n')  # the default limits: 2 searches at once, 2 waiting
+            config.write_text(f'[store]\npath = "store"\n\n[search_service]\nconcurrency = {options.concurrency}\n'
+                              f'queue = {options.queue}\n')
             with search_service(config) as service:
                 closed_loop(service.url, 1, 20)
                 overload = asyncio.run(open_loop(service.url, 2 * eight["qps"], options.overload_seconds))
                 figures |= {"1 client": one, "8 clients": eight, "2x load": overload,
                             "answered p99 / unloaded p99": overload["p99_ms"] / one["p99_ms"]}
-                if size == min(options.sizes):
+                if size == min(options.sizes) and options.busy_seconds > 0:
                     figures["8 clients while writing"] = busy(folder, service.url, options.busy_seconds)
             report[str(size)] = figures
             print(json.dumps({str(size): figures}, indent=1), flush=True)
