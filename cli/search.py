@@ -1,4 +1,5 @@
-"""`vectormill search`: the nearest chunks to a text. Runs no flow, so it never imports Prefect."""
+"""`vectormill search` (the nearest chunks to a text) and `serve-search` (the same over HTTP). They run no flow,
+so they never import Prefect (serve-search: unless its API key is in a Prefect Secret block)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,28 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import ConfigOption, JsonOption, console, load, print_warning, user_errors
+from .common import ConfigOption, JsonOption, UserError, console, errors, load, print_warning, user_errors
 
 
-def show_search(text: str, k: int, config_file: Optional[Path], as_json: bool) -> None:
+def parse_filter_option(raw: Optional[str]) -> object:
+    """--filter's JSON (checked by the store: anything but an object, or an unknown key, is refused there)."""
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise UserError([f"--filter is not JSON ({exc}): give an object like '{{\"source\": \"docs\"}}'"], 2) from None
+    return value
+
+
+def show_search(text: str, k: int, config_file: Optional[Path], as_json: bool, filter_json: Optional[str] = None
+                ) -> None:
     from vectormill.flows.search import search_store
 
+    where = parse_filter_option(filter_json)
     config = load(config_file)
     with user_errors():
-        result = search_store(config, text, k)
+        result = search_store(config, text, k, where)
     for note in result.notes:
         print_warning(note)
     if as_json:
@@ -45,6 +59,30 @@ def register(app: typer.Typer, store_app: typer.Typer) -> None:
         k: int = typer.Option(5, "-k", min=1, help="How many hits."),
         config: Optional[Path] = ConfigOption,
         as_json: bool = JsonOption,
+        filter_json: Optional[str] = typer.Option(
+            None, "--filter", help='Only chunks of documents passing this JSON filter, e.g. \'{"source": "wiki", '
+            '"document_prefix": "reports/", "modified_after": "2026-01-01"}\' (README: filters).'),
     ) -> None:
         """Nearest chunks to TEXT, best first."""
-        show_search(text, k, config, as_json)
+        show_search(text, k, config, as_json, filter_json)
+
+    @app.command("serve-search")
+    def serve_search(
+        host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+        port: int = typer.Option(8765, "--port", min=1, max=65535, help="Port to listen on."),
+        config: Optional[Path] = ConfigOption,
+    ) -> None:
+        """Serve the store's search over HTTP: POST /search, GET /health, OpenAPI page at /docs (README)."""
+        from vectormill.flows.search import Searcher, search_api_key
+        from vectormill.service import serve
+
+        settings = load(config)
+        with user_errors():
+            api_key = search_api_key(settings.search_service)
+            searcher = Searcher(settings)
+            searcher.embed("warm-up")  # the model loads now, not in the first search's time
+        errors.print(f"searching {settings.store.path} on http://{host}:{port} (OpenAPI page: /docs)", highlight=False)
+        try:
+            serve(searcher, api_key, settings.search_service, host, port)
+        finally:
+            searcher.close()

@@ -22,7 +22,7 @@ from vectormill.connectors.settings import SourceSettings
 from vectormill.embedding.settings import ChunkingSettings, DriftSettings, EmbeddingSettings
 from vectormill.stores.settings import StoreSettings
 
-from .settings import DeploymentSettings
+from .settings import DeploymentSettings, SearchServiceSettings
 from .execution import ExecutionSettings
 
 ENV_PREFIX = "VECTORMILL_"
@@ -49,6 +49,7 @@ class VectormillConfig(BaseModel):
     deployments: DeploymentSettings = DeploymentSettings()
     execution: ExecutionSettings = ExecutionSettings()
     drift: DriftSettings = DriftSettings()
+    search_service: SearchServiceSettings = SearchServiceSettings()
 
     @field_validator("sources")
     @classmethod

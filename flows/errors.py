@@ -23,6 +23,7 @@ def user_error(exc: BaseException) -> tuple[list[str], int] | None:
     from vectormill.embedding.base import EmbeddingError
     from vectormill.embedding.chunking import ChunkingError
     from vectormill.stores.faiss_store import StoreError
+    from vectormill.stores.filters import FilterError
     from vectormill.stores.lock import StoreLockedError
 
     from .config import ConfigError
@@ -34,7 +35,7 @@ def user_error(exc: BaseException) -> tuple[list[str], int] | None:
         return [unreachable], FAILED
     if isinstance(exc, ConfigError):
         return exc.problems, CONFIG_PROBLEM
-    if isinstance(exc, DeploymentConfigError):
+    if isinstance(exc, (DeploymentConfigError, FilterError)):
         return [str(exc)], CONFIG_PROBLEM
     if isinstance(exc, (ChunkingError, EmbeddingError, SourceError, StoreError, StoreLockedError, ServerError,
                         TemporaryServerError)):

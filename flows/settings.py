@@ -58,3 +58,19 @@ class DeploymentSettings(BaseModel):
     @classmethod
     def _all_cron(cls, expression: str | None) -> str | None:
         return _valid_cron(expression or None)
+
+
+class SearchServiceSettings(BaseModel):
+    """The [search_service] table: `vectormill serve-search`'s key, limits and load shedding (README)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Prefect Secret block holding the API key, read when VECTORMILL_SEARCH_API_KEY is not set.
+    api_key_block: str | None = None
+    max_k: int = Field(default=100, ge=1, le=10_000)
+    max_query_chars: int = Field(default=4_000, ge=1)
+    max_body_bytes: int = Field(default=65_536, ge=1_024)
+    # Searches run at once, and searches waiting for one of them; a search beyond both gets 429 at once.
+    concurrency: int = Field(default=2, ge=1)
+    queue: int = Field(default=2, ge=0)
+    retry_after_seconds: int = Field(default=1, ge=1)

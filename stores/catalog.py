@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from .filters import SearchFilter, epoch
 from .records import (
     BaselineRecord, CursorUpdate, DocumentDelete, DocumentFailed, DocumentUpsert, Operation, PropertyUpdate,
     QueuedDocument,
@@ -457,8 +458,8 @@ class Catalog:
         return ids, np.frombuffer(b"".join(row[1] for row in rows), dtype=np.float32).reshape(len(rows), self.dimension)
 
     def hit_rows(self, ids: Sequence[int]) -> tuple[dict[int, tuple], list[tuple[str, str]]]:
-        """(chunk_id, source, document, title, location, page, text, ocr, last_page) by faiss id, of the rows whose
-        checksum holds; and the (source, document) of those whose checksum does not (damaged: never served)."""
+        """(chunk_id, source, document, title, location, page, text, ocr, last_page, modified) by faiss id, of the rows
+        whose checksum holds; and the (source, document) of those whose checksum does not (damaged: never served)."""
         found: dict[int, tuple] = {}
         damaged = []
         intact = f"c.checksum = {_row_checksum_sql('c.')}" if self.has_checksums() else "1"
@@ -466,7 +467,7 @@ class Catalog:
             part = list(ids[start : start + PARAMETERS_PER_STATEMENT])
             for row in self.db.execute(
                     "SELECT c.faiss_id, c.chunk_id, c.source, c.document, d.title, d.location, c.page, c.text, c.ocr, "
-                    f"c.last_page, {intact} "
+                    f"c.last_page, d.modified, {intact} "
                     "FROM chunks c JOIN documents d USING (source, document) "
                     f"WHERE c.faiss_id IN ({','.join('?' * len(part))})", part):
                 if row[-1]:
@@ -487,6 +488,43 @@ class Catalog:
                 f"SELECT source, document FROM chunks WHERE checksum IS NULL OR checksum != {ROW_CHECKSUM}"):
             counted[(source, document)] = counted.get((source, document), 0) + 1
         return counted
+
+    def filtered_ids(self, chosen: SearchFilter) -> np.ndarray:
+        """Ids of the live chunks whose documents pass the filter (the candidates a filtered search may return)."""
+        conditions, args = ["1"], []
+        if chosen.sources:
+            conditions.append(f"c.source IN ({','.join('?' * len(chosen.sources))})")
+            args += chosen.sources
+        if chosen.document_prefix is not None:
+            conditions.append("substr(c.document, 1, ?) = ?")
+            args += [len(chosen.document_prefix), chosen.document_prefix]
+        if chosen.modified_after is not None:
+            conditions.append("vectormill_epoch(d.modified) > ?")
+            args.append(chosen.modified_after)
+        if chosen.modified_before is not None:
+            conditions.append("vectormill_epoch(d.modified) < ?")
+            args.append(chosen.modified_before)
+        for key, value in chosen.metadata.items():  # keys are METADATA_KEYS, checked by parse_filter
+            conditions.append(f"d.{key} = ?")
+            args.append(value)
+        self.db.create_function("vectormill_epoch", 1, epoch, deterministic=True)
+        rows = self.db.execute("SELECT c.faiss_id FROM chunks c JOIN documents d USING (source, document) "
+                               f"WHERE {' AND '.join(conditions)}", args)
+        return np.fromiter((row[0] for row in rows), dtype=np.int64)
+
+    def document(self, document: str, source: str | None = None) -> list[dict[str, Any]]:
+        """Stored documents with this id (of one source, or of every source), each with its chunks in order."""
+        query = ("SELECT source, document, version, title, location, modified FROM documents WHERE document = ?"
+                 + (" AND source = ?" if source is not None else "") + " ORDER BY source")
+        found = []
+        for row in self.db.execute(query, (document, source) if source is not None else (document,)):
+            chunks = self.db.execute(
+                "SELECT chunk_id, position, page, last_page, text, ocr FROM chunks WHERE source = ? AND document = ? "
+                "ORDER BY position", row[:2]).fetchall()
+            found.append(dict(zip(("source", "document", "version", "title", "location", "modified"), row))
+                         | {"chunks": [dict(zip(("chunk_id", "position", "page", "last_page", "text"), chunk[:5]))
+                                       | {"ocr": bool(chunk[5])} for chunk in chunks]})
+        return found
 
     def document_versions(self, source: str) -> dict[str, str]:
         return dict(self.db.execute("SELECT document, version FROM documents WHERE source = ?", (source,)))

@@ -43,6 +43,7 @@ import numpy as np
 from .catalog import Catalog, faiss_id, record_checked_files
 from .durable import file_sha256, write_atomically
 from .errors import StoreCorruptError, StoreError
+from .filters import SearchFilter
 from .generations import Generations, current_manifest, damaged_files
 from .legacy import migrate, refuse_to_read, set_aside_old_layout
 from .lock import WriterLock
@@ -489,22 +490,30 @@ class FaissStore:
         finally:
             self.catalog.end_snapshot()
 
-    def search(self, vector: np.ndarray, k: int = 5) -> list[SearchHit]:
-        """The k nearest live chunks in the newest committed state."""
+    def search(self, vector: np.ndarray, k: int = 5, where: SearchFilter | None = None) -> list[SearchHit]:
+        """The k nearest live chunks in the newest committed state, best first; with `where`, only chunks of
+        documents passing it (chosen inside the index search, before the top k)."""
         from .search import search_parts
 
         with self.snapshot():
-            best = search_parts(self._parts(), vector, k)
+            allowed = self.catalog.filtered_ids(where) if where is not None else None
+            if allowed is not None and not allowed.size:
+                return []
+            best = search_parts(self._parts(), vector, k, allowed)
             rows, damaged = self.catalog.hit_rows([identifier for _, identifier in best])
         if damaged:
             self._report_damaged_rows(sorted(set(damaged)))
         hits = []
         for score, identifier in best:
             if identifier in rows:
-                chunk_id, source, document, title, location, page, text, ocr, last_page = rows[identifier]
+                chunk_id, source, document, title, location, page, text, ocr, last_page, modified = rows[identifier]
                 hits.append(SearchHit(score, chunk_id, source, document, title, location, page, text, ocr=bool(ocr),
-                                      pages=page_span(page, last_page)))
+                                      pages=page_span(page, last_page), modified=modified))
         return hits
+
+    def document(self, document: str, source: str | None = None) -> list[dict[str, Any]]:
+        """The stored documents with this id (of `source`, or of any source), with their chunks."""
+        return self.catalog.document(document, source)
 
     def index_ids(self) -> list[int]:
         """Live ids the segments and the pending vectors hold (for checks: they must match the catalog's)."""

@@ -128,3 +128,4 @@ class SearchHit:
     text: str
     ocr: bool = False
     pages: tuple[int, ...] = ()  # every page its chunk holds, in order (none for texts without pages)
+    modified: str | None = None  # the document's, as its source reported it (ISO 8601)

@@ -68,8 +68,8 @@ class Part:
             self._parameters = _parameters(self._searched, selector)
         return self._parameters
 
-    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The part's best k live (scores, ids) for one query vector.
+    def search(self, query: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The part's best k live (scores, ids) for one query vector; with `allowed`, among those ids only.
 
         Most queries meet few dead ids among their nearest: a plain search for a few more, the dead dropped, costs
         what a search without tombstones does. Only when too many of those are dead does the filter run.
@@ -77,19 +77,47 @@ class Part:
         wanted = min(k, self.live)
         if wanted <= 0:
             return np.empty(0, dtype=np.float32), EMPTY
-        if not self.dead.size:
+        if allowed is not None:
+            scores, found = self._search_among(query, wanted, allowed)
+        elif not self.dead.size:
             scores, ids = self.index.search(query, wanted)
             return scores[0], ids[0]
-        scores, found, complete = self._dropping_dead(query, wanted, wanted * 4 + 16)
-        if len(found) < wanted and not complete:
-            try:
-                scores, found = self._searched.search(query, wanted, params=self._filter())
-                scores, found = scores[0], found[0]
-            except RuntimeError:  # an index that takes no search parameters (IndexPQ): ask for enough
-                scores, found, _ = self._dropping_dead(query, wanted, wanted + self.dead.size)
+        else:
+            scores, found, complete = self._dropping_dead(query, wanted, wanted * 4 + 16)
+            if len(found) < wanted and not complete:
+                try:
+                    scores, found = self._searched.search(query, wanted, params=self._filter())
+                    scores, found = scores[0], found[0]
+                except RuntimeError:  # an index that takes no search parameters (IndexPQ): ask for enough
+                    scores, found, _ = self._dropping_dead(query, wanted, wanted + self.dead.size)
         if self._ids is not None:
             found = np.where(found >= 0, self._ids[np.maximum(found, 0)], -1)
         return scores, found
+
+    def _search_among(self, query: np.ndarray, wanted: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The best live vectors among the `allowed` ids, chosen inside the index search by a selector of both (a
+        search filter: never by asking for more and dropping), so the result is exact on an exact index."""
+        keep: list[object] = []  # what the selector points into, alive until the search is done
+        if self._live_positions is not None:  # an IDMap's inner index, searched by position
+            bits = np.packbits(self._live_positions & np.isin(self._ids, allowed), bitorder="little")
+            selector = faiss.IDSelectorBitmap(len(self._live_positions), faiss.swig_ptr(bits))
+            keep.append(bits)
+        else:
+            selector = faiss.IDSelectorBatch(allowed)
+            if self.dead.size:
+                keep += [selector, faiss.IDSelectorBatch(self.dead)]
+                keep.append(faiss.IDSelectorNot(keep[-1]))
+                selector = faiss.IDSelectorAnd(keep[0], keep[-1])
+        try:
+            scores, found = self._searched.search(query, wanted, params=_parameters(self._searched, selector))
+            return scores[0], found[0]
+        except RuntimeError:  # an index that takes no search parameters (IndexPQ): rank all, keep the chosen
+            scores, found = self._searched.search(query, int(self._searched.ntotal))
+            chosen = found[0] >= 0
+            chosen[chosen] = ~self._is_dead(found[0][chosen]) if self.dead.size else True
+            ids = self._ids[np.maximum(found[0], 0)] if self._ids is not None else found[0]
+            chosen &= np.isin(ids, allowed)
+            return scores[0][chosen][:wanted], found[0][chosen][:wanted]
 
     def _dropping_dead(self, query: np.ndarray, wanted: int, asked: int) -> tuple[np.ndarray, np.ndarray, bool]:
         """A plain search for `asked` results, the dead dropped: (scores, found, whether it saw every vector)."""
@@ -129,6 +157,7 @@ def merge_top_k(results: Iterable[tuple[np.ndarray, np.ndarray]], k: int) -> lis
     return sorted(hits, key=lambda hit: (-hit[0], hit[1]))[:k]
 
 
-def search_parts(parts: Iterable[Part], vector: np.ndarray, k: int) -> list[tuple[float, int]]:
+def search_parts(parts: Iterable[Part], vector: np.ndarray, k: int, allowed: np.ndarray | None = None
+                 ) -> list[tuple[float, int]]:
     query = np.ascontiguousarray(vector, dtype=np.float32).reshape(1, -1)
-    return merge_top_k((part.search(query, k) for part in parts), k)
+    return merge_top_k((part.search(query, k, allowed) for part in parts), k)

@@ -1,0 +1,39 @@
+"""LlamaIndex over a vectormill store (extra `vectormill[llamaindex]`): a retriever of NodeWithScore.
+
+    from vectormill.integrations.llamaindex import VectormillRetriever
+    retriever = VectormillRetriever.from_config("vectormill.toml", k=4, filter={"document_prefix": "reports/"})
+    nodes = retriever.retrieve("quarterly VAT deadline")
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from llama_index.core.base.base_retriever import BaseRetriever
+from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+
+import vectormill
+from vectormill.reader import Store
+
+from . import hit_metadata
+
+
+class VectormillRetriever(BaseRetriever):
+    """The k chunks nearest to the query (its embedding, when the bundle carries one), as NodeWithScore."""
+
+    def __init__(self, store: Store, k: int = 4, filter: dict[str, Any] | None = None,  # noqa: A002
+                 **kwargs: Any):
+        super().__init__(**kwargs)
+        self.store, self.k, self.filter = store, k, filter
+
+    @classmethod
+    def from_config(cls, config_file: str | os.PathLike[str] | None = None, k: int = 4,
+                    filter: dict[str, Any] | None = None, **kwargs: Any) -> "VectormillRetriever":  # noqa: A002
+        return cls(vectormill.open_store(config_file), k, filter, **kwargs)
+
+    def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        query = query_bundle.embedding or query_bundle.query_str
+        return [NodeWithScore(node=TextNode(id_=hit["chunk_id"], text=hit["text"], metadata=hit_metadata(hit)),
+                              score=hit["score"])
+                for hit in self.store.search(query, k=self.k, filter=self.filter)]

@@ -1,0 +1,243 @@
+"""`vectormill serve-search`: latency and throughput, load shedding at twice the load it serves, and a bounded load
+while a writer writes, checkpoints and compacts.
+
+    .venv/bin/python benchmarks/search_service.py [--sizes 100000 1000000] [--queries 200] [--busy-seconds 60]
+
+For each size a store of random 384-d vectors is filled through the store API (store_scale.fill: 16-chunk
+documents, checkpoints at the default cadence) and served by a real `serve-search` process. Queries are random
+unit vectors (no model in the loop):
+* 1 client, then 8 clients (closed loop; `--queries` searches in all for each), with 2 searches at once and 6
+  waiting (room for every client): p50/p99 latency and queries/s;
+then with `--concurrency` searches at once and `--queue` waiting (default 2 and 2, the service's defaults):
+* open loop at twice the queries/s of 8 clients for `--overload-seconds`: p50/p99 of the answered searches,
+  against the 1-client p99 (goal: within 2x), and the share answered 429;
+* (smallest size; `--busy-seconds 0`: not run) 8 clients for `--busy-seconds` while another process writes 256 vectors a write, checkpoints
+  every 8 writes and compacts every 40, and adds and deletes documents near one vector: every answer must be a
+  200 whose documents near that vector are exactly those live after the write it names (`lsn`).
+Figures come from one run on one machine; other work on it shows in them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from store_scale import DIMENSION, fill  # noqa: E402
+from tests.servers.search_service import API_KEY, search_service  # noqa: E402
+
+K = 10
+HEADERS = {"Authorization": f"Bearer {API_KEY}"}
+
+# A writer in a process of its own (the store's writer lock is per process): bulk documents, checkpoints and
+# compactions, and documents near one vector added and deleted; prints {lsn: live near documents} at the end.
+WRITER = """
+import json, sys, time
+import numpy as np
+sys.path.insert(0, {benchmarks!r})
+from store_scale import document
+from vectormill.stores.faiss_store import FaissStore
+from vectormill.stores.records import ChunkRecord, DocumentDelete, DocumentUpsert
+from vectormill.stores.settings import StoreSettings
+
+target = np.array({target!r}, dtype=np.float32)
+rng = np.random.default_rng(1)
+live, after, number, writes = set(), {{}}, {first}, 0
+deadline = time.monotonic() + {seconds}
+with FaissStore.open(StoreSettings(path={path!r}, checkpoint_every_seconds=None)) as store:
+    after[store.lsn] = []
+    while time.monotonic() < deadline:
+        operations = [document(number + n) for n in range(16)]
+        number += 16
+        vector = target + 0.05 * rng.standard_normal(len(target)).astype(np.float32)
+        chunk = ChunkRecord(f"{{writes:016x}}" + "e" * 16, 0, f"near {{writes}}", f"near{{writes}}", None, None, 2)
+        operations.append(DocumentUpsert("near", f"near/{{writes}}", "v1", "near", "near", None, (chunk,),
+                                         (vector / np.linalg.norm(vector))[None, :]))
+        live.add(f"near/{{writes}}")
+        if writes % 3 == 2:
+            operations.append(DocumentDelete("near", f"near/{{writes - 1}}"))
+            live.discard(f"near/{{writes - 1}}")
+        after[store.write(operations)] = sorted(live)
+        writes += 1
+        if writes % 8 == 0:
+            store.checkpoint()
+        if writes % 40 == 0:
+            store.compact()
+print(json.dumps({{"after": after, "writes": writes}}))
+"""
+
+
+def unit_vectors(count: int, seed: int) -> list[list[float]]:
+    vectors = np.random.default_rng(seed).standard_normal((count, DIMENSION)).astype(np.float32)
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).tolist()
+
+
+def percentile(values: list[float], share: float) -> float:
+    return float(np.percentile(values, share * 100)) if values else float("nan")
+
+
+def closed_loop(url: str, clients: int, queries: int) -> dict[str, float]:
+    """`clients` threads, each sending `queries` searches one after another; latencies of the 200s."""
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    lock = threading.Lock()
+
+    def client(seed: int) -> None:
+        with httpx.Client(headers=HEADERS, timeout=120) as http:
+            for vector in unit_vectors(queries, seed):
+                started = time.perf_counter()
+                response = http.post(f"{url}/search", json={"query": vector, "k": K})
+                took = time.perf_counter() - started
+                with lock:
+                    statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+                    if response.status_code == 200:
+                        latencies.append(took)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(seed,)) for seed in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    return {"clients": clients, "p50_ms": percentile(latencies, 0.5) * 1000, "p99_ms": percentile(latencies, 0.99) * 1000,
+            "qps": len(latencies) / elapsed, "statuses": statuses}
+
+
+async def open_loop(url: str, rate: float, seconds: float) -> dict[str, float]:
+    """Searches sent at `rate` per second whatever the answers (arrivals do not wait for them)."""
+    results: list[tuple[int, float]] = []
+    vectors = unit_vectors(256, 99)
+    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
+    async with httpx.AsyncClient(headers=HEADERS, timeout=120, limits=limits) as http:
+        async def one(vector) -> None:
+            started = time.perf_counter()
+            response = await http.post(f"{url}/search", json={"query": vector, "k": K})
+            results.append((response.status_code, time.perf_counter() - started))
+
+        tasks, started, sent = [], time.perf_counter(), 0
+        while (now := time.perf_counter() - started) < seconds:
+            due = int(now * rate) + 1
+            for _ in range(due - sent):
+                tasks.append(asyncio.ensure_future(one(vectors[sent % len(vectors)])))
+                sent += 1
+            await asyncio.sleep(min(0.002, 1 / rate))
+        await asyncio.gather(*tasks)
+    answered = [took for status, took in results if status == 200]
+    statuses: dict[int, int] = {}
+    for status, _ in results:
+        statuses[status] = statuses.get(status, 0) + 1
+    return {"rate": rate, "sent": sent, "p50_ms": percentile(answered, 0.5) * 1000,
+            "p99_ms": percentile(answered, 0.99) * 1000, "shed": statuses.get(429, 0) / max(sent, 1),
+            "answered_qps": len(answered) / seconds, "statuses": statuses}
+
+
+def busy(folder: Path, url: str, seconds: float) -> dict[str, object]:
+    """8 clients while a writer writes, checkpoints and compacts: errors, consistency, p99."""
+    target = unit_vectors(1, 7)[0]
+    with open(folder / "writer.out", "w") as out:
+        writer = subprocess.Popen(
+            [sys.executable, "-c", WRITER.format(benchmarks=str(ROOT / "benchmarks"), target=target, first=10**8,
+                                                  seconds=seconds, path=str(folder / "store"))],
+            stdout=out, stderr=subprocess.PIPE, text=True)
+    answers: list[dict] = []
+    errors: list[str] = []
+
+    def check(response: httpx.Response) -> None:
+        if response.status_code == 200:
+            answers.append(response.json())
+        elif response.status_code != 429:
+            errors.append(f"{response.status_code}: {response.text[:200]}")
+
+    figures = closed_loop_until(url, 8, time.monotonic() + seconds,
+                                {"query": target, "k": 100, "filter": {"source": "near"}}, check)
+    _, err = writer.communicate(timeout=600)
+    if writer.returncode:
+        raise RuntimeError(f"writer failed: {err[-3000:]}")
+    written = json.loads((folder / "writer.out").read_text())
+    after = {int(lsn): set(documents) for lsn, documents in written["after"].items()}
+    inconsistent = [a["lsn"] for a in answers if a["lsn"] in after and {h["document"] for h in a["hits"]} != after[a["lsn"]]]
+    unknown = [a["lsn"] for a in answers if a["lsn"] not in after and a["lsn"] >= min(after)]
+    return figures | {"writes": written["writes"], "answers": len(answers), "errors": len(errors),
+                      "first_errors": errors[:3], "inconsistent": len(inconsistent) + len(unknown),
+                      "generations_seen": len({a["generation"] for a in answers})}
+
+
+def closed_loop_until(url: str, clients: int, deadline: float, body: dict, check) -> dict[str, float]:
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def client() -> None:
+        with httpx.Client(headers=HEADERS, timeout=120) as http:
+            while time.monotonic() < deadline:
+                started = time.perf_counter()
+                response = http.post(f"{url}/search", json=body)
+                took = time.perf_counter() - started
+                check(response)
+                with lock:
+                    if response.status_code == 200:
+                        latencies.append(took)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return {"p50_ms": percentile(latencies, 0.5) * 1000, "p99_ms": percentile(latencies, 0.99) * 1000,
+            "qps": len(latencies) / (time.perf_counter() - started)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--queries", type=int, default=200, help="searches per client in the closed-loop runs")
+    parser.add_argument("--overload-seconds", type=float, default=20)
+    parser.add_argument("--busy-seconds", type=float, default=60)
+    parser.add_argument("--concurrency", type=int, default=2, help="[search_service] concurrency under 2x load")
+    parser.add_argument("--queue", type=int, default=2, help="[search_service] queue under 2x load")
+    parser.add_argument("--dir", type=Path, default=None)
+    options = parser.parse_args()
+    report: dict[str, object] = {}
+    with tempfile.TemporaryDirectory(dir=options.dir) as scratch:
+        for size in sorted(options.sizes):
+            folder = Path(scratch) / str(size)
+            folder.mkdir()
+            rate = fill(folder / "store", size)
+            config = folder / "vectormill.toml"
+            config.write_text('[store]\npath = "store"\n\n[search_service]\nqueue = 6\n')  # room for 8 clients
+            figures: dict[str, object] = {"fill_vectors_per_s": round(rate)}
+            with search_service(config) as service:
+                closed_loop(service.url, 1, 20)  # warm: pages of the segment files into memory
+                one = closed_loop(service.url, 1, options.queries)
+                eight = closed_loop(service.url, 8, options.queries // 4)
+            config.write_text(f'[store]\npath = "store"\n\n[search_service]\nconcurrency = {options.concurrency}\n'
+                              f'queue = {options.queue}\n')
+            with search_service(config) as service:
+                closed_loop(service.url, 1, 20)
+                overload = asyncio.run(open_loop(service.url, 2 * eight["qps"], options.overload_seconds))
+                figures |= {"1 client": one, "8 clients": eight, "2x load": overload,
+                            "answered p99 / unloaded p99": overload["p99_ms"] / one["p99_ms"]}
+                if size == min(options.sizes) and options.busy_seconds > 0:
+                    figures["8 clients while writing"] = busy(folder, service.url, options.busy_seconds)
+            report[str(size)] = figures
+            print(json.dumps({str(size): figures}, indent=1), flush=True)
+            subprocess.run(["rm", "-rf", str(folder)], check=False)
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

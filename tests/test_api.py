@@ -1,0 +1,102 @@
+"""The public Python API (`vectormill.open_store`) and `search --filter`, on a store of real embeddings."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import vectormill
+from vectormill.flows.search import HIT_FIELDS
+from vectormill.stores.faiss_store import FaissStore, StoreError
+from vectormill.stores.settings import StoreSettings
+
+from .cli_process import run
+from .corpus import TOPICS
+from .topic_store import PLACES, topic_upsert, write_topic_store
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory):
+    return write_topic_store(tmp_path_factory.mktemp("api"))
+
+
+@pytest.fixture(scope="module")
+def store(config):
+    with vectormill.open_store(config) as opened:
+        yield opened
+
+
+def test_open_store_finds_each_known_sentence_and_imports_no_prefect(config):
+    code = ("import json, sys, vectormill\n"
+            f"store = vectormill.open_store({str(config)!r})\n"
+            f"hits = {{topic: store.search(sentence, k=1)[0] for topic, sentence in {TOPICS!r}.items()}}\n"
+            "print(json.dumps({'prefect': 'prefect' in sys.modules, 'hits': hits}))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["prefect"] is False
+    for topic, hit in out["hits"].items():
+        assert (hit["source"], hit["document"], hit["text"]) == (PLACES[topic][0], PLACES[topic][1], TOPICS[topic])
+        assert tuple(hit) == HIT_FIELDS and hit["pages"] == [2] and hit["modified"] == PLACES[topic][2]
+
+
+def test_filters_choose_the_documents_before_the_top_k(store):
+    query = TOPICS["baking"]
+    assert store.search(query, k=1)[0]["document"] == "recipes/baking.pdf"
+    hits = store.search(query, k=9, filter={"source": "wiki"})
+    assert len(hits) == 9 and {hit["source"] for hit in hits} == {"wiki"}  # 3 wiki documents of 3 chunks
+    hits = store.search(query, k=10, filter={"document_prefix": "reports/", "modified_after": "2026-01-01"})
+    assert {hit["document"] for hit in hits} == {"reports/chess.pdf"} and len(hits) == 3
+    hits = store.search(query, k=10, filter={"modified_before": "2026-01-01T00:00:00Z"})
+    assert {hit["document"] for hit in hits} == {"Science/Volcanoes", "reports/taxes.pdf"}
+    hits = store.search(query, k=10, filter={"source": ["docs", "wiki"], "metadata": {"title": "Sailing"}})
+    assert {hit["document"] for hit in hits} == {"Sport/Sailing"}
+    assert store.search(query, k=3, filter={"source": "nowhere"}) == []
+    with pytest.raises(ValueError, match="unknown filter key"):
+        store.search(query, filter={"folder": "reports/"})
+
+
+def test_search_takes_a_vector_and_get_returns_a_document(store):
+    vector = store.searcher.embed(TOPICS["chess"])
+    assert store.search(vector.tolist(), k=1)[0]["document"] == "reports/chess.pdf"
+    with pytest.raises(StoreError, match="384 finite numbers"):
+        store.search([0.5, 0.5], k=1)
+    document = store.get("reports/chess.pdf")
+    assert document["source"] == "docs" and document["title"] == "Chess" and TOPICS["chess"] in document["text"]
+    assert [chunk["position"] for chunk in document["chunks"]] == [0, 1, 2]
+    assert store.get("no/such.pdf") is None
+
+
+def test_a_long_lived_store_sees_new_writes_and_checkpoints_without_reopening(config, store):
+    moved = topic_upsert("chess", lambda texts: np.stack([store.searcher.embed(text) for text in texts]),
+                         document="archive/chess-copy.pdf")
+    assert store.get("archive/chess-copy.pdf") is None
+    settings = StoreSettings(path=config.parent / "store")
+    with FaissStore.open(settings) as writer:
+        writer.write([moved])
+        assert store.get("archive/chess-copy.pdf")["document"] == "archive/chess-copy.pdf"  # pending: seen before a checkpoint
+        writer.checkpoint()
+        hits = store.search(TOPICS["chess"], k=2, filter={"document_prefix": "archive/"})
+        assert [hit["document"] for hit in hits] == ["archive/chess-copy.pdf"] * 2
+        from vectormill.stores.records import DocumentDelete
+
+        writer.write([DocumentDelete(moved.source, "archive/chess-copy.pdf")])
+        writer.checkpoint()
+    assert store.search(TOPICS["chess"], k=2, filter={"document_prefix": "archive/"}) == []
+
+
+def test_search_command_takes_a_filter_and_refuses_a_bad_one_in_one_line(config):
+    result = run("search", TOPICS["baking"], "-k", "2", "--json", "--filter", '{"source": "wiki"}',
+                 "--config", str(config), cwd=config.parent)
+    assert result.returncode == 0, result.stderr[-3000:]
+    hits = json.loads(result.stdout)
+    assert len(hits) == 2 and {hit["source"] for hit in hits} == {"wiki"} and tuple(hits[0]) == HIT_FIELDS
+    for bad, message in (('{"sorce": "wiki"}', "error: unknown filter key(s) 'sorce'"),
+                         ('{"source": ', "error: --filter is not JSON")):
+        result = run("search", "x", "--filter", bad, "--config", str(config), cwd=config.parent)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith(message), result.stderr

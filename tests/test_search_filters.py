@@ -1,0 +1,146 @@
+"""Search filters are applied inside the index search, before the top k: with exact (Flat) segments, a filtered
+search equals brute force over the live vectors that pass the filter, across sealed segments, tombstones and the
+vectors not yet checkpointed."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+import numpy as np
+import pytest
+
+from vectormill.stores.faiss_store import FaissStore
+from vectormill.stores.filters import FilterError, epoch, parse_filter
+from vectormill.stores.records import ChunkRecord, DocumentDelete, DocumentUpsert
+from vectormill.stores.settings import StoreSettings
+
+DIMENSION = 16
+SOURCES = ("wiki", "docs", "crm")
+FOLDERS = ("reports/", "reports/2026/", "notes/", "Talk:")
+DATES = ("2025-06-01", "2025-12-31T23:59:00Z", "2026-01-01T00:00:00+00:00", "2026-02-15T10:00:00+02:00", None)
+
+
+def make_document(rng: random.Random, source: str, name: str, version: int) -> DocumentUpsert:
+    chunks = rng.randint(1, 4)
+    vectors = np.random.default_rng(rng.getrandbits(32)).standard_normal((chunks, DIMENSION)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    records = tuple(ChunkRecord(hashlib.sha256(f"{source}/{name}/{position}/{version}".encode()).hexdigest()[:32],
+                                position, f"{name} {position} v{version}", f"h{version}{position}", 1, 1, 3)
+                    for position in range(chunks))
+    return DocumentUpsert(source, name, f"v{version}", rng.choice(("Alpha", "Beta")), f"loc-{rng.randint(0, 2)}",
+                          rng.choice(DATES), records, vectors)
+
+
+def passes(document: DocumentUpsert, raw: dict) -> bool:
+    """The filter's meaning, written out plainly (the reference for the store's SQL)."""
+    sources = raw.get("source")
+    if sources is not None and document.source not in ([sources] if isinstance(sources, str) else sources):
+        return False
+    if "document_prefix" in raw and not document.document.startswith(raw["document_prefix"]):
+        return False
+    modified = epoch(document.modified)
+    if "modified_after" in raw and (modified is None or modified <= epoch(raw["modified_after"])):
+        return False
+    if "modified_before" in raw and (modified is None or modified >= epoch(raw["modified_before"])):
+        return False
+    fields = {"title": document.title, "location": document.location, "version": document.version}
+    return all(fields[key] == value for key, value in raw.get("metadata", {}).items())
+
+
+def random_filter(rng: random.Random) -> dict:
+    raw: dict = {}
+    if rng.random() < 0.5:
+        raw["source"] = rng.choice(SOURCES) if rng.random() < 0.5 else rng.sample(SOURCES, 2)
+    if rng.random() < 0.5:
+        raw["document_prefix"] = rng.choice(FOLDERS)
+    if rng.random() < 0.4:
+        raw["modified_after"] = rng.choice(("2025-12-31", "2026-01-01T00:00:00Z", "2025-01-01"))
+    if rng.random() < 0.3:
+        raw["modified_before"] = rng.choice(("2026-02-01", "2026-01-01T00:00:00Z"))
+    if rng.random() < 0.3:
+        raw["metadata"] = {"title": rng.choice(("Alpha", "Beta"))}
+    return raw
+
+
+@pytest.fixture(scope="module")
+def store_and_live(tmp_path_factory):
+    """A Flat store with two sealed checkpoints, tombstones (replaced and deleted documents, a chunk id that is
+    dead in a segment and live again) and pending writes; with the live documents as the test wrote them."""
+    rng = random.Random(21)
+    settings = StoreSettings(path=tmp_path_factory.mktemp("filters") / "store", checkpoint_every_vectors=10**6,
+                             checkpoint_every_seconds=None, merge_factor=100, max_dead_ratio=1)
+    live: dict[tuple[str, str], DocumentUpsert] = {}
+
+    def write(documents):
+        store.write(documents)
+        live.update({(d.source, d.document): d for d in documents})
+
+    with FaissStore.open(settings, model="test", dimension=DIMENSION) as store:
+        names = [(rng.choice(SOURCES), f"{rng.choice(FOLDERS)}doc{n}") for n in range(120)]
+        write([make_document(rng, source, name, 1) for source, name in names[:80]])
+        store.checkpoint()
+        write([make_document(rng, source, name, 2) for source, name in names[:20]])  # replaced: tombstones
+        gone = names[20:30]
+        store.write([DocumentDelete(source, name) for source, name in gone])
+        for key in gone:
+            del live[key]
+        store.checkpoint()
+        back = names[20:25]  # the same chunk ids as their sealed, now dead, copies
+        write([make_document(rng, source, name, 1) for source, name in back])
+        write([make_document(rng, source, name, 1) for source, name in names[80:]])  # pending, not sealed
+        assert store.catalog.counter("dead") > 0 and store.catalog.pending_vectors() > 0
+    return settings, live
+
+
+def test_filtered_search_equals_brute_force_over_the_filtered_live_vectors(store_and_live):
+    settings, live = store_and_live
+    rng = random.Random(7)
+    checked = 0
+    with FaissStore.open(settings, writable=False) as reader:
+        for _ in range(150):
+            raw = random_filter(rng)
+            query = np.random.default_rng(rng.getrandbits(32)).standard_normal(DIMENSION).astype(np.float32)
+            k = rng.choice((1, 3, 10, 50))
+            chosen = [d for d in live.values() if passes(d, raw)]
+            ids = [c.chunk_id for d in chosen for c in d.chunks]
+            scores = np.concatenate([d.vectors @ query for d in chosen]) if chosen else np.empty(0)
+            expected = [ids[i] for i in np.argsort(-scores, kind="stable")[:k]]
+            hits = reader.search(query, k, parse_filter(raw))
+            assert [hit.chunk_id for hit in hits] == expected, raw
+            assert [hit.score for hit in hits] == pytest.approx(sorted(scores, reverse=True)[:k], abs=1e-5)
+            checked += bool(expected) and len(chosen) < len(live)
+    assert checked > 50  # most filters chose some, not all
+
+
+@pytest.mark.parametrize("factory", ["IVF4,Flat", "HNSW8"])
+def test_approximate_indexes_return_only_chunks_that_pass(tmp_path, factory):
+    rng = random.Random(3)
+    settings = StoreSettings(path=tmp_path / "store", index_factory=factory, train_vectors=50)
+    with FaissStore.open(settings, model="test", dimension=DIMENSION) as store:
+        documents = [make_document(rng, rng.choice(SOURCES), f"{rng.choice(FOLDERS)}doc{n}", 1) for n in range(80)]
+        store.write(documents)
+        store.checkpoint()
+        raw = {"source": "wiki", "document_prefix": "reports/"}
+        chosen = {c.chunk_id for d in documents if passes(d, raw) for c in d.chunks}
+        hits = store.search(documents[0].vectors[0], 5, parse_filter(raw))
+        assert hits and {hit.chunk_id for hit in hits} <= chosen
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"sorce": "wiki"}, "unknown filter key(s) 'sorce'"),
+    ({"source": []}, "filter 'source' must be"),
+    ({"source": 3}, "filter 'source' must be"),
+    ({"modified_after": "last tuesday"}, "ISO 8601"),
+    ({"metadata": {"author": "x"}}, "unknown metadata key(s) 'author'"),
+    ({"metadata": "title"}, "filter 'metadata' must be"),
+    (["source"], "a filter is a JSON object"),
+])
+def test_bad_filters_are_refused_with_a_message_naming_the_key(raw, message):
+    with pytest.raises(FilterError, match=None) as caught:
+        parse_filter(raw)
+    assert message in str(caught.value)
+
+
+def test_no_filter_and_an_empty_filter_are_the_same():
+    assert parse_filter(None) is None and parse_filter({}) is None
