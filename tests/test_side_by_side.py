@@ -8,9 +8,12 @@ import threading
 
 import pytest
 
+from vectormill.connectors.base import DocumentRef
 from vectormill.flows.config import load_config
+from vectormill.flows.retry_queue import INTERRUPTED
 from vectormill.flows.side_by_side import FairEmbedding, FairQueue
 from vectormill.stores.faiss_store import FaissStore
+from vectormill.stores.records import DocumentFailed
 
 from .servers.hubspot_server import hubspot_server
 from .servers.mediawiki_server import MediaWikiServer
@@ -73,6 +76,30 @@ def test_the_pool_serves_waiting_sources_round_robin_and_hands_each_its_own_erro
 
 
 # ---- the flow ---------------------------------------------------------------------------------------
+def throttled_sources(folder, crm, wiki, extra: str = ""):
+    """A config of the CRM and the wiki, both throttled to a few requests a second: one after the
+    other, the CRM's requests would all come before the wiki's first."""
+    for n in range(8):
+        crm.app.add("companies", name=f"Company {n}", description=f"Company {n} makes widget model {n}.")
+    wiki.import_pages({f"Runbook {n}": f"Runbook {n}: restart service {n} at midnight." for n in range(6)})
+    config = folder / "vectormill.toml"
+    config.write_text(
+        '[store]\npath = "store"\n\n[chunking]\ntokens = 64\noverlap = 8\n\n'
+        '[[sources]]\nname = "crm"\ntype = "hubspot"\ntoken_env = "HUBSPOT_SIDES_TOKEN"\n'
+        f'base_url = "{crm.url}"\nobject_type = "companies"\nproperties = ["name", "description"]\n'
+        'page_size = 1\nrequests_per_second = 4\nburst = 1\nfetch_batch_size = 2\n\n'
+        f'[[sources]]\nname = "wiki"\ntype = "mediawiki"\napi_url = "{wiki.api_url}"\n'
+        f'requests_per_second = 4\nburst = 1\nfetch_batch_size = 2\n{extra}')
+    return config
+
+
+def overlap(crm, wiki) -> bool:
+    """Whether the two servers received requests over a common stretch of time."""
+    crm_times = [request.arrived for request in crm.requests]
+    wiki_times = [request.arrived for request in wiki.requests]
+    return min(wiki_times) < max(crm_times) and min(crm_times) < max(wiki_times)
+
+
 @pytest.mark.slow
 def test_throttled_sources_fetch_side_by_side_and_a_failing_one_stops_only_itself(
         tmp_path, monkeypatch, prefect_harness):
@@ -80,32 +107,39 @@ def test_throttled_sources_fetch_side_by_side_and_a_failing_one_stops_only_itsel
 
     monkeypatch.setenv("HUBSPOT_SIDES_TOKEN", TOKEN)
     with hubspot_server(TOKEN) as crm, MediaWikiServer() as wiki:
-        for n in range(8):
-            crm.app.add("companies", name=f"Company {n}", description=f"Company {n} makes widget model {n}.")
-        wiki.import_pages({f"Runbook {n}": f"Runbook {n}: restart service {n} at midnight." for n in range(6)})
-        config = tmp_path / "vectormill.toml"
-        # Both throttled to a few requests a second: one after the other, the CRM's requests would all
-        # come before the wiki's first. The third source fails at once (its folder is missing).
-        config.write_text(
-            '[store]\npath = "store"\n\n[chunking]\ntokens = 64\noverlap = 8\n\n'
-            '[[sources]]\nname = "crm"\ntype = "hubspot"\ntoken_env = "HUBSPOT_SIDES_TOKEN"\n'
-            f'base_url = "{crm.url}"\nobject_type = "companies"\nproperties = ["name", "description"]\n'
-            'page_size = 1\nrequests_per_second = 4\nburst = 1\nfetch_batch_size = 2\n\n'
-            f'[[sources]]\nname = "wiki"\ntype = "mediawiki"\napi_url = "{wiki.api_url}"\n'
-            'requests_per_second = 4\nburst = 1\nfetch_batch_size = 2\n\n'
-            '[[sources]]\nname = "missing"\ntype = "filesystem"\nroot = "not-mounted"\n')
+        # The third source fails at once (its folder is missing).
+        config = throttled_sources(tmp_path, crm, wiki,
+                                   '\n[[sources]]\nname = "missing"\ntype = "filesystem"\nroot = "not-mounted"\n')
 
         with pytest.raises(IngestFailed, match="source 'missing' failed") as caught:
             ingest(config_file=str(config))
 
-        crm_times = [request.arrived for request in crm.requests]
-        wiki_times = [request.arrived for request in wiki.requests]
-    # The two throttled sources sent their requests over the same stretch of time.
-    assert min(wiki_times) < max(crm_times) and min(crm_times) < max(wiki_times)
+        assert overlap(crm, wiki)
     summary = caught.value.summary
     assert {s["name"]: s["status"] for s in summary["sources"]} == {
-        "crm": "completed", "wiki": "completed", "missing": "failed"}  # per source, in config order
-    assert [s["name"] for s in summary["sources"]] == ["crm", "wiki", "missing"]
+        "crm": "completed", "wiki": "completed", "missing": "failed"}
+    assert [s["name"] for s in summary["sources"]] == ["crm", "wiki", "missing"]  # per source, in config order
     with FaissStore.open(load_config(config).store, writable=False) as store:
         assert len(store.document_versions("crm")) == 8 and len(store.document_versions("wiki")) == 6
         assert store.cursor("crm") and store.cursor("wiki") and not store.cursor("missing")
+
+
+@pytest.mark.slow
+def test_after_a_process_died_mid_run_the_sources_go_one_at_a_time(tmp_path, monkeypatch, prefect_harness):
+    from vectormill.flows.ingest import ingest
+    from vectormill.flows.pipeline import embedder_for
+
+    monkeypatch.setenv("HUBSPOT_SIDES_TOKEN", TOKEN)
+    with hubspot_server(TOKEN) as crm, MediaWikiServer() as wiki:
+        config = throttled_sources(tmp_path, crm, wiki)
+        settings = load_config(config)
+        # As a process that died while it fetched a wiki page leaves the store: the page queued, interrupted.
+        ref = DocumentRef("Runbook 5", "1")
+        with FaissStore.open(settings.store, model=settings.embedding.model,
+                             dimension=embedder_for(settings.embedding).dimension) as store:
+            store.write([DocumentFailed("wiki", ref.id, ref.to_json(), INTERRUPTED, "2024-01-01T00:00:00+00:00")])
+
+        summary = ingest(config_file=str(config))
+
+        assert not overlap(crm, wiki)  # the suspect is fetched with nothing else in flight
+    assert summary["documents"]["new"] == 8 + 6 and summary["retry_queue"] == {"crm": 0, "wiki": 0}
