@@ -113,13 +113,25 @@ class _Worker:
     batch_tokens: int
     max_rows: int | None
     thread: threading.Thread | None = None
-    batches: int = 0
+    batches: int = 0  # model calls (one per batch the budget cut)
+    chunks: int = 0
+    tokens: int = 0  # the chunks' own tokens (special tokens included)
+    padded_tokens: int = 0  # what the model ran: rows × longest, per batch
     oom_splits: int = 0
     precision: PrecisionReport | None = None  # set once its replica is ready
 
+    def count(self, counts: Sequence[int]) -> None:
+        """A batch of chunks with these token counts (longest first) ran."""
+        self.batches += 1
+        self.chunks += len(counts)
+        self.tokens += sum(counts)
+        self.padded_tokens += len(counts) * counts[0]
+
     def state(self) -> dict[str, Any]:
+        padding = 1 - self.tokens / self.padded_tokens if self.padded_tokens else 0.0
         return {"device": self.device, "batch_tokens": self.batch_tokens, "batches": self.batches,
-                "oom_splits": self.oom_splits, "precision": self.precision.used if self.precision else None}
+                "chunks": self.chunks, "padded_share": round(padding, 3), "oom_splits": self.oom_splits,
+                "precision": self.precision.used if self.precision else None}
 
 
 class _ChunkTooLarge(Exception):
@@ -220,6 +232,7 @@ class EmbeddingPool:
             except torch.cuda.OutOfMemoryError:
                 out_of_memory = True  # handled below, once the exception (and its frames' tensors) is gone
             if not out_of_memory:
+                worker.count([job.counts[p] for p in piece])
                 continue
             torch.cuda.empty_cache()
             padded = len(piece) * job.counts[piece[0]]
@@ -232,7 +245,6 @@ class EmbeddingPool:
             logger.warning("CUDA out of memory on %s with %s chunks (%s padded tokens): budget lowered to %s tokens",
                            worker.device, len(piece), padded, worker.batch_tokens)
             pieces.extendleft(reversed(split_by_budget(job.counts, piece, worker.batch_tokens, worker.max_rows)))
-        worker.batches += 1
         return vectors
 
     # ---- the caller's side -----------------------------------------------------------------------
@@ -344,7 +356,7 @@ class EmbeddingPool:
         if reset:
             self.replaced = 0
             for worker in self._workers:
-                worker.batches = worker.oom_splits = 0
+                worker.batches = worker.chunks = worker.tokens = worker.padded_tokens = worker.oom_splits = 0
         return summary
 
     def close(self) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import threading
 import time
 from typing import Any
 
@@ -207,6 +208,7 @@ class ArtifactProgress:
         from prefect.artifacts import create_progress_artifact
 
         self.inner, self.clock = inner, clock
+        self.lock = threading.Lock()  # sources run side by side, each telling from its own thread
         self.total = self.done = self.chunks = 0
         self.sources: dict[str, str] = {}
         self.updated = clock()
@@ -227,22 +229,26 @@ class ArtifactProgress:
                                  description=progress_description(self.done, self.total, self.chunks, self.sources))
 
     def source_started(self, source: str) -> None:
-        self.sources[source] = "running"
+        with self.lock:
+            self.sources[source] = "running"
         self.inner.source_started(source)
 
     def documents_found(self, source: str, to_process: int) -> None:
-        self.total += to_process
+        with self.lock:
+            self.total += to_process
         self.inner.documents_found(source, to_process)
 
     def documents_done(self, source: str, count: int, chunks: int) -> None:
-        self.done += count
-        self.chunks += chunks
-        self._update()
+        with self.lock:
+            self.done += count
+            self.chunks += chunks
+            self._update()
         self.inner.documents_done(source, count, chunks)
 
     def source_finished(self, source: str, status: str) -> None:
-        self.sources[source] = status
-        self._update(force=True)
+        with self.lock:
+            self.sources[source] = status
+            self._update(force=True)
         self.inner.source_finished(source, status)
 
 

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import wait
 from prefect.states import Completed
 
 from vectormill.connectors.ocr import INSTALL_HINT
@@ -29,6 +31,12 @@ from .pipeline import SourceReport, embedding_dimension, ingest_source, tokenize
 from .plan import Window
 from .precision import record_precision, run_precision
 from .progress import progress_listener
+from .retry_queue import INTERRUPTED
+from .side_by_side import FairEmbedding, SharedStore
+
+# One task per source, on the flow's thread pool: the sources of a run go side by side.
+ingest_source_task = task(ingest_source, name="ingest-source", task_run_name="ingest-{settings.name}",
+                          cache_policy=NO_CACHE)
 
 
 class IngestFailed(RuntimeError):
@@ -215,12 +223,23 @@ def _ingest_sources(config, selected, chunk_tokens, full, seconds, embedding_lim
         try:
             for note in store.notes:
                 logger.warning(note)
-            reports = [
-                ingest_source(source, store, config.embedding, chunk_tokens, config.chunking.overlap, full,
-                              embedding_limit=embedding_limit, execution=execution, drift=config.drift,
-                              window=window, allow_deletions=allow_deletions)
-                for source in selected
-            ]
+            shared = SharedStore(store)
+            # After a process died on some document, sources go one at a time: the suspects of the
+            # death then go alone, so only the one that kills again counts an attempt (flows/retry_queue.py).
+            one_at_a_time = any(q.reason == INTERRUPTED for source in selected for q in store.retry_queue(source.name))
+            if one_at_a_time and len(selected) > 1:
+                logger.info("a run ended while it handled documents: sources go one at a time in this run")
+            with FairEmbedding(execution) as pool:
+                futures = []
+                for source in selected:
+                    futures.append(ingest_source_task.submit(
+                        source, shared, config.embedding, chunk_tokens, config.chunking.overlap, full,
+                        embedding_limit=embedding_limit, execution=pool.for_source(source.name), drift=config.drift,
+                        window=window, allow_deletions=allow_deletions))
+                    if one_at_a_time:
+                        futures[-1].wait()
+                wait(futures)  # every source done (or failed) before any error goes up: the store stays open till then
+            reports = [future.result() for future in futures]
             embedded = any(report.chunks_embedded for report in reports)
             precision = run_precision(config.embedding, execution, embedded)
             precision_note = record_precision(store, precision, existed) if embedded else None

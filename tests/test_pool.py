@@ -132,8 +132,13 @@ def test_batches_respect_the_token_budget_and_sort_by_length(tokenizer):
     pool = EmbeddingPool(MODEL, plan, replica_factory=lambda device: Recording(log, device), tokenizer=tokenizer,
                          telemetry=Telemetry(CpuSampler(2)))
     pool.embed(texts)
+    [worker] = pool.telemetry_summary()["workers"]
     pool.close()
     assert all(rows * longest <= 2048 or rows == 1 for rows, longest, _ in sizes)
+    # The summary says what the pool did: its model calls and the share of padding in what they ran.
+    padded = sum(rows * longest for rows, longest, _ in sizes)
+    assert (worker["batches"], worker["chunks"]) == (len(sizes), 120)
+    assert worker["padded_share"] == round(1 - sum(tokenizer.count(texts)) / padded, 3)
     counts = sorted(tokenizer.count(texts), reverse=True)
     # Longest first, consecutive in length: a batch's shortest is never shorter than the next one's longest.
     assert [longest for _, longest, _ in sizes] == sorted((longest for _, longest, _ in sizes), reverse=True)
