@@ -71,7 +71,10 @@ class FairEmbedding:
         self._waiting: FairQueue[tuple[Any, dict[str, Any], Future]] = FairQueue()
         self._ready = threading.Condition()
         self._closed = False
-        self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._serve,),
+        # The flow run's context, without any source task's: prefect-dask ships a submitting task run's
+        # context (its parameters: the open store) to the workers, which cannot pickle it.
+        self._flow_context = contextvars.copy_context()
+        self._thread = threading.Thread(target=self._flow_context.copy().run, args=(self._serve,),
                                         name="vectormill-embedding", daemon=True)
 
     def __enter__(self) -> "FairEmbedding":
@@ -86,6 +89,10 @@ class FairEmbedding:
 
     def for_source(self, source: str) -> "SourceExecution":
         return SourceExecution(self._execution, self, source)
+
+    def submit_fetch(self, task: Any, parameters: dict[str, Any]) -> Any:
+        """Submit a fetch task as the flow run does (see __init__)."""
+        return self._flow_context.copy().run(self._execution.submit_fetch, task, parameters)
 
     def embed(self, source: str, task: Any, parameters: dict[str, Any]) -> _Later:
         started: Future = Future()
@@ -121,6 +128,9 @@ class SourceExecution:
 
     def embed(self, task: Any, parameters: dict[str, Any]) -> _Later:
         return self._pool.embed(self._source, task, parameters)
+
+    def submit_fetch(self, task: Any, parameters: dict[str, Any]) -> Any:
+        return self._pool.submit_fetch(task, parameters)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._execution, name)

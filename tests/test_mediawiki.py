@@ -256,7 +256,8 @@ def test_faults_are_survived_with_every_page_fetched_within_the_rate_limit(wiki)
             wiki.fail_next(2, 429, retry_after="1")
         return source.fetch(ref)
 
-    with ThreadPoolExecutor(max_workers=4) as pool:
+    threads = 4
+    with ThreadPoolExecutor(max_workers=threads) as pool:
         documents = list(pool.map(fetch, refs))
 
     assert [d.id for d in documents] == [r.id for r in refs]
@@ -265,7 +266,9 @@ def test_faults_are_survived_with_every_page_fetched_within_the_rate_limit(wiki)
     assert reasons["HTTP 429"] == 5 and reasons["HTTP 503"] == 3 and reasons["asked to wait"] == 2
     assert reasons["connection"] >= 2 and reasons["timeout"] >= 1  # more only if this machine is very busy
     assert wiki.pending_faults == 0
-    assert wiki.max_requests_in_window(1.0) <= rate + burst
+    # The limiter grants at most rate + burst tokens a second; on a busy machine each thread may be held
+    # between its token and its request reaching the server, so that many more may arrive bunched.
+    assert wiki.max_requests_in_window(1.0) <= rate + burst + threads
 
 
 def test_maxlag_is_sent_and_retried_after_the_delay_the_wiki_asks(wiki):
