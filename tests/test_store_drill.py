@@ -1,0 +1,96 @@
+"""`store drill` (issue 19): a replica's newest generation restores into a temporary folder, verifies and answers
+its own chunks first; any damage fails it on one line, and the primary is never touched."""
+
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from vectormill.cli.common import UserError
+from vectormill.stores.drill import drill
+from vectormill.stores.errors import StoreError
+from vectormill.stores.replicas import Location
+from vectormill.stores.settings import StoreSettings
+
+from .test_replicas import run_cli
+from .test_store import open_store, write_batches
+
+
+def replicated_store(tmp_path, batches=30, **overrides):
+    """A store of `batches` batches, checkpointed twice, with one directory replica."""
+    values = dict(path=tmp_path / "store", checkpoint_every_vectors=10_000, checkpoint_every_seconds=None,
+                  keep_generations=2, replica_attempts=1, replica_backoff_seconds=0.01,
+                  replicas=[{"name": "disk", "url": str(tmp_path / "replica")}])
+    values.update(overrides)
+    config = StoreSettings(**values)
+    with open_store(config) as store:
+        write_batches(store, 0, batches // 2)
+        store.checkpoint()
+        write_batches(store, batches // 2, batches)
+        store.checkpoint()
+        assert store.replication_problem() is None
+        counts = store.stats()
+    return config, counts
+
+
+def hashes(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def drills_left() -> list[Path]:
+    return list(Path(tempfile.gettempdir()).glob("vectormill-drill-*"))
+
+
+def test_a_healthy_replica_drills_ok_and_the_primary_is_untouched(tmp_path):
+    config, counts = replicated_store(tmp_path)
+    before, left_before = hashes(config.path), drills_left()
+    report = drill(config)
+    assert report["ok"] and report["replica"] == "disk" and report["exact"]
+    assert report["generation"] == Location.replica(config.replicas[0]).generations()[0]
+    assert (report["documents"], report["vectors"]) == (counts["documents"], counts["vectors"])
+    assert report["queries"] == 20 and report["agreement"] == 1.0
+    assert report["age_seconds"] >= 0 and report["restore_seconds"] > 0
+    assert hashes(config.path) == before  # not a byte of the primary changed
+    assert drills_left() == left_before  # the temporary folder is gone
+
+    result = run_cli(tmp_path, config, ["store", "drill", "--from", "disk", "--json"])
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)
+    assert {"ok", "replica", "generation", "documents", "vectors", "age_seconds", "restore_seconds", "queries",
+            "agreement"} <= printed.keys() and printed["ok"]
+    assert hashes(config.path) == before
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "missing"])
+def test_a_damaged_replica_file_fails_the_drill_on_one_line(tmp_path, damage):
+    config, _ = replicated_store(tmp_path)
+    before = hashes(config.path)
+    segment = max((tmp_path / "replica" / "segments").glob("*.faiss"), key=lambda p: p.stat().st_mtime)
+    if damage == "corrupt":
+        data = bytearray(segment.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        segment.write_bytes(bytes(data))
+    else:
+        segment.unlink()
+    with pytest.raises(StoreError, match="does not restore"):
+        drill(config)
+    result = run_cli(tmp_path, config, ["store", "drill"])  # main() prints a UserError's lines, each `error: ...`
+    assert isinstance(result.exception, UserError) and result.exception.code == 1, result.output
+    [line] = result.exception.lines
+    assert line.startswith("drill: generation ") and "'disk'" in line and "\n" not in line, line
+    assert hashes(config.path) == before  # the primary holds the intact file: never used, never changed
+
+
+def test_no_replica_or_an_empty_one_fails_the_drill(tmp_path):
+    config, _ = replicated_store(tmp_path, batches=4, replicas=[], min_replicas_confirmed=0)
+    with pytest.raises(StoreError, match="no replica configured"):
+        drill(config)
+    empty = config.model_copy(update={"replicas": StoreSettings(
+        replicas=[{"name": "new", "url": str(tmp_path / "empty")}]).replicas})
+    with pytest.raises(StoreError, match="holds no generation"):
+        drill(empty)
+    with pytest.raises(StoreError, match="no replica named 'other': choose one of new"):
+        drill(empty, "other")
