@@ -94,3 +94,42 @@ def test_no_replica_or_an_empty_one_fails_the_drill(tmp_path):
         drill(empty)
     with pytest.raises(StoreError, match="no replica named 'other': choose one of new"):
         drill(empty, "other")
+
+
+def test_the_drill_artifact_shows_the_figures_or_the_error():
+    from vectormill.flows.artifacts import drill_markdown
+
+    report = {"ok": True, "replica": "disk", "generation": 7, "documents": 3, "vectors": 9, "age_seconds": 12.5,
+              "restore_seconds": 0.25, "queries": 9, "agreement": 1.0}
+    markdown = drill_markdown(report)
+    assert markdown.startswith("# Store drill: ok") and "| age_seconds | 12.5 |" in markdown
+    assert json.loads(markdown.split("```json\n")[1].split("\n```")[0]) == report
+    failed = drill_markdown({"ok": False, "replica": None, "error": "drill: replica 'disk' holds no | generation"})
+    assert failed.startswith("# Store drill: FAILED") and "holds no \\| generation" in failed
+
+
+@pytest.mark.slow
+def test_the_drill_flow_returns_the_report_and_fails_when_the_replica_is_damaged(tmp_path, prefect_harness):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from vectormill.flows.drill_flow import DrillFailed, store_drill
+
+    config, counts = replicated_store(tmp_path)
+    assert run_cli(tmp_path, config, ["store", "drill"]).exit_code == 0  # and writes the config file
+    config_file = str(tmp_path / "vectormill.toml")
+
+    def published() -> str:
+        with get_client(sync_client=True) as client:
+            [artifact] = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["store-drill"])),
+                                               sort="CREATED_DESC", limit=1)
+        return artifact.data
+
+    report = store_drill(config_file=config_file)
+    assert report["ok"] and report["vectors"] == counts["vectors"] and report["agreement"] == 1.0
+    assert published().startswith("# Store drill: ok")
+    for segment in (tmp_path / "replica" / "segments").glob("*.rows"):
+        segment.unlink()
+    with pytest.raises(DrillFailed, match="does not restore"):
+        store_drill(config_file=config_file, replica="disk")
+    assert published().startswith("# Store drill: FAILED")
