@@ -133,3 +133,34 @@ def test_the_drill_flow_returns_the_report_and_fails_when_the_replica_is_damaged
     with pytest.raises(DrillFailed, match="does not restore"):
         store_drill(config_file=config_file, replica="disk")
     assert published().startswith("# Store drill: FAILED")
+
+
+def test_a_trained_factory_counts_agreement(tmp_path):
+    config, counts = replicated_store(tmp_path, batches=60, index_factory="IVF2,Flat", train_vectors=16)
+    report = drill(config)
+    assert not report["exact"] and report["required_agreement"] < 1.0
+    assert report["ok"] and report["agreement"] >= report["required_agreement"]
+    assert report["vectors"] == counts["vectors"]
+
+
+@pytest.mark.slow
+def test_a_drill_killed_at_any_step_changes_neither_the_primary_nor_the_replica(tmp_path):
+    """SIGKILL at each file the drill writes in its temporary folder: the primary and the replica stay byte for byte
+    what they were (a killed drill leaves only its temporary folder behind)."""
+    from .test_store_crash import kill_at_every_file_event
+
+    config, _ = replicated_store(tmp_path, batches=8)
+    replica = tmp_path / "replica"
+    before = hashes(config.path), hashes(replica)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    body = (f"import tempfile\ntempfile.tempdir = {str(scratch)!r}\n"
+            "from vectormill.stores.drill import drill\nfrom vectormill.stores.settings import StoreSettings\n"
+            f"assert drill(StoreSettings.model_validate_json({config.model_dump_json()!r}))['ok']")
+
+    def untouched() -> str:
+        assert (hashes(config.path), hashes(replica)) == before
+        return "untouched"
+
+    outcomes = kill_at_every_file_event(tmp_path, scratch, body, lambda: None, untouched)
+    assert outcomes["untouched"] > 5 and list(outcomes)[-1] == "completed: untouched", outcomes
