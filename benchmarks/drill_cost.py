@@ -21,7 +21,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from store_scale import CHUNKS_PER_DOCUMENT, DIMENSION, DOCUMENTS_PER_WRITE, MODEL, document, folder_bytes, settings  # noqa: E402
+from store_scale import (  # noqa: E402
+    CHUNKS_PER_DOCUMENT, DIMENSION, DOCUMENTS_PER_WRITE, MODEL, document, folder_bytes, settings,
+)
 
 from vectormill.stores.drill import drill  # noqa: E402
 from vectormill.stores.faiss_store import FaissStore  # noqa: E402
@@ -58,7 +60,8 @@ def main() -> None:
           f"one directory replica")
     print(f"  store verify: read {read / 2**20:.1f} MiB (primary + replica) in {verify_seconds:.2f} s: "
           f"{verify_seconds / (read / GB):.1f} s per GB")
-    print(f"  store drill: restore (recovery time) {result['restore_seconds']:.2f} s, whole drill {drill_seconds:.2f} s "
+    print(f"  store drill: restore (recovery time) {result['restore_seconds']:.2f} s, "
+          f"whole drill {drill_seconds:.2f} s "
           f"({result['queries']} queries, agreement {result['agreement']:.2f}); recovery point: the newest generation "
           f"was {result['age_seconds']:.1f} s old")
 

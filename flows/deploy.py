@@ -3,8 +3,8 @@
 One deployment per configured source (`ingest/<source>`) plus `ingest/all`, each with its cron
 schedule from the config's [deployments] table, and two checks: `audit/weekly`, the `audit` flow
 (flows/audit_flow.py, `sources audit` of every source) on `audit_schedule`, and `drill/store-drill`, the
-`drill` flow (flows/drill_flow.py, `store drill` of the first replica) on `drill_schedule`. The same specs feed `vectormill serve`
-(`flow.to_deployment` + `prefect.serve`, no work pool) and `deployments/prefect.yaml`
+`drill` flow (flows/drill_flow.py, `store drill` of the first replica) on `drill_schedule`. The same specs
+feed `vectormill serve` (`flow.to_deployment` + `prefect.serve`, no work pool) and `deployments/prefect.yaml`
 (`prefect deploy`, a process work pool), so both ways deploy the same thing.
 
 Global concurrency limits (created by `vectormill setup-limits` and on `vectormill serve`):
@@ -86,7 +86,8 @@ def deployment_specs(config: VectormillConfig) -> list[DeploymentSpec]:
 
 @dataclass(frozen=True)
 class CheckSpec:
-    """A scheduled check beside ingestion (audit/weekly, drill/store-drill): one run at a time, its result an artifact."""
+    """A scheduled check beside ingestion (audit/weekly, drill/store-drill): one run at a time, its result in an
+    artifact."""
 
     name: str
     entrypoint: str  # module:flow function, imported from the installed package

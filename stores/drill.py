@@ -16,6 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .errors import StoreError
 from .faiss_store import FaissStore
 from .generations import current_manifest
@@ -73,7 +75,7 @@ def drill(settings: StoreSettings, replica: str | None = None, queries: int = QU
             raise StoreError(f"drill: generation {newest} of {where} does not restore ({exc}): run `vectormill store "
                              "verify --repair` to copy its damaged files again from the primary") from None
         restore_seconds = time.perf_counter() - started
-        created_at = location.read_manifest(newest)["created_at"]
+        created_at = datetime.fromisoformat(location.read_manifest(newest)["created_at"])
         report = verify_store(scratch.model_copy(update={"replicas": ()}))
         if not report["ok"]:
             found = "; ".join(f"{p['file']}: {p['detail']}" for p in report["problems"])
@@ -87,7 +89,7 @@ def drill(settings: StoreSettings, replica: str | None = None, queries: int = QU
     agreement = agreeing / len(sample) if sample else 1.0
     result = {"ok": agreement >= required_agreement(exact), "replica": chosen.name, "generation": newest,
               "documents": stats["documents"], "vectors": stats["vectors"],
-              "age_seconds": round((datetime.now(timezone.utc) - datetime.fromisoformat(created_at)).total_seconds(), 3),
+              "age_seconds": round((datetime.now(timezone.utc) - created_at).total_seconds(), 3),
               "restore_seconds": round(restore_seconds, 3), "queries": len(sample), "agreement": agreement,
               "exact": exact, "required_agreement": required_agreement(exact)}
     if not result["ok"]:
@@ -97,14 +99,12 @@ def drill(settings: StoreSettings, replica: str | None = None, queries: int = QU
     return result
 
 
-def sample_chunks(store: FaissStore, count: int) -> list[tuple[str, Any]]:
+def sample_chunks(store: FaissStore, count: int) -> list[tuple[str, np.ndarray]]:
     """Up to `count` (chunk id, vector) of stored chunks spread evenly over the rows (a few index look-ups)."""
-    import numpy as np
-
     low, high = store.db.execute("SELECT min(row), max(row) FROM chunks").fetchone()
     if low is None:
         return []
-    found: dict[str, Any] = {}
+    found: dict[str, np.ndarray] = {}
     for target in np.linspace(low, high, num=count).round().astype(int).tolist():
         row = store.db.execute("SELECT chunk_id, vector FROM chunks WHERE row >= ? ORDER BY row LIMIT 1",
                                (target,)).fetchone()
@@ -112,7 +112,7 @@ def sample_chunks(store: FaissStore, count: int) -> list[tuple[str, Any]]:
     return list(found.items())
 
 
-def comes_first(store: FaissStore, chunk_id: str, vector: Any) -> bool:
+def comes_first(store: FaissStore, chunk_id: str, vector: np.ndarray) -> bool:
     """Whether searching the store with a chunk's own vector ranks that chunk first (ties of equal score agree)."""
     hits = store.search(vector, k=5)
     return any(hit.chunk_id == chunk_id for hit in hits if hits[0].score - hit.score <= SAME_SCORE)

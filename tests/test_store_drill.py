@@ -61,6 +61,8 @@ def test_a_healthy_replica_drills_ok_and_the_primary_is_untouched(tmp_path):
     printed = json.loads(result.stdout)
     assert {"ok", "replica", "generation", "documents", "vectors", "age_seconds", "restore_seconds", "queries",
             "agreement"} <= printed.keys() and printed["ok"]
+    shown = run_cli(tmp_path, config, ["store", "drill"])
+    assert shown.exit_code == 0 and "restore_seconds" in shown.stdout and "answers its own chunks first" in shown.stdout
     assert hashes(config.path) == before
 
 
@@ -121,8 +123,8 @@ def test_the_drill_flow_returns_the_report_and_fails_when_the_replica_is_damaged
 
     def published() -> str:
         with get_client(sync_client=True) as client:
-            [artifact] = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["store-drill"])),
-                                               sort="CREATED_DESC", limit=1)
+            chosen = ArtifactFilter(key=ArtifactFilterKey(any_=["store-drill"]))
+            [artifact] = client.read_artifacts(artifact_filter=chosen, sort="CREATED_DESC", limit=1)
         return artifact.data
 
     report = store_drill(config_file=config_file)
