@@ -30,7 +30,7 @@ def register(app: typer.Typer, store_app: typer.Typer) -> None:
               warm_model: bool = typer.Option(True, "--warm-model/--no-warm-model",
                                               help="Keep the model loaded here between runs (a Prefect task worker "
                                                    "embeds for them); --no-warm-model: each run loads its own.")) -> None:
-        """Serve the deployments (ingest/<source>, ingest/all, audit/weekly) from this process: no work pool needed."""
+        """Serve the deployments (ingest/<source>, ingest/all, audit/weekly, drill/store-drill) from this process: no work pool needed."""
         from vectormill.flows.deploy import runner_deployments, setup_limits
         from vectormill.flows.remote import require_server
         from vectormill.flows.serving import serve as serve_here

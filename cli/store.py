@@ -1,5 +1,5 @@
-"""`vectormill store stats|verify|restore|compact`: what the store holds, check every copy of it, bring one back,
-merge its segments.
+"""`vectormill store stats|verify|restore|drill|compact`: what the store holds, check every copy of it, bring one back,
+prove a replica restores, merge its segments.
 
 None runs a flow, so none imports Prefect.
 """
@@ -118,6 +118,29 @@ def register(app: typer.Typer, store_app: typer.Typer) -> None:
             console.print(f"set aside in quarantine/: {item}")
         for note in result["notes"]:
             print_warning(note)
+
+    @store_app.command("drill")
+    def drill_command(
+        source: Optional[str] = typer.Option(None, "--from", help="Replica to drill (default: the first configured)."),
+        config: Optional[Path] = ConfigOption,
+        as_json: bool = JsonOption,
+    ) -> None:
+        """Restore a replica's newest generation into a temporary folder (the primary untouched), verify it and
+        search it with its own chunks; report the recovery point and time. Exit 1 on any problem."""
+        from vectormill.stores.drill import drill
+
+        settings = load(config)
+        with user_errors():
+            report = drill(settings.store, source)
+        if as_json:
+            print(json.dumps(report))
+            return
+        table = Table(title=f"store drill: replica {report['replica']}", show_header=False)
+        for key in ("generation", "documents", "vectors", "age_seconds", "restore_seconds", "queries", "agreement"):
+            table.add_row(key, str(report[key]))
+        console.print(table)
+        console.print(f"generation {report['generation']} of replica {report['replica']} restores, verifies and "
+                      "answers its own chunks first", highlight=False)
 
     @store_app.command("compact")
     def compact(config: Optional[Path] = ConfigOption, as_json: bool = JsonOption) -> None:

@@ -12,6 +12,8 @@ Artifact keys are stable, so the UI's Artifacts page shows each one's history ac
                               `backfill --deployment --json` prints)
 - `sources-audit`             markdown: the last `sources audit` run by the audit flow (audit/weekly):
                               counts per source, the diverging document ids, the report as JSON
+- `store-drill`               markdown: the last `store drill` run by the drill flow (drill/store-drill): the
+                              replica, recovery point and time, queries answered, or the error; the report as JSON
 
 Keys hold only lowercase letters, digits and dashes (`slug`). The summary renders these optional
 keys of the summary dict when a flow adds them (one line each in the flow): `precision` (what
@@ -276,3 +278,25 @@ def publish_audit(report: dict[str, Any]) -> None:
 
     create_markdown_artifact(audit_markdown(report), key=AUDIT_KEY,
                              description=f"sources audit: {'ok' if report['ok'] else 'diverges'}")
+
+
+# ---- the weekly drill (flows/drill_flow.py) -------------------------------------------------------
+DRILL_KEY = "store-drill"
+DRILL_ROWS = ("replica", "generation", "documents", "vectors", "age_seconds", "restore_seconds", "queries", "agreement")
+
+
+def drill_markdown(report: dict[str, Any]) -> str:
+    """The drill's report (`store drill --json`, or {"ok": false, "replica", "error"}) for people."""
+    lines = [f"# Store drill: {'ok' if report['ok'] else 'FAILED'}", ""]
+    if report.get("error"):
+        lines += [_cell(report["error"]), ""]
+    lines += _table([{"what": key, "value": report[key]} for key in DRILL_ROWS if key in report])
+    lines += ["", "```json", json.dumps(report), "```"]
+    return "\n".join(lines)
+
+
+def publish_drill(report: dict[str, Any]) -> None:
+    from prefect.artifacts import create_markdown_artifact
+
+    create_markdown_artifact(drill_markdown(report), key=DRILL_KEY,
+                             description=f"store drill: {'ok' if report['ok'] else 'failed'}")

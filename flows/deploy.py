@@ -1,9 +1,10 @@
 """Deployments of the `ingest` flow and the Prefect global concurrency limits they share.
 
 One deployment per configured source (`ingest/<source>`) plus `ingest/all`, each with its cron
-schedule from the config's [deployments] table, and `audit/weekly`: the `audit` flow
-(flows/audit_flow.py, `sources audit` of every source) on `audit_schedule`. The same specs feed `vectormill serve`
-(`flow.to_deployment` + `prefect.serve`, no work pool) and `deployments/prefect.yaml`
+schedule from the config's [deployments] table, and two checks: `audit/weekly`, the `audit` flow
+(flows/audit_flow.py, `sources audit` of every source) on `audit_schedule`, and `drill/store-drill`, the
+`drill` flow (flows/drill_flow.py, `store drill` of the first replica) on `drill_schedule`. The same specs
+feed `vectormill serve` (`flow.to_deployment` + `prefect.serve`, no work pool) and `deployments/prefect.yaml`
 (`prefect deploy`, a process work pool), so both ways deploy the same thing.
 
 Global concurrency limits (created by `vectormill setup-limits` and on `vectormill serve`):
@@ -37,9 +38,6 @@ if TYPE_CHECKING:
 FLOW_NAME = "ingest"
 ALL = "all"  # the deployment that ingests every source; no source may take this name
 ENTRYPOINT = "vectormill.flows.ingest:ingest"
-AUDIT_NAME = "weekly"  # the deployment audit/weekly
-AUDIT_ENTRYPOINT = "vectormill.flows.audit_flow:audit_sources"
-AUDIT_DESCRIPTION = "vectormill: list every source fully and compare it with the store (sources audit)."
 
 
 class DeploymentConfigError(ValueError):
@@ -86,6 +84,37 @@ def deployment_specs(config: VectormillConfig) -> list[DeploymentSpec]:
     return specs
 
 
+@dataclass(frozen=True)
+class CheckSpec:
+    """A scheduled check beside ingestion (audit/weekly, drill/store-drill): one run at a time, its result in an
+    artifact."""
+
+    name: str
+    entrypoint: str  # module:flow function, imported from the installed package
+    description: str
+    tags: tuple[str, ...]
+    parameters: tuple[tuple[str, Any], ...]  # besides config_file
+    cron: str | None
+
+    def flow(self) -> Any:
+        from importlib import import_module
+
+        module, function = self.entrypoint.split(":")
+        return getattr(import_module(module), function)
+
+
+def check_specs(config: VectormillConfig) -> list[CheckSpec]:
+    settings: DeploymentSettings = config.deployments
+    return [
+        CheckSpec("weekly", "vectormill.flows.audit_flow:audit_sources",
+                  "vectormill: list every source fully and compare it with the store (sources audit).",
+                  ("vectormill", "audit"), (("deep", False),), settings.audit_schedule),
+        CheckSpec("store-drill", "vectormill.flows.drill_flow:store_drill",
+                  "vectormill: restore the newest generation of a replica aside, verify and search it (store drill).",
+                  ("vectormill", "drill"), (("replica", None),), settings.drill_schedule),
+    ]
+
+
 def deployment_tags(spec: DeploymentSpec) -> list[str]:
     return ["vectormill", f"source:{spec.name}"]
 
@@ -113,15 +142,13 @@ def runner_deployments(config: VectormillConfig, config_file: str) -> list[Any]:
             # same everywhere, which the task worker of `vectormill serve` needs to read their context.
             entrypoint_type=EntrypointType.MODULE_PATH,
         ))
-    from .audit_flow import audit_sources
-
-    deployments.append(audit_sources.to_deployment(
-        name=AUDIT_NAME,
-        schedules=[CronSchedule(cron=settings.audit_schedule, timezone=settings.timezone)]
-        if settings.audit_schedule else None,
-        parameters={"config_file": config_file, "deep": False},
-        concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE),
-        description=AUDIT_DESCRIPTION, tags=["vectormill", "audit"], entrypoint_type=EntrypointType.MODULE_PATH))
+    for check in check_specs(config):
+        deployments.append(check.flow().to_deployment(
+            name=check.name,
+            schedules=[CronSchedule(cron=check.cron, timezone=settings.timezone)] if check.cron else None,
+            parameters={"config_file": config_file, **dict(check.parameters)},
+            concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE),
+            description=check.description, tags=list(check.tags), entrypoint_type=EntrypointType.MODULE_PATH))
     return deployments
 
 
@@ -140,16 +167,17 @@ def prefect_yaml(config: VectormillConfig, config_file: str) -> dict[str, Any]:
             "concurrency_limit": {"limit": settings.runs_per_deployment, "collision_strategy": "ENQUEUE"},
             "work_pool": {"name": settings.work_pool, "work_queue_name": None, "job_variables": {}},
         })
-    deployments.append({
-        "name": AUDIT_NAME,
-        "description": AUDIT_DESCRIPTION,
-        "entrypoint": AUDIT_ENTRYPOINT,
-        "tags": ["vectormill", "audit"],
-        "parameters": {"config_file": config_file, "deep": False},
-        "schedules": [{"cron": settings.audit_schedule, "timezone": settings.timezone}] if settings.audit_schedule else [],
-        "concurrency_limit": {"limit": 1, "collision_strategy": "ENQUEUE"},
-        "work_pool": {"name": settings.work_pool, "work_queue_name": None, "job_variables": {}},
-    })
+    for check in check_specs(config):
+        deployments.append({
+            "name": check.name,
+            "description": check.description,
+            "entrypoint": check.entrypoint,
+            "tags": list(check.tags),
+            "parameters": {"config_file": config_file, **dict(check.parameters)},
+            "schedules": [{"cron": check.cron, "timezone": settings.timezone}] if check.cron else [],
+            "concurrency_limit": {"limit": 1, "collision_strategy": "ENQUEUE"},
+            "work_pool": {"name": settings.work_pool, "work_queue_name": None, "job_variables": {}},
+        })
     return {
         "name": "vectormill",
         "prefect-version": _prefect_version(),

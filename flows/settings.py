@@ -36,6 +36,8 @@ class DeploymentSettings(BaseModel):
     all_schedule: str | None = None
     # Cron of audit/weekly (`sources audit` of every source, published as a UI artifact); "": on demand.
     audit_schedule: str | None = "0 4 * * 0"
+    # Cron of drill/store-drill (`store drill` of the first replica, published as a UI artifact); "": on demand.
+    drill_schedule: str | None = "0 5 * * 0"
     timezone: str = "UTC"
     # Runs of one deployment at once; more wait for a slot (collision strategy ENQUEUE).
     runs_per_deployment: int = Field(default=1, ge=1)
@@ -54,7 +56,7 @@ class DeploymentSettings(BaseModel):
                 raise ValueError(f"schedules.{name}: {exc}") from None
         return schedules
 
-    @field_validator("all_schedule", "audit_schedule")
+    @field_validator("all_schedule", "audit_schedule", "drill_schedule")
     @classmethod
     def _all_cron(cls, expression: str | None) -> str | None:
         return _valid_cron(expression or None)

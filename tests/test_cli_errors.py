@@ -149,6 +149,7 @@ def test_no_store_yet_and_an_unreachable_prefect_server_are_one_line_and_exit_1(
     check(everything, "no-store", TALK_TO_PREFECT, 1, UNREACHABLE)
     check(everything, "", [("runs",)], 1, UNREACHABLE)
     check(everything, "no-store", NEED_A_STORE, 1, "no store at")
+    check(everything, "no-store", [("store", "drill")], 1, "no replica configured")
 
 
 def test_a_store_of_another_model_is_one_line_and_exit_1(everything):

@@ -66,10 +66,14 @@ def test_prefect_yaml_holds_the_same_deployments_on_a_process_pool(tmp_path):
                                   '[deployments.schedules]\nwiki = "0 * * * *"\n')
     document = yaml.safe_load(yaml.safe_dump(prefect_yaml(config, "/srv/vectormill.toml")))
     by_name = {d["name"]: d for d in document["deployments"]}
-    assert list(by_name) == ["docs", "wiki", "all", "weekly"]
+    assert list(by_name) == ["docs", "wiki", "all", "weekly", "store-drill"]
     audit = by_name["weekly"]  # audit/weekly: `sources audit` on Sundays, published as an artifact
     assert audit["entrypoint"] == "vectormill.flows.audit_flow:audit_sources"
     assert audit["schedules"] == [{"cron": "0 4 * * 0", "timezone": "UTC"}]
+    drill = by_name["store-drill"]  # drill/store-drill: `store drill` an hour later, published as an artifact
+    assert drill["parameters"] == {"config_file": "/srv/vectormill.toml", "replica": None}
+    assert drill["schedules"] == [{"cron": "0 5 * * 0", "timezone": "UTC"}]
+    assert drill["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
     wiki = by_name["wiki"]
     assert wiki["entrypoint"] == "vectormill.flows.ingest:ingest"
     assert wiki["work_pool"]["name"] == "ingest-pool"
@@ -81,6 +85,10 @@ def test_prefect_yaml_holds_the_same_deployments_on_a_process_pool(tmp_path):
 
     assert load_flow_from_entrypoint(wiki["entrypoint"]).name == "ingest"
     assert load_flow_from_entrypoint(audit["entrypoint"]).name == "audit"
+    assert load_flow_from_entrypoint(drill["entrypoint"]).name == "drill"
+    on_demand = config_for(tmp_path, '[deployments]\ndrill_schedule = ""\n')
+    assert yaml.safe_load(yaml.safe_dump(prefect_yaml(on_demand, "/srv/vectormill.toml")))["deployments"][-1][
+        "schedules"] == []
 
 
 def test_deployment_config_mistakes_are_named(tmp_path):
@@ -275,6 +283,9 @@ def test_deployments_carry_schedules_parameters_and_the_per_source_limit(served)
     assert docs["parameters"] == {"config_file": str(served.config), "sources": ["docs"], "full": False}
     assert docs["global_concurrency_limit"]["limit"] == 1
     assert docs["concurrency_options"]["collision_strategy"] == "ENQUEUE"
+    drill = deployments["store-drill"]  # served like the others: `store drill` of the first replica, weekly
+    assert [s["schedule"]["cron"] for s in drill["schedules"]] == ["0 5 * * 0"]
+    assert drill["parameters"] == {"config_file": str(served.config), "replica": None}
 
 
 def test_the_task_worker_embeds_only_for_local_runs():

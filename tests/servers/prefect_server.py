@@ -284,7 +284,7 @@ def served(prefect_server, tmp_path_factory):
             raise RuntimeError(f"vectormill serve exited {process.returncode}: {log.read_text()[-3000:]}")
         with prefect_server.client() as client:
             names = {d["name"] for d in client.post("/deployments/filter", json={}).json()}
-        return {"docs", "mixed", "broken", "notes", "all"} <= names
+        return {"docs", "mixed", "broken", "notes", "all", "weekly", "store-drill"} <= names
 
     try:
         wait_until(deployed, 120, "vectormill serve to register its deployments")

@@ -1,0 +1,118 @@
+"""`store drill`: prove that a replica's newest generation restores and answers queries, without touching the primary.
+
+A backup counts only once a restore from it has worked. The drill restores the replica's newest generation
+into a temporary folder (only that replica is read: no other copy can fill a gap in it), verifies the result
+(files, database, row checksums), opens it read-only and searches it with a sample of its own stored chunks'
+vectors: each must come back first. It measures what a user gets from the backups: the recovery point (how old
+the newest restorable generation is) and the recovery time (how long its restore took). The folder is removed
+afterwards, whatever happened.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import StoreError
+from .faiss_store import FaissStore
+from .generations import current_manifest
+from .manifest import segments_of
+from .replicas import Location, redact_url
+from .restore import restore_store, verify_store
+from .segments import FLAT
+from .settings import ReplicaSettings, StoreSettings
+
+QUERIES = 20  # sampled chunks, spread over the store's rows
+# An approximate index may rank another chunk above a query's own now and then; one that misses more than
+# half of its own chunks does not answer queries.
+APPROXIMATE_AGREEMENT = 0.5
+SAME_SCORE = 1e-5  # chunks with the same vector (the same text twice) tie: either one coming first agrees
+
+
+def chosen_replica(settings: StoreSettings, name: str | None) -> ReplicaSettings:
+    """The replica named `name`, or the first configured one; StoreError when there is none to drill."""
+    if not settings.replicas:
+        raise StoreError("no replica configured: a drill restores from a replica; add one under [[store.replicas]]")
+    if name is None:
+        return settings.replicas[0]
+    for replica in settings.replicas:
+        if replica.name == name:
+            return replica
+    raise StoreError(f"no replica named {name!r}: choose one of {', '.join(r.name for r in settings.replicas)}")
+
+
+def required_agreement(exact: bool) -> float:
+    """The share of queries whose own chunk must come first: all of them on exact (flat) segments."""
+    return 1.0 if exact else APPROXIMATE_AGREEMENT
+
+
+def drill(settings: StoreSettings, replica: str | None = None, queries: int = QUERIES) -> dict[str, Any]:
+    """Restore, verify, open and search the newest generation of `replica` (default: the first configured) in a
+    temporary folder. Returns {"ok", "replica", "generation", "documents", "vectors", "age_seconds",
+    "restore_seconds", "queries", "agreement", "exact", "required_agreement"}; raises StoreError on any problem."""
+    chosen = chosen_replica(settings, replica)
+    where = f"replica {chosen.name!r} ({redact_url(chosen.url)})"
+    location = Location.replica(chosen)
+    try:
+        held = location.generations()
+    except Exception as exc:  # noqa: BLE001 - an unreachable replica fails the drill, redacted
+        raise StoreError(location.redact(f"drill: {where} is unreachable: {type(exc).__name__}: {exc}")) from None
+    if not held:
+        raise StoreError(f"drill: {where} holds no generation: nothing to restore (has a checkpoint reached it?)")
+    newest = held[0]
+    with tempfile.TemporaryDirectory(prefix="vectormill-drill-") as folder:
+        # Only this replica: a file it lacks must fail the drill, not be fetched from another copy.
+        scratch = settings.model_copy(update={"path": Path(folder) / "store", "replicas": (chosen,)})
+        started = time.perf_counter()
+        try:
+            restore_store(scratch, chosen.name, newest)
+        except StoreError as exc:
+            raise StoreError(f"drill: generation {newest} of {where} does not restore ({exc}): run `vectormill store "
+                             "verify --repair` to copy its damaged files again from the primary") from None
+        restore_seconds = time.perf_counter() - started
+        created_at = datetime.fromisoformat(location.read_manifest(newest)["created_at"])
+        report = verify_store(scratch.model_copy(update={"replicas": ()}))
+        if not report["ok"]:
+            found = "; ".join(f"{p['file']}: {p['detail']}" for p in report["problems"])
+            raise StoreError(f"drill: generation {newest} of {where} restores but does not verify: {found}")
+        with FaissStore.open(scratch, writable=False) as store:
+            with store.snapshot():
+                exact = all(segment.kind == FLAT for segment in segments_of(current_manifest(store.catalog)))
+                sample = sample_chunks(store, queries)
+                agreeing = sum(comes_first(store, chunk_id, vector) for chunk_id, vector in sample)
+                stats = store.stats()
+    agreement = agreeing / len(sample) if sample else 1.0
+    result = {"ok": agreement >= required_agreement(exact), "replica": chosen.name, "generation": newest,
+              "documents": stats["documents"], "vectors": stats["vectors"],
+              "age_seconds": round((datetime.now(timezone.utc) - created_at).total_seconds(), 3),
+              "restore_seconds": round(restore_seconds, 3), "queries": len(sample), "agreement": agreement,
+              "exact": exact, "required_agreement": required_agreement(exact)}
+    if not result["ok"]:
+        raise StoreError(f"drill: generation {newest} of {where} restores, but only {agreeing} of {len(sample)} "
+                         f"sampled chunks come back first when searched with their own vector (required: "
+                         f"{required_agreement(exact):.0%}{', exact segments' if exact else ''})")
+    return result
+
+
+def sample_chunks(store: FaissStore, count: int) -> list[tuple[str, np.ndarray]]:
+    """Up to `count` (chunk id, vector) of stored chunks spread evenly over the rows (a few index look-ups)."""
+    low, high = store.db.execute("SELECT min(row), max(row) FROM chunks").fetchone()
+    if low is None:
+        return []
+    found: dict[str, np.ndarray] = {}
+    for target in np.linspace(low, high, num=count).round().astype(int).tolist():
+        row = store.db.execute("SELECT chunk_id, vector FROM chunks WHERE row >= ? ORDER BY row LIMIT 1",
+                               (target,)).fetchone()
+        found.setdefault(row[0], np.frombuffer(row[1], dtype=np.float32))
+    return list(found.items())
+
+
+def comes_first(store: FaissStore, chunk_id: str, vector: np.ndarray) -> bool:
+    """Whether searching the store with a chunk's own vector ranks that chunk first (ties of equal score agree)."""
+    hits = store.search(vector, k=5)
+    return any(hit.chunk_id == chunk_id for hit in hits if hits[0].score - hit.score <= SAME_SCORE)
