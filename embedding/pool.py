@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .base import EmbeddingError
-from .capacity import CapacityPlan
+from .capacity import BATCHES_IN_FLIGHT_PER_WORKER, CapacityPlan
 from .precision import PrecisionChoice, PrecisionReport
 from .sentence_transformer import SentenceTransformerEmbedder, refuse_truncation
 from .telemetry import CpuSampler, GpuSampler, Telemetry
@@ -40,7 +40,6 @@ from .tokenizer import ModelTokenizer
 
 logger = logging.getLogger(__name__)
 
-BATCHES_IN_FLIGHT_PER_WORKER = 2
 MAX_BATCH_ATTEMPTS = 2  # a batch that kills this many workers is the batch's fault, not theirs
 EVENT_WAIT_S = 1.0  # how often the caller checks that some worker is still alive
 

@@ -63,9 +63,9 @@ def test_the_flow_and_its_tasks_can_be_shipped_to_dask_workers():
     import cloudpickle
 
     from vectormill.flows.ingest import ingest
-    from vectormill.flows.pipeline import embed_chunks, embedding_dimension, fetch_parse_chunk
+    from vectormill.flows.pipeline import embed_chunks, embedding_dimension, embedding_task_chunks, fetch_parse_chunk
 
-    for shipped in (ingest, embed_chunks, embedding_dimension, fetch_parse_chunk):
+    for shipped in (ingest, embed_chunks, embedding_dimension, embedding_task_chunks, fetch_parse_chunk):
         assert cloudpickle.loads(cloudpickle.dumps(shipped)).name == shipped.name
 
 
