@@ -235,7 +235,9 @@ class TaskChunks:
         if self._value is None:
             if pending_chunks < CPU_TASK_CHUNKS:
                 return False
-            self._value = self._execution.run(embedding_task_chunks, {"settings": self._settings})
+            # Sent the way embedding calls go (on Dask to a GPU worker; through the run's fair pool, whose
+            # thread carries the flow's context, not this source task's, which Prefect could not serialize).
+            self._value = self._execution.embed(embedding_task_chunks, {"settings": self._settings}).result()
         return pending_chunks >= self._value
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from vectormill.embedding.capacity import CPU_TASK_CHUNKS
 from vectormill.embedding.loader import loader_for
 from vectormill.embedding.settings import EmbeddingSettings
@@ -9,6 +11,7 @@ from vectormill.flows.execution import LocalExecution
 from vectormill.flows.pipeline import TaskChunks, embedding_task_chunks
 
 
+@pytest.mark.usefixtures("prefect_harness")  # the question is a task run, as an embedding call is
 def test_planned_task_chunks_are_asked_of_the_loaded_model_once_enough_chunks_wait():
     settings = EmbeddingSettings(device="cpu", max_batch_tokens=4321)  # a model key of its own: a fresh loader
     loader = loader_for(settings)
