@@ -132,13 +132,10 @@ def _replicas_that_fit(usable: int, model_bytes: int, token_bytes: int, replicas
     return count
 
 
-def plan_task_chunks(device: Literal["cpu", "cuda"], devices: Sequence[DevicePlan], max_seq_length: int,
-                     max_batch_rows: int | None) -> int:
-    """Chunks per embedding call (see the module docstring): on GPU, every worker's window of
-    batches filled with full-length chunks at its device's budget (≥ CPU_TASK_CHUNKS, ≤ the
-    ceiling); on CPU, CPU_TASK_CHUNKS."""
-    if device == "cpu":
-        return CPU_TASK_CHUNKS
+def plan_task_chunks(devices: Sequence[DevicePlan], max_seq_length: int, max_batch_rows: int | None) -> int:
+    """Chunks per embedding call (see the module docstring): every GPU worker's window of batches
+    filled with full-length chunks at its device's budget, within [CPU_TASK_CHUNKS, the ceiling];
+    CPU_TASK_CHUNKS when no GPU has workers (a CPU plan)."""
     window = 0
     for planned in devices:
         rows = planned.batch_tokens // max_seq_length
@@ -213,7 +210,7 @@ def plan_capacity(
                   f"sized from NVML free memory")
         return CapacityPlan("cuda", sum(p.workers for p in used), min(p.batch_tokens for p in used), None,
                             devices=tuple(plans), reason=reason,
-                            planned_task_chunks=plan_task_chunks("cuda", used, max_seq_length, max_batch_rows),
+                            planned_task_chunks=plan_task_chunks(used, max_seq_length, max_batch_rows),
                             **shared)
 
     if plans:
@@ -223,7 +220,7 @@ def plan_capacity(
         reason = no_gpu_reason
     cpu_budget = max(max_batch_tokens or CPU_BATCH_TOKENS, max_seq_length)
     return CapacityPlan("cpu", 1, cpu_budget, cpu_cores, devices=tuple(plans), reason=reason,
-                        planned_task_chunks=plan_task_chunks("cpu", (), max_seq_length, max_batch_rows), **shared)
+                        planned_task_chunks=CPU_TASK_CHUNKS, **shared)
 
 
 # ---- the model's footprint ---------------------------------------------------------------------

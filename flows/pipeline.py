@@ -232,6 +232,7 @@ class TaskChunks:
         self._value = settings.task_chunks
 
     def reached(self, pending_chunks: int) -> bool:
+        """Whether this many pending chunks make a whole embedding task."""
         if self._value is None:
             if pending_chunks < CPU_TASK_CHUNKS:
                 return False
