@@ -152,6 +152,10 @@ def test_planned_memory_never_exceeds_free_minus_reserve(cards, model, per_token
     gpu_workers = sum(d.workers for d in result.devices)
     assert gpu_workers <= (max_workers or gpu_workers)
     assert result.workers == (gpu_workers if result.device == "cuda" else 1)
+    # Chunks per call: each GPU worker's window of full-length batches, within bounds; the CPU's without one.
+    window = sum(d.workers * 2 * (d.batch_tokens // SEQ) for d in result.devices)
+    assert result.task_chunks == (max(CPU_TASK_CHUNKS, min(TASK_CHUNKS_CEILING, window)) if result.device == "cuda"
+                                  else CPU_TASK_CHUNKS)
 
 
 def test_footprint_of_the_packaged_model_comes_from_its_files():
