@@ -10,7 +10,7 @@ the model's token limit), times every setting on the same chunks in the same pro
 prints chunks/s, the ratio of the pool to the best hand-tuned plain setting in the pool's
 precision (the goal on a GPU: ≥ 0.9) and of each half precision to fp32. Rounds interleave the
 settings and keep each one's best time, so a burst of load on a shared machine skews less.
-The pool is fed the way the flow feeds it, `embed()` calls of [embedding] task_chunks chunks, and
+The pool is fed the way the flow feeds it, `embed()` calls of the plan's task_chunks chunks, and
 once all in one call (the plan's batching alone: what a larger task_chunks gives).
 By default the plain sweep runs in fp32 and in the plan's precision (fp16 and bf16 on a GPU).
 """
@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--precisions", help="plain sweep precisions, comma-separated (default: fp32 and the "
                                              "plan's; fp32, fp16 and bf16 on a GPU)")
-    parser.add_argument("--task-chunks", type=int, help="chunks per pool.embed call (default: [embedding] "
+    parser.add_argument("--task-chunks", type=int, help="chunks per pool.embed call (default: the plan's "
                                                         "task_chunks, as the flow feeds it)")
     parser.add_argument("--batches", help="plain sweep batch sizes, comma-separated (default: 16–128 on CPU, "
                                           "32–1024 on a GPU)")
@@ -75,7 +75,7 @@ def main() -> None:
     used = pool.precision_report.used
     precisions = (args.precisions.split(",") if args.precisions else
                   ["fp32", "fp16", "bf16"] if plan.device == "cuda" else sorted({"fp32", used}, key="fp32".__ne__))
-    task_chunks = args.task_chunks or settings.task_chunks
+    task_chunks = args.task_chunks or plan.task_chunks
     batches = [int(b) for b in args.batches.split(",")] if args.batches else PLAIN_BATCHES[plan.device]
     print(f"{len(chunks)} chunks, {min(counts)}–{max(counts)} tokens (mean {sum(counts) / len(counts):.0f}); "
           f"plan: {plan.workers} worker(s) on {plan.device}, {plan.batch_tokens} tokens per batch, "

@@ -65,5 +65,7 @@ def register(app: typer.Typer, store_app: typer.Typer) -> None:
                              str(d.workers), str(d.batch_tokens), f"{d.planned_mib:.0f}", d.note)
             console.print(gpus)
         where = f"{plan.threads} torch threads" if plan.device == "cpu" else "GPU"
+        chunks_from = "set in [embedding]" if plan.task_chunks_setting else f"planned for {plan.device}"
         console.print(f"plan: [bold]{plan.workers} worker(s) on {plan.device} in {plan.precision}[/bold] ({where}), "
-                      f"{plan.batch_tokens} tokens per batch; {plan.reason}", highlight=False)
+                      f"{plan.batch_tokens} tokens per batch, {plan.task_chunks} chunks per embedding task "
+                      f"({chunks_from}); {plan.reason}", highlight=False)

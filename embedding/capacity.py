@@ -18,6 +18,14 @@ model on a device.
 
 The precision itself is chosen from what the hardware reports (`precision.choose_precision`)
 before the plan is made, so `vectormill capacity` shows it without importing torch.
+
+Chunks per embedding call (`task_chunks`, `plan_task_chunks`): every call to the pool pays a
+fixed cost (counting tokens, the caller's round trip, on a Dask or task worker the task's own)
+and leaves replicas idle once its last batches run. On a GPU a call therefore holds enough
+full-length chunks to fill every replica's window of batches in flight at its planned budget:
+on an 80 GB H100 with MiniLM, 2 replicas × 2 batches × 256 rows = 1,024, the call size that
+took the pool from 0.69 to 0.94 of the best plain `encode` there (README). On CPU the batch
+size barely matters and one call of CPU_TASK_CHUNKS already holds seconds of work.
 """
 
 from __future__ import annotations
@@ -50,6 +58,12 @@ GPU_BATCH_TOKENS_CEILING = 65536
 # On CPU the batch size barely changes throughput (benchmarks/pool_throughput.py); this keeps
 # batches of ~32 full-length chunks, so a batch's tensors stay small.
 CPU_BATCH_TOKENS = 8192
+# Batches each worker has in flight (one running, one queued): what a call must fill on a GPU.
+BATCHES_IN_FLIGHT_PER_WORKER = 2
+# Chunks per embedding call on CPU (and the floor on GPU): the [embedding] task_chunks of old.
+CPU_TASK_CHUNKS = 64
+# A failed call is retried whole and the flow holds several calls' vectors: bound what one carries.
+TASK_CHUNKS_CEILING = 8192
 
 
 @dataclass(frozen=True)
@@ -81,6 +95,13 @@ class CapacityPlan:
     max_seq_length: int
     precision: Precision = "fp32"  # what the replicas run in, before the agreement guard's check
     precision_reason: str = ""
+    planned_task_chunks: int = CPU_TASK_CHUNKS  # chunks per embedding call that this plan calls for
+    task_chunks_setting: int | None = None  # [embedding] task_chunks when set: it wins
+
+    @property
+    def task_chunks(self) -> int:
+        """Chunks handed to one embedding call: the setting when given, else the planned number."""
+        return self.task_chunks_setting or self.planned_task_chunks
 
     def as_dict(self) -> dict[str, Any]:
         """The `vectormill capacity --json` document."""
@@ -98,6 +119,8 @@ class CapacityPlan:
             "max_seq_length": self.max_seq_length,
             "precision": self.precision,
             "precision_reason": self.precision_reason,
+            "task_chunks": self.task_chunks,
+            "planned_task_chunks": self.planned_task_chunks,
         }
 
 
@@ -107,6 +130,17 @@ def _replicas_that_fit(usable: int, model_bytes: int, token_bytes: int, replicas
     while count < replicas_cap and usable - (count + 1) * model_bytes >= (count + 1) * token_bytes:
         count += 1
     return count
+
+
+def plan_task_chunks(devices: Sequence[DevicePlan], max_seq_length: int, max_batch_rows: int | None) -> int:
+    """Chunks per embedding call (see the module docstring): every GPU worker's window of batches
+    filled with full-length chunks at its device's budget, within [CPU_TASK_CHUNKS, the ceiling];
+    CPU_TASK_CHUNKS when no GPU has workers (a CPU plan)."""
+    window = 0
+    for planned in devices:
+        rows = planned.batch_tokens // max_seq_length
+        window += planned.workers * BATCHES_IN_FLIGHT_PER_WORKER * min(rows, max_batch_rows or rows)
+    return max(CPU_TASK_CHUNKS, min(TASK_CHUNKS_CEILING, window))
 
 
 def plan_capacity(
@@ -124,6 +158,7 @@ def plan_capacity(
     context_bytes: int = CUDA_CONTEXT_BYTES,
     no_gpu_reason: str = "no GPU",
     precision: PrecisionChoice = PrecisionChoice("fp32", "fp32"),
+    task_chunks: int | None = None,
 ) -> CapacityPlan:
     """Workers per GPU and their token budgets, or one CPU worker when no GPU has room.
 
@@ -133,11 +168,13 @@ def plan_capacity(
     where that budget holds one full-length chunk (max_seq_length tokens); a batch always may,
     so a cap below max_seq_length counts as max_seq_length. max_workers caps the total,
     spread over the GPUs with most usable memory first. `precision` is recorded in the plan; the
-    byte counts given must already be those of that precision.
+    byte counts given must already be those of that precision. `task_chunks` (the setting), when
+    given, overrides the chunks per call planned by `plan_task_chunks`.
     """
     shared = dict(model_bytes=model_bytes, activation_bytes_per_token=activation_bytes_per_token,
                   reserve_fraction=reserve_fraction, max_seq_length=max_seq_length, max_batch_rows=max_batch_rows,
-                  precision=precision.precision, precision_reason=precision.reason)
+                  precision=precision.precision, precision_reason=precision.reason,
+                  task_chunks_setting=task_chunks)
     full_chunk_bytes = max_seq_length * activation_bytes_per_token
     gpu_cap = max(max_batch_tokens or GPU_BATCH_TOKENS_CEILING, max_seq_length)
 
@@ -172,7 +209,9 @@ def plan_capacity(
         reason = (f"{sum(p.workers for p in used)} replica(s) on {len(used)} of {len(plans)} GPU(s), "
                   f"sized from NVML free memory")
         return CapacityPlan("cuda", sum(p.workers for p in used), min(p.batch_tokens for p in used), None,
-                            devices=tuple(plans), reason=reason, **shared)
+                            devices=tuple(plans), reason=reason,
+                            planned_task_chunks=plan_task_chunks(used, max_seq_length, max_batch_rows),
+                            **shared)
 
     if plans:
         reason = "no GPU has room for a model replica (" + "; ".join(
@@ -180,7 +219,8 @@ def plan_capacity(
     else:
         reason = no_gpu_reason
     cpu_budget = max(max_batch_tokens or CPU_BATCH_TOKENS, max_seq_length)
-    return CapacityPlan("cpu", 1, cpu_budget, cpu_cores, devices=tuple(plans), reason=reason, **shared)
+    return CapacityPlan("cpu", 1, cpu_budget, cpu_cores, devices=tuple(plans), reason=reason,
+                        planned_task_chunks=CPU_TASK_CHUNKS, **shared)
 
 
 # ---- the model's footprint ---------------------------------------------------------------------
@@ -300,7 +340,7 @@ def plan_for_settings(
             devices, footprint.weight_bytes(choice.precision), footprint.activation_bytes_per_token(choice.precision),
             settings.memory_reserve_fraction, max_seq_length=footprint.max_seq_length, cpu_cores=cpu_cores(),
             max_workers=settings.max_workers, max_batch_tokens=settings.max_batch_tokens,
-            max_batch_rows=settings.batch_size, no_gpu_reason=why, precision=choice)
+            max_batch_rows=settings.batch_size, no_gpu_reason=why, precision=choice, task_chunks=settings.task_chunks)
 
     plan = None
     if devices:

@@ -11,6 +11,11 @@ Failures, each handled without losing or duplicating a chunk:
 - Any other exception kills the worker: its whole batch is re-queued (up to MAX_BATCH_ATTEMPTS
   workers per batch) and a fresh replica takes the dead one's place on the same device.
 
+Tokenizing ahead (on GPU by default): while a worker's model runs one batch, a thread of its own
+tokenizes the next batch queued for it (`prepare`; the Rust tokenizer releases the GIL) into
+pinned memory, so host work, the copy to the device and the forward pass overlap. On CPU the
+model and the tokenizer would share the same cores, so each batch is tokenized in turn there.
+
 Every replica runs in the plan's precision; each checks it against fp32 on the probe set as it
 loads (the agreement guard, embedding/precision.py) and falls back to fp32 on its own if needed.
 
@@ -24,6 +29,7 @@ import logging
 import queue
 import threading
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -32,7 +38,7 @@ import numpy as np
 import torch
 
 from .base import EmbeddingError
-from .capacity import CapacityPlan
+from .capacity import BATCHES_IN_FLIGHT_PER_WORKER, CapacityPlan
 from .precision import PrecisionChoice, PrecisionReport
 from .sentence_transformer import SentenceTransformerEmbedder, refuse_truncation
 from .telemetry import CpuSampler, GpuSampler, Telemetry
@@ -40,7 +46,6 @@ from .tokenizer import ModelTokenizer
 
 logger = logging.getLogger(__name__)
 
-BATCHES_IN_FLIGHT_PER_WORKER = 2
 MAX_BATCH_ATTEMPTS = 2  # a batch that kills this many workers is the batch's fault, not theirs
 EVENT_WAIT_S = 1.0  # how often the caller checks that some worker is still alive
 
@@ -51,6 +56,16 @@ class Replica(Protocol):
 
     def encode(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
         """Normalized float32 vectors of texts, in order, as one model batch of batch_size."""
+        ...
+
+
+class PreparingReplica(Replica, Protocol):
+    """A replica whose `encode` splits into host and device halves: encode(texts) == run(prepare(texts))."""
+
+    def prepare(self, texts: Sequence[str]) -> Any:
+        ...
+
+    def run(self, prepared: Any) -> np.ndarray:
         ...
 
 
@@ -69,6 +84,13 @@ class StreamReplica:
     def encode(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
         with torch.cuda.stream(self.stream):
             return self.inner.encode(texts, batch_size=batch_size)
+
+    def prepare(self, texts: Sequence[str]) -> Any:
+        return self.inner.prepare(texts)
+
+    def run(self, prepared: Any) -> np.ndarray:
+        with torch.cuda.stream(self.stream):
+            return self.inner.run(prepared)
 
 
 def sentence_transformer_replicas(model: str, tokenizer: ModelTokenizer, precision: PrecisionChoice,
@@ -118,6 +140,7 @@ class _Worker:
     tokens: int = 0  # the chunks' own tokens (special tokens included)
     padded_tokens: int = 0  # what the model ran: rows × longest, per batch
     oom_splits: int = 0
+    tokenized_ahead: int = 0  # batches whose tokens were ready when the model took them
     precision: PrecisionReport | None = None  # set once its replica is ready
 
     def count(self, counts: Sequence[int]) -> None:
@@ -131,11 +154,14 @@ class _Worker:
         padding = 1 - self.tokens / self.padded_tokens if self.padded_tokens else 0.0
         return {"device": self.device, "batch_tokens": self.batch_tokens, "batches": self.batches,
                 "chunks": self.chunks, "padded_share": round(padding, 3), "oom_splits": self.oom_splits,
-                "precision": self.precision.used if self.precision else None}
+                "tokenized_ahead": self.tokenized_ahead, "precision": self.precision.used if self.precision else None}
 
 
 class _ChunkTooLarge(Exception):
     pass
+
+
+NO_JOB_QUEUED = object()  # what _queued_job returns when no job (nor the closing None) waits
 
 
 class EmbeddingPool:
@@ -148,10 +174,13 @@ class EmbeddingPool:
         telemetry: Telemetry | None = None,
         requested_precision: str = "auto",
         min_cosine: float = 0.999,
+        tokenize_ahead: bool | None = None,
     ):
-        """`requested_precision` and `min_cosine` are the [embedding] settings the precision guard reports."""
+        """`requested_precision` and `min_cosine` are the [embedding] settings the precision guard reports;
+        `tokenize_ahead` (default: on GPU) tokenizes each worker's next batch while its model runs one."""
         self.model = model
         self.plan = plan
+        self.tokenize_ahead = plan.device == "cuda" if tokenize_ahead is None else tokenize_ahead
         self.tokenizer = tokenizer or ModelTokenizer.for_model(model)
         self._factory = replica_factory or sentence_transformer_replicas(
             model, self.tokenizer, PrecisionChoice(plan.precision, plan.precision_reason), requested_precision,
@@ -163,6 +192,8 @@ class EmbeddingPool:
         self._tasks: queue.Queue[_Job | None] = queue.Queue(maxsize=self._window)
         self._events: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self._lock = threading.Lock()
+        self._waiting = 0  # workers blocked waiting for a job
+        self._waiting_lock = threading.Lock()
         self._call = 0
         self.replaced = 0
         self._workers: list[_Worker] = []
@@ -210,25 +241,62 @@ class EmbeddingPool:
             self._events.put(("failed_start", worker, exc))
             return
         self._events.put(("ready", worker, replica.dimension, replica.precision_report))
-        while (job := self._tasks.get()) is not None:
-            try:
-                vectors = self._encode(worker, replica, job)
-            except _ChunkTooLarge as exc:
-                self._events.put(("chunk_failed", worker, job, exc))
-            except BaseException as exc:  # noqa: BLE001 - the worker dies; the caller replaces it
-                self._events.put(("died", worker, job, exc))
-                return
-            else:
-                self._events.put(("done", worker, job, vectors))
+        ahead = self.tokenize_ahead and hasattr(replica, "prepare")
+        with ThreadPoolExecutor(1, thread_name_prefix=f"tokenize-{worker.device}") as tokenizer:
+            job, prepared = self._next_job(), None
+            while job is not None:
+                # The next job already queued is taken now, and tokenized while this one runs.
+                following = self._queued_job() if ahead else NO_JOB_QUEUED
+                following_prepared = (tokenizer.submit(replica.prepare, following.texts)
+                                      if isinstance(following, _Job) else None)
+                try:
+                    vectors = self._encode(worker, replica, job, prepared)
+                except _ChunkTooLarge as exc:
+                    self._events.put(("chunk_failed", worker, job, exc))
+                except BaseException as exc:  # noqa: BLE001 - the worker dies; the caller replaces it
+                    if following is not NO_JOB_QUEUED:
+                        self._tasks.put(following)  # still in flight (or the closing None): another worker takes it
+                    self._events.put(("died", worker, job, exc))
+                    return
+                else:
+                    self._events.put(("done", worker, job, vectors))
+                job, prepared = ((self._next_job(), None) if following is NO_JOB_QUEUED
+                                 else (following, following_prepared))
 
-    def _encode(self, worker: _Worker, replica: Replica, job: _Job) -> np.ndarray:
+    def _next_job(self) -> _Job | None:
+        with self._waiting_lock:
+            self._waiting += 1
+        try:
+            return self._tasks.get()
+        finally:
+            with self._waiting_lock:
+                self._waiting -= 1
+
+    def _queued_job(self) -> Any:
+        """The next queued job, unless another worker is waiting for one: an idle worker takes it first."""
+        if self._waiting:
+            return NO_JOB_QUEUED
+        try:
+            return self._tasks.get_nowait()
+        except queue.Empty:
+            return NO_JOB_QUEUED
+
+    def _encode(self, worker: _Worker, replica: Replica, job: _Job, prepared: Future | None = None) -> np.ndarray:
+        """The job's vectors, in batches within the worker's budget; `prepared`: the whole job
+        tokenized ahead, used when it runs as one batch."""
         vectors = np.empty((len(job.texts), self.dimension), dtype=np.float32)
         pieces = deque(split_by_budget(job.counts, range(len(job.texts)), worker.batch_tokens, worker.max_rows))
         while pieces:
             piece = pieces.popleft()
+            # Tokens made ahead fit the job as one batch only; a split (or an out-of-memory retry) tokenizes anew.
+            ready, prepared = (prepared if len(piece) == len(job.texts) else None), None
             out_of_memory = False
             try:
-                vectors[piece] = replica.encode([job.texts[p] for p in piece], batch_size=len(piece))
+                if ready is not None:
+                    vectors[piece] = replica.run(ready.result())
+                    worker.tokenized_ahead += 1
+                else:
+                    vectors[piece] = replica.encode([job.texts[p] for p in piece], batch_size=len(piece))
             except torch.cuda.OutOfMemoryError:
                 out_of_memory = True  # handled below, once the exception (and its frames' tensors) is gone
             if not out_of_memory:
@@ -357,6 +425,7 @@ class EmbeddingPool:
             self.replaced = 0
             for worker in self._workers:
                 worker.batches = worker.chunks = worker.tokens = worker.padded_tokens = worker.oom_splits = 0
+                worker.tokenized_ahead = 0
         return summary
 
     def close(self) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -39,6 +40,8 @@ class SentenceTransformerEmbedder:
         self.precision: Precision = precision
         self.precision_report: PrecisionReport | None = None  # set by guard_precision
         self._model = SentenceTransformer(resolve_model(model), device=device)
+        self._model.eval()
+        self._prompt = self._model._resolve_prompt(None, None)  # what encode() prepends: the default prompt, if any
         self.dimension = int(self._model.get_embedding_dimension())
         self.tokenizer = tokenizer or ModelTokenizer.for_model(model)
 
@@ -65,6 +68,26 @@ class SentenceTransformerEmbedder:
                 show_progress_bar=False,
             )
         return np.ascontiguousarray(unit_rows(np.asarray(vectors, dtype=np.float32)))
+
+    def prepare(self, texts: Sequence[str]) -> dict[str, Any]:
+        """The host half of `encode` for one batch: the texts tokenized and padded (the Rust tokenizer
+        releases the GIL, so this overlaps another batch's forward pass); pinned on a GPU, so the
+        copy to the device can run asynchronously."""
+        features = self._model.preprocess(list(texts), prompt=self._prompt)
+        if self.device.startswith("cuda"):
+            features = {key: value.pin_memory() if hasattr(value, "pin_memory") else value
+                        for key, value in features.items()}
+        return features
+
+    def run(self, features: dict[str, Any]) -> np.ndarray:
+        """The device half: `encode` of the batch that `prepare` made, in this replica's precision."""
+        import torch
+
+        with torch.inference_mode(), self._in(self.precision):
+            on_device = {key: value.to(self.device, non_blocking=True) if isinstance(value, torch.Tensor) else value
+                         for key, value in features.items()}
+            vectors = self._model(on_device)["sentence_embedding"].float().cpu().numpy()
+        return np.ascontiguousarray(unit_rows(vectors))
 
     def guard_precision(self, choice: PrecisionChoice, requested: str, min_cosine: float) -> PrecisionReport:
         """Run in `choice` if the probe set's vectors agree with fp32 to `min_cosine`, else in fp32."""

@@ -55,8 +55,9 @@ class EmbeddingSettings(BaseModel):
     max_workers: int | None = Field(default=None, ge=1)  # model replicas in all
     max_batch_tokens: int | None = Field(default=None, ge=1)  # padded tokens per model batch
     memory_reserve_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)  # of each GPU's memory, left free
-    # Chunks handed to one embedding task (several model batches).
-    task_chunks: int = Field(default=64, ge=1)
+    # Chunks handed to one embedding task (several model batches); None = planned from the device
+    # where the model runs (embedding/capacity.py: 64 on CPU, enough to fill the workers on a GPU).
+    task_chunks: int | None = Field(default=None, ge=1)
     # Set: embed through this text-embeddings-inference server; `model` must be what it serves.
     service: ServiceSettings | None = None
 

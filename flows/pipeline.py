@@ -41,6 +41,7 @@ from vectormill.connectors.ocr import OcrUnavailableError
 from vectormill.connectors.registry import build_source
 from vectormill.connectors.settings import SourceSettingsBase
 from vectormill.embedding.base import Embedder
+from vectormill.embedding.capacity import CPU_TASK_CHUNKS
 from vectormill.embedding.chunking import Chunk, chunk_document
 from vectormill.embedding.drift import DriftProfile, compare, sampling_key
 from vectormill.embedding.loader import loader_for
@@ -211,6 +212,36 @@ def embedding_dimension(settings: EmbeddingSettings) -> int:
     return embedder_for(settings).dimension
 
 
+@task(name="embedding-task-chunks", cache_policy=NO_CACHE, retries=1)
+def embedding_task_chunks(settings: EmbeddingSettings) -> int:
+    """Chunks per embedding task as planned where embedding runs (its devices), loading the model
+    there once; an embedding service keeps CPU_TASK_CHUNKS."""
+    plan = getattr(embedder_for(settings), "plan", None)
+    return settings.task_chunks or (plan.planned_task_chunks if plan else CPU_TASK_CHUNKS)
+
+
+class TaskChunks:
+    """[embedding] task_chunks of one source's run: the setting, else asked once, when first needed,
+    of where embedding runs (this process, a Dask worker, `serve`'s task worker), whose devices plan it.
+
+    Never planned below CPU_TASK_CHUNKS, so the question waits until that many chunks are pending:
+    a run that embeds less (or nothing) never waits for the model to load to decide it."""
+
+    def __init__(self, settings: EmbeddingSettings, execution: Any):
+        self._settings, self._execution = settings, execution
+        self._value = settings.task_chunks
+
+    def reached(self, pending_chunks: int) -> bool:
+        """Whether this many pending chunks make a whole embedding task."""
+        if self._value is None:
+            if pending_chunks < CPU_TASK_CHUNKS:
+                return False
+            # Sent the way embedding calls go (on Dask to a GPU worker; through the run's fair pool, whose
+            # thread carries the flow's context, not this source task's, which Prefect could not serialize).
+            self._value = self._execution.embed(embedding_task_chunks, {"settings": self._settings}).result()
+        return pending_chunks >= self._value
+
+
 def _batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
     batch: list[Any] = []
     for item in items:
@@ -365,6 +396,7 @@ def _embed_and_write(settings, store, embedding, chunk_tokens, overlap, plan: Pl
     embeds: deque[_EmbedBatch] = deque()
     pending: list[ParsedDocument] = []
     pending_chunks = 0
+    task_chunks = TaskChunks(embedding, execution)
 
     def collect(result: FetchResult) -> None:
         nonlocal pending_chunks
@@ -406,7 +438,7 @@ def _embed_and_write(settings, store, embedding, chunk_tokens, overlap, plan: Pl
     def drain() -> None:
         while fetches:
             collect(fetches.popleft().result())
-            if pending_chunks >= embedding.task_chunks:
+            if task_chunks.reached(pending_chunks):
                 flush()
         flush()
         while embeds:
@@ -419,7 +451,7 @@ def _embed_and_write(settings, store, embedding, chunk_tokens, overlap, plan: Pl
         submit(batch)
         while len(fetches) > execution.fetch_ahead:
             collect(fetches.popleft().result())
-            if pending_chunks >= embedding.task_chunks:
+            if task_chunks.reached(pending_chunks):
                 flush()
         listing = time.perf_counter()
     report.seconds["list"] += time.perf_counter() - listing

@@ -47,11 +47,12 @@ async def _serve_with_task_worker(deployments: list[Any], limit: int | None) -> 
     from prefect import aserve
     from prefect.task_worker import aserve as serve_tasks
 
-    from .pipeline import embed_chunks, embedding_dimension
+    from .pipeline import embed_chunks, embedding_dimension, embedding_task_chunks
     from .precision import embedding_precision
 
     records = records_folder()
-    tasks = [with_records_storage(task, records) for task in (embed_chunks, embedding_dimension, embedding_precision)]
+    tasks = [with_records_storage(task, records)
+             for task in (embed_chunks, embedding_dimension, embedding_task_chunks, embedding_precision)]
     await asyncio.gather(aserve(*deployments, limit=limit), serve_tasks(*tasks), _sweep_stale_records(records))
 
 

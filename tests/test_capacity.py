@@ -16,9 +16,11 @@ from vectormill.embedding.base import EmbeddingError
 from vectormill.embedding.capacity import (
     ALLOCATOR_HEADROOM,
     CPU_BATCH_TOKENS,
+    CPU_TASK_CHUNKS,
     CUDA_CONTEXT_BYTES,
     GPU_BATCH_TOKENS_CEILING,
     REPLICAS_PER_GPU,
+    TASK_CHUNKS_CEILING,
     model_footprint,
     plan_capacity,
 )
@@ -150,6 +152,10 @@ def test_planned_memory_never_exceeds_free_minus_reserve(cards, model, per_token
     gpu_workers = sum(d.workers for d in result.devices)
     assert gpu_workers <= (max_workers or gpu_workers)
     assert result.workers == (gpu_workers if result.device == "cuda" else 1)
+    # Chunks per call: each GPU worker's window of full-length batches, within bounds; the CPU's without one.
+    window = sum(d.workers * 2 * (d.batch_tokens // SEQ) for d in result.devices)
+    assert result.task_chunks == (max(CPU_TASK_CHUNKS, min(TASK_CHUNKS_CEILING, window)) if result.device == "cuda"
+                                  else CPU_TASK_CHUNKS)
 
 
 def test_footprint_of_the_packaged_model_comes_from_its_files():
@@ -223,6 +229,8 @@ def test_capacity_json_on_this_machine(tmp_path):
         assert (document["workers"], document["batch_tokens"]) == (1, 4096) and document["reason"]
     assert document["reserve_fraction"] == 0.2
     assert document["precision"] in ("fp32", "bf16") and document["precision_reason"]
+    if document["device"] == "cpu":
+        assert document["task_chunks"] == document["planned_task_chunks"] == CPU_TASK_CHUNKS
     assert json.loads(result.stderr.strip().splitlines()[-1]) == [] or document["devices"]  # no prefect, no torch
 
 
@@ -231,6 +239,7 @@ def test_capacity_table_and_the_cuda_error(tmp_path):
     precision = json.loads(run_capacity(tmp_path, "[embedding]\ndevice = \"cpu\"\n", "--json").stdout)["precision"]
     weights = f"{model_footprint('all-MiniLM-L6-v2').weight_bytes(precision) / MIB:.1f} MiB in {precision}"
     assert table.returncode == 0 and weights in table.stdout and f"1 worker(s) on cpu in {precision}" in table.stdout
+    assert f"{CPU_TASK_CHUNKS} chunks per embedding task (planned for cpu)" in " ".join(table.stdout.split())
     if not driver_present():
         refused = run_capacity(tmp_path, "[embedding]\ndevice = \"cuda\"\n")
         assert refused.returncode == 1
@@ -294,3 +303,48 @@ def test_precision_follows_the_gpus_the_plan_uses_and_the_cpu_flags():
     assert plan_with([], flags={"avx512_bf16"}).precision == "bf16"
     assert plan_with([], flags={"avx2"}).precision == "fp32"
     assert plan_with([TableGpu("A100", 40960)], flags={"avx2"}, device="cpu").precision == "fp32"
+
+
+# ---- chunks per embedding task ------------------------------------------------------------------
+def test_an_80gb_h100_plans_task_chunks_that_fill_both_replicas_windows():
+    """The README's H100 run needed task_chunks = 1024 by hand (64 gave 0.69 of plain encode)."""
+    from tests.nvml_table import TableGpu
+
+    h100 = plan_with([TableGpu("H100", 81920, used_mib=500)])
+    assert (h100.device, h100.workers, h100.batch_tokens) == ("cuda", 2, GPU_BATCH_TOKENS_CEILING)
+    assert h100.task_chunks == h100.planned_task_chunks >= 1024
+    # Each worker's window of batches in flight, filled with full-length chunks.
+    assert h100.task_chunks == 2 * 2 * (h100.batch_tokens // h100.max_seq_length)
+    assert h100.as_dict()["task_chunks"] == h100.task_chunks
+    # Eight of them: more replicas to fill, up to the ceiling that bounds what one failed task retries.
+    eight = plan_with([TableGpu("H100", 81920)] * 8)
+    assert eight.task_chunks == TASK_CHUNKS_CEILING
+
+
+def test_on_cpu_task_chunks_stays_the_former_default():
+    from tests.nvml_table import TableGpu
+
+    for cpu in (plan_with([]), plan_with([TableGpu("H100", 81920)], device="cpu"),
+                plan_with([TableGpu("full", 8192, used_mib=8100)])):  # a GPU without room for a replica
+        assert (cpu.device, cpu.task_chunks, cpu.as_dict()["task_chunks"]) == ("cpu", CPU_TASK_CHUNKS, 64)
+
+
+def test_a_small_card_plans_fewer_chunks_bounded_by_its_memory():
+    from tests.nvml_table import TableGpu
+
+    small = plan_with([TableGpu("RTX 4060", 8192, used_mib=6000, compute_capability=(8, 9))])
+    assert small.device == "cuda" and small.batch_tokens < GPU_BATCH_TOKENS_CEILING  # memory sets the budget
+    rows = small.batch_tokens // small.max_seq_length
+    assert small.task_chunks == max(CPU_TASK_CHUNKS, small.workers * 2 * rows) < 1024
+    # A cap on rows per batch caps the chunks per task with it; never below the CPU's.
+    assert plan_with([TableGpu("H100", 81920)], batch_size=64).task_chunks == 2 * 2 * 64
+    assert plan_with([TableGpu("H100", 81920)], batch_size=1).task_chunks == CPU_TASK_CHUNKS
+
+
+def test_a_task_chunks_setting_wins_over_the_plan():
+    from tests.nvml_table import TableGpu
+
+    for gpus in ([], [TableGpu("H100", 81920)]):
+        chosen = plan_with(gpus, task_chunks=300)
+        assert chosen.task_chunks == chosen.as_dict()["task_chunks"] == 300
+        assert chosen.planned_task_chunks == plan_with(gpus).task_chunks  # what the device alone calls for

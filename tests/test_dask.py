@@ -63,9 +63,9 @@ def test_the_flow_and_its_tasks_can_be_shipped_to_dask_workers():
     import cloudpickle
 
     from vectormill.flows.ingest import ingest
-    from vectormill.flows.pipeline import embed_chunks, embedding_dimension, fetch_parse_chunk
+    from vectormill.flows.pipeline import embed_chunks, embedding_dimension, embedding_task_chunks, fetch_parse_chunk
 
-    for shipped in (ingest, embed_chunks, embedding_dimension, fetch_parse_chunk):
+    for shipped in (ingest, embed_chunks, embedding_dimension, embedding_task_chunks, fetch_parse_chunk):
         assert cloudpickle.loads(cloudpickle.dumps(shipped)).name == shipped.name
 
 
@@ -91,11 +91,12 @@ def cluster(worker_env):
         yield running, client
 
 
-def write_config(folder: Path, store: str, execution: str = "", source: str | None = None) -> Path:
+def write_config(folder: Path, store: str, execution: str = "", source: str | None = None,
+                 embedding: str = "task_chunks = 16\n") -> Path:
     source = source or 'name = "docs"\ntype = "filesystem"\nroot = "pdfs"\nfetch_batch_size = 2\n'
     config = folder / f"{store}.toml"
     config.write_text(f'[store]\npath = "{store}"\n\n[chunking]\ntokens = 64\noverlap = 8\n\n'
-                      f'[embedding]\ntask_chunks = 16\n\n{execution}\n[[sources]]\n{source}')
+                      f'[embedding]\n{embedding}\n{execution}\n[[sources]]\n{source}')
     return config
 
 
@@ -137,6 +138,7 @@ def test_a_local_cluster_of_two_workers_makes_the_store_of_a_local_run(corpus):
     from vectormill.flows.ingest import ingest
 
     folder, expected = corpus
+    # task_chunks unset: a worker plans it (64 there, on CPU) and the store is the same whatever the split.
     config = write_config(folder, "store-dask", '[execution]\ntask_runner = "dask"\ndask_workers = 2\n'
                                                 'dask_threads_per_worker = 1\ngpu_resources = true\n')
 

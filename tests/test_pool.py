@@ -66,12 +66,25 @@ class StandIn:
         return np.stack([expected_vector(t) for t in texts])
 
 
+class PreparingStandIn(StandIn):
+    """A stand-in with the tokenize-ahead seam: prepare (the host half) then run (the device half)."""
+
+    def prepare(self, texts):
+        with self.log.lock:
+            self.log.prepared.append(threading.current_thread().name)
+        return list(texts)
+
+    def run(self, prepared):
+        return self.encode(prepared, batch_size=len(prepared))
+
+
 class Log:
     def __init__(self):
         self.lock = threading.Lock()
         self.embedded: Counter[str] = Counter()
         self.loads: list[str] = []
         self.queued: list[int] = []
+        self.prepared: list[str] = []  # the thread that tokenized each batch made ahead
         self.pool: EmbeddingPool | None = None
 
 
@@ -85,7 +98,7 @@ def gpu_plan(workers_per_gpu: int = 2, gpus: int = 1, max_batch_tokens: int | No
                          replicas_per_gpu=workers_per_gpu, max_batch_tokens=max_batch_tokens)
 
 
-def make_pool(plan, tokenizer, log: Log, **stand_in) -> EmbeddingPool:
+def make_pool(plan, tokenizer, log: Log, replica=StandIn, **stand_in) -> EmbeddingPool:
     first_load = {}
 
     def factory(device):
@@ -93,7 +106,7 @@ def make_pool(plan, tokenizer, log: Log, **stand_in) -> EmbeddingPool:
         # Only the first replica on a device carries the fault, so a replacement is healthy.
         faults = stand_in if not first_load.get(device) else {k: v for k, v in stand_in.items() if k != "die_on_call"}
         first_load[device] = True
-        return StandIn(log, device, **faults)
+        return replica(log, device, **faults)
 
     pool = EmbeddingPool(MODEL, plan, replica_factory=factory, tokenizer=tokenizer,
                          telemetry=Telemetry(CpuSampler(2), interval_s=0.05))
@@ -181,6 +194,32 @@ def test_a_dead_worker_is_replaced_and_its_batch_requeued(tokenizer):
     assert log.loads == ["cuda:0", "cuda:0"]
 
 
+def test_on_gpu_each_workers_next_batch_is_tokenized_ahead_in_order_and_once(tokenizer):
+    log = Log()
+    texts = texts_of_varied_length(300)
+    with make_pool(gpu_plan(workers_per_gpu=2, gpus=2, max_batch_tokens=3000), tokenizer, log,
+                   replica=PreparingStandIn) as pool:
+        assert pool.tokenize_ahead  # the default on a GPU plan
+        vectors = pool.embed(texts)
+        workers = pool.telemetry_summary()["workers"]
+    np.testing.assert_array_equal(vectors, np.stack([expected_vector(t) for t in texts]))
+    assert log.embedded == Counter(texts)
+    ahead = sum(w["tokenized_ahead"] for w in workers)
+    assert 0 < ahead == len(log.prepared) <= sum(w["batches"] for w in workers)
+    assert all(name.startswith("tokenize-cuda:") for name in log.prepared)  # off the model's thread
+
+
+def test_a_worker_that_dies_holding_a_batch_tokenized_ahead_gives_it_back(tokenizer):
+    log = Log()
+    texts = texts_of_varied_length(150)
+    with make_pool(gpu_plan(workers_per_gpu=1, max_batch_tokens=2000), tokenizer, log, replica=PreparingStandIn,
+                   die_on_call=2) as pool:
+        vectors = pool.embed(texts)
+        assert pool.replaced == 1
+    np.testing.assert_array_equal(vectors, np.stack([expected_vector(t) for t in texts]))
+    assert set(log.embedded) == set(texts) and log.prepared  # none lost, though the dead worker held the next batch
+
+
 def test_a_batch_that_kills_every_worker_fails_the_call_and_the_pool_goes_on(tokenizer):
     log = Log()
     with make_pool(gpu_plan(workers_per_gpu=2), tokenizer, log, poison="POISON") as pool:
@@ -249,6 +288,22 @@ def test_cpu_pool_matches_one_plain_encode_call(model, tokenizer, real_chunks, m
     # A batch holds at most 300 / (its longest chunk) chunks, so the tight budget takes several batches.
     counts = tokenizer.count(real_chunks)
     assert summary["workers"][0]["batches"] >= (len(counts) * min(counts) // max_batch_tokens if max_batch_tokens else 1)
+
+
+def test_tokenizing_ahead_with_the_real_model_gives_the_vectors_of_the_sequential_path(model, tokenizer, real_chunks):
+    """Forced on here on CPU, where it is off by default (the model and the tokenizer would share the cores)."""
+    plan = plan_for_settings(EmbeddingSettings(device="cpu", max_batch_tokens=300), model_footprint(MODEL, tokenizer))
+    results = {}
+    for ahead in (None, True):
+        with EmbeddingPool(MODEL, plan, replica_factory=lambda device: model, tokenizer=tokenizer,
+                           tokenize_ahead=ahead) as pool:
+            assert pool.tokenize_ahead is bool(ahead)
+            results[bool(ahead)] = pool.embed(real_chunks)
+            [worker] = pool.telemetry_summary()["workers"]
+        assert (worker["tokenized_ahead"] > 0) is bool(ahead) and worker["batches"] > 3
+    np.testing.assert_allclose(results[True], results[False], atol=1e-6)
+    plain = model._model.encode(real_chunks, normalize_embeddings=True, convert_to_numpy=True)
+    np.testing.assert_allclose(results[True], plain, atol=1e-5)
 
 
 def test_registry_builds_the_pool_and_refuses_cuda_without_a_gpu(monkeypatch, model):

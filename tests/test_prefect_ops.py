@@ -164,6 +164,10 @@ def test_a_served_run_leaves_no_record_of_its_background_tasks_in_prefects_stora
     sentence = f"The greenhouse sensor {uuid.uuid4().hex[:8]} reports humidity to the facilities team hourly."
     name = f"note-{uuid.uuid4().hex[:8]}.txt"
     (served.folder / "corpus" / "notes" / name).write_text(sentence + "\n", encoding="utf-8")
+    # And a log long enough (over 64 chunks) that the run asks the task worker how many chunks a task takes.
+    log = "".join(f"Reading {i}: greenhouse bay {i % 7} logged {i * 3 % 40} percent humidity at hour {i % 24}.\n"
+                  for i in range(300))
+    (served.folder / "corpus" / "notes" / f"log-{uuid.uuid4().hex[:8]}.txt").write_text(log, encoding="utf-8")
     started = last_json(served.cli("trigger", "notes", "--json", "--config", str(served.config)).stdout)
     run = served.wait_for_run(started["flow_run_id"])
     assert run["state_type"] == "COMPLETED", run["state"]["message"]
@@ -183,7 +187,8 @@ def test_a_served_run_leaves_no_record_of_its_background_tasks_in_prefects_stora
         return task_runs if all(task_run["states"][-1]["type"] in FINAL_STATES for task_run in task_runs) else None
 
     background = wait_until(background_task_runs, 60, "the final states of the run's background tasks", interval=1)
-    assert {"embed-chunks", "embedding-precision"} <= {task_run["name"].rsplit("-", 1)[0] for task_run in background}
+    assert {"embed-chunks", "embedding-task-chunks", "embedding-precision"} <= \
+        {task_run["name"].rsplit("-", 1)[0] for task_run in background}
     for task_run in background:
         parameters_id = task_run["states"][0]["state_details"]["task_parameters_id"]
         final = task_run["states"][-1]
