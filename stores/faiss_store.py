@@ -316,8 +316,39 @@ class FaissStore:
                              f"({type(exc).__name__}: {exc}); open the store again to go on") from exc
         self._changed_vectors += sum(len(op.chunks) for op in operations if isinstance(op, DocumentUpsert)) or 1
         if self._checkpoint_due():
-            self.checkpoint()
+            self._automatic_checkpoint()
         return lsn
+
+    def _automatic_checkpoint(self) -> None:
+        """A checkpoint a write made due. Its failure is not the write's (committed: a caller told otherwise would
+        write it twice): it goes to `notes` and the log, and the next due or explicit checkpoint tries again, after
+        this object has reopened its database as a new open would."""
+        try:
+            self.checkpoint()
+        except Exception as exc:  # noqa: BLE001 - reported apart; the pending rows stay in the catalog
+            self._changed_vectors, self._last_checkpoint = 0, time.monotonic()  # next try one interval later
+            message = (f"store {str(self.path)!r}: the automatic checkpoint after write {self.lsn} failed "
+                       f"({type(exc).__name__}: {exc}); the write is committed, and the next checkpoint tries again")
+            self.notes.append(message)
+            log.warning(message)
+            try:
+                self._reopen_catalog()
+            except Exception as again:  # noqa: BLE001 - the next write, not yet committed, is refused instead
+                self._broken = f"checkpoint, then reopening: {type(again).__name__}: {again}"
+
+    def _reopen_catalog(self) -> None:
+        """After a failed checkpoint: take the database afresh (a failed COMMIT may have reached the disk) and tidy
+        what the checkpoint left, as an open does. Should that fail too, the store stays unusable until reopened."""
+        self.catalog.close()
+        self.catalog = None
+        self._view = None
+        self._indexes.clear()
+        self._segment_parts.clear()
+        self._open_catalog()
+        self._generations = Generations(self.path, self.settings, self.identity, self.catalog, self.notes)
+        self._generations.tidy()
+        self._check_current_files()
+        self._broken = None
 
     def _validate(self, operations: Sequence[Operation]) -> None:
         """Refuse bad input before anything is written."""

@@ -259,6 +259,36 @@ def test_a_failed_write_makes_the_store_unusable_until_it_is_opened_again(tmp_pa
         assert_holds(store, written + 2)
 
 
+def test_a_failed_automatic_checkpoint_is_reported_apart_and_the_write_is_acknowledged_once(tmp_path, monkeypatch):
+    import errno
+
+    from vectormill.stores import generations
+
+    config = settings(tmp_path, checkpoint_every_vectors=15)
+    real_write = generations.write_atomically
+    failed = []
+
+    def full_disk_once(path, data):  # the manifest of the first automatic checkpoint: its segment files are written
+        if not failed:
+            failed.append(path.name)
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real_write(path, data)
+
+    monkeypatch.setattr(generations, "write_atomically", full_disk_once)
+    with open_store(config) as store:
+        acknowledged = [store.write(batch(i)) for i in range(40)]  # a caller that retries on an error: none came
+        assert failed and acknowledged == list(range(1, 41)) and store.lsn == 40
+        assert [note for note in store.notes if "automatic checkpoint" in note and "No space left" in note]
+        assert store.generation >= 1  # a later automatic checkpoint went through
+        assert_holds(store, 40)
+        final = store.checkpoint()
+        named = {e.name for g in store.catalog.manifests() for e in _files(g[1])}
+    assert final > 0 and set(segment_files(config)) == named  # the failed checkpoint's files are gone
+    with open_store(config) as store:
+        assert_holds(store, 40)
+        assert store.notes == []
+
+
 def test_model_mismatch_and_bad_factory_are_refused(tmp_path):
     with open_store(settings(tmp_path)):
         pass
