@@ -183,10 +183,10 @@ class FaissStore:
         if model is None or dimension is None:
             raise StoreError(f"store {str(self.path)!r} is new: open it with the model and dimension it stores")
         self._refuse_to_shadow_replicas()
-        from .segments import IndexFactoryError, new_index
+        from .segments import IndexFactoryError, check_factory
 
         try:
-            new_index(int(dimension), self.settings.index_factory)  # a bad factory fails here, before any write
+            check_factory(self.path, int(dimension), self.settings.index_factory)  # before any write
         except IndexFactoryError as exc:
             raise StoreError(str(exc)) from None
         return {"model": model, "dimension": int(dimension), "index_factory": self.settings.index_factory,

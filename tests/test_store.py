@@ -297,6 +297,29 @@ def test_model_mismatch_and_bad_factory_are_refused(tmp_path):
     with pytest.raises(StoreError, match="not a valid FAISS index factory"):
         open_store(settings(tmp_path / "b", index_factory="NoSuchIndex42"))
     assert not (tmp_path / "b" / "store" / "identity.json").exists()
+    # Built fine, but takes no second batch of additions: refused before the first write, not at a checkpoint.
+    with pytest.raises(StoreError, match=r"^\[store\] index_factory = 'NSG16,Flat' cannot be checkpointed: .*HNSW32"):
+        open_store(settings(tmp_path / "c", index_factory="NSG16,Flat"))
+    assert not (tmp_path / "c" / "store" / "identity.json").exists()
+    assert not list((tmp_path / "c" / "store").glob(".tmp-*"))
+
+
+@pytest.mark.parametrize("factory, parameters", [("IVF4,Flat,RFlat", "nprobe=4"), ("Flat,Refine(Flat)", "")])
+def test_refined_factories_are_checkpointed_searched_and_verified(tmp_path, factory, parameters):
+    config = settings(tmp_path, index_factory=factory, train_vectors=60, search_parameters=parameters, merge_factor=50)
+    with open_store(config) as store:
+        write_batches(store, 0, 60)
+        store.checkpoint()
+        write_batches(store, 60, 70)  # replacements and deletions reach into the refined segment
+        store.checkpoint()
+        assert kinds(store) == ["factory", "flat"]
+        assert_holds(store, 70)
+    with FaissStore.open(config, writable=False) as store:
+        assert_holds(store, 70)
+        assert store.search(vector_for("d41 chunk 0 v1"), k=1)[0].document == "d41"
+        deleted = upsert("d58", 1, 1 + 58 % 3)  # deleted by batch 62, after its segment was sealed
+        assert all(hit.document != "d58" for hit in store.search(deleted.vectors[0], k=50))
+    assert verify_store(config)["ok"], verify_store(config)["problems"]
 
 
 def kinds(store):
