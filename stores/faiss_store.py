@@ -396,7 +396,7 @@ class FaissStore:
 
     def _seal_and_merge(self) -> int:
         generation = self._generations.seal()
-        return self._generations.compact(everything=False) or generation
+        return self._generations.compact(everything=False, replacing=generation) or generation
 
     def compact(self) -> dict[str, Any]:
         """Rewrite every segment: merge them (up to `max_segment_vectors` each), drop deleted and replaced vectors,
@@ -406,7 +406,7 @@ class FaissStore:
 
         def run() -> int:
             sealed = self._generations.seal() if self.catalog.has_pending() or not self.generation else None
-            return self._generations.compact(everything=True) or sealed or self.generation
+            return self._generations.compact(everything=True, replacing=sealed) or sealed or self.generation
 
         generation = self._guarded(run)
         self._changed_vectors = 0

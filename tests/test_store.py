@@ -110,7 +110,8 @@ def test_checkpoints_keep_k_generations_and_prune_only_unnamed_files(tmp_path):
         store.checkpoint()
         stats = store.stats()
         named = {e.name for g in store.catalog.manifests() for e in _files(g[1])}
-    assert [g["generation"] for g in stats["generations"]] == [stats["generation"], stats["generation"] - 1]
+    kept = stats["generations"]  # the last two checkpoints (one that merged left one generation)
+    assert len(kept) == 2 and kept[0]["generation"] == stats["generation"] and kept[0]["lsn"] > kept[1]["lsn"]
     assert stats["generation"] >= 4
     assert set(segment_files(config)) == named  # every kept generation's files, and nothing else
     assert sorted(p.name for p in (config.path / "manifests").iterdir()) == [
@@ -118,6 +119,28 @@ def test_checkpoints_keep_k_generations_and_prune_only_unnamed_files(tmp_path):
     with open_store(config) as store:
         assert_holds(store, 40)
         assert store.notes == []
+
+
+def test_keep_generations_counts_checkpoints_when_a_checkpoint_seals_and_merges(tmp_path):
+    config = settings(tmp_path, merge_factor=2, keep_generations=3)  # every other checkpoint merges two segments
+    numbers = []
+    with open_store(config) as store:
+        for checkpoint in range(6):
+            before = store.generation
+            write_batches(store, checkpoint * 10, checkpoint * 10 + 10)
+            numbers.append((before, store.checkpoint()))
+        kept = store.generations_info()
+        named = {e.name for g in store.catalog.manifests() for e in _files(g[1])}
+    assert any(after - before == 2 for before, after in numbers)  # a checkpoint committed a seal, then a merge
+    assert [g["lsn"] for g in kept] == [60, 50, 40]  # the last three checkpoints, one generation each
+    assert [g["generation"] for g in kept] == [after for _, after in numbers[-3:]][::-1]
+    assert set(segment_files(config)) == named
+    assert sorted(p.name for p in (config.path / "manifests").iterdir()) == [
+        f"{g['generation']:08d}.json" for g in reversed(kept)]
+    assert verify_store(config)["ok"]
+    restore_store(config, generation=kept[-1]["generation"])  # the oldest kept checkpoint restores
+    with open_store(config) as store:
+        assert_holds(store, 40)
 
 
 def _files(manifest_bytes):
