@@ -103,35 +103,38 @@ def check_factory(folder: Path, dimension: int, factory: str) -> None:
     and map it back, as a checkpoint will: a factory FAISS cannot checkpoint is refused before the store's first
     write, in one line, not at a run's final checkpoint."""
     index = new_index(dimension, factory)
-    sample = np.random.default_rng(0).standard_normal((FACTORY_SAMPLE, dimension)).astype(np.float32)
-    faiss.normalize_L2(sample)
-    ids = np.arange(FACTORY_SAMPLE, dtype=np.int64) * 7_919 + 1
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)  # a small job: OpenMP threads on a busy machine cost more than they give
     try:
-        _train_roughly(index)
-        index.train(sample)
-    except RuntimeError:
-        return  # too few vectors to train it on here; a segment trains on `train_vectors` and stays exact if that fails
-    finally:
-        faiss.omp_set_num_threads(threads)
-    half = FACTORY_SAMPLE // 2
-    path = folder / ".tmp-factory-check.faiss"
-    try:
-        index.add_with_ids(sample[:half], ids[:half])
-        index.add_with_ids(sample[half:], ids[half:])
-        faiss.write_index(index, str(path))
-        mapped = open_index(path, FACTORY, faiss.try_extract_index_ivf(index) is not None)
-        found = mapped.search(sample[:1], 1)[1]
-        if not np.array_equal(np.sort(index_ids(mapped)), ids) or found[0, 0] not in ids:
-            raise RuntimeError("the index does not give back the ids it was given")
+        _add_and_read_back(index, folder / ".tmp-factory-check.faiss")
     except RuntimeError as exc:
         raise IndexFactoryError(
             f"[store] index_factory = {factory!r} cannot be checkpointed: FAISS fails to add vectors to it in batches "
             f"under their ids ({str(exc).strip().splitlines()[-1][:160]}); use one that can, e.g. \"HNSW32\", "
             "\"IVF1024,Flat\" or \"IVF1024,PQ48\"") from None
     finally:
-        path.unlink(missing_ok=True)
+        faiss.omp_set_num_threads(threads)
+        (folder / ".tmp-factory-check.faiss").unlink(missing_ok=True)
+
+
+def _add_and_read_back(index: faiss.Index, path: Path) -> None:
+    """Train the index roughly on a seeded sample, add it in two batches, write it to `path` and map it back."""
+    sample = np.random.default_rng(0).standard_normal((FACTORY_SAMPLE, index.d)).astype(np.float32)
+    faiss.normalize_L2(sample)
+    ids = np.arange(FACTORY_SAMPLE, dtype=np.int64) * 7_919 + 1
+    _train_roughly(index)
+    try:
+        index.train(sample)
+    except RuntimeError:
+        return  # too few vectors to train it on here; a segment trains on `train_vectors` and stays exact if that fails
+    half = FACTORY_SAMPLE // 2
+    index.add_with_ids(sample[:half], ids[:half])
+    index.add_with_ids(sample[half:], ids[half:])
+    faiss.write_index(index, str(path))
+    mapped = open_index(path, FACTORY, faiss.try_extract_index_ivf(index) is not None)
+    found = mapped.search(sample[:1], 1)[1]
+    if not np.array_equal(np.sort(index_ids(mapped)), ids) or found[0, 0] not in ids:
+        raise RuntimeError("the index does not give back the ids it was given")
 
 
 def _segment_index(dimension: int, factory: str, count: int, train_vectors: int) -> tuple[faiss.Index, str]:
