@@ -299,7 +299,8 @@ class FaissStore:
                              f"({self._broken}): open it again (every acknowledged write is kept)")
 
     def write(self, operations: Sequence[Operation]) -> int:
-        """Apply the operations in one durable transaction; returns the write's number once it is acknowledged."""
+        """Apply the operations in one durable transaction; returns the write's number once it is acknowledged. Raises
+        only when the write was not committed: a checkpoint it makes due that fails is reported in `notes`."""
         self._check_writable()
         if not operations:
             return self.lsn
