@@ -223,6 +223,7 @@ def _ingest_sources(config, selected, chunk_tokens, full, seconds, embedding_lim
         try:
             for note in store.notes:
                 logger.warning(note)
+            notes_shown = len(store.notes)  # later ones (a failed automatic checkpoint…) are logged at the end
             shared = SharedStore(store)
             # After a process died on some document, sources go one at a time: the suspects of the
             # death then go alone, so only the one that kills again counts an attempt (flows/retry_queue.py).
@@ -244,10 +245,9 @@ def _ingest_sources(config, selected, chunk_tokens, full, seconds, embedding_lim
             precision = run_precision(config.embedding, execution, embedded)
             precision_note = record_precision(store, precision, existed) if embedded else None
             checkpointing = time.perf_counter()
-            notes_before = len(store.notes)
             store.checkpoint()
             seconds["checkpoint"] = time.perf_counter() - checkpointing
-            for note in store.notes[notes_before:]:
+            for note in store.notes[notes_shown:]:
                 logger.warning(note)
             return _Outcome(reports, store.stats(), store.replication_problem(), execution.describe(), precision,
                             precision_note, _embedding_telemetry(config) if execution.models_here else None)

@@ -183,10 +183,10 @@ class FaissStore:
         if model is None or dimension is None:
             raise StoreError(f"store {str(self.path)!r} is new: open it with the model and dimension it stores")
         self._refuse_to_shadow_replicas()
-        from .segments import IndexFactoryError, new_index
+        from .segments import IndexFactoryError, check_factory
 
         try:
-            new_index(int(dimension), self.settings.index_factory)  # a bad factory fails here, before any write
+            check_factory(self.path, int(dimension), self.settings.index_factory)  # before any write
         except IndexFactoryError as exc:
             raise StoreError(str(exc)) from None
         return {"model": model, "dimension": int(dimension), "index_factory": self.settings.index_factory,
@@ -299,7 +299,8 @@ class FaissStore:
                              f"({self._broken}): open it again (every acknowledged write is kept)")
 
     def write(self, operations: Sequence[Operation]) -> int:
-        """Apply the operations in one durable transaction; returns the write's number once it is acknowledged."""
+        """Apply the operations in one durable transaction; returns the write's number once it is acknowledged. Raises
+        only when the write was not committed: a checkpoint it makes due that fails is reported in `notes`."""
         self._check_writable()
         if not operations:
             return self.lsn
@@ -316,8 +317,39 @@ class FaissStore:
                              f"({type(exc).__name__}: {exc}); open the store again to go on") from exc
         self._changed_vectors += sum(len(op.chunks) for op in operations if isinstance(op, DocumentUpsert)) or 1
         if self._checkpoint_due():
-            self.checkpoint()
+            self._automatic_checkpoint()
         return lsn
+
+    def _automatic_checkpoint(self) -> None:
+        """A checkpoint a write made due. Its failure is not the write's (committed: a caller told otherwise would
+        write it twice): it goes to `notes` and the log, and the next due or explicit checkpoint tries again, after
+        this object has reopened its database as a new open would."""
+        try:
+            self.checkpoint()
+        except Exception as exc:  # noqa: BLE001 - reported apart; the pending rows stay in the catalog
+            self._changed_vectors, self._last_checkpoint = 0, time.monotonic()  # next try one interval later
+            message = (f"store {str(self.path)!r}: the automatic checkpoint after write {self.lsn} failed "
+                       f"({type(exc).__name__}: {exc}); the write is committed, and the next checkpoint tries again")
+            self.notes.append(message)
+            log.warning(message)
+            try:
+                self._reopen_catalog()
+            except Exception as again:  # noqa: BLE001 - the next write, not yet committed, is refused instead
+                self._broken = f"checkpoint, then reopening: {type(again).__name__}: {again}"
+
+    def _reopen_catalog(self) -> None:
+        """After a failed checkpoint: take the database afresh (a failed COMMIT may have reached the disk) and tidy
+        what the checkpoint left, as an open does. Should that fail too, the store stays unusable until reopened."""
+        self.catalog.close()
+        self.catalog = None
+        self._view = None
+        self._indexes.clear()
+        self._segment_parts.clear()
+        self._open_catalog()
+        self._generations = Generations(self.path, self.settings, self.identity, self.catalog, self.notes)
+        self._generations.tidy()
+        self._check_current_files()
+        self._broken = None
 
     def _validate(self, operations: Sequence[Operation]) -> None:
         """Refuse bad input before anything is written."""
@@ -365,7 +397,7 @@ class FaissStore:
 
     def _seal_and_merge(self) -> int:
         generation = self._generations.seal()
-        return self._generations.compact(everything=False) or generation
+        return self._generations.compact(everything=False, replacing=generation) or generation
 
     def compact(self) -> dict[str, Any]:
         """Rewrite every segment: merge them (up to `max_segment_vectors` each), drop deleted and replaced vectors,
@@ -375,7 +407,7 @@ class FaissStore:
 
         def run() -> int:
             sealed = self._generations.seal() if self.catalog.has_pending() or not self.generation else None
-            return self._generations.compact(everything=True) or sealed or self.generation
+            return self._generations.compact(everything=True, replacing=sealed) or sealed or self.generation
 
         generation = self._guarded(run)
         self._changed_vectors = 0

@@ -138,13 +138,15 @@ class Generations:
         entries, change = self._rewrite(None, prefix=False)
         return self._commit(self.current_segments() + entries, [change], entries)
 
-    def compact(self, everything: bool) -> int | None:
-        """Merge what the policy asks for (`everything`: the whole store) as a new generation; None if nothing."""
+    def compact(self, everything: bool, replacing: int | None = None) -> int | None:
+        """Merge what the policy asks for (`everything`: the whole store) as a new generation; None if nothing.
+        `replacing`: the generation this checkpoint sealed just before, same state in other segments, dropped in the
+        same commit, so that a checkpoint leaves one generation and `keep_generations` counts checkpoints."""
         segments = self.current_segments()
         dead = self.catalog.dead_counts()
         policy = MergePolicy(self.settings.merge_factor, self.settings.max_segment_vectors, self.settings.max_dead_ratio)
         runs = plan_merges([SegmentLoad(s.vectors, dead.get(s.seq, 0)) for s in segments], policy, everything)
-        return self._rewrite_runs(segments, runs) if runs else None
+        return self._rewrite_runs(segments, runs, replacing) if runs else None
 
     def rebuild(self, seqs: set[int]) -> int:
         """Rewrite these segments, each alone, from the catalog (their files are damaged)."""
@@ -152,7 +154,7 @@ class Generations:
         runs = [range(p, p + 1) for p, segment in enumerate(segments) if segment.seq in seqs]
         return self._rewrite_runs(segments, runs)
 
-    def _rewrite_runs(self, segments: list[SegmentEntry], runs: Sequence[range]) -> int:
+    def _rewrite_runs(self, segments: list[SegmentEntry], runs: Sequence[range], replacing: int | None = None) -> int:
         result: list[SegmentEntry] = []
         changes: list[Callable[[], None]] = []
         new: list[SegmentEntry] = []
@@ -164,7 +166,7 @@ class Generations:
             new += entries
             changes.append(change)
             position = run.stop
-        return self._commit(result + segments[position:], changes, new)
+        return self._commit(result + segments[position:], changes, new, replacing)
 
     def _rewrite(self, run: list[int] | None, prefix: bool) -> tuple[list[SegmentEntry], Callable[[], None]]:
         """New segments holding the live rows of `run` (None: the pending rows), each with the tombstones of its id
@@ -197,7 +199,7 @@ class Generations:
         return entries, lambda: catalog.reassign(run, parts, carriers, prefix)
 
     def _commit(self, segments: list[SegmentEntry], changes: Sequence[Callable[[], None]],
-                new: list[SegmentEntry]) -> int:
+                new: list[SegmentEntry], replacing: int | None = None) -> int:
         generation = self.next_generation()
         catalog = self.catalog
         body = {"generation": generation, "lsn": catalog.counter("lsn"),
@@ -212,7 +214,9 @@ class Generations:
         with catalog.transaction():
             for change in changes:
                 change()
-            dropped = catalog.add_generation(generation, manifest, self.settings.keep_generations)
+            replaced = [replacing] if replacing is not None else []
+            catalog.drop_generations(replaced)
+            dropped = replaced + catalog.add_generation(generation, manifest, self.settings.keep_generations)
             catalog.record_files(written)
         self._prune(dropped)
         return generation

@@ -83,6 +83,11 @@ def verify_store(settings: StoreSettings) -> dict[str, Any]:
                                          f"{identity.get('store_id')}: another store writes to this location")]
             if manifest and not found and location.is_local:
                 found = _replay_problems(location, number, manifest, replayed)
+            if found and _pruned_meanwhile(location, number):
+                # A writer's checkpoint dropped this generation after it was listed (its manifest goes first, then
+                # the files no kept generation names): not damage. Files it alone named are hashed afresh if named again.
+                checked = {name: digest for name, digest in checked.items() if digest is not None}
+                continue
             problems.extend(problem for problem in found if problem not in problems)
             entry = {"where": location.name, "generation": number, "ok": not found}
             if manifest:
@@ -134,13 +139,23 @@ def _copy_again(path: Path, location: Location, files: list[str]) -> list[dict[s
     return copied
 
 
+def _pruned_meanwhile(location: Location, number: int) -> bool:
+    try:
+        return number not in location.generations()
+    except Exception:  # noqa: BLE001 - unreachable now: what was found stands
+        return False
+
+
 def _replay_problems(location: Location, number: int, manifest: dict[str, Any],
                      replayed: dict[str, str | None]) -> list[Problem]:
     """Whether a generation whose files are intact replays into the store its manifest describes (local copies)."""
     from .segments import replay_problem
 
     if manifest["checksum"] not in replayed:
-        replayed[manifest["checksum"]] = replay_problem(Path(location.path(SEGMENTS)), segments_of(manifest))
+        try:
+            replayed[manifest["checksum"]] = replay_problem(Path(location.path(SEGMENTS)), segments_of(manifest))
+        except sqlite3.Error as exc:  # a rows file gone since it was hashed (pruned, or removed by hand)
+            return [Problem(location.name, f"{MANIFESTS}/{manifest_name(number)}", f"could not be replayed: {exc}")]
     detail = replayed[manifest["checksum"]]
     return [Problem(location.name, f"{MANIFESTS}/{manifest_name(number)}", detail)] if detail else []
 
@@ -173,16 +188,30 @@ def _database_problems(path: Path, identity: dict[str, Any]) -> list[Problem]:
             counted = dict(catalog.db.execute("SELECT segment, count(*) FROM dead GROUP BY segment"))
             if counted != catalog.dead_counts():
                 problems.append(Problem(PRIMARY, database.name, "tombstone counts per segment do not match its rows"))
-            for generation, manifest in catalog.manifests():
-                file = path / MANIFESTS / manifest_name(generation)
-                if not file.is_file() or file.read_bytes() != manifest:
-                    problems.append(Problem(PRIMARY, f"{MANIFESTS}/{file.name}", "missing or not the database's copy "
-                                                                                 "(the next writable open rewrites it)"))
+            mismatched = _manifest_files_mismatched(path, catalog.manifests())
+            catalog.end_snapshot()  # a writer may have dropped generations since the snapshot began: ask its newest state
+            for name in _manifest_files_mismatched(path, [m for m in catalog.manifests() if m[0] in mismatched]).values():
+                problems.append(Problem(PRIMARY, f"{MANIFESTS}/{name}", "missing or not the database's copy "
+                                                                        "(the next writable open rewrites it)"))
         finally:
             catalog.close()
     except sqlite3.DatabaseError as exc:
         problems.append(Problem(PRIMARY, database.name, f"damaged ({exc}): run `vectormill store restore`"))
     return problems
+
+
+def _manifest_files_mismatched(path: Path, manifests: list[tuple[int, bytes]]) -> dict[int, str]:
+    """Kept generations whose manifest file is missing or differs from the database's copy, with its file name."""
+    mismatched = {}
+    for generation, manifest in manifests:
+        file = path / MANIFESTS / manifest_name(generation)
+        try:
+            same = file.read_bytes() == manifest
+        except FileNotFoundError:
+            same = False
+        if not same:
+            mismatched[generation] = file.name
+    return mismatched
 
 
 def _database_sound(path: Path, identity: dict[str, Any] | None) -> bool:

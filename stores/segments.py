@@ -27,6 +27,7 @@ from .tables import CHUNK_COLUMNS, TABLES
 FLAT = "flat"
 EMPTY_IDS = np.empty(0, dtype=np.int64)
 FACTORY = "factory"
+FACTORY_SAMPLE = 1_024  # vectors the factory check trains on and adds: enough for IVF1024 and PQ, and fast
 ROWS_SCHEMA = f"""
 CREATE TABLE chunks ({', '.join(CHUNK_COLUMNS)}, vector BLOB);
 CREATE TABLE tombstones (segment INTEGER NOT NULL, faiss_id INTEGER NOT NULL);
@@ -64,9 +65,76 @@ def new_index(dimension: int, factory: str) -> faiss.Index:
     except RuntimeError as exc:
         raise IndexFactoryError(f"[store] index_factory = {factory!r} is not a valid FAISS index factory string: "
                                 f"{str(exc).splitlines()[0]}") from None
-    if "IDMap" in factory or faiss.try_extract_index_ivf(index) is not None:
+    if _takes_ids(index):
         return index
     return faiss.index_factory(dimension, f"IDMap,{factory}", faiss.METRIC_INNER_PRODUCT)
+
+
+def _takes_ids(index: faiss.Index) -> bool:
+    """Whether the index's own add_with_ids keeps our ids: an IVF or an IDMap, alone or behind a transform. A refined
+    IVF ("IVF…,RFlat", "…,Refine(…)") does not: it goes in an IDMap like any other."""
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexPreTransform):
+        return _takes_ids(index.index)
+    return isinstance(index, (faiss.IndexIVF, faiss.IndexIDMap, faiss.IndexIDMap2))
+
+
+def _train_roughly(index: faiss.Index) -> None:
+    """The factory check needs a trained index, not a good one: one k-means iteration, no polysemous training."""
+    index = faiss.downcast_index(index)
+    for inner in ("index", "base_index", "refine_index", "storage"):  # IDMap, transforms, refinement, graphs
+        if isinstance(getattr(index, inner, None), faiss.Index):
+            _train_roughly(getattr(index, inner))
+    if isinstance(index, faiss.IndexPreTransform):
+        for position in range(index.chain.size()):
+            transform = faiss.downcast_VectorTransform(index.chain.at(position))
+            if isinstance(transform, faiss.OPQMatrix):
+                transform.niter = transform.niter_pq = 1
+    if isinstance(index, faiss.IndexIVF):
+        index.cp.niter = 1
+    if isinstance(getattr(index, "pq", None), faiss.ProductQuantizer):
+        index.pq.cp.niter = 1
+    if hasattr(index, "do_polysemous_training"):
+        index.do_polysemous_training = False
+
+
+def check_factory(folder: Path, dimension: int, factory: str) -> None:
+    """Build the configured index, train it and add a small seeded sample in two batches under sparse ids, write it
+    and map it back, as a checkpoint will: a factory FAISS cannot checkpoint is refused before the store's first
+    write, in one line, not at a run's final checkpoint."""
+    index = new_index(dimension, factory)
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)  # a small job: OpenMP threads on a busy machine cost more than they give
+    try:
+        _add_and_read_back(index, folder / ".tmp-factory-check.faiss")
+    except RuntimeError as exc:
+        raise IndexFactoryError(
+            f"[store] index_factory = {factory!r} cannot be checkpointed: FAISS fails to add vectors to it in batches "
+            f"under their ids ({str(exc).strip().splitlines()[-1][:160]}); use one that can, e.g. \"HNSW32\", "
+            "\"IVF1024,Flat\" or \"IVF1024,PQ48\"") from None
+    finally:
+        faiss.omp_set_num_threads(threads)
+        (folder / ".tmp-factory-check.faiss").unlink(missing_ok=True)
+
+
+def _add_and_read_back(index: faiss.Index, path: Path) -> None:
+    """Train the index roughly on a seeded sample, add it in two batches, write it to `path` and map it back."""
+    sample = np.random.default_rng(0).standard_normal((FACTORY_SAMPLE, index.d)).astype(np.float32)
+    faiss.normalize_L2(sample)
+    ids = np.arange(FACTORY_SAMPLE, dtype=np.int64) * 7_919 + 1
+    _train_roughly(index)
+    try:
+        index.train(sample)
+    except RuntimeError:
+        return  # too few vectors to train it on here; a segment trains on `train_vectors` and stays exact if that fails
+    half = FACTORY_SAMPLE // 2
+    index.add_with_ids(sample[:half], ids[:half])
+    index.add_with_ids(sample[half:], ids[half:])
+    faiss.write_index(index, str(path))
+    mapped = open_index(path, FACTORY, faiss.try_extract_index_ivf(index) is not None)
+    found = mapped.search(sample[:1], 1)[1]
+    if not np.array_equal(np.sort(index_ids(mapped)), ids) or found[0, 0] not in ids:
+        raise RuntimeError("the index does not give back the ids it was given")
 
 
 def _segment_index(dimension: int, factory: str, count: int, train_vectors: int) -> tuple[faiss.Index, str]:
@@ -194,9 +262,10 @@ def is_ivf(dimension: int, factory: str) -> bool:
 
 def index_ids(index: faiss.Index) -> np.ndarray:
     """Every id an index holds, in its order."""
+    outer = faiss.downcast_index(index)
+    if isinstance(outer, (faiss.IndexIDMap, faiss.IndexIDMap2)):  # an IVF inside one (refined) numbers by position
+        return faiss.vector_to_array(outer.id_map)
     ivf = faiss.try_extract_index_ivf(index)
-    if ivf is None:
-        return faiss.vector_to_array(faiss.downcast_index(index).id_map)
     lists = ivf.invlists
     return np.array([int(i) for n in range(lists.nlist)
                      for i in faiss.rev_swig_ptr(lists.get_ids(n), lists.list_size(n))], dtype=np.int64)

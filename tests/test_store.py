@@ -110,7 +110,8 @@ def test_checkpoints_keep_k_generations_and_prune_only_unnamed_files(tmp_path):
         store.checkpoint()
         stats = store.stats()
         named = {e.name for g in store.catalog.manifests() for e in _files(g[1])}
-    assert [g["generation"] for g in stats["generations"]] == [stats["generation"], stats["generation"] - 1]
+    kept = stats["generations"]  # the last two checkpoints (one that merged left one generation)
+    assert len(kept) == 2 and kept[0]["generation"] == stats["generation"] and kept[0]["lsn"] > kept[1]["lsn"]
     assert stats["generation"] >= 4
     assert set(segment_files(config)) == named  # every kept generation's files, and nothing else
     assert sorted(p.name for p in (config.path / "manifests").iterdir()) == [
@@ -118,6 +119,28 @@ def test_checkpoints_keep_k_generations_and_prune_only_unnamed_files(tmp_path):
     with open_store(config) as store:
         assert_holds(store, 40)
         assert store.notes == []
+
+
+def test_keep_generations_counts_checkpoints_when_a_checkpoint_seals_and_merges(tmp_path):
+    config = settings(tmp_path, merge_factor=2, keep_generations=3)  # every other checkpoint merges two segments
+    numbers = []
+    with open_store(config) as store:
+        for checkpoint in range(6):
+            before = store.generation
+            write_batches(store, checkpoint * 10, checkpoint * 10 + 10)
+            numbers.append((before, store.checkpoint()))
+        kept = store.generations_info()
+        named = {e.name for g in store.catalog.manifests() for e in _files(g[1])}
+    assert any(after - before == 2 for before, after in numbers)  # a checkpoint committed a seal, then a merge
+    assert [g["lsn"] for g in kept] == [60, 50, 40]  # the last three checkpoints, one generation each
+    assert [g["generation"] for g in kept] == [after for _, after in numbers[-3:]][::-1]
+    assert set(segment_files(config)) == named
+    assert sorted(p.name for p in (config.path / "manifests").iterdir()) == [
+        f"{g['generation']:08d}.json" for g in reversed(kept)]
+    assert verify_store(config)["ok"]
+    restore_store(config, generation=kept[-1]["generation"])  # the oldest kept checkpoint restores
+    with open_store(config) as store:
+        assert_holds(store, 40)
 
 
 def _files(manifest_bytes):
@@ -259,6 +282,36 @@ def test_a_failed_write_makes_the_store_unusable_until_it_is_opened_again(tmp_pa
         assert_holds(store, written + 2)
 
 
+def test_a_failed_automatic_checkpoint_is_reported_apart_and_the_write_is_acknowledged_once(tmp_path, monkeypatch):
+    import errno
+
+    from vectormill.stores import generations
+
+    config = settings(tmp_path, checkpoint_every_vectors=15)
+    real_write = generations.write_atomically
+    failed = []
+
+    def full_disk_once(path, data):  # the manifest of the first automatic checkpoint: its segment files are written
+        if not failed:
+            failed.append(path.name)
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real_write(path, data)
+
+    monkeypatch.setattr(generations, "write_atomically", full_disk_once)
+    with open_store(config) as store:
+        acknowledged = [store.write(batch(i)) for i in range(40)]  # a caller that retries on an error: none came
+        assert failed and acknowledged == list(range(1, 41)) and store.lsn == 40
+        assert [note for note in store.notes if "automatic checkpoint" in note and "No space left" in note]
+        assert store.generation >= 1  # a later automatic checkpoint went through
+        assert_holds(store, 40)
+        final = store.checkpoint()
+        named = {e.name for g in store.catalog.manifests() for e in _files(g[1])}
+    assert final > 0 and set(segment_files(config)) == named  # the failed checkpoint's files are gone
+    with open_store(config) as store:
+        assert_holds(store, 40)
+        assert store.notes == []
+
+
 def test_model_mismatch_and_bad_factory_are_refused(tmp_path):
     with open_store(settings(tmp_path)):
         pass
@@ -267,6 +320,29 @@ def test_model_mismatch_and_bad_factory_are_refused(tmp_path):
     with pytest.raises(StoreError, match="not a valid FAISS index factory"):
         open_store(settings(tmp_path / "b", index_factory="NoSuchIndex42"))
     assert not (tmp_path / "b" / "store" / "identity.json").exists()
+    # Built fine, but takes no second batch of additions: refused before the first write, not at a checkpoint.
+    with pytest.raises(StoreError, match=r"^\[store\] index_factory = 'NSG16,Flat' cannot be checkpointed: .*HNSW32"):
+        open_store(settings(tmp_path / "c", index_factory="NSG16,Flat"))
+    assert not (tmp_path / "c" / "store" / "identity.json").exists()
+    assert not list((tmp_path / "c" / "store").glob(".tmp-*"))
+
+
+@pytest.mark.parametrize("factory, parameters", [("IVF4,Flat,RFlat", "nprobe=4"), ("Flat,Refine(Flat)", "")])
+def test_refined_factories_are_checkpointed_searched_and_verified(tmp_path, factory, parameters):
+    config = settings(tmp_path, index_factory=factory, train_vectors=60, search_parameters=parameters, merge_factor=50)
+    with open_store(config) as store:
+        write_batches(store, 0, 60)
+        store.checkpoint()
+        write_batches(store, 60, 70)  # replacements and deletions reach into the refined segment
+        store.checkpoint()
+        assert kinds(store) == ["factory", "flat"]
+        assert_holds(store, 70)
+    with FaissStore.open(config, writable=False) as store:
+        assert_holds(store, 70)
+        assert store.search(vector_for("d41 chunk 0 v1"), k=1)[0].document == "d41"
+        deleted = upsert("d58", 1, 1 + 58 % 3)  # deleted by batch 62, after its segment was sealed
+        assert all(hit.document != "d58" for hit in store.search(deleted.vectors[0], k=50))
+    assert verify_store(config)["ok"], verify_store(config)["problems"]
 
 
 def kinds(store):
