@@ -1,0 +1,84 @@
+"""Issue 19's acceptance runs: a replica that damages or drops one upload in five, under many checkpoints with
+writes and deletions; then the primary is lost, and `store restore --from` that replica must give back exactly the
+newest generation the replica confirmed, and `store drill` must agree. Once on a local folder, once on S3 (moto)."""
+
+import shutil
+
+import pytest
+
+from vectormill.stores.drill import drill
+from vectormill.stores.faiss_store import FaissStore, StoreError
+from vectormill.stores.replicas import Location
+from vectormill.stores.restore import restore_store, verify_store
+from vectormill.stores.settings import StoreSettings
+
+from .servers.faulty_fs import register
+from .servers.store_batches import DIMENSION, SOURCE
+from .test_store import assert_holds, open_store, write_batches
+
+BATCHES_PER_CHECKPOINT = 2  # batch i deletes a document every 7th batch: deletions reach most generations
+
+
+def faulty_settings(tmp_path, url: str, storage_options: dict) -> StoreSettings:
+    """One replica, tried once per file: a damaged upload fails its checkpoint there instead of being retried away."""
+    return StoreSettings(path=tmp_path / "store", checkpoint_every_vectors=10_000, checkpoint_every_seconds=None,
+                         keep_generations=2, replica_attempts=1, replica_backoff_seconds=0.01,
+                         replicas=[{"name": "offsite", "url": url, "storage_options": storage_options}])
+
+
+def state(store: FaissStore) -> tuple[dict[str, str], list[str]]:
+    """What a generation holds, as a reader sees it: document versions and chunk ids."""
+    return store.document_versions(SOURCE), sorted(store.chunk_vectors())
+
+
+def checkpoint_under_faults(config: StoreSettings, checkpoints: int) -> tuple[list[int | None], dict[int, tuple]]:
+    """Write, checkpoint, and record after each checkpoint the generation the replica reports as confirmed.
+
+    Returns (confirmed after each checkpoint, {generation: (batches written, state)})."""
+    confirmed: list[int | None] = []
+    held: dict[int, tuple] = {}
+    with open_store(config) as store:
+        for n in range(checkpoints):
+            write_batches(store, n * BATCHES_PER_CHECKPOINT, (n + 1) * BATCHES_PER_CHECKPOINT)
+            generation = store.checkpoint()
+            held[generation] = ((n + 1) * BATCHES_PER_CHECKPOINT, state(store))
+            [replica] = store.stats()["replicas"]
+            confirmed.append(replica["generation"] if replica["ok"] else None)
+            if replica["ok"]:
+                assert replica["generation"] == generation  # a replica confirms the newest or nothing
+    return confirmed, held
+
+
+def restore_lost_primary(config: StoreSettings, confirmed: list[int | None], held: dict[int, tuple]) -> int:
+    """Delete the primary, restore it from the replica; assert it holds exactly the newest confirmed generation and
+    the drill agrees. Returns that generation."""
+    newest = max(g for g in confirmed if g is not None)
+    shutil.rmtree(config.path)
+    with pytest.raises(StoreError, match="store restore --from offsite"):
+        open_store(config)
+    restored = restore_store(config, source="offsite")
+    assert (restored["restored_generation"], restored["from"]) == (newest, "offsite")
+    count, recorded = held[newest]
+    with FaissStore.open(config, writable=False) as store:
+        assert state(store) == recorded
+        assert_holds(store, count)  # and the vectors, ids and cursor of exactly those batches
+    assert verify_store(config.model_copy(update={"replicas": ()}))["ok"]
+
+    report = drill(config, "offsite")
+    assert report["ok"] and report["generation"] == newest and report["exact"] and report["agreement"] == 1.0
+    assert (report["documents"], report["vectors"]) == (len(recorded[0]), len(recorded[1]))
+    return newest
+
+
+@pytest.mark.slow
+def test_a_replica_dropping_or_damaging_one_upload_in_five_restores_its_newest_confirmed_generation(tmp_path):
+    register()
+    config = faulty_settings(tmp_path, f"faulty://{tmp_path / 'replica'}", {"seed": 19, "every": 5})
+    confirmed, held = checkpoint_under_faults(config, 50)
+    faults = Location.replica(config.replicas[0]).fs.log
+    assert {fault for _, fault in faults} == {"corrupt", "truncate", "drop"}, faults
+    missed = confirmed.count(None)
+    assert 5 <= missed < 45, confirmed  # faults failed some checkpoints there, and the replica caught up after
+    newest = restore_lost_primary(config, confirmed, held)
+    print(f"{len(faults)} faults, {missed} of 50 checkpoints unconfirmed, restored generation {newest} "
+          f"of {max(held)}")
