@@ -13,6 +13,7 @@ from vectormill.stores.restore import restore_store, verify_store
 from vectormill.stores.settings import StoreSettings
 
 from .servers.faulty_fs import register
+from .servers.s3 import s3_server  # noqa: F401 - fixture
 from .servers.store_batches import DIMENSION, SOURCE
 from .test_store import assert_holds, open_store, write_batches
 
@@ -81,4 +82,20 @@ def test_a_replica_dropping_or_damaging_one_upload_in_five_restores_its_newest_c
     assert 5 <= missed < 45, confirmed  # faults failed some checkpoints there, and the replica caught up after
     newest = restore_lost_primary(config, confirmed, held)
     print(f"{len(faults)} faults, {missed} of 50 checkpoints unconfirmed, restored generation {newest} "
+          f"of {max(held)}")
+
+
+@pytest.mark.slow
+def test_an_s3_replica_dropping_or_damaging_one_upload_in_five_restores_its_newest_confirmed_generation(
+        tmp_path, s3_server):
+    register()
+    options = s3_server.storage_options()
+    del options["skip_instance_cache"]  # one instance for the whole run: the seeded faults run on across checkpoints
+    config = faulty_settings(tmp_path, "faultys3://acceptance/vectormill", {**options, "seed": 19, "every": 5})
+    confirmed, held = checkpoint_under_faults(config, 20)
+    faults = Location.replica(config.replicas[0]).fs.log
+    missed = confirmed.count(None)
+    assert faults and 1 <= missed < 20, (faults, confirmed)
+    newest = restore_lost_primary(config, confirmed, held)
+    print(f"{len(faults)} faults, {missed} of 20 checkpoints unconfirmed, restored generation {newest} "
           f"of {max(held)}")
