@@ -15,7 +15,7 @@ from vectormill.stores.settings import StoreSettings
 from .servers.faulty_fs import register
 from .servers.s3 import s3_server  # noqa: F401 - fixture
 from .servers.store_batches import DIMENSION, SOURCE
-from .test_store import assert_holds, open_store, write_batches
+from .test_store import assert_holds, current_files, open_store, write_batches
 
 BATCHES_PER_CHECKPOINT = 2  # batch i deletes a document every 7th batch: deletions reach most generations
 
@@ -71,7 +71,6 @@ def restore_lost_primary(config: StoreSettings, confirmed: list[int | None], hel
     return newest
 
 
-@pytest.mark.slow
 def test_a_replica_dropping_or_damaging_one_upload_in_five_restores_its_newest_confirmed_generation(tmp_path):
     register()
     config = faulty_settings(tmp_path, f"faulty://{tmp_path / 'replica'}", {"seed": 19, "every": 5})
@@ -85,7 +84,7 @@ def test_a_replica_dropping_or_damaging_one_upload_in_five_restores_its_newest_c
           f"of {max(held)}")
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # a moto server start: seconds to a minute on a loaded machine
 def test_an_s3_replica_dropping_or_damaging_one_upload_in_five_restores_its_newest_confirmed_generation(
         tmp_path, s3_server):
     register()
@@ -99,3 +98,65 @@ def test_an_s3_replica_dropping_or_damaging_one_upload_in_five_restores_its_newe
     newest = restore_lost_primary(config, confirmed, held)
     print(f"{len(faults)} faults, {missed} of 20 checkpoints unconfirmed, restored generation {newest} "
           f"of {max(held)}")
+
+
+@pytest.mark.slow  # ~25 processes started and killed
+def test_verify_repair_killed_at_any_step_loses_nothing_and_a_second_repair_verifies(tmp_path):
+    """SIGKILL `vectormill store verify --repair` (a real process) at each file it changes, with work on both sides: a
+    replica that lacks a segment file and a manifest and holds another file damaged, and a primary segment file
+    damaged. After each kill every acknowledged write is still there, and a second `--repair` makes `verify` pass.
+    (A drill killed at each of its file events: tests/test_store_drill.py.)"""
+    from .test_replicas import run_cli
+    from .test_store_crash import kill_at_every_file_event
+
+    built = tmp_path / "built"
+    config = StoreSettings(path=built / "store", checkpoint_every_vectors=10_000, checkpoint_every_seconds=None,
+                           keep_generations=2, replicas=[{"name": "disk", "url": str(built / "replica")}])
+    with open_store(config) as store:
+        for n in range(3):
+            write_batches(store, n * 6, n * 6 + 6)
+            store.checkpoint()
+        assert store.replication_problem() is None
+        write_batches(store, 18, 22)  # acknowledged after the last checkpoint: only the database holds these
+        faiss, rows = current_files(store, ".faiss"), current_files(store, ".rows")
+    replica = built / "replica"
+    (replica / "segments" / faiss[0]).unlink()  # shared by both kept generations
+    data = bytearray((replica / "segments" / rows[-1]).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (replica / "segments" / rows[-1]).write_bytes(bytes(data))
+    oldest_manifest = replica / "manifests" / min(p.name for p in (replica / "manifests").iterdir())
+    oldest_manifest.write_bytes(oldest_manifest.read_bytes()[:-9])
+    victim = config.path / "segments" / rows[0]
+    victim.write_bytes(victim.read_bytes()[:-7])  # the replica holds this one intact
+    damaged = verify_store(config)
+    assert {p["where"] for p in damaged["problems"]} == {"primary", "disk"} and len(damaged["problems"]) == 4
+
+    work = tmp_path / "work"
+    live = config.model_copy(update={"path": work / "store", "replicas": StoreSettings(
+        replicas=[{"name": "disk", "url": str(work / "replica")}]).replicas})
+    run_cli(tmp_path, live, ["store", "verify"])  # writes tmp_path/vectormill.toml for the killed process
+    config_file = tmp_path / "vectormill.toml"
+
+    def reset():
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.copytree(built, work)
+
+    body = ("from vectormill.cli.main import main\n"
+            f"sys.argv = ['vectormill', 'store', 'verify', '--repair', '--config', {str(config_file)!r}]\n"
+            "try:\n    main()\nexcept SystemExit as exc:\n    assert exc.code in (0, None), exc.code\n")
+
+    def check() -> str:
+        with FaissStore.open(live, writable=False) as store:
+            assert_holds(store, 22)  # checkpointed or only written: nothing acknowledged is lost
+        left = verify_store(live)
+        repaired = run_cli(tmp_path, live, ["store", "verify", "--repair"])
+        assert repaired.exit_code == 0, repaired.output
+        report = verify_store(live)
+        assert report["ok"], report["problems"]
+        with FaissStore.open(live, writable=False) as store:
+            assert_holds(store, 22)
+        return "repaired before" if left["ok"] else "repaired after"
+
+    outcomes = kill_at_every_file_event(tmp_path, work, body, reset, check)
+    print(f"verify --repair killed at each file event: {outcomes}")
+    assert outcomes.get("repaired after", 0) >= 3 and list(outcomes)[-1] == "completed: repaired before", outcomes
