@@ -103,8 +103,9 @@ def test_an_s3_replica_dropping_or_damaging_one_upload_in_five_restores_its_newe
 @pytest.mark.slow  # ~25 processes started and killed
 def test_verify_repair_killed_at_any_step_loses_nothing_and_a_second_repair_verifies(tmp_path):
     """SIGKILL `vectormill store verify --repair` (a real process) at each file it changes, with work on both sides: a
-    replica that lacks a segment file and a manifest and holds another file damaged, and a primary segment file
-    damaged. After each kill every acknowledged write is still there, and a second `--repair` makes `verify` pass.
+    replica that lacks a segment file and holds a manifest damaged and a file that only that manifest names, and a
+    primary segment file damaged. After each kill every acknowledged write is still there, and a second `--repair`
+    makes `verify` pass; the run that completes repairs it all in one go (exit 0), the file behind the manifest too.
     (A drill killed at each of its file events: tests/test_store_drill.py.)"""
     from .test_replicas import run_cli
     from .test_store_crash import kill_at_every_file_event
@@ -121,15 +122,15 @@ def test_verify_repair_killed_at_any_step_loses_nothing_and_a_second_repair_veri
         faiss, rows = current_files(store, ".faiss"), current_files(store, ".rows")
     replica = built / "replica"
     (replica / "segments" / faiss[0]).unlink()  # shared by both kept generations
-    data = bytearray((replica / "segments" / rows[-1]).read_bytes())
+    data = bytearray((replica / "segments" / faiss[-1]).read_bytes())
     data[len(data) // 2] ^= 0xFF
-    (replica / "segments" / rows[-1]).write_bytes(bytes(data))
-    oldest_manifest = replica / "manifests" / min(p.name for p in (replica / "manifests").iterdir())
-    oldest_manifest.write_bytes(oldest_manifest.read_bytes()[:-9])
+    (replica / "segments" / faiss[-1]).write_bytes(bytes(data))  # named only by the newest generation, whose
+    newest_manifest = replica / "manifests" / max(p.name for p in (replica / "manifests").iterdir())
+    newest_manifest.write_bytes(newest_manifest.read_bytes()[:-9])  # manifest is damaged: found once it is copied
     victim = config.path / "segments" / rows[0]
     victim.write_bytes(victim.read_bytes()[:-7])  # the replica holds this one intact
     damaged = verify_store(config)
-    assert {p["where"] for p in damaged["problems"]} == {"primary", "disk"} and len(damaged["problems"]) == 4
+    assert {p["where"] for p in damaged["problems"]} == {"primary", "disk"} and len(damaged["problems"]) == 3
 
     work = tmp_path / "work"
     live = config.model_copy(update={"path": work / "store", "replicas": StoreSettings(
