@@ -14,7 +14,7 @@ from vectormill.stores.settings import StoreSettings
 
 from .servers.faulty_fs import register
 from .servers.s3 import s3_server  # noqa: F401 - fixture
-from .servers.store_batches import DIMENSION, SOURCE
+from .servers.store_batches import SOURCE
 from .test_store import assert_holds, current_files, open_store, write_batches
 
 BATCHES_PER_CHECKPOINT = 2  # batch i deletes a document every 7th batch: deletions reach most generations
