@@ -110,15 +110,27 @@ def verify_and_repair(settings: StoreSettings) -> dict[str, Any]:
             with FaissStore.open(settings) as store:
                 store.repair(also={file.split("/", 1)[1]: "damaged (store verify)" for file in on_primary
                                    if file.startswith(f"{SEGMENTS}/")})
-        for location in _reachable(settings, []):
-            if location.name != PRIMARY:
-                repaired += _copy_again(Path(settings.path), location,
-                                        sorted(file for where, file in damaged if where == location.name))
+        repaired = _copy_to_replicas(settings, damaged)
         report = verify_store(settings)
+        if any(item["file"].startswith(f"{MANIFESTS}/") for item in repaired):
+            # A manifest copied again names files no verify had read there yet: those found damaged now go too.
+            repaired += _copy_to_replicas(settings, [(p["where"], p["file"]) for p in report["problems"]])
+            report = verify_store(settings)
         left = {(p["where"], p["file"]) for p in report["problems"]}
         repaired = [{"where": PRIMARY, "file": file} for file in on_primary if (PRIMARY, file) not in left] + repaired
     report["repaired"] = repaired
     return report
+
+
+def _copy_to_replicas(settings: StoreSettings, damaged: list[tuple[str, str]]) -> list[dict[str, str]]:
+    """Copy again, from the primary, each (replica, file) of `damaged` that names a segment or manifest file."""
+    copied: list[dict[str, str]] = []
+    for location in _reachable(settings, []):
+        if location.name != PRIMARY:
+            copied += _copy_again(Path(settings.path), location, sorted(
+                file for where, file in damaged
+                if where == location.name and file.startswith((f"{SEGMENTS}/", f"{MANIFESTS}/"))))
+    return copied
 
 
 def _copy_again(path: Path, location: Location, files: list[str]) -> list[dict[str, str]]:
