@@ -4,8 +4,10 @@ vectors not yet checkpointed."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
+import sqlite3
 
 import numpy as np
 import pytest
@@ -176,6 +178,30 @@ def test_source_metadata_is_kept_through_a_restore_from_segments_and_given_by_ge
         assert sorted(hit.chunk_id for hit in hits) == sorted(c.chunk_id for d in documents if passes(d, raw)
                                                                for c in d.chunks)
         assert [reader.document(d.document)[0]["metadata"] for d in documents] == [d.metadata for d in documents]
+
+
+def test_a_catalog_written_before_metadata_is_read_then_upgraded_by_the_writer(tmp_path):
+    rng = random.Random(8)
+    settings = StoreSettings(path=tmp_path / "store", checkpoint_every_seconds=None)
+    with FaissStore.open(settings, model="test", dimension=DIMENSION) as store:
+        old = [make_document(rng, "wiki", f"old{n}", 1) for n in range(10)]
+        store.write(old)
+    database = sqlite3.connect(settings.path / "store.sqlite")
+    database.execute("ALTER TABLE documents DROP COLUMN metadata")  # as vectormill wrote it before
+    database.close()
+    query = old[0].vectors[0]
+    with FaissStore.open(settings, writable=False) as reader:  # not upgraded yet: no document has metadata
+        assert reader.document("old0")[0]["metadata"] == {}
+        assert len(reader.search(query, 100, parse_filter({"metadata": {"title": "Alpha"}}))) == sum(
+            len(d.chunks) for d in old if d.title == "Alpha")
+        with pytest.raises(FilterError, match="the store's documents have title, location, version$"):
+            reader.search(query, 3, parse_filter({"metadata": {"namespace": "0"}}))
+    with FaissStore.open(settings, model="test", dimension=DIMENSION) as store:  # the writer adds the column
+        new = dataclasses.replace(make_document(rng, "wiki", "new", 1), metadata={"namespace": "12"})
+        store.write([new])
+        found = store.search(new.vectors[0], 100, parse_filter({"metadata": {"namespace": "12"}}))
+        assert {hit.document for hit in found} == {"new"}
+        assert store.document("old0")[0]["metadata"] == {}
 
 
 def test_no_filter_and_an_empty_filter_are_the_same():
