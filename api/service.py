@@ -2,8 +2,9 @@
 
 POST /search {"query": text or vector, "k": n, "filter": {...}} -> {"hits": [...], "generation", "lsn"} (hits with
 the fields of `search --json`); GET /health; the OpenAPI page at /docs. Every search needs `Authorization: Bearer
-<key>`. Load shedding: `concurrency` searches run at once and `queue` more wait; a search beyond both is answered
-429 with Retry-After at once, so an answered search never waits behind an unbounded queue. Bad input gets a 4xx
+<key>`. Load shedding: `concurrency` searches run at once and `queue` more wait (by default one per core but one,
+and half as many: flows.settings); a search beyond both is answered 429 with Retry-After at once, so an answered
+search waits at most about half a search's time, never behind an unbounded queue. Bad input gets a 4xx
 that says what is wrong (413: a body over the limit, before it is read; 422: not JSON, or not a search request;
 401: a missing or wrong key, checked before the request's fields; 400: a bad k, query or filter), never a traceback.
 """
@@ -99,7 +100,7 @@ class Admission:
 
 
 def create_app(searcher: Searcher, api_key: str, limits: SearchServiceSettings) -> FastAPI:
-    pool = ThreadPoolExecutor(max_workers=limits.concurrency, thread_name_prefix="search")
+    pool = ThreadPoolExecutor(max_workers=limits.searches_at_once, thread_name_prefix="search")
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -109,7 +110,8 @@ def create_app(searcher: Searcher, api_key: str, limits: SearchServiceSettings) 
     app = FastAPI(title="vectormill search", version="1", lifespan=lifespan,
                   description="Nearest chunks of the vectormill store. Searches need `Authorization: Bearer <key>`.")
     app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
-    app.add_middleware(Admission, capacity=limits.concurrency + limits.queue, retry_after=limits.retry_after_seconds)
+    app.add_middleware(Admission, capacity=limits.searches_at_once + limits.searches_waiting,
+                       retry_after=limits.retry_after_seconds)
     bearer = HTTPBearer(auto_error=False, description="The key of $VECTORMILL_SEARCH_API_KEY or the Secret block")
 
     def authorized(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:

@@ -81,7 +81,10 @@ def register(app: typer.Typer, store_app: typer.Typer) -> None:
             api_key = search_api_key(settings.search_service)
             searcher = Searcher(settings)
             searcher.embed("warm-up")  # the model loads now, not in the first search's time
-        errors.print(f"searching {settings.store.path} on http://{host}:{port} (OpenAPI page: /docs)", highlight=False)
+        shedding = settings.search_service
+        errors.print(f"searching {settings.store.path} on http://{host}:{port} (OpenAPI page: /docs); "
+                     f"{shedding.searches_at_once} searches at once, {shedding.searches_waiting} waiting, the next "
+                     "answered 429", highlight=False)
         try:
             serve(searcher, api_key, settings.search_service, host, port)
         finally:

@@ -99,6 +99,7 @@ class ParsedDocument:
     modified: str | None
     chunks: tuple[Chunk, ...]
     is_new: bool
+    metadata: dict[str, str] = field(default_factory=dict)  # the source's own fields, kept for search filters
 
 
 @dataclass(frozen=True)
@@ -194,7 +195,8 @@ def fetch_parse_chunk(
         result.ocr_seconds += document.ocr_seconds
         result.ocr_skipped_pages += document.ocr_skipped_pages
         result.documents.append(ParsedDocument(document.source, document.id, document.version, document.title,
-                                               document.location, document.modified, tuple(chunks), is_new))
+                                               document.location, document.modified, tuple(chunks), is_new,
+                                               dict(document.metadata)))
     result.seconds = time.perf_counter() - started
     return result
 
@@ -514,7 +516,8 @@ def _write_documents(batch: _EmbedBatch, store, report, listener, profile) -> No
         vectors = (np.stack([vectors_by_chunk[c.id] for c in document.chunks]) if document.chunks
                    else np.zeros((0, dimension), dtype=np.float32))
         operations.append(DocumentUpsert(document.source, document.id, document.version, document.title,
-                                         document.location, document.modified, records, vectors))
+                                         document.location, document.modified, records, vectors,
+                                         document.metadata))
     store.write(operations)
     report.seconds["write"] += time.perf_counter() - started
     for document in batch.documents:

@@ -6,6 +6,7 @@ Prefect load the config. What the limits are for is told in `deploy.py`.
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -73,6 +74,24 @@ class SearchServiceSettings(BaseModel):
     max_query_chars: int = Field(default=4_000, ge=1)
     max_body_bytes: int = Field(default=65_536, ge=1_024)
     # Searches run at once, and searches waiting for one of them; a search beyond both gets 429 at once.
-    concurrency: int = Field(default=2, ge=1)
-    queue: int = Field(default=2, ge=0)
+    # Unset: see searches_at_once and searches_waiting.
+    concurrency: int | None = Field(default=None, ge=1)
+    queue: int | None = Field(default=None, ge=0)
     retry_after_seconds: int = Field(default=1, ge=1)
+
+    @property
+    def searches_at_once(self) -> int:
+        """`concurrency`, by default one search per usable core but one: a search runs on one core, and the event
+        loop (HTTP, JSON, answering 429s) needs a core of its own, else it slows every search under overload."""
+        return self.concurrency or max(1, usable_cores() - 1)
+
+    @property
+    def searches_waiting(self) -> int:
+        """`queue`, by default half of searches_at_once: an admitted search then waits about half a search's time at
+        most, so under any overload the answered ones stay within ~1.5x of an unloaded search (2x: the goal)."""
+        return self.queue if self.queue is not None else self.searches_at_once // 2
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, e.g. a container's cpuset), else the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

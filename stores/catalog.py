@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .filters import SearchFilter, epoch
+from .filters import DOCUMENT_FIELDS, FilterError, SearchFilter, epoch
 from .records import (
     BaselineRecord, CursorUpdate, DocumentDelete, DocumentFailed, DocumentUpsert, Operation, PropertyUpdate,
     QueuedDocument,
@@ -42,7 +42,8 @@ CREATE INDEX IF NOT EXISTS chunks_by_document ON chunks (source, document);
 CREATE INDEX IF NOT EXISTS chunks_by_segment ON chunks (segment);
 CREATE TABLE IF NOT EXISTS documents (
     source TEXT NOT NULL, document TEXT NOT NULL, version TEXT NOT NULL, title TEXT NOT NULL, location TEXT NOT NULL,
-    modified TEXT, chunks INTEGER NOT NULL, segment INTEGER, PRIMARY KEY (source, document));
+    modified TEXT, chunks INTEGER NOT NULL, metadata TEXT NOT NULL DEFAULT '{}', segment INTEGER,
+    PRIMARY KEY (source, document));
 CREATE INDEX IF NOT EXISTS documents_by_segment ON documents (segment);
 CREATE TABLE IF NOT EXISTS cursors (source TEXT PRIMARY KEY, value TEXT, segment INTEGER);
 CREATE TABLE IF NOT EXISTS baselines (
@@ -144,6 +145,8 @@ class Catalog:
             db.executescript(SCHEMA)
             db.executemany("INSERT OR IGNORE INTO counters VALUES (?, 0)", [(name,) for name in COUNTERS])
             db.create_function("row_checksum", len(CHUNK_COLUMNS) + 1, row_checksum, deterministic=True)
+            if "metadata" not in {row[1] for row in db.execute("PRAGMA table_info(documents)")}:
+                db.execute("ALTER TABLE documents ADD COLUMN metadata TEXT NOT NULL DEFAULT '{}'")  # written before it
             if "checksum" not in {row[1] for row in db.execute("PRAGMA table_info(chunks)")}:
                 catalog = cls(db, dimension)
                 with catalog.transaction():  # a store written before row checksums: every row gets one, once
@@ -293,7 +296,8 @@ class Catalog:
         key = (op.source, op.document)
         existed = self.db.execute(f"SELECT 1 FROM documents WHERE {_key_condition(DOCUMENTS)}", key).fetchone()
         if isinstance(op, DocumentUpsert):
-            self._set(DOCUMENTS, key, (op.version, op.title, op.location, op.modified, len(op.chunks)))
+            self._set(DOCUMENTS, key, (op.version, op.title, op.location, op.modified, len(op.chunks),
+                                       json.dumps(op.metadata, sort_keys=True, separators=(",", ":"))))
         else:
             self._remove(DOCUMENTS, key)
         documents = (isinstance(op, DocumentUpsert)) - bool(existed)
@@ -504,17 +508,41 @@ class Catalog:
         if chosen.modified_before is not None:
             conditions.append("vectormill_epoch(d.modified) < ?")
             args.append(chosen.modified_before)
-        for key, value in chosen.metadata.items():  # keys are METADATA_KEYS, checked by parse_filter
-            conditions.append(f"d.{key} = ?")
-            args.append(value)
+        for key, value in chosen.metadata.items():
+            if key in DOCUMENT_FIELDS:
+                conditions.append(f"d.{key} = ?")
+                args.append(value)
+            else:
+                conditions.append(f"EXISTS (SELECT 1 FROM json_each({self._metadata('d.')}) m "
+                                  "WHERE m.key = ? AND m.value = ?)")
+                args += [key, value]
         self.db.create_function("vectormill_epoch", 1, epoch, deterministic=True)
         rows = self.db.execute("SELECT c.faiss_id FROM chunks c JOIN documents d USING (source, document) "
                                f"WHERE {' AND '.join(conditions)}", args)
-        return np.fromiter((row[0] for row in rows), dtype=np.int64)
+        found = np.fromiter((row[0] for row in rows), dtype=np.int64)
+        if not found.size and chosen.metadata:  # nothing passes: a key no document has is a mistake, not a miss
+            known = self.metadata_keys()
+            unknown = sorted(set(chosen.metadata) - set(known))
+            if unknown:
+                raise FilterError(f"unknown metadata key(s) {', '.join(map(repr, unknown))}: the store's documents "
+                                  f"have {', '.join(known)}")
+        return found
+
+    def _metadata(self, alias: str = "") -> str:
+        """The documents' metadata column in SQL; '{}' in a catalog written before it and not opened writable since."""
+        present = "metadata" in {row[1] for row in self.db.execute("PRAGMA table_info(documents)")}
+        return f"{alias}metadata" if present else "'{}'"
+
+    def metadata_keys(self) -> list[str]:
+        """The keys a metadata filter may name: the document fields, then every key of the documents' metadata."""
+        held = self.db.execute(f"SELECT DISTINCT m.key FROM documents d, json_each({self._metadata('d.')}) m "
+                               "ORDER BY m.key")
+        return [*DOCUMENT_FIELDS, *(key for (key,) in held if key not in DOCUMENT_FIELDS)]
 
     def document(self, document: str, source: str | None = None) -> list[dict[str, Any]]:
         """Stored documents with this id (of one source, or of every source), each with its chunks in order."""
-        query = ("SELECT source, document, version, title, location, modified FROM documents WHERE document = ?"
+        query = (f"SELECT source, document, version, title, location, modified, {self._metadata()} FROM documents "
+                 "WHERE document = ?"
                  + (" AND source = ?" if source is not None else "") + " ORDER BY source")
         found = []
         for row in self.db.execute(query, (document, source) if source is not None else (document,)):
@@ -522,6 +550,7 @@ class Catalog:
                 "SELECT chunk_id, position, page, last_page, text, ocr FROM chunks WHERE source = ? AND document = ? "
                 "ORDER BY position", row[:2]).fetchall()
             found.append(dict(zip(("source", "document", "version", "title", "location", "modified"), row))
+                         | {"metadata": json.loads(row[6])}
                          | {"chunks": [dict(zip(("chunk_id", "position", "page", "last_page", "text"), chunk[:5]))
                                        | {"ocr": bool(chunk[5])} for chunk in chunks]})
         return found

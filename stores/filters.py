@@ -2,8 +2,9 @@
 
 The same JSON object everywhere (`search --filter`, `open_store(...).search(filter=...)`, the HTTP service):
     {"source": "wiki" | ["wiki", "docs"], "document_prefix": "reports/", "modified_after": "2026-01-01",
-     "modified_before": "2026-06-30T12:00:00Z", "metadata": {"title": "Annual report"}}
-Every key is optional; all given keys must hold. An unknown key or a bad value is a FilterError.
+     "modified_before": "2026-06-30T12:00:00Z", "metadata": {"title": "Annual report", "namespace": "0"}}
+Every key is optional; all given keys must hold. An unknown key or a bad value is a FilterError; so is a metadata
+key that no stored document has (the store checks that: see Catalog.filtered_ids).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 FILTER_KEYS = ("source", "document_prefix", "modified_after", "modified_before", "metadata")
-# The document fields the store keeps besides its id, source and modified time: what "metadata" may match.
-METADATA_KEYS = ("title", "location", "version")
+# The document fields the store keeps besides its id, source and modified time: "metadata" matches these, and
+# any other key in the metadata the source gave the document (a wiki page's namespace, a CRM record's hubspot_id).
+DOCUMENT_FIELDS = ("title", "location", "version")
 
 
 class FilterError(ValueError):
@@ -75,10 +77,8 @@ def parse_filter(raw: Mapping[str, Any] | None) -> SearchFilter | None:
     metadata = raw.get("metadata", {})
     if not isinstance(metadata, Mapping):
         raise FilterError(f"filter 'metadata' must be an object of {{key: value}}, got {metadata!r}")
-    unknown = sorted(set(metadata) - set(METADATA_KEYS))
-    if unknown:
-        raise FilterError(f"unknown metadata key(s) {', '.join(map(repr, unknown))}: the store keeps "
-                          f"{', '.join(METADATA_KEYS)}")
+    for key in metadata:
+        _text("metadata key", key)
     return SearchFilter(
         sources=tuple(_text("source", source) for source in sources),
         document_prefix=_text("document_prefix", raw["document_prefix"]) if "document_prefix" in raw else None,

@@ -176,9 +176,9 @@ def _import_snapshot(catalog: Catalog, snapshot: Path) -> None:
                        "FROM old.chunks")
             for table in TABLES:
                 if table.name in tables:
-                    columns = ", ".join(table.columns)
-                    db.execute(f"INSERT INTO main.{table.name} ({columns}, segment) "
-                               f"SELECT {columns}, NULL FROM old.{table.name}")
+                    present = {row[1] for row in db.execute(f"PRAGMA old.table_info({table.name})")}
+                    db.execute(f"INSERT INTO main.{table.name} ({', '.join(table.columns)}, segment) "
+                               f"SELECT {', '.join(table.selected(present))}, NULL FROM old.{table.name}")
     finally:
         db.execute("DETACH DATABASE old")
 

@@ -35,6 +35,7 @@ class DocumentUpsert:
     modified: str | None
     chunks: tuple[ChunkRecord, ...]
     vectors: np.ndarray = field(repr=False)  # (len(chunks), dim) float32
+    metadata: dict[str, str] = field(default_factory=dict)  # the source's own fields (search filters match them)
 
 
 @dataclass(frozen=True)

@@ -195,6 +195,10 @@ def write_segment(folder: Path, seq: int, count: int, batches: Batches, extras: 
     return SegmentEntry(seq, kind, count, index_entry, publish(temporary, folder, "rows")), problem
 
 
+def _columns(db: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+
+
 def read_segment(folder: Path, entry: SegmentEntry, dimension: int, batch: int = 65_536
                  ) -> tuple[SegmentExtras, Iterator[tuple[np.ndarray, list[tuple]]]]:
     """What a segment holds: its extras, and its chunk rows with raw vectors (from its exact index, or from its
@@ -202,7 +206,8 @@ def read_segment(folder: Path, entry: SegmentEntry, dimension: int, batch: int =
     rows = sqlite3.connect(f"{(folder / entry.rows.name).resolve().as_uri()}?mode=ro&immutable=1", uri=True,
                            check_same_thread=False)
     extras = SegmentExtras(rows.execute("SELECT segment, faiss_id FROM tombstones").fetchall(),
-                           {table.name: rows.execute(f"SELECT * FROM {table.name}").fetchall() for table in TABLES},
+                           {table.name: rows.execute(f"SELECT {', '.join(table.selected(_columns(rows, table.name)))} "
+                                                     f"FROM {table.name}").fetchall() for table in TABLES},
                            rows.execute("SELECT tbl, key FROM deletions").fetchall())
 
     def chunks() -> Iterator[tuple[np.ndarray, list[tuple]]]:

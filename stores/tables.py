@@ -14,13 +14,22 @@ class Table:
     name: str
     key: tuple[str, ...]
     values: tuple[str, ...]
+    # Columns added after stores were written without them: the SQL value their older rows read as.
+    added: tuple[tuple[str, str], ...] = ()
 
     @property
     def columns(self) -> tuple[str, ...]:
         return self.key + self.values
 
+    def selected(self, present: set[str]) -> list[str]:
+        """SQL expressions reading this table's columns from a copy that holds only `present` (an older one)."""
+        defaults = dict(self.added)
+        return [column if column in present else defaults[column] for column in self.columns]
 
-DOCUMENTS = Table("documents", ("source", "document"), ("version", "title", "location", "modified", "chunks"))
+
+# metadata: the source's own fields of the document (a wiki page's namespace, a CRM record's id), a JSON object.
+DOCUMENTS = Table("documents", ("source", "document"), ("version", "title", "location", "modified", "chunks", "metadata"),
+                  added=(("metadata", "'{}'"),))
 CURSORS = Table("cursors", ("source",), ("value",))
 BASELINES = Table("baselines", ("source", "run_id"), ("created_at", "stats"))
 RETRY_QUEUE = Table("retry_queue", ("source", "document"),

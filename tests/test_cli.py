@@ -14,7 +14,7 @@ import pytest
 
 from .cli_process import VECTORMILL, harness_env, run
 from .corpus import TOPICS, write_broken_pdfs, write_config, write_corpus
-from .servers.prefect_server import wait_until
+from .servers.processes import wait_until
 
 pytest_plugins = ["tests.servers.prefect_server"]
 

@@ -409,6 +409,7 @@ def test_ingest_flow_syncs_a_wiki_fully_then_incrementally(tmp_path, prefect_har
     from vectormill.flows.ingest import ingest
     from vectormill.flows.pipeline import embedder_for
     from vectormill.stores.faiss_store import FaissStore
+    from vectormill.stores.filters import parse_filter
 
     from .corpus import TOPICS, topic_pages
 
@@ -419,10 +420,10 @@ def test_ingest_flow_syncs_a_wiki_fully_then_incrementally(tmp_path, prefect_har
         with FaissStore.open(config.store, writable=False) as store:
             return store.document_versions("wiki"), store.cursor("wiki")
 
-    def best_hit(config_file, text):
+    def best_hit(config_file, text, where=None):
         config = load_config(config_file)
         with FaissStore.open(config.store, writable=False) as store:
-            return store.search(embedder_for(config.embedding).embed([text])[0], 1)[0]
+            return store.search(embedder_for(config.embedding).embed([text])[0], 1, where)[0]
 
     with MediaWikiServer() as wiki:
         wiki.import_pages({titles[topic]: "\n\n".join(topic_pages(topic, sentence)) for topic, sentence in TOPICS.items()})
@@ -436,6 +437,9 @@ def test_ingest_flow_syncs_a_wiki_fully_then_incrementally(tmp_path, prefect_har
         assert cursor == "2024-01-01T00:00:00Z"  # the wiki's time before the full listing
         for topic, sentence in TOPICS.items():
             assert best_hit(config, sentence).document == titles[topic]
+        # the page's metadata from the wiki is stored: a search filtered by namespace finds the Help: page only
+        assert best_hit(config, TOPICS["chess"], parse_filter({"metadata": {"namespace": "12"}})).document == \
+            "Help:Glossary"
 
         wiki.advance(1)
         wiki.edit_page(titles["chess"], "\n\n".join(topic_pages("chess", "Grandmasters prefer the Najdorf variation.")))

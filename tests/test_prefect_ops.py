@@ -20,7 +20,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tests.cli_process import VECTORMILL
-from tests.servers.prefect_server import FINAL_STATES, STALE_RECORD, wait_until
+from tests.servers.prefect_server import FINAL_STATES, STALE_RECORD
+from tests.servers.processes import wait_until
 from vectormill.connectors.settings import HttpSourceSettings
 from vectormill.flows.config import parse_config
 from vectormill.flows.deploy import DeploymentConfigError, deployment_specs, limit_specs, prefect_yaml

@@ -11,7 +11,8 @@ from vectormill.stores.replicas import Location
 from vectormill.stores.restore import restore_store, verify_store
 from vectormill.stores.settings import StoreSettings
 
-from .servers.s3 import free_port, s3_server  # noqa: F401 - fixture
+from .servers.processes import free_port
+from .servers.s3 import s3_server  # noqa: F401 - fixture
 from .servers.store_batches import DIMENSION, batch, vector_for
 from .test_store import assert_holds, current_files, damage
 

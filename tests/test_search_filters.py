@@ -4,8 +4,10 @@ vectors not yet checkpointed."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
+import sqlite3
 
 import numpy as np
 import pytest
@@ -13,12 +15,20 @@ import pytest
 from vectormill.stores.faiss_store import FaissStore
 from vectormill.stores.filters import FilterError, epoch, parse_filter
 from vectormill.stores.records import ChunkRecord, DocumentDelete, DocumentUpsert
+from vectormill.stores.restore import restore_store
 from vectormill.stores.settings import StoreSettings
 
 DIMENSION = 16
 SOURCES = ("wiki", "docs", "crm")
 FOLDERS = ("reports/", "reports/2026/", "notes/", "Talk:")
 DATES = ("2025-06-01", "2025-12-31T23:59:00Z", "2026-01-01T00:00:00+00:00", "2026-02-15T10:00:00+02:00", None)
+# The source's own metadata, as connectors give it (a wiki page's namespace, a CRM record's object type); some
+# documents have none of it, some only part.
+METADATA = {"namespace": ("0", "12"), "object_type": ("companies", "contacts")}
+
+
+def source_metadata(rng: random.Random) -> dict[str, str]:
+    return {key: rng.choice(values) for key, values in METADATA.items() if rng.random() < 0.6}
 
 
 def make_document(rng: random.Random, source: str, name: str, version: int) -> DocumentUpsert:
@@ -29,7 +39,7 @@ def make_document(rng: random.Random, source: str, name: str, version: int) -> D
                                 position, f"{name} {position} v{version}", f"h{version}{position}", 1, 1, 3)
                     for position in range(chunks))
     return DocumentUpsert(source, name, f"v{version}", rng.choice(("Alpha", "Beta")), f"loc-{rng.randint(0, 2)}",
-                          rng.choice(DATES), records, vectors)
+                          rng.choice(DATES), records, vectors, source_metadata(rng))
 
 
 def passes(document: DocumentUpsert, raw: dict) -> bool:
@@ -44,8 +54,8 @@ def passes(document: DocumentUpsert, raw: dict) -> bool:
         return False
     if "modified_before" in raw and (modified is None or modified >= epoch(raw["modified_before"])):
         return False
-    fields = {"title": document.title, "location": document.location, "version": document.version}
-    return all(fields[key] == value for key, value in raw.get("metadata", {}).items())
+    fields = document.metadata | {"title": document.title, "location": document.location, "version": document.version}
+    return all(fields.get(key) == value for key, value in raw.get("metadata", {}).items())
 
 
 def random_filter(rng: random.Random) -> dict:
@@ -58,8 +68,9 @@ def random_filter(rng: random.Random) -> dict:
         raw["modified_after"] = rng.choice(("2025-12-31", "2026-01-01T00:00:00Z", "2025-01-01"))
     if rng.random() < 0.3:
         raw["modified_before"] = rng.choice(("2026-02-01", "2026-01-01T00:00:00Z"))
-    if rng.random() < 0.3:
-        raw["metadata"] = {"title": rng.choice(("Alpha", "Beta"))}
+    if rng.random() < 0.5:
+        fields = {"title": ("Alpha", "Beta"), "location": ("loc-0", "loc-1")} | METADATA
+        raw["metadata"] = {key: rng.choice(fields[key]) for key in rng.sample(sorted(fields), rng.randint(1, 2))}
     return raw
 
 
@@ -132,7 +143,7 @@ def test_approximate_indexes_return_only_chunks_that_pass(tmp_path, factory):
     ({"source": []}, "filter 'source' must be"),
     ({"source": 3}, "filter 'source' must be"),
     ({"modified_after": "last tuesday"}, "ISO 8601"),
-    ({"metadata": {"author": "x"}}, "unknown metadata key(s) 'author'"),
+    ({"metadata": {"namespace": 0}}, "filter 'metadata.namespace' must be a non-empty string"),
     ({"metadata": "title"}, "filter 'metadata' must be"),
     (["source"], "a filter is a JSON object"),
 ])
@@ -140,6 +151,57 @@ def test_bad_filters_are_refused_with_a_message_naming_the_key(raw, message):
     with pytest.raises(FilterError, match=None) as caught:
         parse_filter(raw)
     assert message in str(caught.value)
+
+
+def test_a_metadata_key_no_document_has_is_refused_naming_the_keys_there_are(store_and_live):
+    settings, _ = store_and_live
+    with FaissStore.open(settings, writable=False) as reader:
+        with pytest.raises(FilterError) as caught:
+            reader.search(np.ones(DIMENSION, dtype=np.float32), 3, parse_filter({"metadata": {"author": "x"}}))
+        assert str(caught.value) == ("unknown metadata key(s) 'author': the store's documents have title, location, "
+                                     "version, namespace, object_type")
+        # a key the documents have, with a value none has: no hits, not an error
+        assert reader.search(np.ones(DIMENSION, dtype=np.float32), 3, parse_filter({"metadata": {"namespace": "9"}})) == []
+
+
+def test_source_metadata_is_kept_through_a_restore_from_segments_and_given_by_get(tmp_path):
+    rng = random.Random(5)
+    settings = StoreSettings(path=tmp_path / "store", checkpoint_every_seconds=None)
+    with FaissStore.open(settings, model="test", dimension=DIMENSION) as store:
+        documents = [make_document(rng, "wiki", f"Talk:doc{n}", 1) for n in range(30)]
+        store.write(documents)
+        newest = store.checkpoint()
+    assert restore_store(settings, generation=newest)["restored_generation"] == newest  # a catalog rebuilt from segments
+    raw = {"metadata": {"namespace": "12"}}
+    with FaissStore.open(settings, writable=False) as reader:
+        hits = reader.search(documents[0].vectors[0], 100, parse_filter(raw))
+        assert sorted(hit.chunk_id for hit in hits) == sorted(c.chunk_id for d in documents if passes(d, raw)
+                                                               for c in d.chunks)
+        assert [reader.document(d.document)[0]["metadata"] for d in documents] == [d.metadata for d in documents]
+
+
+def test_a_catalog_written_before_metadata_is_read_then_upgraded_by_the_writer(tmp_path):
+    rng = random.Random(8)
+    settings = StoreSettings(path=tmp_path / "store", checkpoint_every_seconds=None)
+    with FaissStore.open(settings, model="test", dimension=DIMENSION) as store:
+        old = [make_document(rng, "wiki", f"old{n}", 1) for n in range(10)]
+        store.write(old)
+    database = sqlite3.connect(settings.path / "store.sqlite")
+    database.execute("ALTER TABLE documents DROP COLUMN metadata")  # as vectormill wrote it before
+    database.close()
+    query = old[0].vectors[0]
+    with FaissStore.open(settings, writable=False) as reader:  # not upgraded yet: no document has metadata
+        assert reader.document("old0")[0]["metadata"] == {}
+        assert len(reader.search(query, 100, parse_filter({"metadata": {"title": "Alpha"}}))) == sum(
+            len(d.chunks) for d in old if d.title == "Alpha")
+        with pytest.raises(FilterError, match="the store's documents have title, location, version$"):
+            reader.search(query, 3, parse_filter({"metadata": {"namespace": "0"}}))
+    with FaissStore.open(settings, model="test", dimension=DIMENSION) as store:  # the writer adds the column
+        new = dataclasses.replace(make_document(rng, "wiki", "new", 1), metadata={"namespace": "12"})
+        store.write([new])
+        found = store.search(new.vectors[0], 100, parse_filter({"metadata": {"namespace": "12"}}))
+        assert {hit.document for hit in found} == {"new"}
+        assert store.document("old0")[0]["metadata"] == {}
 
 
 def test_no_filter_and_an_empty_filter_are_the_same():

@@ -4,6 +4,7 @@ writer that writes, deletes, checkpoints and compacts while it answers."""
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 from vectormill.flows.search import HIT_FIELDS
+from vectormill.flows.settings import SearchServiceSettings
 from vectormill.stores.faiss_store import FaissStore
 from vectormill.stores.records import ChunkRecord, DocumentDelete, DocumentUpsert
 from vectormill.stores.settings import StoreSettings
@@ -95,6 +97,16 @@ def test_searches_beyond_the_queue_are_shed_with_429_and_the_rest_answered(servi
             assert response.headers["Retry-After"] == "1" and "retry later" in response.json()["detail"]
         else:
             assert len(response.json()["hits"]) == 18  # every stored chunk
+
+
+def test_the_default_shedding_runs_a_search_per_core_but_one_and_lets_half_as_many_wait():
+    cores = len(os.sched_getaffinity(0))
+    default = SearchServiceSettings()
+    assert (default.searches_at_once, default.searches_waiting) == (max(1, cores - 1), max(1, cores - 1) // 2)
+    assert (SearchServiceSettings(concurrency=6).searches_waiting, SearchServiceSettings(queue=0).searches_waiting,
+            SearchServiceSettings(concurrency=3, queue=5).searches_waiting) == (3, 0, 5)
+    with pytest.raises(ValueError, match="concurrency"):
+        SearchServiceSettings(concurrency=0)
 
 
 def test_admission_holds_its_capacity_of_searches_and_sheds_the_next_at_once():

@@ -8,8 +8,6 @@ the model loaded on its task worker, so a flow run's subprocess does not load it
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +22,7 @@ from vectormill.flows.sample import write_pdf
 from vectormill.flows.task_records import FOLDER, STALE_AFTER
 
 from ..cli_process import VECTORMILL
+from .processes import free_port, stop, wait_until, wait_until_healthy
 
 FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 # A background task's record that a killed run left behind before `vectormill serve` started.
@@ -40,33 +39,6 @@ BROKEN = {
     "not-a-pdf.pdf": b"this is plain text pretending to be a PDF\n",
     "latin1.txt": b"Caf\xe9 menu\n",  # not UTF-8
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until(check, timeout: float, what: str, interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 class RetryingTransport(httpx.HTTPTransport):
@@ -117,18 +89,10 @@ def start_prefect_server(folder: Path) -> tuple[PrefectServer, subprocess.Popen]
         env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
     server = PrefectServer(f"http://127.0.0.1:{port}/api", f"http://127.0.0.1:{port}", home, log)
 
-    def healthy() -> bool:
-        if process.poll() is not None:
-            raise RuntimeError(f"prefect server exited {process.returncode}: {log.read_text()[-2000:]}")
-        try:
-            return httpx.get(f"{server.api_url}/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
     try:
-        wait_until(healthy, 120, "the Prefect server's /api/health")
+        wait_until_healthy(process, f"{server.api_url}/health", log, "the Prefect server", 120)
     except BaseException:
-        _stop(process)
+        stop(process)
         raise
     return server, process
 
@@ -251,7 +215,7 @@ docs = "0 * * * *"
 def prefect_server(tmp_path_factory):
     server, process = start_prefect_server(tmp_path_factory.mktemp("prefect-server"))
     yield server
-    _stop(process)
+    stop(process)
 
 
 @pytest.fixture(scope="session")
@@ -290,4 +254,4 @@ def served(prefect_server, tmp_path_factory):
         wait_until(deployed, 120, "vectormill serve to register its deployments")
         yield served
     finally:
-        _stop(process)
+        stop(process)

@@ -15,13 +15,14 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import time
 from pathlib import Path
 
 import requests
+
+from .processes import free_port
 
 MEDIAWIKI = Path("/usr/share/mediawiki")
 MAINTENANCE = MEDIAWIKI / "maintenance"
@@ -40,16 +41,10 @@ def missing_reason() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 class RealMediaWiki:
     def __init__(self, folder: Path):
         self.folder = folder
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.api_url = f"{self.url}/api.php"
         self.settings_file = folder / "LocalSettings.php"

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 from ..cli_process import VECTORMILL
-from .prefect_server import free_port, wait_until
+from .processes import free_port, stop, wait_until_healthy
 
 API_KEY = "test-key-of-the-search-service"
 
@@ -39,23 +36,8 @@ def search_service(config: Path, **env: str) -> Iterator[Service]:
             env=dict(os.environ, VECTORMILL_SEARCH_API_KEY=API_KEY, **env), stdout=stderr, stderr=stderr,
             start_new_session=True)
     service = Service(f"http://127.0.0.1:{port}", process, log)
-
-    def healthy() -> bool:
-        if process.poll() is not None:
-            raise RuntimeError(f"serve-search exited {process.returncode}: {log.read_text()[-3000:]}")
-        try:
-            return httpx.get(f"{service.url}/health", timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
-
     try:
-        wait_until(healthy, 180, "serve-search to answer /health")
+        wait_until_healthy(process, f"{service.url}/health", log, "serve-search", 180)
         yield service
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        stop(process, grace=20)
