@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 import zlib
 from collections import Counter
 from pathlib import Path
@@ -209,32 +208,6 @@ def test_on_gpu_each_workers_next_batch_is_tokenized_ahead_in_order_and_once(tok
     # How many go ahead depends on how busy the other workers are; each is tokenized once, off the model's thread.
     assert ahead == len(log.prepared) <= sum(w["batches"] for w in workers)
     assert all(name.startswith("tokenize-cuda:") for name in log.prepared)
-
-
-class QueueWaitingStandIn(PreparingStandIn):
-    """Its first batch runs only once two more are queued, so its worker (the only one) finds one waiting."""
-
-    def run(self, prepared):
-        deadline = time.monotonic() + 60
-        while self.calls == 0 and self.log.pool._tasks.qsize() < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        return super().run(prepared)
-
-    def encode(self, texts, batch_size):
-        if self.calls == 0:
-            return self.run(texts)
-        return super().encode(texts, batch_size)
-
-
-def test_a_lone_gpu_worker_tokenizes_its_next_queued_batch_while_its_model_runs(tokenizer):
-    log = Log()
-    texts = texts_of_varied_length(300)
-    with make_pool(gpu_plan(workers_per_gpu=1, gpus=1, max_batch_tokens=3000), tokenizer, log,
-                   replica=QueueWaitingStandIn) as pool:
-        vectors = pool.embed(texts)
-        workers = pool.telemetry_summary()["workers"]
-    np.testing.assert_array_equal(vectors, np.stack([expected_vector(t) for t in texts]))
-    assert 0 < sum(w["tokenized_ahead"] for w in workers) == len(log.prepared)
 
 
 def test_a_worker_that_dies_holding_a_batch_tokenized_ahead_gives_it_back(tokenizer):
