@@ -7,6 +7,8 @@ The pure parts (deployment specs, limits, prefect.yaml) run without a server; th
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -19,7 +21,7 @@ import yaml
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tests.cli_process import VECTORMILL
+from tests.cli_process import VECTORMILL, harness_env
 from tests.servers.prefect_server import FINAL_STATES, STALE_RECORD, wait_until
 from vectormill.connectors.settings import HttpSourceSettings
 from vectormill.flows.config import parse_config
@@ -320,6 +322,45 @@ def test_the_sweep_deletes_only_records_older_than_a_day(tmp_path):
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) == [
         "liveresult", "parameters/live"]
     assert sweep(tmp_path / "never-written", now) == 0
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_serve_stops_cleanly_on_sigterm_and_sigint(prefect_harness, tmp_path, signum):
+    """A scheduler stops `vectormill serve` with SIGTERM (a terminal with Ctrl-C): it winds down and exits 0,
+    pausing its deployments' schedules as Prefect's runner does on a clean stop, and leaves no process behind."""
+    import httpx
+
+    source = f"stop-{signum.name.lower()}"
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "vectormill.toml").write_text(
+        f'[store]\npath = "store"\n[[sources]]\nname = "{source}"\ntype = "filesystem"\nroot = "docs"\n')
+    env = harness_env(PREFECT_HOME=str(tmp_path / "home"), PREFECT_LOCAL_STORAGE_PATH=str(tmp_path / "storage"))
+    api = env["PREFECT_API_URL"]
+
+    def deployment() -> dict | None:
+        found = httpx.post(f"{api}/deployments/filter", json={"deployments": {"name": {"any_": [source]}}}, timeout=10)
+        return next(iter(found.raise_for_status().json()), None)
+
+    log = tmp_path / "serve.log"
+    process = subprocess.Popen([VECTORMILL, "serve"], cwd=tmp_path, env=env, stdout=log.open("wb"),
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        # READY: its runner has polled the server for the deployment's runs, so it is serving.
+        wait_until(lambda: process.poll() is not None or (found := deployment()) and found["status"] == "READY",
+                   120, "vectormill serve to poll for its deployment's runs")
+        assert process.poll() is None, log.read_text()[-3000:]
+        process.send_signal(signum)
+        code = process.wait(60)  # before the fix it ignored SIGTERM: the kill below, and a failed test
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    output = log.read_text()
+    assert code == 0, output[-3000:]
+    assert "Traceback" not in output
+    assert deployment()["paused"], output[-3000:]  # the runner's clean shutdown ran, not a kill
+    with pytest.raises(ProcessLookupError):  # no flow run, task worker or server child outlived it
+        os.killpg(process.pid, 0)
 
 
 @task(name="embed-nothing", cache_policy=NO_CACHE, retries=1)
