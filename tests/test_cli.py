@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 import pytest
 
-from .cli_process import VECTORMILL, harness_env, run
+from .cli_process import VECTORMILL, harness_env, run, run_many
 from .corpus import TOPICS, write_broken_pdfs, write_config, write_corpus
 from .servers.prefect_server import wait_until
 
@@ -81,15 +81,17 @@ def test_backfill_search_and_stats_json_contracts(tmp_path):
     assert all(set(f) >= {"source", "document", "reason"} for f in summary["failures"])
     assert summary["retry_queue"] == {"docs": 4} and summary["stuck"] == []
 
-    result = run("search", TOPICS["baking"], "-k", "2", "--json", cwd=tmp_path, env=env)
-    assert result.returncode == 0, result.stderr
-    hits = json.loads(result.stdout)
+    # One process for both read-only commands: a process start and its imports cost seconds.
+    searched, stated = run_many([["search", TOPICS["baking"], "-k", "2", "--json"], ["store", "stats", "--json"]],
+                                cwd=tmp_path, env=env)
+    assert searched["code"] == 0, searched["stderr"]
+    hits = json.loads(searched["stdout"])
     assert len(hits) == 2 and hits[0]["score"] >= hits[1]["score"]
     assert set(hits[0]) >= {"document", "source", "page", "score", "text"}
     assert (hits[0]["document"], hits[0]["source"], hits[0]["page"]) == ("baking.pdf", "docs", 2)
 
-    result = run("store", "stats", "--json", cwd=tmp_path, env=env)
-    stats = json.loads(result.stdout)
+    assert stated["code"] == 0, stated["stderr"]
+    stats = json.loads(stated["stdout"])
     assert stats["documents"] == len(known) and stats["vectors"] == summary["chunks_embedded"]
     assert stats["generation"] >= 1
 

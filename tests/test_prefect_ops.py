@@ -324,8 +324,10 @@ def test_the_sweep_deletes_only_records_older_than_a_day(tmp_path):
     assert sweep(tmp_path / "never-written", now) == 0
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_serve_stops_cleanly_on_sigterm_and_sigint(prefect_harness, tmp_path, signum):
+# Both ways of serving: with the task worker and the model kept (SIGTERM hung there), and the runner alone.
+@pytest.mark.parametrize("signum, model", [(signal.SIGTERM, "--warm-model"), (signal.SIGINT, "--no-warm-model")],
+                         ids=["SIGTERM", "SIGINT"])
+def test_serve_stops_cleanly_on_sigterm_and_sigint(prefect_harness, tmp_path, signum, model):
     """A scheduler stops `vectormill serve` with SIGTERM (a terminal with Ctrl-C): it winds down and exits 0,
     pausing its deployments' schedules as Prefect's runner does on a clean stop, and leaves no process behind."""
     import httpx
@@ -342,7 +344,7 @@ def test_serve_stops_cleanly_on_sigterm_and_sigint(prefect_harness, tmp_path, si
         return next(iter(found.raise_for_status().json()), None)
 
     log = tmp_path / "serve.log"
-    process = subprocess.Popen([VECTORMILL, "serve"], cwd=tmp_path, env=env, stdout=log.open("wb"),
+    process = subprocess.Popen([VECTORMILL, "serve", model], cwd=tmp_path, env=env, stdout=log.open("wb"),
                                stderr=subprocess.STDOUT, start_new_session=True)
     try:
         # READY: its runner has polled the server for the deployment's runs, so it is serving.
