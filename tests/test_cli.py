@@ -2,7 +2,6 @@
 
 import inspect
 import json
-import logging
 import os
 import re
 import subprocess
@@ -14,9 +13,7 @@ import pytest
 
 from .cli_process import VECTORMILL, harness_env, run, run_many
 from .corpus import TOPICS, write_broken_pdfs, write_config, write_corpus
-from .servers.prefect_server import wait_until
 
-pytest_plugins = ["tests.servers.prefect_server"]
 
 
 def test_bad_config_prints_one_clear_line_and_exits_non_zero(tmp_path):
@@ -145,30 +142,6 @@ def test_failures_names_what_is_missing(tmp_path):
     assert result.returncode == 1 and "no store at" in result.stderr and "Traceback" not in result.stderr
     result = run("failures", "--source", "wiki", "--json", cwd=tmp_path)
     assert result.returncode == 2 and "no source named 'wiki'" in result.stderr
-
-
-@pytest.mark.slow
-def test_served_runs_log_task_runs_and_per_source_lines_to_the_ui(served):
-    # A document of its own: the run has work (task runs) whichever served test ran before it.
-    (served.folder / "corpus" / "notes" / f"logged-{os.getpid()}.txt").write_text("A note for the logs test.\n")
-    result = served.cli("trigger", "notes", "--json", "--config", str(served.config))
-    assert result.returncode == 0, result.stderr
-    run_id = json.loads(result.stdout.strip().splitlines()[-1])["flow_run_id"]
-    assert served.wait_for_run(run_id)["state_type"] == "COMPLETED"
-
-    def info_logs():
-        with served.server.client() as client:
-            response = client.post("/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200})
-            response.raise_for_status()
-        return [log for log in response.json() if log["level"] == logging.INFO]
-
-    # The run's process ships its logs in batches, so some may land after the run's final state.
-    def shipped():
-        info = info_logs()
-        return (any(log["message"].startswith("source notes: {") for log in info)  # the per-source line
-                and any(log["task_run_id"] for log in info))  # task runs: the run's progress
-
-    wait_until(shipped, 60, "the run's per-source and task-run lines at INFO", interval=1)
 
 
 # ---- fixed costs: what a run imports, loads and starts -------------------------------------------

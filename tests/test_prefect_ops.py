@@ -1,4 +1,5 @@
-"""Operating vectormill on a real Prefect server: serve, trigger, runs, limits, artifacts, flow states.
+"""Operating vectormill on a real Prefect server: serve, trigger, runs, limits, artifacts, flow states, and
+what the UI shows of a served run (its logs; its pages in a headless chromium, skipped without one).
 
 The pure parts (deployment specs, limits, prefect.yaml) run without a server; the rest share one
 `prefect server start` on 127.0.0.1 and one `vectormill serve` (tests/servers/prefect_server.py).
@@ -7,7 +8,9 @@ The pure parts (deployment specs, limits, prefect.yaml) run without a server; th
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 import signal
 import subprocess
 import uuid
@@ -496,3 +499,67 @@ def test_backfill_on_a_deployment_nothing_serves_stops_waiting_after_its_timeout
     assert served.flow_run(flow_run_id)["state_type"] == "SCHEDULED"  # left as it was: nothing cancelled
     wrong = served.cli("backfill", "--timeout", "2", "--config", str(config))
     assert wrong.returncode == 2 and wrong.stderr.strip() == "error: --timeout applies to --deployment runs only"
+
+
+# ---- what people see of served runs: the UI's logs and pages -------------------------------------
+# (Here rather than in files of their own: every test of `served` in one module shares one server and one
+# `vectormill serve`, which --dist loadfile would otherwise start again on each worker that has such a file.)
+@pytest.mark.slow
+def test_served_runs_log_task_runs_and_per_source_lines_to_the_ui(served):
+    # A document of its own: the run has work (task runs) whichever served test ran before it.
+    (served.folder / "corpus" / "notes" / f"logged-{os.getpid()}.txt").write_text("A note for the logs test.\n")
+    result = served.cli("trigger", "notes", "--json", "--config", str(served.config))
+    assert result.returncode == 0, result.stderr
+    run_id = json.loads(result.stdout.strip().splitlines()[-1])["flow_run_id"]
+    assert served.wait_for_run(run_id)["state_type"] == "COMPLETED"
+
+    def info_logs():
+        with served.server.client() as client:
+            response = client.post("/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200})
+            response.raise_for_status()
+        return [log for log in response.json() if log["level"] == logging.INFO]
+
+    # The run's process ships its logs in batches, so some may land after the run's final state.
+    def shipped():
+        info = info_logs()
+        return (any(log["message"].startswith("source notes: {") for log in info)  # the per-source line
+                and any(log["task_run_id"] for log in info))  # task runs: the run's progress
+
+    wait_until(shipped, 60, "the run's per-source and task-run lines at INFO", interval=1)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def rendered(url: str, tmp_path) -> str:
+    """The page's DOM after its scripts ran (the UI fetches the run and its artifacts from the API)."""
+    result = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--no-first-run", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
+         "--virtual-time-budget=20000", "--window-size=1400,2400", "--dump-dom", url],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+# Uses Debian's chromium (`apt-get install chromium`) with --dump-dom, which runs the UI's JavaScript against
+# the live server before printing the page.
+@pytest.mark.browser
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
+def test_the_run_page_shows_the_summary_artifact(served, tmp_path):
+    started = json.loads(served.cli("trigger", "mixed", "--json", "--config", str(served.config)).stdout.splitlines()[-1])
+    run = served.wait_for_run(started["flow_run_id"])
+    assert run["state_type"] == "COMPLETED"
+
+    # The run's page: name, state and the warning it logged. (Its Artifacts tab appears only once the
+    # run has loaded, so --dump-dom cannot open it; the artifact's own page, linked from it, can.)
+    page = rendered(started["url"], tmp_path)
+    assert run["name"] in page and "Completed" in page
+    assert "mixed: truncated.pdf: not a readable PDF" in page
+    summary = served.artifacts(run["id"])["ingest-summary-mixed"]
+    artifact_page = rendered(f"{served.server.ui_url}/artifacts/artifact/{summary['id']}", tmp_path)
+    assert run["name"] in artifact_page  # the artifact names the run it belongs to
+    assert "vectormill ingest: mixed" in artifact_page
+    assert "Status: completed with warnings" in artifact_page
+    assert "truncated.pdf" in artifact_page
