@@ -35,6 +35,7 @@ def corpus(tmp_path):
     return tmp_path, write_config(tmp_path), known
 
 
+@pytest.mark.slow  # 23 s on a loaded 2-core machine: the module's first run loads the model
 def test_good_documents_are_searchable_and_broken_ones_reported(tmp_path):
     known = write_corpus(tmp_path / "pdfs")
     broken = write_broken_pdfs(tmp_path / "pdfs")

@@ -1,4 +1,5 @@
-"""Operating vectormill on a real Prefect server: serve, trigger, runs, limits, artifacts, flow states.
+"""Operating vectormill on a real Prefect server: serve, trigger, runs, limits, artifacts, flow states, and
+what the UI shows of a served run (its logs; its pages in a headless chromium, skipped without one).
 
 The pure parts (deployment specs, limits, prefect.yaml) run without a server; the rest share one
 `prefect server start` on 127.0.0.1 and one `vectormill serve` (tests/servers/prefect_server.py).
@@ -7,6 +8,10 @@ The pure parts (deployment specs, limits, prefect.yaml) run without a server; th
 from __future__ import annotations
 
 import json
+import logging
+import os
+import shutil
+import signal
 import subprocess
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -19,7 +24,7 @@ import yaml
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tests.cli_process import VECTORMILL
+from tests.cli_process import VECTORMILL, harness_env
 from tests.servers.prefect_server import FINAL_STATES, STALE_RECORD
 from tests.servers.processes import wait_until
 from vectormill.connectors.settings import HttpSourceSettings
@@ -339,6 +344,47 @@ def test_the_sweep_deletes_only_records_older_than_a_day(tmp_path):
     assert sweep(tmp_path / "never-written", now) == 0
 
 
+# Both ways of serving: with the task worker and the model kept (SIGTERM hung there), and the runner alone.
+@pytest.mark.parametrize("signum, model", [(signal.SIGTERM, "--warm-model"), (signal.SIGINT, "--no-warm-model")],
+                         ids=["SIGTERM", "SIGINT"])
+def test_serve_stops_cleanly_on_sigterm_and_sigint(prefect_harness, tmp_path, signum, model):
+    """A scheduler stops `vectormill serve` with SIGTERM (a terminal with Ctrl-C): it winds down and exits 0,
+    pausing its deployments' schedules as Prefect's runner does on a clean stop, and leaves no process behind."""
+    import httpx
+
+    source = f"stop-{signum.name.lower()}"
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "vectormill.toml").write_text(
+        f'[store]\npath = "store"\n[[sources]]\nname = "{source}"\ntype = "filesystem"\nroot = "docs"\n')
+    env = harness_env(PREFECT_HOME=str(tmp_path / "home"), PREFECT_LOCAL_STORAGE_PATH=str(tmp_path / "storage"))
+    api = env["PREFECT_API_URL"]
+
+    def deployment() -> dict | None:
+        found = httpx.post(f"{api}/deployments/filter", json={"deployments": {"name": {"any_": [source]}}}, timeout=10)
+        return next(iter(found.raise_for_status().json()), None)
+
+    log = tmp_path / "serve.log"
+    process = subprocess.Popen([VECTORMILL, "serve", model], cwd=tmp_path, env=env, stdout=log.open("wb"),
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        # READY: its runner has polled the server for the deployment's runs, so it is serving.
+        wait_until(lambda: process.poll() is not None or (found := deployment()) and found["status"] == "READY",
+                   120, "vectormill serve to poll for its deployment's runs")
+        assert process.poll() is None, log.read_text()[-3000:]
+        process.send_signal(signum)
+        code = process.wait(60)  # before the fix it ignored SIGTERM: the kill below, and a failed test
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    output = log.read_text()
+    assert code == 0, output[-3000:]
+    assert "Traceback" not in output
+    assert deployment()["paused"], output[-3000:]  # the runner's clean shutdown ran, not a kill
+    with pytest.raises(ProcessLookupError):  # no flow run, task worker or server child outlived it
+        os.killpg(process.pid, 0)
+
+
 @task(name="embed-nothing", cache_policy=NO_CACHE, retries=1)
 def embed_nothing(texts: list[str]) -> None:
     raise ValueError(f"cannot embed {len(texts)} texts")
@@ -470,3 +516,67 @@ def test_backfill_on_a_deployment_nothing_serves_stops_waiting_after_its_timeout
     assert served.flow_run(flow_run_id)["state_type"] == "SCHEDULED"  # left as it was: nothing cancelled
     wrong = served.cli("backfill", "--timeout", "2", "--config", str(config))
     assert wrong.returncode == 2 and wrong.stderr.strip() == "error: --timeout applies to --deployment runs only"
+
+
+# ---- what people see of served runs: the UI's logs and pages -------------------------------------
+# (Here rather than in files of their own: every test of `served` in one module shares one server and one
+# `vectormill serve`, which --dist loadfile would otherwise start again on each worker that has such a file.)
+@pytest.mark.slow
+def test_served_runs_log_task_runs_and_per_source_lines_to_the_ui(served):
+    # A document of its own: the run has work (task runs) whichever served test ran before it.
+    (served.folder / "corpus" / "notes" / f"logged-{os.getpid()}.txt").write_text("A note for the logs test.\n")
+    result = served.cli("trigger", "notes", "--json", "--config", str(served.config))
+    assert result.returncode == 0, result.stderr
+    run_id = json.loads(result.stdout.strip().splitlines()[-1])["flow_run_id"]
+    assert served.wait_for_run(run_id)["state_type"] == "COMPLETED"
+
+    def info_logs():
+        with served.server.client() as client:
+            response = client.post("/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200})
+            response.raise_for_status()
+        return [log for log in response.json() if log["level"] == logging.INFO]
+
+    # The run's process ships its logs in batches, so some may land after the run's final state.
+    def shipped():
+        info = info_logs()
+        return (any(log["message"].startswith("source notes: {") for log in info)  # the per-source line
+                and any(log["task_run_id"] for log in info))  # task runs: the run's progress
+
+    wait_until(shipped, 60, "the run's per-source and task-run lines at INFO", interval=1)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def rendered(url: str, tmp_path) -> str:
+    """The page's DOM after its scripts ran (the UI fetches the run and its artifacts from the API)."""
+    result = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--no-first-run", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
+         "--virtual-time-budget=20000", "--window-size=1400,2400", "--dump-dom", url],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+# Uses Debian's chromium (`apt-get install chromium`) with --dump-dom, which runs the UI's JavaScript against
+# the live server before printing the page.
+@pytest.mark.browser
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
+def test_the_run_page_shows_the_summary_artifact(served, tmp_path):
+    started = json.loads(served.cli("trigger", "mixed", "--json", "--config", str(served.config)).stdout.splitlines()[-1])
+    run = served.wait_for_run(started["flow_run_id"])
+    assert run["state_type"] == "COMPLETED"
+
+    # The run's page: name, state and the warning it logged. (Its Artifacts tab appears only once the
+    # run has loaded, so --dump-dom cannot open it; the artifact's own page, linked from it, can.)
+    page = rendered(started["url"], tmp_path)
+    assert run["name"] in page and "Completed" in page
+    assert "mixed: truncated.pdf: not a readable PDF" in page
+    summary = served.artifacts(run["id"])["ingest-summary-mixed"]
+    artifact_page = rendered(f"{served.server.ui_url}/artifacts/artifact/{summary['id']}", tmp_path)
+    assert run["name"] in artifact_page  # the artifact names the run it belongs to
+    assert "vectormill ingest: mixed" in artifact_page
+    assert "Status: completed with warnings" in artifact_page
+    assert "truncated.pdf" in artifact_page

@@ -1,8 +1,9 @@
 """A real Prefect server on 127.0.0.1 and `vectormill serve` serving a known corpus, for the ops tests.
 
-Load with `pytest_plugins = ["tests.servers.prefect_server"]` so every module shares one server
-and one served process per session (the server takes ≈ 11 s to start here; `vectormill serve` keeps
-the model loaded on its task worker, so a flow run's subprocess does not load it).
+Load with `pytest_plugins = ["tests.servers.prefect_server"]` for one server and one served process
+per session (the tests that use them live in tests/test_prefect_ops.py, so that `--dist loadfile` starts
+them on one worker only). The server takes ≈ 11 s to start here; `vectormill serve` keeps the model
+loaded on its task worker, so a flow run's subprocess does not load it.
 """
 
 from __future__ import annotations
