@@ -354,8 +354,12 @@ def test_serve_stops_cleanly_on_sigterm_and_sigint(prefect_harness, tmp_path, si
 
     source = f"stop-{signum.name.lower()}"
     (tmp_path / "docs").mkdir()
+    # Limits of its own: serve creates them on the harness's server, where the default names would be held
+    # by the runs other tests kill (a leaked slot stalls every later run there until its lease ends).
     (tmp_path / "vectormill.toml").write_text(
-        f'[store]\npath = "store"\n[[sources]]\nname = "{source}"\ntype = "filesystem"\nroot = "docs"\n')
+        f'[store]\npath = "store"\n[deployments]\nstore_limit = "{source}-store"\n'
+        f'embedding_limit = "{source}-embedding"\n'
+        f'[[sources]]\nname = "{source}"\ntype = "filesystem"\nroot = "docs"\n')
     env = harness_env(PREFECT_HOME=str(tmp_path / "home"), PREFECT_LOCAL_STORAGE_PATH=str(tmp_path / "storage"))
     api = env["PREFECT_API_URL"]
 

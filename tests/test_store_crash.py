@@ -212,20 +212,28 @@ def kill_at_every_file_event(tmp_path, store: Path, body: str, reset, check) -> 
     raise AssertionError("never completed")
 
 
+def replicated_settings(root: Path) -> StoreSettings:
+    """A store under root/store with one directory replica, root/replica, checkpointed by hand."""
+    return StoreSettings(path=root / "store", checkpoint_every_seconds=None, keep_generations=3,
+                         replicas=[{"name": "disk", "url": str(root / "replica")}])
+
+
+def write_checkpointed(store: FaissStore, written: int) -> None:
+    """Batches 0-29 checkpointed every ten, the rest up to `written` only acknowledged (in the log)."""
+    for i in range(written):
+        store.write(batch(i))
+        if i % 10 == 9 and i < 30:
+            store.checkpoint()
+
+
 @pytest.mark.slow
 def test_a_restore_killed_at_any_step_leaves_the_old_store_or_exactly_the_restored_generation(tmp_path):
     """Seal first, then set aside: the old restore moved newer generations and the log away before the restored
     generation existed, and a crash in between left an older state without a word."""
     root = tmp_path / "built"
-    config = StoreSettings(path=root / "store", checkpoint_every_seconds=None, keep_generations=3,
-                           replicas=[{"name": "disk", "url": str(root / "replica")}])
+    config = replicated_settings(root)
     with FaissStore.open(config, model="test-model", dimension=DIMENSION) as store:
-        for i in range(30):
-            store.write(batch(i))
-            if i % 10 == 9:
-                store.checkpoint()
-        for i in range(30, 35):
-            store.write(batch(i))  # acknowledged after the last checkpoint
+        write_checkpointed(store, 35)
     work = tmp_path / "work"
 
     def reset():

@@ -7,11 +7,10 @@ import pytest
 
 from vectormill.stores.faiss_store import FaissStore
 from vectormill.stores.restore import verify_and_repair, verify_store
-from vectormill.stores.settings import StoreSettings
 
-from .servers.store_batches import DIMENSION, batch
+from .servers.store_batches import DIMENSION
 from .test_store import assert_holds, current_files
-from .test_store_crash import kill_at_every_file_event
+from .test_store_crash import kill_at_every_file_event, replicated_settings, write_checkpointed
 
 WRITTEN = 35
 
@@ -25,22 +24,15 @@ def _flip_a_byte(path):
 @pytest.mark.slow
 def test_verify_repair_killed_at_any_step_loses_nothing_and_a_second_repair_verifies(tmp_path):
     root = tmp_path / "built"
-    config = StoreSettings(path=root / "store", checkpoint_every_seconds=None, keep_generations=3,
-                           replicas=[{"name": "disk", "url": str(root / "replica")}])
+    config = replicated_settings(root)
     with FaissStore.open(config, model="test-model", dimension=DIMENSION) as store:
-        for i in range(30):
-            store.write(batch(i))
-            if i % 10 == 9:
-                store.checkpoint()
-        for i in range(30, WRITTEN):
-            store.write(batch(i))  # acknowledged after the last checkpoint
+        write_checkpointed(store, WRITTEN)
         rows, indexes = current_files(store, ".rows"), current_files(store, ".faiss")
     _flip_a_byte(root / "store" / "segments" / indexes[0])  # damaged on the primary: fetched from the replica
     _flip_a_byte(root / "replica" / "segments" / rows[-1])  # damaged on the replica: copied from the primary
     (root / "replica" / "segments" / indexes[-1]).unlink()  # lost on the replica
     work = tmp_path / "work"
-    settings = StoreSettings(path=work / "store", checkpoint_every_seconds=None, keep_generations=3,
-                             replicas=[{"name": "disk", "url": str(work / "replica")}])
+    settings = replicated_settings(work)
 
     def reset():
         shutil.rmtree(work, ignore_errors=True)
