@@ -211,8 +211,9 @@ def test_a_sources_rate_limit_holds_across_two_workers(cluster, tmp_path):
 
         fetched = [r for r in server.requests if r.path.rsplit("/", 1)[-1].isdigit()]
         assert summary["documents"]["new"] == 40 and summary["failures"] == []
-        # Records are fetched one by one on the workers (the listing's copies stay in the flow process).
-        assert len(fetched) == 40
+        # Records are fetched one by one on the workers (the listing's copies stay in the flow process): each
+        # at least once; twice only where a busy machine made Dask run a fetch task again or the client retry.
+        assert len({r.path for r in fetched}) == 40 and len(fetched) >= 40
         assert server.max_requests_in_window(1.0) <= 12 + 3
         assert server.requests[-1].arrived - server.requests[0].arrived >= (len(server.requests) - 3) / 12
 
