@@ -9,16 +9,10 @@ from vectormill.stores.faiss_store import FaissStore
 from vectormill.stores.restore import verify_and_repair, verify_store
 
 from .servers.store_batches import DIMENSION
-from .test_store import assert_holds, current_files
+from .test_store import assert_holds, current_files, damage
 from .test_store_crash import kill_at_every_file_event, replicated_settings, write_checkpointed
 
 WRITTEN = 35
-
-
-def _flip_a_byte(path):
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    path.write_bytes(bytes(data))
 
 
 @pytest.mark.slow
@@ -28,8 +22,8 @@ def test_verify_repair_killed_at_any_step_loses_nothing_and_a_second_repair_veri
     with FaissStore.open(config, model="test-model", dimension=DIMENSION) as store:
         write_checkpointed(store, WRITTEN)
         rows, indexes = current_files(store, ".rows"), current_files(store, ".faiss")
-    _flip_a_byte(root / "store" / "segments" / indexes[0])  # damaged on the primary: fetched from the replica
-    _flip_a_byte(root / "replica" / "segments" / rows[-1])  # damaged on the replica: copied from the primary
+    damage(root / "store" / "segments" / indexes[0], "bitflip")  # damaged on the primary: fetched from the replica
+    damage(root / "replica" / "segments" / rows[-1], "bitflip")  # damaged on the replica: copied from the primary
     (root / "replica" / "segments" / indexes[-1]).unlink()  # lost on the replica
     work = tmp_path / "work"
     settings = replicated_settings(work)

@@ -9,7 +9,7 @@ from pathlib import Path
 from vectormill.stores.restore import verify_store
 from vectormill.stores.settings import ReplicaSettings
 
-from .test_store import open_store, settings, write_batches
+from .test_store import damage, open_store, settings, write_batches
 
 REPO = Path(__file__).resolve().parents[1]
 VERIFIES = 12
@@ -68,9 +68,7 @@ def test_verify_while_a_writer_checkpoints_raises_no_false_alarm_and_still_finds
         current = store.generations_info()[0]["generation"]
         named = sorted(p.name for p in (config.path / "segments").iterdir())
     damaged = config.path / "segments" / named[0]
-    data = bytearray(damaged.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    damaged.write_bytes(bytes(data))
+    damage(damaged, "bitflip")
     report = verify_store(config)
     assert not report["ok"] and [(p["where"], p["file"]) for p in report["problems"]] == [
         ("primary", f"segments/{named[0]}")]
