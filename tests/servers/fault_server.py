@@ -62,6 +62,9 @@ class App(Protocol):
 
 class _QuietServer(ThreadingHTTPServer):
     daemon_threads = True
+    # The stdlib's backlog of 5 overflows when many clients connect at once (Dask workers' threads): Linux then
+    # drops the handshake's last ACK and the client's request waits out SYN-ACK retries, up to its read timeout.
+    request_queue_size = 128
 
     def handle_error(self, request, client_address):
         pass  # injected resets and clients that time out end connections abruptly on purpose
