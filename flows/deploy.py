@@ -111,7 +111,9 @@ def check_specs(config: VectormillConfig) -> list[CheckSpec]:
                   ("vectormill", "audit"), (("deep", False),), settings.audit_schedule),
         CheckSpec("store-drill", "vectormill.flows.drill_flow:store_drill",
                   "vectormill: restore the newest generation of a replica aside, verify and search it (store drill).",
-                  ("vectormill", "drill"), (("replica", None),), settings.drill_schedule),
+                  ("vectormill", "drill"), (("replica", None),),
+                  # With no replica a drill can only fail: scheduled, it would alert every week for nothing.
+                  settings.drill_schedule if config.store.replicas else None),
     ]
 
 

@@ -68,7 +68,8 @@ def test_one_deployment_per_source_plus_all_with_their_schedules(tmp_path):
 
 
 def test_prefect_yaml_holds_the_same_deployments_on_a_process_pool(tmp_path):
-    config = config_for(tmp_path, '[deployments]\nwork_pool = "ingest-pool"\nruns_per_deployment = 2\n'
+    replica = '[[store.replicas]]\nname = "disk"\nurl = "/srv/replica"\n'
+    config = config_for(tmp_path, replica + '[deployments]\nwork_pool = "ingest-pool"\nruns_per_deployment = 2\n'
                                   '[deployments.schedules]\nwiki = "0 * * * *"\n')
     document = yaml.safe_load(yaml.safe_dump(prefect_yaml(config, "/srv/vectormill.toml")))
     by_name = {d["name"]: d for d in document["deployments"]}
@@ -92,9 +93,11 @@ def test_prefect_yaml_holds_the_same_deployments_on_a_process_pool(tmp_path):
     assert load_flow_from_entrypoint(wiki["entrypoint"]).name == "ingest"
     assert load_flow_from_entrypoint(audit["entrypoint"]).name == "audit"
     assert load_flow_from_entrypoint(drill["entrypoint"]).name == "drill"
-    on_demand = config_for(tmp_path, '[deployments]\ndrill_schedule = ""\n')
-    assert yaml.safe_load(yaml.safe_dump(prefect_yaml(on_demand, "/srv/vectormill.toml")))["deployments"][-1][
-        "schedules"] == []
+    on_demand = config_for(tmp_path, replica + '[deployments]\ndrill_schedule = ""\n')
+    without_replica = config_for(tmp_path)  # a drill could only fail: not scheduled, still there on demand
+    for other in (on_demand, without_replica):
+        drill = yaml.safe_load(yaml.safe_dump(prefect_yaml(other, "/srv/vectormill.toml")))["deployments"][-1]
+        assert (drill["name"], drill["schedules"]) == ("store-drill", [])
 
 
 def test_deployment_config_mistakes_are_named(tmp_path):
