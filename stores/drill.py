@@ -5,12 +5,16 @@ into a temporary folder (only that replica is read: no other copy can fill a gap
 (files, database, row checksums), opens it read-only and searches it with a sample of its own stored chunks'
 vectors: each must come back first. It measures what a user gets from the backups: the recovery point (how old
 the newest restorable generation is) and the recovery time (how long its restore took). The folder is removed
-afterwards, whatever happened.
+afterwards, whatever happened; a killed drill's, by the next drill.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -51,6 +55,31 @@ def required_agreement(exact: bool) -> float:
     return 1.0 if exact else APPROXIMATE_AGREEMENT
 
 
+SCRATCH_PREFIX = "vectormill-drill-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+@contextmanager
+def scratch_folder() -> Iterator[str]:
+    """A temporary folder named after this process; first removes those of drills whose process is gone (a killed
+    drill cannot remove its own). A folder whose process may still run is left alone."""
+    for left in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*-*"):
+        owner = left.name[len(SCRATCH_PREFIX):].split("-", 1)[0]
+        if owner.isdigit() and not _alive(int(owner)):
+            shutil.rmtree(left, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-") as folder:
+        yield folder
+
+
 def drill(settings: StoreSettings, replica: str | None = None, queries: int = QUERIES) -> dict[str, Any]:
     """Restore, verify, open and search the newest generation of `replica` (default: the first configured) in a
     temporary folder. Returns {"ok", "replica", "generation", "documents", "vectors", "age_seconds",
@@ -65,7 +94,7 @@ def drill(settings: StoreSettings, replica: str | None = None, queries: int = QU
     if not held:
         raise StoreError(f"drill: {where} holds no generation: nothing to restore (has a checkpoint reached it?)")
     newest = held[0]
-    with tempfile.TemporaryDirectory(prefix="vectormill-drill-") as folder:
+    with scratch_folder() as folder:
         # Only this replica: a file it lacks must fail the drill, not be fetched from another copy.
         scratch = settings.model_copy(update={"path": Path(folder) / "store", "replicas": (chosen,)})
         started = time.perf_counter()

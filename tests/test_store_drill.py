@@ -3,6 +3,10 @@ its own chunks first; any damage fails it on one line, and the primary is never 
 
 import hashlib
 import json
+import os
+import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -164,5 +168,23 @@ def test_a_drill_killed_at_any_step_changes_neither_the_primary_nor_the_replica(
         assert (hashes(config.path), hashes(replica)) == before
         return "untouched"
 
-    outcomes = kill_at_every_file_event(tmp_path, scratch, body, lambda: None, untouched)
+    def clear_scratch() -> None:  # each run's kill points are its own file events, not a sweep of the last one's
+        shutil.rmtree(scratch)
+        scratch.mkdir()
+
+    outcomes = kill_at_every_file_event(tmp_path, scratch, body, clear_scratch, untouched)
     assert outcomes["untouched"] > 5 and list(outcomes)[-1] == "completed: untouched", outcomes
+
+
+def test_a_drill_removes_the_folders_of_killed_drills_and_keeps_those_of_running_ones(tmp_path, monkeypatch):
+    config, _ = replicated_store(tmp_path, batches=2)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "scratch"))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    killed = tmp_path / "scratch" / f"vectormill-drill-{int(gone.stdout)}-x1" / "store"
+    running = tmp_path / "scratch" / f"vectormill-drill-{os.getpid()}-x2" / "store"
+    for folder in (killed, running):
+        folder.mkdir(parents=True)
+        (folder / "catalog.sqlite").write_bytes(b"left by a drill")
+    assert drill(config)["ok"]
+    assert not killed.parent.exists() and running.exists()
+    assert sorted(p.name for p in (tmp_path / "scratch").iterdir()) == [running.parent.name]
