@@ -62,16 +62,18 @@ with open(results_file, "w") as f:
 '''
 
 
-def run_many(command_lines: list[list[str]], cwd, env: dict[str, str], timeout: float = 300) -> list[dict]:
+def run_many(command_lines: list[list[str]], cwd, env: dict[str, str], timeout: float = 300,
+             prefix: list[str] = ()) -> list[dict]:
     """[{argv, code, stdout, stderr}] of each command line, run one after another in one process.
 
-    A command line may start with NAME=value words: environment variables for it alone."""
+    A command line may start with NAME=value words: environment variables for it alone. `prefix` runs
+    the process through another command (as `setpriv ... --`)."""
     import json
     import tempfile
 
     with tempfile.TemporaryDirectory() as folder:
         results = Path(folder) / "results.json"
-        process = subprocess.run([sys.executable, "-c", _DRIVER, json.dumps(command_lines), str(results)],
+        process = subprocess.run([*prefix, sys.executable, "-c", _DRIVER, json.dumps(command_lines), str(results)],
                                  cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
         assert results.exists(), process.stderr[-3000:]
         return json.loads(results.read_text())
