@@ -193,22 +193,59 @@ print("done", flush=True)
 """
 
 
+# Forks each run of a sweep from one process that has imported what the bodies use: every run is a process of
+# its own, SIGKILLed like any other, without paying Python's start and those imports again at each kill point.
+# Reads a kill point per line; writes each run's stdout, then "exit <code>" (negative: killed by that signal).
+FORKING_PARENT = """
+import os, sys, traceback
+sys.path.insert(0, {repo!r})
+import vectormill.cli.main, vectormill.stores.drill, vectormill.stores.faiss_store, vectormill.stores.restore
+script = open(sys.argv[1]).read()
+for line in sys.stdin:
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            sys.argv = [sys.argv[1], line.strip()]
+            exec(compile(script, sys.argv[0], "exec"), {{"__name__": "__main__"}})
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        sys.stdout.flush(); sys.stderr.flush()
+        os._exit(code)
+    print("exit", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
+"""
+
+
 def kill_at_every_file_event(tmp_path, store: Path, body: str, reset, check) -> dict[str, int]:
     """Run `body` killed at its 1st, 2nd, … file event under `store` until it completes; `check` after each run."""
     script = tmp_path / "killed.py"
     script.write_text(KILLED_AT_A_FILE_EVENT.format(repo=str(REPO), store=str(store), body=body))
+    errors = tmp_path / "killed.stderr"
     outcomes: dict[str, int] = {}
-    for target in range(1, 500):
-        reset()
-        run = subprocess.run([sys.executable, str(script), str(target)], capture_output=True, text=True, timeout=300)
-        if run.returncode == 0:
-            assert run.stdout.split()[-1] == "done"
-            outcome = check()
-            outcomes[f"completed: {outcome}"] = target
-            return outcomes
-        assert run.returncode == -signal.SIGKILL, run.stderr[-3000:]
-        outcome = check()
-        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    with errors.open("w") as stderr, subprocess.Popen(
+            [sys.executable, "-c", FORKING_PARENT.format(repo=str(REPO)), str(script)], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=stderr, text=True) as parent:
+        try:
+            for target in range(1, 500):
+                reset()
+                parent.stdin.write(f"{target}\n")
+                parent.stdin.flush()
+                output = []
+                while not (line := parent.stdout.readline()).startswith("exit "):
+                    assert line, errors.read_text()[-3000:]  # the forking parent died
+                    output.append(line)
+                returncode = int(line.split()[1])
+                if returncode == 0:
+                    assert output[-1].split()[-1] == "done"
+                    outcome = check()
+                    outcomes[f"completed: {outcome}"] = target
+                    return outcomes
+                assert returncode == -signal.SIGKILL, errors.read_text()[-3000:]
+                outcome = check()
+                outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        finally:
+            parent.stdin.close()
     raise AssertionError("never completed")
 
 
