@@ -77,3 +77,136 @@ def run_many(command_lines: list[list[str]], cwd, env: dict[str, str], timeout: 
                                  cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
         assert results.exists(), process.stderr[-3000:]
         return json.loads(results.read_text())
+
+
+# Kill-point tests start `vectormill backfill` again and again; each fresh interpreter would pay Python's start and
+# the imports of Prefect, torch and sentence-transformers (seconds of CPU). `Preloaded` forks each run from one
+# process that made those imports under the same environment (Prefect reads its settings as it is imported): every
+# run is still a process of its own, that a SIGKILL ends as it would any other. The parent reads one run per line,
+# writes "started PID" once it forked and "exited PID CODE" once the run ended (CODE as subprocess reports it).
+_FORKING_PARENT = r'''
+import json, os, signal, sys, traceback
+import prefect, sentence_transformers, torch  # noqa: F401 - what every run would import
+import vectormill.cli.main, vectormill.flows.ingest  # noqa: F401
+
+
+def reap(signum, frame):
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        os.write(1, f"exited {pid} {os.waitstatus_to_exitcode(status)}\n".encode())
+
+
+signal.signal(signal.SIGCHLD, reap)
+for line in sys.stdin:
+    argv, cwd, out, err = json.loads(line)
+    pid = os.fork()
+    if pid == 0:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        os.chdir(cwd)
+        for fd, path in ((1, out), (2, err)):
+            os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+        code = 0
+        try:
+            sys.argv = ["vectormill", *argv]
+            vectormill.cli.main.main()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        sys.stdout.flush(); sys.stderr.flush()
+        os._exit(code)
+    os.write(1, f"started {pid}\n".encode())
+'''
+
+
+class ForkedRun:
+    """One run forked by `Preloaded`: the parts of subprocess.Popen the kill-point tests use."""
+
+    def __init__(self, parent: "Preloaded", pid: int, out: Path, err: Path):
+        self._parent, self.pid, self._out, self._err = parent, pid, out, err
+
+    @property
+    def returncode(self) -> int | None:
+        return self._parent.exits.get(self.pid)
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        if self.returncode is None:
+            os.kill(self.pid, signum)
+
+    def wait(self, timeout: float | None = None) -> int:
+        import time
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._parent.changed:
+            while self.returncode is None:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise subprocess.TimeoutExpired(["vectormill", str(self.pid)], timeout)
+                self._parent.changed.wait(left)
+        return self.returncode
+
+    def communicate(self, timeout: float | None = None) -> tuple[str, str]:
+        self.wait(timeout)
+        return self._out.read_text(errors="replace"), self._err.read_text(errors="replace")
+
+
+class Preloaded:
+    """`with Preloaded(env, folder) as runs: runs.start("backfill", "--json", cwd=...)`: a ForkedRun."""
+
+    def __init__(self, env: dict[str, str], folder: Path):
+        import threading
+
+        self._folder, self._count = folder, 0
+        folder.mkdir(parents=True, exist_ok=True)
+        self._log = (folder / "forking-parent.log").open("w")
+        self._process = subprocess.Popen([sys.executable, "-c", _FORKING_PARENT], env=env, stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=self._log, text=True)
+        self.exits: dict[int, int] = {}
+        self.changed = threading.Condition()
+        self._started: list[int] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self._process.stdout:
+            kind, pid, *code = line.split()
+            with self.changed:
+                if kind == "exited":
+                    self.exits[int(pid)] = int(code[0])
+                else:
+                    self._started.append(int(pid))
+                self.changed.notify_all()
+        with self.changed:
+            self.changed.notify_all()
+
+    def start(self, *args: str, cwd) -> ForkedRun:
+        import json
+
+        self._count += 1
+        out, err = self._folder / f"run{self._count}.out", self._folder / f"run{self._count}.err"
+        with self.changed:
+            before = len(self._started)
+            self._process.stdin.write(json.dumps([list(args), str(cwd), str(out), str(err)]) + "\n")
+            self._process.stdin.flush()
+            while len(self._started) == before:
+                assert self._process.poll() is None, (self._folder / "forking-parent.log").read_text()[-3000:]
+                self.changed.wait(1)
+            return ForkedRun(self, self._started[-1], out, err)
+
+    def __enter__(self) -> "Preloaded":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._process.stdin.close()
+        self._process.wait(timeout=60)
+        self._reader.join(timeout=10)
+        self._log.close()
