@@ -21,7 +21,7 @@ from vectormill.flows.deletions import deletion_refusal
 from vectormill.flows.retry_queue import INTERRUPTED, list_failures
 from vectormill.stores.faiss_store import FaissStore
 
-from .cli_process import VECTORMILL, harness_env, run, run_many
+from .cli_process import VECTORMILL, Preloaded, harness_env, run, run_many
 from .corpus import topic_pages, write_config
 from .servers.hubspot_server import hubspot_server
 from .servers.mediawiki_server import MediaWikiServer
@@ -282,20 +282,23 @@ def test_a_document_that_kills_its_process_is_counted_then_skipped_as_stuck(tmp_
     env = harness_env(PYTHONPATH=os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")])),
                       PREFECT_LOGGING_LEVEL="WARNING")
 
-    def backfill() -> subprocess.CompletedProcess:
-        return subprocess.run([VECTORMILL, "backfill", "--json"], cwd=tmp_path, env=env, capture_output=True,
-                              text=True, timeout=600)
+    def backfill(runs: Preloaded) -> tuple[int, str]:
+        """Its exit code and stderr."""
+        run = runs.start("backfill", "--json", cwd=tmp_path)
+        _, stderr = run.communicate(timeout=600)
+        return run.returncode, stderr
 
     def attempts() -> dict[str, tuple[int, str]]:
         return {e.document: (e.attempts, e.reason) for e in list_failures(load_config(config))}
 
-    first = backfill()
-    assert first.returncode == -9, first.stderr[-2000:]
-    assert attempts()["poison.md"] == (1, INTERRUPTED)  # counted before it was processed
+    with Preloaded(env, tmp_path / "runs") as runs:
+        code, stderr = backfill(runs)
+        assert code == -9, stderr[-2000:]
+        assert attempts()["poison.md"] == (1, INTERRUPTED)  # counted before it was processed
 
-    second = backfill()  # the suspects go last, one at a time: the others land, the poison kills again
-    assert second.returncode == -9, second.stderr[-2000:]
-    assert attempts() == {"poison.md": (2, INTERRUPTED)}
+        code, stderr = backfill(runs)  # the suspects go last, one at a time: the others land, the poison kills again
+        assert code == -9, stderr[-2000:]
+        assert attempts() == {"poison.md": (2, INTERRUPTED)}
     assert stored_documents(config) == set(notes) - {"poison.md"}
 
     # Stuck: skipped, and the run goes on (in this process: the poison is never read again to kill it).
