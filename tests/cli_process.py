@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -206,6 +208,10 @@ class Preloaded:
         return self
 
     def __exit__(self, *exc) -> None:
+        for pid in self._started:  # a test that failed half-way leaves no run going on behind it
+            if pid not in self.exits:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         self._process.stdin.close()
         self._process.wait(timeout=60)
         self._reader.join(timeout=10)
