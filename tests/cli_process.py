@@ -81,15 +81,19 @@ def run_many(command_lines: list[list[str]], cwd, env: dict[str, str], timeout: 
         return json.loads(results.read_text())
 
 
-# Kill-point tests start `vectormill backfill` again and again; each fresh interpreter would pay Python's start and
-# the imports of Prefect, torch and sentence-transformers (seconds of CPU). `Preloaded` forks each run from one
-# process that made those imports under the same environment (Prefect reads its settings as it is imported): every
-# run is still a process of its own, that a SIGKILL ends as it would any other. The parent reads one run per line,
-# writes "started PID" once it forked and "exited PID CODE" once the run ended (CODE as subprocess reports it).
+# Kill-point tests start a run again and again; each fresh interpreter would pay Python's start and the imports
+# (for `vectormill backfill`: Prefect, torch and sentence-transformers, seconds of CPU). `Preloaded` forks each
+# run from one process that made those imports under the same environment (Prefect reads its settings as it is
+# imported): every run is still a process of its own, that a SIGKILL ends as it would any other. The parent reads
+# one run's arguments per line, writes "started PID" once it forked and "exited PID CODE" once the run ended (CODE
+# as subprocess reports it). A run is the `vectormill` command, or a Python script run as __main__.
+CLI_IMPORTS = ("prefect", "sentence_transformers", "torch", "vectormill.cli.main", "vectormill.flows.ingest")
 _FORKING_PARENT = r'''
-import json, os, signal, sys, traceback
-import prefect, sentence_transformers, torch  # noqa: F401 - what every run would import
-import vectormill.cli.main, vectormill.flows.ingest  # noqa: F401
+import importlib, json, os, signal, sys, traceback
+imports, script = json.loads(sys.argv[1]), sys.argv[2] or None
+for name in imports:
+    importlib.import_module(name)
+code = compile(open(script).read(), script, "exec") if script else None
 
 
 def reap(signum, frame):
@@ -103,6 +107,21 @@ def reap(signum, frame):
         os.write(1, f"exited {pid} {os.waitstatus_to_exitcode(status)}\n".encode())
 
 
+def run(argv):
+    if code is not None:
+        sys.argv = [script, *argv]
+        exec(code, {"__name__": "__main__"})
+        return 0
+    from vectormill.cli.main import main
+
+    sys.argv = ["vectormill", *argv]
+    try:
+        main()
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return 0
+
+
 signal.signal(signal.SIGCHLD, reap)
 for line in sys.stdin:
     argv, cwd, out, err = json.loads(line)
@@ -112,17 +131,13 @@ for line in sys.stdin:
         os.chdir(cwd)
         for fd, path in ((1, out), (2, err)):
             os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
-        code = 0
         try:
-            sys.argv = ["vectormill", *argv]
-            vectormill.cli.main.main()
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            exit_code = run(argv)
         except BaseException:
             traceback.print_exc()
-            code = 1
+            exit_code = 1
         sys.stdout.flush(); sys.stderr.flush()
-        os._exit(code)
+        os._exit(exit_code)
     os.write(1, f"started {pid}\n".encode())
 '''
 
@@ -132,6 +147,7 @@ class ForkedRun:
 
     def __init__(self, parent: "Preloaded", pid: int, out: Path, err: Path):
         self._parent, self.pid, self._out, self._err = parent, pid, out, err
+        self._reading, self._partial = None, ""  # the run's stdout as readline reads it
 
     @property
     def returncode(self) -> int | None:
@@ -152,26 +168,54 @@ class ForkedRun:
             while self.returncode is None:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
-                    raise subprocess.TimeoutExpired(["vectormill", str(self.pid)], timeout)
+                    raise subprocess.TimeoutExpired(["forked run", str(self.pid)], timeout)
                 self._parent.changed.wait(left)
         return self.returncode
 
+    def readline(self, timeout: float = 300) -> str:
+        """The run's next line of stdout, once it wrote it whole ("" if it ended first)."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            ended = self.returncode is not None  # before reading: what it wrote before it ended is read below
+            if self._reading is None and self._out.exists():  # the run opens it once forked
+                self._reading = self._out.open(errors="replace")
+            chunk = self._reading.readline() if self._reading is not None else ""
+            self._partial += chunk
+            if self._reading is not None and (self._partial.endswith("\n") or (ended and not chunk)):
+                line, self._partial = self._partial, ""
+                return line
+            if ended and self._reading is None:
+                return ""
+            if time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(["forked run", str(self.pid)], timeout)
+            time.sleep(0.01)
+
     def communicate(self, timeout: float | None = None) -> tuple[str, str]:
         self.wait(timeout)
+        if self._reading is not None:
+            self._reading.close()
         return self._out.read_text(errors="replace"), self._err.read_text(errors="replace")
 
 
 class Preloaded:
-    """`with Preloaded(env, folder) as runs: runs.start("backfill", "--json", cwd=...)`: a ForkedRun."""
+    """`with Preloaded(env, folder) as runs: runs.start("backfill", "--json", cwd=...)`: a ForkedRun. With `script`,
+    each run is that Python script with the arguments given; `imports` are what the parent imports for them."""
 
-    def __init__(self, env: dict[str, str], folder: Path):
+    def __init__(self, env: dict[str, str], folder: Path, imports: tuple[str, ...] = CLI_IMPORTS,
+                 script: Path | None = None):
+        import json
         import threading
 
         self._folder, self._count = folder, 0
         folder.mkdir(parents=True, exist_ok=True)
         self._log = (folder / "forking-parent.log").open("w")
-        self._process = subprocess.Popen([sys.executable, "-c", _FORKING_PARENT], env=env, stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, stderr=self._log, text=True)
+        # From the repository's root, so that the parent can import tests' modules too.
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", _FORKING_PARENT, json.dumps(list(imports)), str(script or "")], env=env,
+            cwd=Path(__file__).resolve().parents[1], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
+            text=True)
         self.exits: dict[int, int] = {}
         self.changed = threading.Condition()
         self._started: list[int] = []

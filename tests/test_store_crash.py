@@ -24,6 +24,7 @@ from vectormill.stores.faiss_store import FaissStore
 from vectormill.stores.replicas import Location
 from vectormill.stores.settings import StoreSettings
 
+from .cli_process import Preloaded
 from .servers.legacy_store import write_legacy_store
 from .servers.store_batches import DIMENSION, SOURCE, batch
 from .test_store import assert_holds
@@ -148,15 +149,16 @@ def test_sigkill_in_write_checkpoint_compaction_and_replication_loses_no_acknowl
                   acks=str(acks))
     script.write_text(WRITER.format(total=ENDLESS, **source))
     stored, killed = -1, {phase: 0 for phase, _ in KILLS}
-    with ForkedRuns(script, tmp_path / "writer.stderr") as runs:
+    with Preloaded(dict(os.environ), tmp_path / "writer-runs", STORE_IMPORTS, script) as runs:
         for phase, target in rng.sample(KILLS, len(KILLS)):
-            pid = runs.start(phase, str(target))
-            assert runs.readline().strip() == "ready"
+            writer = runs.start(phase, str(target), cwd=tmp_path)
+            if writer.readline().strip() != "ready":
+                raise AssertionError(writer.communicate(timeout=60)[1][-3000:])
             if phase == "random":
                 time.sleep(rng.uniform(0.0, 0.6))
-                os.kill(pid, signal.SIGKILL)
-            returncode, _ = runs.wait()
-            assert returncode == -signal.SIGKILL, (phase, target, returncode, runs.errors.read_text()[-3000:])
+                writer.send_signal(signal.SIGKILL)
+            _, errors = writer.communicate(timeout=300)
+            assert writer.returncode == -signal.SIGKILL, (phase, target, writer.returncode, errors[-3000:])
             killed[phase] += 1
             stored = check_store(tmp_path, acks, stored)
     print(f"{sum(killed.values())} kills: {killed}")
@@ -192,80 +194,9 @@ print("done", flush=True)
 """
 
 
-# Forks each run of a sweep from one process that has imported what the scripts use: every run is a process of
-# its own, SIGKILLed like any other, without paying Python's start and those imports again at each kill point.
-# Reads a run's arguments per line; writes "started <pid>", the run's stdout, then "exit <code>" (negative:
-# killed by that signal).
-FORKING_PARENT = """
-import os, sys, traceback
-sys.path.insert(0, {repo!r})
-import vectormill.cli.main, vectormill.stores.drill, vectormill.stores.faiss_store, vectormill.stores.restore
-import tests.servers.store_batches, tests.test_store_crash
-script = open(sys.argv[1]).read()
-for line in sys.stdin:
-    pid = os.fork()
-    if pid == 0:
-        code = 0
-        try:
-            sys.argv = [sys.argv[1], *line.split()]
-            exec(compile(script, sys.argv[0], "exec"), {{"__name__": "__main__"}})
-        except BaseException:
-            traceback.print_exc()
-            code = 1
-        sys.stdout.flush(); sys.stderr.flush()
-        os._exit(code)
-    print("started", pid, flush=True)
-    print("exit", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
-"""
-
-
-class ForkedRuns:
-    """Runs of `script`, one at a time, each forked by FORKING_PARENT; their stderr goes to `errors`."""
-
-    def __init__(self, script: Path, errors: Path):
-        self.errors = errors
-        self._stderr = errors.open("w")
-        self._parent = subprocess.Popen([sys.executable, "-c", FORKING_PARENT.format(repo=str(REPO)), str(script)],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True)
-        self._pending: list[str] = []
-
-    def _line(self) -> str:
-        line = self._pending.pop(0) if self._pending else self._parent.stdout.readline()
-        assert line, self.errors.read_text()[-3000:]  # the forking parent died
-        return line
-
-    def start(self, *args: str) -> int:
-        """The pid of a new run of the script with these arguments."""
-        self._parent.stdin.write(" ".join(args) + "\n")
-        self._parent.stdin.flush()
-        output = []
-        while not (line := self._parent.stdout.readline()).startswith("started "):
-            assert line, self.errors.read_text()[-3000:]
-            output.append(line)  # the run wrote before its parent said it started
-        self._pending += output
-        return int(line.split()[1])
-
-    def readline(self) -> str:
-        """The run's next line of stdout."""
-        line = self._line()
-        assert not line.startswith("exit "), (line, self.errors.read_text()[-3000:])
-        return line
-
-    def wait(self) -> tuple[int, list[str]]:
-        """The run's exit code and the rest of its stdout."""
-        output = []
-        while not (line := self._line()).startswith("exit "):
-            output.append(line)
-        return int(line.split()[1]), output
-
-    def __enter__(self) -> "ForkedRuns":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._parent.stdin.close()
-        self._parent.wait(timeout=60)
-        self._parent.stdout.close()
-        self._stderr.close()
+# What the sweeps' scripts import: `Preloaded` forks each run from a process that imported them once.
+STORE_IMPORTS = ("vectormill.cli.main", "vectormill.stores.drill", "vectormill.stores.faiss_store",
+                 "vectormill.stores.restore", "tests.servers.store_batches", "tests.test_store_crash")
 
 
 def kill_at_every_file_event(tmp_path, store: Path, body: str, reset, check) -> dict[str, int]:
@@ -273,17 +204,17 @@ def kill_at_every_file_event(tmp_path, store: Path, body: str, reset, check) -> 
     script = tmp_path / "killed.py"
     script.write_text(KILLED_AT_A_FILE_EVENT.format(repo=str(REPO), store=str(store), body=body))
     outcomes: dict[str, int] = {}
-    with ForkedRuns(script, tmp_path / "killed.stderr") as runs:
+    with Preloaded(dict(os.environ), tmp_path / "killed-runs", STORE_IMPORTS, script) as runs:
         for target in range(1, 500):
             reset()
-            runs.start(str(target))
-            returncode, output = runs.wait()
-            if returncode == 0:
-                assert output[-1].split()[-1] == "done"
+            run = runs.start(str(target), cwd=tmp_path)
+            output, errors = run.communicate(timeout=300)
+            if run.returncode == 0:
+                assert output.split()[-1] == "done"
                 outcome = check()
                 outcomes[f"completed: {outcome}"] = target
                 return outcomes
-            assert returncode == -signal.SIGKILL, runs.errors.read_text()[-3000:]
+            assert run.returncode == -signal.SIGKILL, errors[-3000:]
             outcome = check()
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
     raise AssertionError("never completed")
