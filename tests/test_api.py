@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -14,7 +15,7 @@ from vectormill.flows.search import HIT_FIELDS
 from vectormill.stores.faiss_store import FaissStore, StoreError
 from vectormill.stores.settings import StoreSettings
 
-from .cli_process import run
+from .cli_process import run_many
 from .corpus import TOPICS
 from .topic_store import PLACES, topic_upsert, write_topic_store
 
@@ -90,13 +91,16 @@ def test_a_long_lived_store_sees_new_writes_and_checkpoints_without_reopening(co
 
 
 def test_search_command_takes_a_filter_and_refuses_a_bad_one_in_one_line(config):
-    result = run("search", TOPICS["baking"], "-k", "2", "--json", "--filter", '{"source": "wiki"}',
-                 "--config", str(config), cwd=config.parent)
-    assert result.returncode == 0, result.stderr[-3000:]
-    hits = json.loads(result.stdout)
+    bad_filters = (('{"sorce": "wiki"}', "error: unknown filter key(s) 'sorce'"),
+                   ('{"source": ', "error: --filter is not JSON"))
+    # One process for the three command lines: a process start and its imports cost seconds.
+    result, *refused = run_many(
+        [["search", TOPICS["baking"], "-k", "2", "--json", "--filter", '{"source": "wiki"}', "--config", str(config)],
+         *(["search", "x", "--filter", bad, "--config", str(config)] for bad, _ in bad_filters)], cwd=config.parent,
+        env=dict(os.environ))
+    assert result["code"] == 0, result["stderr"][-3000:]
+    hits = json.loads(result["stdout"])
     assert len(hits) == 2 and {hit["source"] for hit in hits} == {"wiki"} and tuple(hits[0]) == HIT_FIELDS
-    for bad, message in (('{"sorce": "wiki"}', "error: unknown filter key(s) 'sorce'"),
-                         ('{"source": ', "error: --filter is not JSON")):
-        result = run("search", "x", "--filter", bad, "--config", str(config), cwd=config.parent)
-        assert result.returncode == 2 and "Traceback" not in result.stderr
-        assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith(message), result.stderr
+    for (_, message), result in zip(bad_filters, refused, strict=True):
+        assert result["code"] == 2 and "Traceback" not in result["stderr"]
+        assert len(result["stderr"].strip().splitlines()) == 1 and result["stderr"].startswith(message), result["stderr"]

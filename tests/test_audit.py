@@ -19,7 +19,7 @@ from vectormill.flows.config import load_config
 from vectormill.stores.faiss_store import FaissStore
 from vectormill.stores.records import DocumentFailed
 
-from .cli_process import harness_env, run
+from .cli_process import harness_env, run, run_many
 from .corpus import write_config
 from .servers.mediawiki_server import MediaWikiServer
 from .test_faithful_mirror import write_notes, write_wiki_config
@@ -85,20 +85,21 @@ def test_the_audit_finds_each_kind_of_damage(tmp_path, prefect_harness):
     os.utime(rewritten, ns=(before.st_atime_ns, before.st_mtime_ns))
     assert (rewritten.stat().st_size, rewritten.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
 
-    shallow = run("sources", "audit", "--json", cwd=tmp_path, env=env)
-    assert shallow.returncode == 1
-    [entry] = json.loads(shallow.stdout)["sources"]
+    # One process for the three audits of the damaged store: a process start and its imports cost seconds.
+    shallow, deep, table = run_many([["sources", "audit", "--json"],
+                                     ["sources", "audit", "--deep", "--source", "docs", "--json"],
+                                     ["sources", "audit"]], cwd=tmp_path, env=env)
+    assert shallow["code"] == 1
+    [entry] = json.loads(shallow["stdout"])["sources"]
     assert (entry["missing"], entry["extra"], entry["stale"]) == (["note0.md"], ["note1.md"], [])
     assert (entry["missing_count"], entry["extra_count"], entry["queued"], entry["stuck"]) == (1, 1, 2, 1)
     assert (entry["listed"], entry["stored"], entry["ok"]) == (5, 5, False)
 
-    deep = run("sources", "audit", "--deep", "--source", "docs", "--json", cwd=tmp_path, env=env)
-    assert deep.returncode == 1
-    [entry] = json.loads(deep.stdout)["sources"]
+    assert deep["code"] == 1
+    [entry] = json.loads(deep["stdout"])["sources"]
     assert entry["stale"] == ["note2.md"] and entry["stale_count"] == 1
 
-    table = run("sources", "audit", cwd=tmp_path, env=env)
-    assert table.returncode == 1 and "docs missing: note0.md" in table.stdout and "Traceback" not in table.stderr
+    assert table["code"] == 1 and "docs missing: note0.md" in table["stdout"] and "Traceback" not in table["stderr"]
 
     # The weekly deployment's flow: the same report, published, and a failed run when the store diverges.
     with pytest.raises(AuditDiverged, match=r"diverges from source\(s\) docs"):

@@ -64,23 +64,26 @@ def test_backfill_search_and_stats_json_contracts(tmp_path):
     broken = write_broken_pdfs(tmp_path / "pdfs")
     write_config(tmp_path)
 
+    # One process for the four command lines (a process start and its imports cost seconds): their outputs
+    # and exit codes are the contracts; test_bad_config_... and test_failures_... run the console script itself.
+    result, searched, stated, for_people = run_many(
+        [["backfill", "--json"], ["search", TOPICS["baking"], "-k", "2", "--json"], ["store", "stats", "--json"],
+         # Within the failure ratio the run completes.
+         ["VECTORMILL_SOURCES__DOCS__MAX_FAILED_RATIO=0.6", "backfill"]], cwd=tmp_path, env=env)
+
     # 4 of 7 documents broken: above max_failed_ratio = 0.5, so the run fails — with its summary all the same.
-    result = run("backfill", "--json", cwd=tmp_path, env=env)
-    assert result.returncode == 1, result.stderr[-3000:]
-    assert result.stderr.strip().splitlines()[-1] == (
+    assert result["code"] == 1, result["stderr"][-3000:]
+    assert result["stderr"].strip().splitlines()[-1] == (
         "error: source 'docs': 4 of 7 documents failed (57%), above max_failed_ratio = 0.5; "
         "see the failures listed in the summary")
-    assert "Traceback" not in result.stderr
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert "Traceback" not in result["stderr"]
+    summary = json.loads(result["stdout"].strip().splitlines()[-1])
     assert summary["documents"] == {"seen": 7, "new": 3, "changed": 0, "unchanged": 0, "deleted": 0, "failed": 4}
     assert summary["chunks_embedded"] > 0 and set(summary["seconds"]) >= {"total"}
     assert {f["document"] for f in summary["failures"]} == set(broken)
     assert all(set(f) >= {"source", "document", "reason"} for f in summary["failures"])
     assert summary["retry_queue"] == {"docs": 4} and summary["stuck"] == []
 
-    # One process for both read-only commands: a process start and its imports cost seconds.
-    searched, stated = run_many([["search", TOPICS["baking"], "-k", "2", "--json"], ["store", "stats", "--json"]],
-                                cwd=tmp_path, env=env)
     assert searched["code"] == 0, searched["stderr"]
     hits = json.loads(searched["stdout"])
     assert len(hits) == 2 and hits[0]["score"] >= hits[1]["score"]
@@ -92,12 +95,10 @@ def test_backfill_search_and_stats_json_contracts(tmp_path):
     assert stats["documents"] == len(known) and stats["vectors"] == summary["chunks_embedded"]
     assert stats["generation"] >= 1
 
-    # For people: a summary table and the failed documents with their reasons, no JSON. Within the
-    # failure ratio the run completes.
-    result = run("backfill", cwd=tmp_path, env=dict(env, VECTORMILL_SOURCES__DOCS__MAX_FAILED_RATIO="0.6"))
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "ingest summary" in result.stdout and "failed documents" in result.stdout
-    assert "not-a-pdf.pdf" in result.stdout
+    # For people: a summary table and the failed documents with their reasons, no JSON.
+    assert for_people["code"] == 0, for_people["stderr"][-3000:]
+    assert "ingest summary" in for_people["stdout"] and "failed documents" in for_people["stdout"]
+    assert "not-a-pdf.pdf" in for_people["stdout"]
 
 
 def test_commands_that_need_no_source_or_store_work_without_a_config_file(tmp_path, monkeypatch):
@@ -262,10 +263,9 @@ def test_an_error_the_user_can_act_on_inside_the_flow_is_one_line_without_prefec
     write_corpus(tmp_path / "pdfs", {"chess": TOPICS["chess"]})
     write_config(tmp_path)
     FaissStore.open(StoreSettings(path=tmp_path / "store"), model="another-model", dimension=8).close()
-    result = run("backfill", cwd=tmp_path, env=harness_env())
-    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:") or "ERROR" in line]
+    result, debug = run_many([["backfill"], ["--debug", "backfill"]], cwd=tmp_path, env=harness_env())
+    assert result["code"] == 1 and "Traceback" not in result["stderr"], result["stderr"][-3000:]
+    errors = [line for line in result["stderr"].splitlines() if line.startswith("error:") or "ERROR" in line]
     assert len(errors) == 1 and errors[0].startswith(f"error: store '{tmp_path / 'store'}' holds vectors of model "
                                                      "'another-model' (8 dims), but the config embeds with")
-    debug = run("--debug", "backfill", cwd=tmp_path, env=harness_env())
-    assert debug.returncode == 1 and "Traceback" in debug.stderr and debug.stderr.strip().endswith(errors[0][7:])
+    assert debug["code"] == 1 and "Traceback" in debug["stderr"] and debug["stderr"].strip().endswith(errors[0][7:])

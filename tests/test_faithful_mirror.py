@@ -21,7 +21,7 @@ from vectormill.flows.deletions import deletion_refusal
 from vectormill.flows.retry_queue import INTERRUPTED, list_failures
 from vectormill.stores.faiss_store import FaissStore
 
-from .cli_process import VECTORMILL, harness_env, run
+from .cli_process import VECTORMILL, Preloaded, harness_env, run, run_many
 from .corpus import topic_pages, write_config
 from .servers.hubspot_server import hubspot_server
 from .servers.mediawiki_server import MediaWikiServer
@@ -78,24 +78,23 @@ def test_an_unreadable_folder_fails_the_source_naming_it_and_deletes_nothing(tmp
     (tmp_path / "pdfs" / "team").chmod(0)
     (tmp_path / "locked").mkdir(mode=0)
     try:
-        result = subprocess.run([*without_file_access_override(), VECTORMILL, "backfill", "--json"], cwd=tmp_path,
-                                env=harness_env(), capture_output=True, text=True, timeout=600)
-        # `sources check` lists with the same code: an unreadable root fails it, naming the folder.
-        check = subprocess.run([*without_file_access_override(), VECTORMILL, "sources", "check", "--json"],
-                               cwd=tmp_path, env=harness_env(VECTORMILL_SOURCES__DOCS__ROOT=str(tmp_path / "locked")),
-                               capture_output=True, text=True, timeout=120)
+        # One process for both (a process start and its imports cost seconds). `sources check` lists with the
+        # same code: an unreadable root fails it, naming the folder.
+        result, check = run_many([["backfill", "--json"],
+                                  [f"VECTORMILL_SOURCES__DOCS__ROOT={tmp_path / 'locked'}", "sources", "check", "--json"]],
+                                 cwd=tmp_path, env=harness_env(), timeout=600, prefix=without_file_access_override())
     finally:
         (tmp_path / "pdfs" / "team").chmod(0o755)
 
-    assert result.returncode == 1, result.stderr[-3000:]
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert result["code"] == 1, result["stderr"][-3000:]
+    summary = json.loads(result["stdout"].strip().splitlines()[-1])
     [source] = summary["sources"]
     assert source["status"] == "failed" and source["documents"]["deleted"] == 0
     assert f"cannot list {str(tmp_path / 'pdfs' / 'team')!r}: Permission denied" in source["error"]
-    assert "source 'docs' failed" in result.stderr and "Traceback" not in result.stderr
+    assert "source 'docs' failed" in result["stderr"] and "Traceback" not in result["stderr"]
     assert stored_documents(config) == before
-    assert check.returncode == 1, check.stderr
-    [checked] = json.loads(check.stdout)
+    assert check["code"] == 1, check["stderr"]
+    [checked] = json.loads(check["stdout"])
     assert not checked["ok"] and f"cannot list {str(tmp_path / 'locked')!r}: Permission denied" in checked["detail"]
 
 
@@ -109,12 +108,13 @@ def test_an_unmounted_share_fails_the_run_while_the_other_commands_work(tmp_path
 
     (tmp_path / "pdfs").rename(tmp_path / "elsewhere")  # not mounted: no folder at all
     env = harness_env()
-    for command in (["store", "stats", "--json"], ["failures", "--json"], ["search", "pallets of item 3", "--json"]):
-        result = run(*command, cwd=tmp_path, env=env)
-        assert result.returncode == 0, (command, result.stderr)
-    result = run("backfill", "--json", cwd=tmp_path, env=env)
-    assert result.returncode == 1
-    assert f"root folder {str(tmp_path / 'pdfs')!r} does not exist (is the share mounted?)" in result.stderr
+    # One process for the four command lines: a process start and its imports cost seconds.
+    *others, result = run_many([["store", "stats", "--json"], ["failures", "--json"],
+                                ["search", "pallets of item 3", "--json"], ["backfill", "--json"]], cwd=tmp_path, env=env)
+    for other in others:
+        assert other["code"] == 0, (other["argv"], other["stderr"])
+    assert result["code"] == 1
+    assert f"root folder {str(tmp_path / 'pdfs')!r} does not exist (is the share mounted?)" in result["stderr"]
     assert stored_documents(config) == set(NOTES)
 
     (tmp_path / "pdfs").mkdir()  # mounted on nothing: an empty mount point
@@ -282,24 +282,28 @@ def test_a_document_that_kills_its_process_is_counted_then_skipped_as_stuck(tmp_
     env = harness_env(PYTHONPATH=os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")])),
                       PREFECT_LOGGING_LEVEL="WARNING")
 
-    def backfill() -> subprocess.CompletedProcess:
-        return subprocess.run([VECTORMILL, "backfill", "--json"], cwd=tmp_path, env=env, capture_output=True,
-                              text=True, timeout=600)
+    def backfill(runs: Preloaded) -> tuple[int, str]:
+        """Its exit code and stderr."""
+        run = runs.start("backfill", "--json", cwd=tmp_path)
+        _, stderr = run.communicate(timeout=600)
+        return run.returncode, stderr
 
     def attempts() -> dict[str, tuple[int, str]]:
         return {e.document: (e.attempts, e.reason) for e in list_failures(load_config(config))}
 
-    first = backfill()
-    assert first.returncode == -9, first.stderr[-2000:]
-    assert attempts()["poison.md"] == (1, INTERRUPTED)  # counted before it was processed
+    with Preloaded(env, tmp_path / "runs") as runs:
+        code, stderr = backfill(runs)
+        assert code == -9, stderr[-2000:]
+        assert attempts()["poison.md"] == (1, INTERRUPTED)  # counted before it was processed
 
-    second = backfill()  # the suspects go last, one at a time: the others land, the poison kills again
-    assert second.returncode == -9, second.stderr[-2000:]
-    assert attempts() == {"poison.md": (2, INTERRUPTED)}
+        code, stderr = backfill(runs)  # the suspects go last, one at a time: the others land, the poison kills again
+        assert code == -9, stderr[-2000:]
+        assert attempts() == {"poison.md": (2, INTERRUPTED)}
     assert stored_documents(config) == set(notes) - {"poison.md"}
 
-    third = backfill()  # stuck: skipped, and the run goes on
-    assert third.returncode == 0, third.stderr[-2000:]
-    summary = json.loads(third.stdout.strip().splitlines()[-1])
+    # Stuck: skipped, and the run goes on (in this process: the poison is never read again to kill it).
+    from vectormill.flows.ingest import ingest
+
+    summary = ingest(config_file=str(config))
     assert [entry["document"] for entry in summary["stuck"]] == ["poison.md"]
     assert attempts() == {"poison.md": (2, INTERRUPTED)}

@@ -15,7 +15,7 @@ from vectormill.connectors.settings import FilesystemSourceSettings
 from vectormill.embedding.chunking import chunk_document
 from vectormill.embedding.tokenizer import ModelTokenizer
 
-from .cli_process import harness_env, run
+from .cli_process import harness_env, run_many
 from .corpus import FILLER, TOPICS, write_config, write_corpus, write_scanned_pdf
 
 SCANNED_SENTENCE = "The lighthouse keeper logs every passing ship in a leather bound journal."
@@ -153,26 +153,28 @@ def test_backfill_ocrs_a_scanned_pdf_that_search_then_finds_and_never_ocrs_it_ag
                       text_layer_pages=frozenset({1}))
     write_config(tmp_path)
 
-    result = run("backfill", "--json", cwd=tmp_path, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    # One process for the five command lines: the point is what each finds, not a fresh start.
+    first, scanned, harbour, baking, again = run_many(
+        [["backfill", "--json"], ["search", SCANNED_SENTENCE, "-k", "3", "--json"],
+         ["search", HARBOUR_SENTENCE, "-k", "1", "--json"], ["search", TOPICS["baking"], "-k", "1", "--json"],
+         ["backfill", "--json"]], cwd=tmp_path, env=env)
+    assert first["code"] == 0, first["stderr"][-3000:]
+    summary = json.loads(first["stdout"].strip().splitlines()[-1])
     assert summary["documents"]["new"] == 4 and summary["failures"] == []
-    assert summary["seconds"]["ocr"] > 0 and NOTICE not in result.stderr
+    assert summary["seconds"]["ocr"] > 0 and NOTICE not in first["stderr"]
 
-    result = run("search", SCANNED_SENTENCE, "-k", "3", "--json", cwd=tmp_path, env=env)
-    assert result.returncode == 0, result.stderr
-    best = json.loads(result.stdout)[0]
+    assert scanned["code"] == 0, scanned["stderr"]
+    best = json.loads(scanned["stdout"])[0]
     assert (best["document"], best["page"], best["pages"], best["ocr"]) == ("lighthouse.pdf", 2, [2], True)
     assert SCANNED_SENTENCE in " ".join(best["text"].split())
-    best = json.loads(run("search", HARBOUR_SENTENCE, "-k", "1", "--json", cwd=tmp_path, env=env).stdout)[0]
+    best = json.loads(harbour["stdout"])[0]
     assert (best["document"], best["page"], best["pages"], best["ocr"]) == ("harbour.pdf", 1, [1, 2], True)
-    best = json.loads(run("search", TOPICS["baking"], "-k", "1", "--json", cwd=tmp_path, env=env).stdout)[0]
+    best = json.loads(baking["stdout"])[0]
     assert (best["document"], best["ocr"]) == ("baking.pdf", False)
 
     # Unchanged: the version (size + mtime) says so before the file is opened: no OCR, nothing embedded.
-    result = run("backfill", "--json", cwd=tmp_path, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    again = json.loads(result.stdout.strip().splitlines()[-1])
+    assert again["code"] == 0, again["stderr"][-3000:]
+    again = json.loads(again["stdout"].strip().splitlines()[-1])
     assert again["documents"]["unchanged"] == 4 and again["chunks_embedded"] == 0
     assert again["seconds"]["ocr"] == 0
 
@@ -188,18 +190,19 @@ def test_without_tesseract_on_path_auto_skips_those_pages_with_one_notice_and_th
     write_scanned_pdf(tmp_path / "pdfs" / "mixed.pdf", SCANNED_PAGES, text_layer_pages=frozenset({1}))
     write_config(tmp_path)
 
-    result = run("backfill", "--json", cwd=tmp_path, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    result, searched = run_many([["backfill", "--json"],
+                                 ["search", "The keeper climbs the spiral stairs at dusk", "-k", "1", "--json"]],
+                                cwd=tmp_path, env=env)
+    assert result["code"] == 0, result["stderr"][-3000:]
+    summary = json.loads(result["stdout"].strip().splitlines()[-1])
     assert f"3 {NOTICE}" in summary["warnings"]
-    assert result.stderr.count(NOTICE) == 1  # once per run, for two documents
+    assert result["stderr"].count(NOTICE) == 1  # once per run, for two documents
     assert summary["documents"]["new"] == 4 and summary["documents"]["failed"] == 1
     (failure,) = summary["failures"]
     assert failure["document"] == "lighthouse.pdf" and "install tesseract-ocr" in failure["reason"]
     assert summary["seconds"]["ocr"] == 0
 
-    result = run("search", "The keeper climbs the spiral stairs at dusk", "-k", "1", "--json", cwd=tmp_path, env=env)
-    best = json.loads(result.stdout)[0]
+    best = json.loads(searched["stdout"])[0]
     assert (best["document"], best["page"], best["ocr"]) == ("mixed.pdf", 1, False)
 
 

@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,7 @@ from vectormill.stores.faiss_store import FaissStore
 from vectormill.stores.records import ChunkRecord, CursorUpdate, DocumentFailed, DocumentUpsert
 from vectormill.stores.settings import StoreSettings
 
-from .cli_process import VECTORMILL, harness_env
+from .cli_process import harness_env, run_many
 from .corpus import TOPICS, topic_pages, write_config, write_corpus
 from .servers.hubspot_server import hubspot_server
 from .servers.mediawiki_server import MediaWikiServer
@@ -280,19 +279,18 @@ def test_a_pdf_unreadable_during_one_run_lands_on_the_next_and_leaves_the_queue(
     locked.chmod(0)
     env = harness_env()
 
-    result = subprocess.run([*without_file_access_override(), VECTORMILL, "backfill", "--json"], cwd=tmp_path,
-                            env=env, capture_output=True, text=True, timeout=600)
+    # One process for both command lines: a process start and its imports cost seconds.
+    result, listing = run_many([["backfill", "--json"], ["failures", "--json"]], cwd=tmp_path, env=env, timeout=600,
+                               prefix=without_file_access_override())
 
-    assert result.returncode == 0, result.stderr[-3000:]  # 1 of 3 failed: within max_failed_ratio
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert result["code"] == 0, result["stderr"][-3000:]  # 1 of 3 failed: within max_failed_ratio
+    summary = json.loads(result["stdout"].strip().splitlines()[-1])
     assert set(summary) >= {"documents", "chunks_embedded", "failures", "seconds", "sources", "store", "retries"}
     assert [(f["document"], "Permission denied" in f["reason"]) for f in summary["failures"]] == [("volcanoes.pdf", True)]
     assert summary["retry_queue"] == {"docs": 1} and summary["stuck"] == []
 
-    listing = subprocess.run([VECTORMILL, "failures", "--json"], cwd=tmp_path, env=env, capture_output=True,
-                             text=True, timeout=120)
-    assert listing.returncode == 0, listing.stderr
-    [entry] = json.loads(listing.stdout)
+    assert listing["code"] == 0, listing["stderr"]
+    [entry] = json.loads(listing["stdout"])
     assert set(entry) == CONTRACT
     assert (entry["source"], entry["document"], entry["attempts"]) == ("docs", "volcanoes.pdf", 1)
     # First: when its attempt began (counted before the fetch); last: when it failed.

@@ -9,6 +9,7 @@ exactly batches 0 … s, where s is at least the last acknowledged batch and the
 the previous kill, and at most the last batch begun: nothing lost, nothing twice, nothing half.
 """
 
+import os
 import random
 import shutil
 import signal
@@ -23,6 +24,7 @@ from vectormill.stores.faiss_store import FaissStore
 from vectormill.stores.replicas import Location
 from vectormill.stores.settings import StoreSettings
 
+from .cli_process import Preloaded
 from .servers.legacy_store import write_legacy_store
 from .servers.store_batches import DIMENSION, SOURCE, batch
 from .test_store import assert_holds
@@ -147,19 +149,18 @@ def test_sigkill_in_write_checkpoint_compaction_and_replication_loses_no_acknowl
                   acks=str(acks))
     script.write_text(WRITER.format(total=ENDLESS, **source))
     stored, killed = -1, {phase: 0 for phase, _ in KILLS}
-    for phase, target in rng.sample(KILLS, len(KILLS)):
-        writer = subprocess.Popen([sys.executable, str(script), phase, str(target)], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)
-        assert writer.stdout.readline().strip() == "ready", writer.stderr.read()[-3000:]
-        if phase == "random":
-            time.sleep(rng.uniform(0.0, 0.6))
-            writer.send_signal(signal.SIGKILL)
-        writer.wait(timeout=300)
-        writer.stdout.close()
-        writer.stderr.close()
-        assert writer.returncode == -signal.SIGKILL, (phase, target, writer.returncode)
-        killed[phase] += 1
-        stored = check_store(tmp_path, acks, stored)
+    with Preloaded(dict(os.environ), tmp_path / "writer-runs", STORE_IMPORTS, script) as runs:
+        for phase, target in rng.sample(KILLS, len(KILLS)):
+            writer = runs.start(phase, str(target), cwd=tmp_path)
+            if writer.readline().strip() != "ready":
+                raise AssertionError(writer.communicate(timeout=60)[1][-3000:])
+            if phase == "random":
+                time.sleep(rng.uniform(0.0, 0.6))
+                writer.send_signal(signal.SIGKILL)
+            _, errors = writer.communicate(timeout=300)
+            assert writer.returncode == -signal.SIGKILL, (phase, target, writer.returncode, errors[-3000:])
+            killed[phase] += 1
+            stored = check_store(tmp_path, acks, stored)
     print(f"{sum(killed.values())} kills: {killed}")
     assert sum(killed.values()) >= 20
     assert all(killed[phase] >= 1 for phase in ("write", "checkpoint", "compaction", "replication")), killed
@@ -193,22 +194,29 @@ print("done", flush=True)
 """
 
 
+# What the sweeps' scripts import: `Preloaded` forks each run from a process that imported them once.
+STORE_IMPORTS = ("vectormill.cli.main", "vectormill.stores.drill", "vectormill.stores.faiss_store",
+                 "vectormill.stores.restore", "tests.servers.store_batches", "tests.test_store_crash")
+
+
 def kill_at_every_file_event(tmp_path, store: Path, body: str, reset, check) -> dict[str, int]:
     """Run `body` killed at its 1st, 2nd, … file event under `store` until it completes; `check` after each run."""
     script = tmp_path / "killed.py"
     script.write_text(KILLED_AT_A_FILE_EVENT.format(repo=str(REPO), store=str(store), body=body))
     outcomes: dict[str, int] = {}
-    for target in range(1, 500):
-        reset()
-        run = subprocess.run([sys.executable, str(script), str(target)], capture_output=True, text=True, timeout=300)
-        if run.returncode == 0:
-            assert run.stdout.split()[-1] == "done"
+    with Preloaded(dict(os.environ), tmp_path / "killed-runs", STORE_IMPORTS, script) as runs:
+        for target in range(1, 500):
+            reset()
+            run = runs.start(str(target), cwd=tmp_path)
+            output, errors = run.communicate(timeout=300)
+            if run.returncode == 0:
+                assert output.split()[-1] == "done"
+                outcome = check()
+                outcomes[f"completed: {outcome}"] = target
+                return outcomes
+            assert run.returncode == -signal.SIGKILL, errors[-3000:]
             outcome = check()
-            outcomes[f"completed: {outcome}"] = target
-            return outcomes
-        assert run.returncode == -signal.SIGKILL, run.stderr[-3000:]
-        outcome = check()
-        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
     raise AssertionError("never completed")
 
 
