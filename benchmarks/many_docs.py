@@ -10,7 +10,7 @@
 - the embed stage's rate inside the run (`chunks_embedded / seconds.embed`) against the bare
   script's `encode` rate on the same texts;
 - fetch/parse/chunk's CPU per document (`fetch_parse_chunk`'s function on the notes in this process,
-  batches of the default `fetch_batch_size`: goal ≤ 0.5 ms), and what the pool did (model calls,
+  in batches of the size a run plans for them, MAX_FETCH_BATCH: goal ≤ 0.5 ms), and what the pool did (model calls,
   chunks, padded-token share).
 Goals: whole process ≤ 1.05 × bare, embed stage ≥ 0.95 × bare encode.
 """
@@ -66,10 +66,11 @@ def fetch_cpu_per_document(notes: Path) -> float:
     """CPU milliseconds a note costs in `fetch_parse_chunk` (the tokenizer's threads included)."""
     from vectormill.connectors.settings import FilesystemSourceSettings
     from vectormill.flows.pipeline import fetch_parse_chunk, source_for
+    from vectormill.flows.task_sizes import MAX_FETCH_BATCH
 
     settings = FilesystemSourceSettings(name="notes", type="filesystem", root=notes)
     refs = [(ref, True) for ref in source_for(settings).list_documents()]
-    batches = [refs[i:i + settings.fetch_batch_size] for i in range(0, len(refs), settings.fetch_batch_size)]
+    batches = [refs[i:i + MAX_FETCH_BATCH] for i in range(0, len(refs), MAX_FETCH_BATCH)]
     fetch_parse_chunk.fn(settings, batches[0], "all-MiniLM-L6-v2", 254, 0)  # the tokenizer loads
     started = time.process_time()
     for batch in batches:

@@ -15,8 +15,9 @@ class SourceSettingsBase(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     # Fraction of a source's documents that may fail before the run counts as failed.
     max_failed_ratio: float = Field(default=0.5, ge=0.0, le=1.0)
-    # Documents handed to one fetch/parse/chunk task.
-    fetch_batch_size: int = Field(default=16, ge=1, le=10_000)
+    # Documents handed to one fetch/parse/chunk task; unset: planned from the documents' sizes,
+    # 16 to 256 a task (flows/task_sizes.py).
+    fetch_batch_size: int | None = Field(default=None, ge=1, le=10_000)
     # Runs a document may fail before it counts as stuck: it stays on the retry queue, reported,
     # and is fetched again only when the source reports it changed, or by a --full run.
     max_document_attempts: int = Field(default=10, ge=1)

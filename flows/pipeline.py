@@ -24,7 +24,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -56,6 +56,7 @@ from .server import occupy, server_url
 from .execution import LocalExecution, fetch_settings
 from .deletions import deletion_refusal
 from .plan import Plan, Window, plan_source
+from .task_sizes import FetchBatchSize, embedding_task_full
 from .retry_queue import INTERRUPTED, QueueEntry
 from .progress import progress_listener
 
@@ -223,32 +224,36 @@ def embedding_task_chunks(settings: EmbeddingSettings) -> int:
 
 
 class TaskChunks:
-    """[embedding] task_chunks of one source's run: the setting, else asked once, when first needed,
-    of where embedding runs (this process, a Dask worker, `serve`'s task worker), whose devices plan it.
+    """When one source's pending chunks make a whole embedding task (flows/task_sizes.py): [embedding]
+    task_chunks set by hand, else the size asked once, when first needed, of where embedding runs
+    (this process, a Dask worker, `serve`'s task worker), whose devices plan it.
 
-    Never planned below CPU_TASK_CHUNKS, so the question waits until that many chunks are pending:
-    a run that embeds less (or nothing) never waits for the model to load to decide it."""
+    Never planned below CPU_TASK_CHUNKS full-length chunks, so the question waits until their tokens
+    are pending: a run that embeds less (or nothing) never waits for the model to load to decide it."""
 
-    def __init__(self, settings: EmbeddingSettings, execution: Any):
-        self._settings, self._execution = settings, execution
+    def __init__(self, settings: EmbeddingSettings, execution: Any, chunk_tokens: int):
+        self._settings, self._execution, self._chunk_tokens = settings, execution, chunk_tokens
         self._value = settings.task_chunks
 
-    def reached(self, pending_chunks: int) -> bool:
-        """Whether this many pending chunks make a whole embedding task."""
+    def reached(self, pending_chunks: int, pending_tokens: int) -> bool:
+        """Whether these pending chunks, holding these tokens, make a whole embedding task."""
         if self._value is None:
-            if pending_chunks < CPU_TASK_CHUNKS:
+            if not embedding_task_full(pending_chunks, pending_tokens, CPU_TASK_CHUNKS, self._chunk_tokens,
+                                       by_hand=False):
                 return False
             # Sent the way embedding calls go (on Dask to a GPU worker; through the run's fair pool, whose
             # thread carries the flow's context, not this source task's, which Prefect could not serialize).
             self._value = self._execution.embed(embedding_task_chunks, {"settings": self._settings}).result()
-        return pending_chunks >= self._value
+        return embedding_task_full(pending_chunks, pending_tokens, self._value, self._chunk_tokens,
+                                   by_hand=self._settings.task_chunks is not None)
 
 
-def _batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+def _batched(items: Iterable[Any], size: Callable[[], int]) -> Iterator[list[Any]]:
+    """Batches of `size()` items, asked again for each batch."""
     batch: list[Any] = []
     for item in items:
         batch.append(item)
-        if len(batch) == size:
+        if len(batch) >= size():
             yield batch
             batch = []
     if batch:
@@ -397,11 +402,12 @@ def _embed_and_write(settings, store, embedding, chunk_tokens, overlap, plan: Pl
     removed: dict[str, str] = {}
     embeds: deque[_EmbedBatch] = deque()
     pending: list[ParsedDocument] = []
-    pending_chunks = 0
-    task_chunks = TaskChunks(embedding, execution)
+    pending_chunks = pending_tokens = 0
+    task_chunks = TaskChunks(embedding, execution, chunk_tokens)
+    fetch_batch = FetchBatchSize(settings.fetch_batch_size, chunk_tokens)
 
     def collect(result: FetchResult) -> None:
-        nonlocal pending_chunks
+        nonlocal pending_chunks, pending_tokens
         report.seconds["fetch_parse_chunk"] += result.seconds - result.ocr_seconds
         report.seconds["ocr"] += result.ocr_seconds
         report.ocr_skipped_pages += result.ocr_skipped_pages
@@ -417,13 +423,16 @@ def _embed_and_write(settings, store, embedding, chunk_tokens, overlap, plan: Pl
             listener.documents_done(settings.name, len(result.failures) + len(result.removed), 0)
         pending.extend(result.documents)
         pending_chunks += sum(len(d.chunks) for d in result.documents)
+        tokens = sum(chunk.tokens for d in result.documents for chunk in d.chunks)
+        pending_tokens += tokens
+        fetch_batch.observe(len(result.documents) + len(result.failures) + len(result.removed), tokens)
 
     def flush() -> None:
-        nonlocal pending_chunks
+        nonlocal pending_chunks, pending_tokens
         if pending:
             embeds.append(_start_embedding(list(pending), store, embedding, report, embedding_limit, execution))
             pending.clear()
-            pending_chunks = 0
+            pending_chunks = pending_tokens = 0
         # The writer takes the oldest batch once more are in flight than allowed: memory stays bounded.
         while len(embeds) > execution.embed_tasks_in_flight:
             _write_documents(embeds.popleft(), store, report, listener, profile)
@@ -440,7 +449,7 @@ def _embed_and_write(settings, store, embedding, chunk_tokens, overlap, plan: Pl
     def drain() -> None:
         while fetches:
             collect(fetches.popleft().result())
-            if task_chunks.reached(pending_chunks):
+            if task_chunks.reached(pending_chunks, pending_tokens):
                 flush()
         flush()
         while embeds:
@@ -448,12 +457,12 @@ def _embed_and_write(settings, store, embedding, chunk_tokens, overlap, plan: Pl
 
     suspects: list[tuple[DocumentRef, bool]] = []
     listing = time.perf_counter()
-    for batch in _batched(_set_aside(plan.refs, plan.suspects, suspects), settings.fetch_batch_size):
+    for batch in _batched(_set_aside(plan.refs, plan.suspects, suspects), fetch_batch.next):
         report.seconds["list"] += time.perf_counter() - listing
         submit(batch)
         while len(fetches) > execution.fetch_ahead:
             collect(fetches.popleft().result())
-            if task_chunks.reached(pending_chunks):
+            if task_chunks.reached(pending_chunks, pending_tokens):
                 flush()
         listing = time.perf_counter()
     report.seconds["list"] += time.perf_counter() - listing
