@@ -144,7 +144,7 @@ class FilesystemSource:
                 raise self._too_large(stat.st_size)
             if path.suffix.lower() in TEXT_SUFFIXES and stat.st_size > STREAM_TEXT_BYTES:
                 # Read in pieces while it is chunked; here only as far as its first text that is not blank space.
-                if all(not piece.strip() for piece in utf8_pieces(handle, limit)):
+                if all(not piece.strip() for piece in utf8_pieces(handle, limit, TEXT_BLOCK_BYTES)):
                     raise DocumentEmpty("the file holds only blank space")
                 return Document(source=self.name, id=ref.id, version=ref.version, title=path.stem, pages=(),
                                 location=str(path), modified=_iso(stat.st_mtime), text_pieces=functools.partial(
@@ -228,7 +228,7 @@ class FilesystemSource:
             stat = os.fstat(handle.fileno())
             if (stat.st_size, stat.st_mtime_ns) != (size, mtime_ns):
                 raise DocumentError("the file changed while it was read; the next run reads it again")
-            yield from utf8_pieces(handle, size)
+            yield from utf8_pieces(handle, size, TEXT_BLOCK_BYTES)
             # Written to while it was read (a write that kept its size too), or truncated.
             if os.fstat(handle.fileno()).st_mtime_ns != mtime_ns:
                 raise DocumentError("the file changed while it was read; the next run reads it again")
@@ -241,7 +241,7 @@ class FilesystemSource:
         return [Page(None, text)]
 
 
-def utf8_pieces(handle: BinaryIO, limit: int, block: int = TEXT_BLOCK_BYTES) -> Iterator[str]:
+def utf8_pieces(handle: BinaryIO, limit: int, block: int) -> Iterator[str]:
     """A file's UTF-8 text a block at a time (a character cut by a block's end comes whole with the next
     piece), as `bytes.decode` reads it all at once; DocumentError past `limit` bytes or at bytes not UTF-8."""
     decoder = codecs.getincrementaldecoder("utf-8")()

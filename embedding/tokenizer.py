@@ -56,7 +56,7 @@ class ModelTokenizer:
         limit = _max_seq_length(folder) if folder.is_dir() else None
         return cls(auto.backend_tokenizer, limit or min(auto.model_max_length, 512))
 
-    def tokens(self, text: str | TextStream, window_chars: int = WINDOW_CHARS) -> Iterator[Token]:
+    def tokens(self, text: str | TextStream, window_chars: int | None = None) -> Iterator[Token]:
         """The text's tokens with offsets into `text` and word indexes, read a window at a time.
 
         Windows end before white space, where no word continues, so their tokens are those of the
@@ -66,7 +66,7 @@ class ModelTokenizer:
         """
         stream = TextStream.of(text)
         words = 0  # words of the windows read so far: word indexes stay distinct across windows
-        windows = text_windows(stream, window_chars)
+        windows = text_windows(stream, window_chars or WINDOW_CHARS)
         while batch := list(itertools.islice(windows, WINDOWS_PER_BATCH)):
             encodings = self._tokenizer.encode_batch([stream.text(start, end) for start, end in batch],
                                                      add_special_tokens=False)
