@@ -54,9 +54,13 @@ def write_pdf_pages(path: Path, pages: int, seed: int = 18) -> None:
     write_pdf([" ".join(rng.choices(WORDS, k=250)) + "." for _ in range(pages)], path)
 
 
-def child(mode: str, path: Path) -> None:
+def child(mode: str, path: Path, part_chunks: int | None) -> None:
     """Read and chunk (or ingest) the one document under path's folder; print peak RSS in MiB."""
     started = time.perf_counter()
+    if part_chunks:
+        from vectormill.flows import pipeline
+
+        pipeline.PART_CHUNKS = part_chunks
     if mode == "chunk":
         from vectormill.connectors.base import DocumentRef
         from vectormill.connectors.filesystem import FilesystemSource
@@ -82,8 +86,9 @@ def child(mode: str, path: Path) -> None:
                       "seconds": round(time.perf_counter() - started, 1)}))
 
 
-def measure(mode: str, path: Path) -> dict:
-    done = subprocess.run([sys.executable, __file__, "--child", mode, str(path)], capture_output=True, text=True)
+def measure(mode: str, path: Path, part_chunks: int | None) -> dict:
+    done = subprocess.run([sys.executable, __file__, "--child", mode, str(path), str(part_chunks or 0)],
+                          capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"child failed on {path.name}:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -94,10 +99,12 @@ def main() -> None:
     parser.add_argument("--text-mb", type=float, nargs="+", default=[200.0], help="text file sizes (0 to skip)")
     parser.add_argument("--pdf-pages", type=int, default=2000, help="0 to skip the PDF")
     parser.add_argument("--ingest", action="store_true", help="measure a whole backfill, not fetch + chunk")
-    parser.add_argument("--child", nargs=2, metavar=("MODE", "PATH"), help=argparse.SUPPRESS)
+    parser.add_argument("--part-chunks", type=int, help="chunks of a document written in parts per part "
+                                                        "(default: flows/pipeline.py's PART_CHUNKS)")
+    parser.add_argument("--child", nargs=3, metavar=("MODE", "PATH", "PART_CHUNKS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child[0], Path(args.child[1]))
+        child(args.child[0], Path(args.child[1]), int(args.child[2]))
         return
     mode = "ingest" if args.ingest else "chunk"
     with tempfile.TemporaryDirectory() as scratch:
@@ -112,7 +119,7 @@ def main() -> None:
             folder = Path(scratch, name.replace(".", "-"), "docs")  # one document per run
             folder.mkdir(parents=True)
             make(folder / name)
-            result = measure(mode, folder / name)
+            result = measure(mode, folder / name, args.part_chunks)
             baseline = baseline if baseline is not None else result["peak_rss_mib"]
             print(f"{mode} {label:>22}: {(folder / name).stat().st_size / 1e6:8.1f} MB, {result['chunks']:7d} chunks, "
                   f"peak RSS {result['peak_rss_mib']:7.0f} MiB (+{result['peak_rss_mib'] - baseline:.0f} over empty), "

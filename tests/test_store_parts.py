@@ -132,6 +132,20 @@ def test_parts_left_by_a_writer_that_stopped_are_dropped_when_the_store_is_next_
         assert_large_at(store, 1)
 
 
+def test_a_commit_of_more_vectors_than_a_checkpoint_interval_is_sealed_in_segments_of_that_interval(tmp_path):
+    from vectormill.stores.generations import current_manifest
+    from vectormill.stores.manifest import segments_of
+
+    config = StoreSettings(path=tmp_path / "store", checkpoint_every_vectors=4, checkpoint_every_seconds=None)
+    with FaissStore.open(config, model="test-model", dimension=DIMENSION) as store:
+        store.write([upsert("small", 1, 2)])
+        for write in parts(1):  # 11 chunks: the commit makes them pending at once, and a checkpoint due
+            store.write(write)
+        sizes = [segment.vectors for segment in segments_of(current_manifest(store.catalog))]
+        assert sum(sizes) == 13 and max(sizes) <= 4, sizes
+        assert_large_at(store, 1)
+
+
 WRITER = """
 import signal, os, sys
 sys.path.insert(0, {repo!r})
