@@ -7,7 +7,7 @@ Each measurement runs in a fresh process and prints its peak RSS (`ru_maxrss`):
   at a time;
 - `ingest` (`--ingest`): a whole `vectormill backfill` of a folder holding only that document
   (embedding included: ~20 chunks/s on 2 CPU cores, 925 chunks a MB of this text; a text file over
-  4 MiB goes through the run in parts of 4,096 chunks). Measure two sizes to see whether the peak
+  4 MiB goes through the run in parts of 1,024 chunks). Measure two sizes to see whether the peak
   grows with the document.
 
 The figure that matters is the peak above the empty document's run in the same mode

@@ -68,8 +68,10 @@ if TYPE_CHECKING:
 
 
 # Chunks of a document too large to hold whole (its text is read in pieces) embedded and written at a time, as
-# one part of its write: about 20 MB of texts, vectors and chunk objects, whatever the document's size.
-PART_CHUNKS = 4096
+# one part of its write: ~5 MB of texts, vectors and chunk objects, whatever the document's size. The embedding
+# call's own working memory grows with it (benchmarks/large_document.py: a whole run +389 MiB with 1,024, +512
+# with 4,096, 5 MB text on CPU).
+PART_CHUNKS = 1024
 
 _sources: dict[str, tuple[SourceSettingsBase, Source]] = {}
 _sources_lock = threading.Lock()
