@@ -67,10 +67,8 @@ if TYPE_CHECKING:
     from .execution import Execution
 
 
-# Chunks of a document too large to hold whole (its text is read in pieces) embedded and written at a time, as
-# one part of its write: ~5 MB of texts, vectors and chunk objects, whatever the document's size. The embedding
-# call's own working memory grows with it (benchmarks/large_document.py: a whole run +389 MiB with 1,024, +512
-# with 4,096, 5 MB text on CPU).
+# Chunks of a document too large to hold whole (its text is read in pieces) written at a time, as one part of its
+# write: ~5 MB of texts, vectors and chunk objects, whatever the document's size.
 PART_CHUNKS = 1024
 
 _sources: dict[str, tuple[SourceSettingsBase, Source]] = {}
@@ -253,6 +251,11 @@ class TaskChunks:
         self._settings, self._execution = settings, execution
         self._value = settings.task_chunks
 
+    @property
+    def per_call(self) -> int:
+        """Chunks one embedding call carries at most (a document may hold more than a task: it takes several)."""
+        return self._value or CPU_TASK_CHUNKS
+
     def reached(self, pending_chunks: int) -> bool:
         """Whether this many pending chunks make a whole embedding task."""
         if self._value is None:
@@ -394,7 +397,7 @@ def _baseline(name: str, store: VectorStore, profile: DriftProfile, drift: Drift
 
 @dataclass
 class _EmbedBatch:
-    """Documents whose new chunks are being embedded (`embedded`: a future of their vectors)."""
+    """Documents whose new chunks are being embedded (`embedded`: futures of their vectors, one per call)."""
 
     documents: list[ParsedDocument]
     reused: dict[str, np.ndarray]  # chunk id → stored vector of the same text
@@ -443,7 +446,8 @@ def _embed_and_write(settings, store, embedding, chunk_tokens, overlap, plan: Pl
     def flush() -> None:
         nonlocal pending_chunks
         if pending:
-            embeds.append(_start_embedding(list(pending), store, embedding, report, embedding_limit, execution))
+            embeds.append(_start_embedding(list(pending), store, embedding, report, embedding_limit, execution,
+                                           task_chunks.per_call))
             pending.clear()
             pending_chunks = 0
         # The writer takes the oldest batch once more are in flight than allowed: memory stays bounded.
@@ -470,7 +474,7 @@ def _embed_and_write(settings, store, embedding, chunk_tokens, overlap, plan: Pl
         while in_parts:  # one at a time, nothing else in flight: memory follows one part of one document
             ref, is_new = in_parts.pop(0)
             collect(_write_in_parts(settings, ref, is_new, store, embedding, chunk_tokens, overlap, report, listener,
-                                    embedding_limit, execution, profile))
+                                    embedding_limit, execution, profile, task_chunks.per_call))
 
     suspects: list[tuple[DocumentRef, bool]] = []
     listing = time.perf_counter()
@@ -500,8 +504,9 @@ def _set_aside(refs: Iterable[tuple[DocumentRef, bool]], suspects: frozenset[str
             yield item
 
 
-def _start_embedding(documents, store, embedding, report, embedding_limit, execution) -> _EmbedBatch:
-    """Look up the chunks whose text is stored already, and start embedding the others."""
+def _start_embedding(documents, store, embedding, report, embedding_limit, execution, per_call: int) -> _EmbedBatch:
+    """Look up the chunks whose text is stored already, and start embedding the others, at most `per_call` chunks a
+    call: the call's working memory follows what it carries, so a large document is not embedded in one call."""
     reused: dict[str, np.ndarray] = {}
     to_embed: list[Chunk] = []
     for document in documents:
@@ -513,9 +518,10 @@ def _start_embedding(documents, store, embedding, report, embedding_limit, execu
             else:
                 to_embed.append(chunk)
     started = time.perf_counter()
-    embedded = (execution.embed(embed_chunks, {"settings": embedding, "texts": [chunk.text for chunk in to_embed],
+    texts = [chunk.text for chunk in to_embed]
+    embedded = [execution.embed(embed_chunks, {"settings": embedding, "texts": texts[start:start + per_call],
                                                "limit": embedding_limit})
-                if to_embed else None)
+                for start in range(0, len(texts), per_call)]
     report.seconds["embed"] += time.perf_counter() - started
     return _EmbedBatch(documents, reused, to_embed, embedded)
 
@@ -525,7 +531,7 @@ def _vectors(batch: _EmbedBatch, report, profile) -> dict[str, np.ndarray]:
     started = time.perf_counter()
     vectors_by_chunk = dict(batch.reused)
     if batch.to_embed:
-        embedded = batch.embedded.result()
+        embedded = np.concatenate([call.result() for call in batch.embedded])
         vectors_by_chunk.update(zip((chunk.id for chunk in batch.to_embed), embedded))
         if profile is not None:
             profile.add([sampling_key(chunk.id) for chunk in batch.to_embed], embedded,
@@ -566,7 +572,7 @@ def _write_documents(batch: _EmbedBatch, store, report, listener, profile) -> No
 
 
 def _write_in_parts(settings, ref: DocumentRef, is_new: bool, store, embedding, chunk_tokens, overlap, report,
-                    listener, embedding_limit, execution, profile) -> FetchResult:
+                    listener, embedding_limit, execution, profile, per_call: int) -> FetchResult:
     """A document too large to hold whole (its text is read in pieces), fetched again here, by the writer: chunked
     PART_CHUNKS chunks at a time, each part embedded and written as a part of the document (durable, not live), and
     then committed, which makes the new version live and retires the old one in one write. A crash before the
@@ -583,7 +589,7 @@ def _write_in_parts(settings, ref: DocumentRef, is_new: bool, store, embedding, 
             chunks = stream_chunks(document, tokenizer_for(embedding.model).tokens, chunk_tokens, overlap)
             for part in _batched(chunks, PART_CHUNKS):
                 batch = _start_embedding([replace(parsed, chunks=tuple(part))], store, embedding, report,
-                                         embedding_limit, execution)
+                                         embedding_limit, execution, per_call)
                 records, vectors = _rows(part, _vectors(batch, report, profile), store.dimension)
                 writing = time.perf_counter()
                 store.write([DocumentPart(parsed.source, parsed.id, records, vectors, first=not written)])
