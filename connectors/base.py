@@ -14,7 +14,7 @@ list, and raises `DocumentGone` when the document no longer exists.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -60,9 +60,14 @@ class Document:
     metadata: dict[str, str] = field(default_factory=dict)
     ocr_seconds: float = 0.0  # spent reading page images while fetching (a stage of its own in run summaries)
     ocr_skipped_pages: int = 0  # pages without a text layer left unread: Tesseract is not installed
+    # A large text without pages is read in pieces when it is chunked, never held whole; `pages` is then
+    # empty. Each call reads it again from the start (and raises DocumentError if it changed since `fetch`).
+    text_pieces: Callable[[], Iterator[str]] | None = field(default=None, compare=False, repr=False)
 
     @property
     def text(self) -> str:
+        if self.text_pieces is not None:
+            return "".join(self.text_pieces())
         return "\n\n".join(page.text for page in self.pages)
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import codecs
 import errno
 import fnmatch
+import functools
 import io
 import os
 from collections.abc import Iterator
@@ -21,6 +23,12 @@ from .ocr import INSTALL_HINT, OcrUnavailableError, PdfOcr, Tesseract
 from .settings import FilesystemSourceSettings
 
 TEXT_SUFFIXES = {".txt", ".md", ".markdown"}
+# A text file larger than this is read in pieces while it is chunked, never held whole. Held whole, a text
+# costs about three times its size until it is written (its text, its chunks' texts with their overlap, the
+# chunk objects), and a run has up to fetch_batch_size × (fetch_ahead + 1) documents in flight: 4 MiB keeps
+# that share small, while the files below it (≤ ~3,800 chunks of 254 tokens) keep the whole-document path.
+STREAM_TEXT_BYTES = 4 * 1024 * 1024
+TEXT_BLOCK_BYTES = 1024 * 1024  # what a streamed text file is read and decoded by
 
 
 def _iso(timestamp: float) -> str:
@@ -132,11 +140,19 @@ class FilesystemSource:
             stat = os.fstat(handle.fileno())
             if not S_ISREG(stat.st_mode):
                 raise DocumentError("not a regular file")
+            if stat.st_size > limit:
+                raise self._too_large(stat.st_size)
+            if path.suffix.lower() in TEXT_SUFFIXES and stat.st_size > STREAM_TEXT_BYTES:
+                # Read in pieces while it is chunked; here only as far as its first text that is not blank space.
+                if all(not piece.strip() for piece in utf8_pieces(handle, limit, TEXT_BLOCK_BYTES)):
+                    raise DocumentEmpty("the file holds only blank space")
+                return Document(source=self.name, id=ref.id, version=ref.version, title=path.stem, pages=(),
+                                location=str(path), modified=_iso(stat.st_mtime), text_pieces=functools.partial(
+                                    self._text_pieces, ref.id, stat.st_size, stat.st_mtime_ns))
             # Read at most one byte past the limit: a file that grew since its stat is caught too.
-            data = handle.read(limit + 1) if stat.st_size <= limit else b""
-        size = max(stat.st_size, len(data))
-        if size > limit:
-            raise DocumentError(f"file is {size / 1024 / 1024:.1f} MB, over max_file_mb = {self.settings.max_file_mb:g}")
+            data = handle.read(limit + 1)
+        if len(data) > limit:
+            raise self._too_large(len(data))
         if not data.strip() and path.suffix.lower() in TEXT_SUFFIXES | {".pdf"}:
             raise DocumentEmpty("the file is empty" if not data else "the file holds only blank space")
         ocr_seconds, skipped = 0.0, 0
@@ -202,9 +218,49 @@ class FilesystemSource:
             )
         return password
 
+    def _too_large(self, size: int) -> DocumentError:
+        return DocumentError(f"file is {size / 1024 / 1024:.1f} MB, over max_file_mb = {self.settings.max_file_mb:g}")
+
+    def _text_pieces(self, document_id: str, size: int, mtime_ns: int) -> Iterator[str]:
+        """A large text file's text, read again in pieces: as it was when fetched, or DocumentError."""
+        handle, _ = self._open(document_id)
+        with handle:
+            stat = os.fstat(handle.fileno())
+            if (stat.st_size, stat.st_mtime_ns) != (size, mtime_ns):
+                raise DocumentError("the file changed while it was read; the next run reads it again")
+            yield from utf8_pieces(handle, size, TEXT_BLOCK_BYTES)
+            # Written to while it was read (a write that kept its size too), or truncated.
+            if os.fstat(handle.fileno()).st_mtime_ns != mtime_ns:
+                raise DocumentError("the file changed while it was read; the next run reads it again")
+
     def _read_text(self, data: bytes) -> list[Page]:
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise DocumentError(f"not UTF-8 text: {exc.reason} at byte {exc.start}") from exc
+            raise _not_utf8(exc, 0) from exc
         return [Page(None, text)]
+
+
+def utf8_pieces(handle: BinaryIO, limit: int, block: int) -> Iterator[str]:
+    """A file's UTF-8 text a block at a time (a character cut by a block's end comes whole with the next
+    piece), as `bytes.decode` reads it all at once; DocumentError past `limit` bytes or at bytes not UTF-8."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0  # bytes decoded before this block
+    while True:
+        data = handle.read(block)
+        if offset + len(data) > limit:
+            raise DocumentError(f"the file grew past {limit} bytes while it was read; the next run reads it again")
+        held = len(decoder.getstate()[0])  # the start of a character cut by the block before
+        try:
+            text = decoder.decode(data, final=not data)
+        except UnicodeDecodeError as exc:
+            raise _not_utf8(exc, offset - held) from exc
+        if text:
+            yield text
+        if not data:
+            return
+        offset += len(data)
+
+
+def _not_utf8(exc: UnicodeDecodeError, offset: int) -> DocumentError:
+    return DocumentError(f"not UTF-8 text: {exc.reason} at byte {offset + exc.start}")

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from .text_stream import TextStream
 from .tokenizer import Token
 
 
@@ -43,6 +44,9 @@ class PagedDocument(Protocol):
 
     @property
     def pages(self) -> Sequence[PageText]: ...
+
+    # None, or (a large text without pages) a way to read its text in pieces instead of `pages`
+    text_pieces: Callable[[], Iterable[str]] | None
 
 
 @dataclass(frozen=True)
@@ -134,49 +138,61 @@ def _windows(pieces: Iterator[_Piece], size: int, overlap: int) -> Iterator[tupl
 
 def chunk_document(
     document: PagedDocument,
-    tokenize: Callable[[str], Iterable[Token]],
+    tokenize: Callable[[str | TextStream], Iterable[Token]],
     chunk_tokens: int,
     overlap: int,
 ) -> list[Chunk]:
     """The document's chunks; `tokenize` streams tokens, so besides the chunks, memory follows one chunk."""
-    parts: list[str] = []
+    return list(stream_chunks(document, tokenize, chunk_tokens, overlap))
+
+
+def stream_chunks(
+    document: PagedDocument,
+    tokenize: Callable[[str | TextStream], Iterable[Token]],
+    chunk_tokens: int,
+    overlap: int,
+) -> Iterator[Chunk]:
+    """The document's chunks one at a time. A document read in pieces (`text_pieces`) is read only as
+    far as its chunks are taken: memory follows the chunk, not the document."""
     page_starts: list[int] = []
     page_numbers: list[int | None] = []
     page_ocr: list[bool] = []
-    length = 0
-    for page in document.pages:
-        if length:
-            parts.append("\n\n")
-            length += 2
-        page_starts.append(length)
-        page_numbers.append(page.number)
-        page_ocr.append(page.ocr)
-        parts.append(page.text)
-        length += len(page.text)
-    text = "".join(parts)
-    del parts
+    if getattr(document, "text_pieces", None) is not None:
+        page_starts, page_numbers, page_ocr = [0], [None], [False]
+        stream = TextStream(document.text_pieces())
+    else:
+        parts: list[str] = []
+        length = 0
+        for page in document.pages:
+            if length:
+                parts.append("\n\n")
+                length += 2
+            page_starts.append(length)
+            page_numbers.append(page.number)
+            page_ocr.append(page.ocr)
+            parts.append(page.text)
+            length += len(page.text)
+        stream = TextStream(("".join(parts),))
+        del parts
 
-    chunks: list[Chunk] = []
-    windows = _windows(_pieces(tokenize(text), chunk_tokens), chunk_tokens, overlap)
+    windows = _windows(_pieces(tokenize(stream), chunk_tokens), chunk_tokens, overlap)
     for position, (first, last) in enumerate(windows):
         start, end = first.start_char, last.end_char
-        piece = text[start:end]
+        piece = stream.text(start, end)
+        stream.release(start)  # the chunks that follow start here or later
         digest = content_hash(piece)
         first_page_index = bisect.bisect_right(page_starts, start) - 1
         last_page_index = bisect.bisect_right(page_starts, max(start, end - 1)) - 1
-        chunks.append(
-            Chunk(
-                id=chunk_id(document.source, document.id, position, digest),
-                source=document.source,
-                document=document.id,
-                position=position,
-                text=piece,
-                content_hash=digest,
-                page=page_numbers[first_page_index],
-                last_page=page_numbers[last_page_index],
-                tokens=last.end - first.first,
-                ocr=any(page_ocr[first_page_index:last_page_index + 1]),
-                pages=tuple(n for n in page_numbers[first_page_index:last_page_index + 1] if n is not None),
-            )
+        yield Chunk(
+            id=chunk_id(document.source, document.id, position, digest),
+            source=document.source,
+            document=document.id,
+            position=position,
+            text=piece,
+            content_hash=digest,
+            page=page_numbers[first_page_index],
+            last_page=page_numbers[last_page_index],
+            tokens=last.end - first.first,
+            ocr=any(page_ocr[first_page_index:last_page_index + 1]),
+            pages=tuple(n for n in page_numbers[first_page_index:last_page_index + 1] if n is not None),
         )
-    return chunks

@@ -11,6 +11,7 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 from .models import resolve_model
+from .text_stream import TextStream
 
 WINDOW_CHARS = 32 * 1024  # text handed to the tokenizer at once
 WINDOWS_PER_BATCH = 8  # windows tokenized in one call (the Rust tokenizer runs a batch in parallel)
@@ -55,17 +56,19 @@ class ModelTokenizer:
         limit = _max_seq_length(folder) if folder.is_dir() else None
         return cls(auto.backend_tokenizer, limit or min(auto.model_max_length, 512))
 
-    def tokens(self, text: str, window_chars: int = WINDOW_CHARS) -> Iterator[Token]:
+    def tokens(self, text: str | TextStream, window_chars: int | None = None) -> Iterator[Token]:
         """The text's tokens with offsets into `text` and word indexes, read a window at a time.
 
         Windows end before white space, where no word continues, so their tokens are those of the
         whole text (a run of more than `window_chars` characters without white space is cut within).
-        Memory follows the windows of one batch, not the text: a document of any size is streamed.
+        Memory follows the windows of one batch, not the text: a document of any size is streamed,
+        and a `TextStream` is read only as far as the windows tokenized.
         """
+        stream = TextStream.of(text)
         words = 0  # words of the windows read so far: word indexes stay distinct across windows
-        windows = text_windows(text, window_chars)
+        windows = text_windows(stream, window_chars or WINDOW_CHARS)
         while batch := list(itertools.islice(windows, WINDOWS_PER_BATCH)):
-            encodings = self._tokenizer.encode_batch([text[start:end] for start, end in batch],
+            encodings = self._tokenizer.encode_batch([stream.text(start, end) for start, end in batch],
                                                      add_special_tokens=False)
             for (start, _), encoding in zip(batch, encodings):
                 last_word = -1
@@ -81,14 +84,15 @@ class ModelTokenizer:
         return [len(e.ids) for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=True)]
 
 
-def text_windows(text: str, size: int) -> Iterator[tuple[int, int]]:
+def text_windows(text: str | TextStream, size: int) -> Iterator[tuple[int, int]]:
     """[start, end) ranges covering `text`, each at most `size` characters, ending before white
     space where the range holds any."""
+    stream = TextStream.of(text)
     start = 0
-    while start < len(text):
-        end = min(start + size, len(text))
-        if end < len(text):
-            cut = max(text.rfind(space, start + 1, end + 1) for space in WHITESPACE)
+    while start < (reach := stream.reach(start + size + 1)):  # one past the window: is it the text's end?
+        end = min(start + size, reach)
+        if end < reach:
+            cut = max(stream.rfind(space, start + 1, end + 1) for space in WHITESPACE)
             end = cut if cut > start else end
         yield start, end
         start = end

@@ -6,7 +6,10 @@ fetching runs on the flow's thread pool and embedding in the flow's thread (one 
 process); on Dask, both run on the workers and at most `embed_tasks_in_flight` embedding tasks
 are outstanding. Either way the flow process is the one store writer: it takes the vectors back
 in order and writes whole documents, so a crash leaves every document either fully stored at
-its new version or untouched.
+its new version or untouched. A document too large to hold whole (a text file read in pieces) is
+chunked, embedded and written by the flow process itself, a part at a time (`PART_CHUNKS`), its
+parts made live by one commit: memory follows the part, not the document, and a crash still
+leaves its old version whole.
 
 Each source's run also records a baseline of the vectors it embedded (embedding/drift.py) and
 compares it with the source's previous one. A document is put on the source's retry queue
@@ -25,7 +28,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 from uuid import uuid4
@@ -42,7 +46,7 @@ from vectormill.connectors.registry import build_source
 from vectormill.connectors.settings import SourceSettingsBase
 from vectormill.embedding.base import Embedder
 from vectormill.embedding.capacity import CPU_TASK_CHUNKS
-from vectormill.embedding.chunking import Chunk, chunk_document
+from vectormill.embedding.chunking import Chunk, chunk_document, stream_chunks
 from vectormill.embedding.drift import DriftProfile, compare, sampling_key
 from vectormill.embedding.loader import loader_for
 from vectormill.embedding.settings import DriftSettings, EmbeddingSettings
@@ -50,7 +54,7 @@ from vectormill.embedding.tokenizer import ModelTokenizer
 from vectormill.stores.base import VectorStore
 from vectormill.stores.errors import StoreError
 from vectormill.stores.records import (BaselineRecord, ChunkRecord, CursorUpdate, DocumentDelete, DocumentFailed,
-                                       DocumentUpsert)
+                                       DocumentPart, DocumentPartsCommit, DocumentPartsDiscard, DocumentUpsert)
 
 from .server import occupy, server_url
 from .execution import LocalExecution, fetch_settings
@@ -63,6 +67,10 @@ from .progress import progress_listener
 if TYPE_CHECKING:
     from .execution import Execution
 
+
+# Chunks of a document too large to hold whole (its text is read in pieces) written at a time, as one part of its
+# write: ~5 MB of texts, vectors and chunk objects, whatever the document's size.
+PART_CHUNKS = 1024
 
 _sources: dict[str, tuple[SourceSettingsBase, Source]] = {}
 _sources_lock = threading.Lock()
@@ -117,6 +125,8 @@ class FetchResult:
     seconds: float  # OCR included
     failed_refs: dict[str, DocumentRef] = field(default_factory=dict)  # failed document → its ref, to retry it
     removed: dict[str, str] = field(default_factory=dict)  # document → why it goes: gone or empty at the source
+    # Documents too large to hold whole (text read in pieces): the writer chunks, embeds and writes them in parts.
+    in_parts: list[tuple[DocumentRef, bool]] = field(default_factory=list)
     ocr_seconds: float = 0.0
     ocr_skipped_pages: int = 0  # pages without text left unread: Tesseract is not installed
 
@@ -179,27 +189,35 @@ def fetch_parse_chunk(
     tokenizer = tokenizer_for(model)
     result = FetchResult([], [], 0.0)
     for ref, is_new in refs:
-        try:
+        with _outcome_of(ref, settings.name, result):
             document = source.fetch(ref)
+            if document.text_pieces is not None:
+                result.in_parts.append((ref, is_new))
+                continue
             chunks = chunk_document(document, tokenizer.tokens, chunk_tokens, overlap)
-        except DocumentGone:
-            result.removed[ref.id] = "gone at source"
-            continue
-        except DocumentEmpty:
-            result.removed[ref.id] = "empty at source"
-            continue
-        except DocumentError as exc:
-            result.failures.append(Failure(settings.name, ref.id, str(exc)))
-            result.failed_refs[ref.id] = ref
-            result.ocr_skipped_pages += exc.skipped_pages if isinstance(exc, OcrUnavailableError) else 0
-            continue
-        result.ocr_seconds += document.ocr_seconds
-        result.ocr_skipped_pages += document.ocr_skipped_pages
-        result.documents.append(ParsedDocument(document.source, document.id, document.version, document.title,
-                                               document.location, document.modified, tuple(chunks), is_new,
-                                               dict(document.metadata)))
+            result.ocr_seconds += document.ocr_seconds
+            result.ocr_skipped_pages += document.ocr_skipped_pages
+            result.documents.append(ParsedDocument(document.source, document.id, document.version, document.title,
+                                                   document.location, document.modified, tuple(chunks), is_new,
+                                                   dict(document.metadata)))
     result.seconds = time.perf_counter() - started
     return result
+
+
+@contextmanager
+def _outcome_of(ref: DocumentRef, source: str, result: FetchResult) -> Iterator[None]:
+    """A document's errors go in the result: gone or empty at the source, a removal; any other DocumentError, a
+    failure to retry."""
+    try:
+        yield
+    except DocumentGone:
+        result.removed[ref.id] = "gone at source"
+    except DocumentEmpty:
+        result.removed[ref.id] = "empty at source"
+    except DocumentError as exc:
+        result.failures.append(Failure(source, ref.id, str(exc)))
+        result.failed_refs[ref.id] = ref
+        result.ocr_skipped_pages += exc.skipped_pages if isinstance(exc, OcrUnavailableError) else 0
 
 
 @task(name="embed-chunks", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
@@ -234,6 +252,12 @@ class TaskChunks:
     def __init__(self, settings: EmbeddingSettings, execution: Any, chunk_tokens: int):
         self._settings, self._execution, self._chunk_tokens = settings, execution, chunk_tokens
         self._value = settings.task_chunks
+
+    def call_full(self, chunks: int, tokens: int) -> bool:
+        """Whether one embedding call carrying these chunks and tokens is full: a document holding more than a task
+        (a long PDF, a part of a large text) takes several calls, as a call's working memory follows what it carries."""
+        return embedding_task_full(chunks, tokens, self._value or CPU_TASK_CHUNKS, self._chunk_tokens,
+                                   by_hand=self._settings.task_chunks is not None)
 
     def reached(self, pending_chunks: int, pending_tokens: int) -> bool:
         """Whether these pending chunks, holding these tokens, make a whole embedding task."""
@@ -379,7 +403,7 @@ def _baseline(name: str, store: VectorStore, profile: DriftProfile, drift: Drift
 
 @dataclass
 class _EmbedBatch:
-    """Documents whose new chunks are being embedded (`embedded`: a future of their vectors)."""
+    """Documents whose new chunks are being embedded (`embedded`: futures of their vectors, one per call)."""
 
     documents: list[ParsedDocument]
     reused: dict[str, np.ndarray]  # chunk id → stored vector of the same text
@@ -402,6 +426,7 @@ def _embed_and_write(settings, store, embedding, chunk_tokens, overlap, plan: Pl
     removed: dict[str, str] = {}
     embeds: deque[_EmbedBatch] = deque()
     pending: list[ParsedDocument] = []
+    in_parts: list[tuple[DocumentRef, bool]] = []
     pending_chunks = pending_tokens = 0
     task_chunks = TaskChunks(embedding, execution, chunk_tokens)
     fetch_batch = FetchBatchSize(settings.fetch_batch_size, chunk_tokens)
@@ -426,11 +451,13 @@ def _embed_and_write(settings, store, embedding, chunk_tokens, overlap, plan: Pl
         tokens = sum(chunk.tokens for d in result.documents for chunk in d.chunks)
         pending_tokens += tokens
         fetch_batch.observe(len(result.documents) + len(result.failures) + len(result.removed), tokens)
+        in_parts.extend(result.in_parts)
 
     def flush() -> None:
         nonlocal pending_chunks, pending_tokens
         if pending:
-            embeds.append(_start_embedding(list(pending), store, embedding, report, embedding_limit, execution))
+            embeds.append(_start_embedding(list(pending), store, embedding, report, embedding_limit, execution,
+                                           task_chunks.call_full))
             pending.clear()
             pending_chunks = pending_tokens = 0
         # The writer takes the oldest batch once more are in flight than allowed: memory stays bounded.
@@ -454,6 +481,10 @@ def _embed_and_write(settings, store, embedding, chunk_tokens, overlap, plan: Pl
         flush()
         while embeds:
             _write_documents(embeds.popleft(), store, report, listener, profile)
+        while in_parts:  # one at a time, nothing else in flight: memory follows one part of one document
+            ref, is_new = in_parts.pop(0)
+            collect(_write_in_parts(settings, ref, is_new, store, embedding, chunk_tokens, overlap, report, listener,
+                                    embedding_limit, execution, profile, task_chunks.call_full))
 
     suspects: list[tuple[DocumentRef, bool]] = []
     listing = time.perf_counter()
@@ -483,31 +514,42 @@ def _set_aside(refs: Iterable[tuple[DocumentRef, bool]], suspects: frozenset[str
             yield item
 
 
-def _start_embedding(documents, store, embedding, report, embedding_limit, execution) -> _EmbedBatch:
-    """Look up the chunks whose text is stored already, and start embedding the others."""
+def _start_embedding(documents, store, embedding, report, embedding_limit, execution,
+                     call_full: Callable[[int, int], bool]) -> _EmbedBatch:
+    """Look up the chunks whose text is stored already, and start embedding the others in calls that `call_full`
+    (chunks, tokens) ends: a call's working memory follows what it carries, so a large document is not embedded in
+    one call."""
     reused: dict[str, np.ndarray] = {}
     to_embed: list[Chunk] = []
     for document in documents:
-        reusable = {} if document.is_new else store.stored_vectors(document.source, document.id)
+        reusable = {} if document.is_new else store.stored_vectors(
+            document.source, document.id, [chunk.content_hash for chunk in document.chunks])
         for chunk in document.chunks:
             if chunk.content_hash in reusable:
                 reused[chunk.id] = reusable[chunk.content_hash]
             else:
                 to_embed.append(chunk)
     started = time.perf_counter()
-    embedded = (execution.embed(embed_chunks, {"settings": embedding, "texts": [chunk.text for chunk in to_embed],
-                                               "limit": embedding_limit})
-                if to_embed else None)
+    calls: list[list[str]] = [[]]
+    tokens = 0
+    for chunk in to_embed:
+        if calls[-1] and call_full(len(calls[-1]), tokens):
+            calls.append([])
+            tokens = 0
+        calls[-1].append(chunk.text)
+        tokens += chunk.tokens
+    embedded = [execution.embed(embed_chunks, {"settings": embedding, "texts": texts, "limit": embedding_limit})
+                for texts in calls if texts]
     report.seconds["embed"] += time.perf_counter() - started
     return _EmbedBatch(documents, reused, to_embed, embedded)
 
 
-def _write_documents(batch: _EmbedBatch, store, report, listener, profile) -> None:
-    """Take the batch's vectors, then write its documents in one durable record."""
+def _vectors(batch: _EmbedBatch, report, profile) -> dict[str, np.ndarray]:
+    """The batch's vectors by chunk id, once embedded (counted in the report and the drift profile)."""
     started = time.perf_counter()
     vectors_by_chunk = dict(batch.reused)
     if batch.to_embed:
-        embedded = batch.embedded.result()
+        embedded = np.concatenate([call.result() for call in batch.embedded])
         vectors_by_chunk.update(zip((chunk.id for chunk in batch.to_embed), embedded))
         if profile is not None:
             profile.add([sampling_key(chunk.id) for chunk in batch.to_embed], embedded,
@@ -515,15 +557,27 @@ def _write_documents(batch: _EmbedBatch, store, report, listener, profile) -> No
     report.seconds["embed"] += time.perf_counter() - started
     report.chunks_embedded += len(batch.to_embed)
     report.chunks_reused += len(batch.reused)
+    return vectors_by_chunk
 
+
+def _rows(chunks: Iterable[Chunk], vectors_by_chunk: dict[str, np.ndarray],
+          dimension: int) -> tuple[tuple[ChunkRecord, ...], np.ndarray]:
+    """The chunks as the store takes them: their records, and their vectors in the same order."""
+    chunks = tuple(chunks)
+    records = tuple(ChunkRecord(c.id, c.position, c.text, c.content_hash, c.page, c.last_page, c.tokens, c.ocr)
+                    for c in chunks)
+    vectors = (np.stack([vectors_by_chunk[c.id] for c in chunks]) if chunks
+               else np.zeros((0, dimension), dtype=np.float32))
+    return records, vectors
+
+
+def _write_documents(batch: _EmbedBatch, store, report, listener, profile) -> None:
+    """Take the batch's vectors, then write its documents in one durable record."""
+    vectors_by_chunk = _vectors(batch, report, profile)
     started = time.perf_counter()
-    dimension = store.dimension
     operations = []
     for document in batch.documents:
-        records = tuple(ChunkRecord(c.id, c.position, c.text, c.content_hash, c.page, c.last_page, c.tokens, c.ocr)
-                        for c in document.chunks)
-        vectors = (np.stack([vectors_by_chunk[c.id] for c in document.chunks]) if document.chunks
-                   else np.zeros((0, dimension), dtype=np.float32))
+        records, vectors = _rows(document.chunks, vectors_by_chunk, store.dimension)
         operations.append(DocumentUpsert(document.source, document.id, document.version, document.title,
                                          document.location, document.modified, records, vectors,
                                          document.metadata))
@@ -533,3 +587,41 @@ def _write_documents(batch: _EmbedBatch, store, report, listener, profile) -> No
         report.documents["new" if document.is_new else "changed"] += 1
     listener.documents_done(batch.documents[0].source, len(batch.documents),
                             sum(len(d.chunks) for d in batch.documents))
+
+
+def _write_in_parts(settings, ref: DocumentRef, is_new: bool, store, embedding, chunk_tokens, overlap, report,
+                    listener, embedding_limit, execution, profile,
+                    call_full: Callable[[int, int], bool]) -> FetchResult:
+    """A document too large to hold whole (its text is read in pieces), fetched again here, by the writer: chunked
+    PART_CHUNKS chunks at a time, each part embedded and written as a part of the document (durable, not live), and
+    then committed, which makes the new version live and retires the old one in one write. A crash before the
+    commit leaves the old version live (the store drops the parts when next opened) and the document queued."""
+    result = FetchResult([], [], 0.0)
+    started = time.perf_counter()
+    spent = report.seconds["embed"] + report.seconds["write"]
+    written = 0
+    with _outcome_of(ref, settings.name, result):
+        document = source_for(settings).fetch(ref)
+        parsed = ParsedDocument(document.source, document.id, document.version, document.title, document.location,
+                                document.modified, (), is_new, dict(document.metadata))
+        try:
+            chunks = stream_chunks(document, tokenizer_for(embedding.model).tokens, chunk_tokens, overlap)
+            for part in _batched(chunks, lambda: PART_CHUNKS):
+                batch = _start_embedding([replace(parsed, chunks=tuple(part))], store, embedding, report,
+                                         embedding_limit, execution, call_full)
+                records, vectors = _rows(part, _vectors(batch, report, profile), store.dimension)
+                writing = time.perf_counter()
+                store.write([DocumentPart(parsed.source, parsed.id, records, vectors, first=not written)])
+                report.seconds["write"] += time.perf_counter() - writing
+                written += len(part)
+                listener.documents_done(parsed.source, 0, len(part))
+        except DocumentError:
+            if written:
+                store.write([DocumentPartsDiscard(parsed.source, parsed.id)])
+            raise
+        store.write([DocumentPartsCommit(parsed.source, parsed.id, parsed.version, parsed.title, parsed.location,
+                                         parsed.modified, written, parsed.metadata)])
+        report.documents["new" if is_new else "changed"] += 1
+        listener.documents_done(parsed.source, 1, 0)
+    result.seconds = time.perf_counter() - started - (report.seconds["embed"] + report.seconds["write"] - spent)
+    return result

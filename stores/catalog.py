@@ -25,8 +25,8 @@ import numpy as np
 
 from .filters import DOCUMENT_FIELDS, FilterError, SearchFilter, epoch
 from .records import (
-    BaselineRecord, CursorUpdate, DocumentDelete, DocumentFailed, DocumentUpsert, Operation, PropertyUpdate,
-    QueuedDocument,
+    BaselineRecord, CursorUpdate, DocumentDelete, DocumentFailed, DocumentPart, DocumentPartsCommit,
+    DocumentPartsDiscard, DocumentUpsert, Operation, PropertyUpdate, QueuedDocument,
 )
 from .tables import BASELINES, BY_NAME, CHUNK_COLUMNS, CURSORS, DOCUMENTS, PROPERTIES, RETRY_QUEUE, TABLES, Table
 
@@ -67,6 +67,13 @@ CREATE TABLE IF NOT EXISTS dead_counts (segment INTEGER PRIMARY KEY, dead INTEGE
 CREATE TABLE IF NOT EXISTS source_counts (source TEXT PRIMARY KEY, documents INTEGER NOT NULL, vectors INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS generations (generation INTEGER PRIMARY KEY, manifest BLOB NOT NULL);
+-- Parts of documents written in parts (stores/records.py, DocumentPart): durable, not live until their commit;
+-- rows in position order. kept: set at the commit for a row that equals the stored one (it stays where it is).
+CREATE TABLE IF NOT EXISTS staged_chunks (
+    faiss_id INTEGER NOT NULL, chunk_id TEXT NOT NULL, source TEXT NOT NULL, document TEXT NOT NULL,
+    position INTEGER NOT NULL, text TEXT NOT NULL, content_hash TEXT NOT NULL, page INTEGER, last_page INTEGER,
+    tokens INTEGER NOT NULL, ocr INTEGER NOT NULL, vector BLOB NOT NULL, kept INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (source, document, faiss_id));
 -- Segment files as last checked: a file whose stat fingerprint is unchanged is not hashed again at open.
 CREATE TABLE IF NOT EXISTS files (name TEXT PRIMARY KEY, sha256 TEXT NOT NULL, bytes INTEGER NOT NULL,
                                   fingerprint TEXT NOT NULL);
@@ -106,6 +113,12 @@ def _members(column: str, segments: Sequence[int] | None) -> tuple[str, tuple[in
     if segments is None:
         return f"{column} IS NULL", ()
     return f"{column} IN ({','.join('?' * len(segments))})", tuple(segments)
+
+
+def _chunk_rows(source: str, document: str, chunks: Sequence[Any], vectors: np.ndarray) -> list[tuple]:
+    """Chunk records with their vectors as rows of CHUNK_COLUMNS and the vector's bytes."""
+    return [(faiss_id(c.chunk_id), c.chunk_id, source, document, c.position, c.text, c.content_hash, c.page,
+             c.last_page, c.tokens, int(c.ocr), vector.tobytes()) for c, vector in zip(chunks, vectors)]
 
 
 def _key_condition(table: Table) -> str:
@@ -247,6 +260,13 @@ class Catalog:
                     self._remove(PROPERTIES, (op.key,))
                 else:
                     self._set(PROPERTIES, (op.key,), (op.value,))
+            elif isinstance(op, DocumentPart):
+                self._stage(op)
+            elif isinstance(op, DocumentPartsDiscard):
+                self.discard_parts(op.source, op.document)
+            elif isinstance(op, DocumentPartsCommit):
+                self._remove(RETRY_QUEUE, (op.source, op.document))  # landed
+                self._commit_parts(op)
             else:
                 self._remove(RETRY_QUEUE, (op.source, op.document))  # landed, or gone at the source
                 self._replace_document(op)
@@ -273,35 +293,89 @@ class Catalog:
         rows = []
         if isinstance(op, DocumentUpsert):
             vectors = np.ascontiguousarray(op.vectors, dtype=np.float32)
-            rows = [(faiss_id(c.chunk_id), c.chunk_id, op.source, op.document, c.position, c.text, c.content_hash,
-                     c.page, c.last_page, c.tokens, int(c.ocr), vector.tobytes())
-                    for c, vector in zip(op.chunks, vectors)]
+            rows = _chunk_rows(op.source, op.document, op.chunks, vectors)
         unchanged = {row[0] for row in rows
                      if row[0] in stored and stored[row[0]][:-1] == (row[1], *row[4:])}
-        removed = [identifier for identifier in stored if identifier not in unchanged]
-        self.db.executemany("DELETE FROM chunks WHERE faiss_id = ?", [(identifier,) for identifier in removed])
+        self._retire([(identifier, row[-1]) for identifier, row in stored.items() if identifier not in unchanged])
+        self.db.executemany(f"INSERT INTO chunks ({', '.join(CHUNK_COLUMNS)}, vector, segment, checksum) "
+                            f"VALUES ({', '.join('?' * (len(CHUNK_COLUMNS) + 1))}, NULL, ?)",
+                            [(*row, row_checksum(*row)) for row in rows if row[0] not in unchanged])
+        upsert = op if isinstance(op, DocumentUpsert) else None
+        self._record_document(op.source, op.document, upsert, len(op.chunks) if upsert else 0, len(rows) - len(stored))
+
+    def _retire(self, removed: list[tuple[int, int | None]]) -> None:
+        """Remove these (faiss id, segment) chunks; a sealed one's segment keeps its copy, now a tombstone."""
+        self.db.executemany("DELETE FROM chunks WHERE faiss_id = ?", [(identifier,) for identifier, _ in removed])
         by_segment: dict[int, list[int]] = {}
-        for identifier in removed:
-            if stored[identifier][-1] is not None:  # sealed: its segment keeps the copy, now a tombstone
-                by_segment.setdefault(stored[identifier][-1], []).append(identifier)
+        for identifier, segment in removed:
+            if segment is not None:
+                by_segment.setdefault(segment, []).append(identifier)
         for segment, identifiers in by_segment.items():
             killed = self.db.executemany("INSERT OR IGNORE INTO dead VALUES (?, ?, NULL)",
                                          [(segment, identifier) for identifier in identifiers]).rowcount
             self.db.execute("INSERT INTO dead_counts VALUES (?, ?) ON CONFLICT(segment) DO UPDATE SET "
                             "dead = dead + excluded.dead", (segment, killed))
             self._add_to_counter("dead", killed)
-        self.db.executemany(f"INSERT INTO chunks ({', '.join(CHUNK_COLUMNS)}, vector, segment, checksum) "
-                            f"VALUES ({', '.join('?' * (len(CHUNK_COLUMNS) + 1))}, NULL, ?)",
-                            [(*row, row_checksum(*row)) for row in rows if row[0] not in unchanged])
-        key = (op.source, op.document)
+
+    def _record_document(self, source: str, document: str, upsert: DocumentUpsert | DocumentPartsCommit | None,
+                         chunks: int, vectors_added: int) -> None:
+        """The document's row (None: removed) and the counts, after its chunks were replaced."""
+        key = (source, document)
         existed = self.db.execute(f"SELECT 1 FROM documents WHERE {_key_condition(DOCUMENTS)}", key).fetchone()
-        if isinstance(op, DocumentUpsert):
-            self._set(DOCUMENTS, key, (op.version, op.title, op.location, op.modified, len(op.chunks),
-                                       json.dumps(op.metadata, sort_keys=True, separators=(",", ":"))))
+        if upsert is not None:
+            self._set(DOCUMENTS, key, (upsert.version, upsert.title, upsert.location, upsert.modified, chunks,
+                                       json.dumps(upsert.metadata, sort_keys=True, separators=(",", ":"))))
         else:
             self._remove(DOCUMENTS, key)
-        documents = (isinstance(op, DocumentUpsert)) - bool(existed)
-        self._add_to_counts(op.source, documents, len(rows) - len(stored))
+        self._add_to_counts(source, (upsert is not None) - bool(existed), vectors_added)
+
+    def _stage(self, op: DocumentPart) -> None:
+        if op.first:
+            self.discard_parts(op.source, op.document)
+        rows = _chunk_rows(op.source, op.document, op.chunks, np.ascontiguousarray(op.vectors, dtype=np.float32))
+        self.db.executemany(f"INSERT INTO staged_chunks ({', '.join(CHUNK_COLUMNS)}, vector) "
+                            f"VALUES ({', '.join('?' * (len(CHUNK_COLUMNS) + 1))})", rows)
+
+    def discard_parts(self, source: str | None = None, document: str | None = None) -> int:
+        """Drop the staged parts of a document (None, None: of every document); how many rows were dropped."""
+        if source is None:
+            return self.db.execute("DELETE FROM staged_chunks").rowcount
+        return self.db.execute("DELETE FROM staged_chunks WHERE source = ? AND document = ?",
+                               (source, document)).rowcount
+
+    def staged_count(self, source: str, document: str) -> int:
+        return self.db.execute("SELECT count(*) FROM staged_chunks WHERE source = ? AND document = ?",
+                               (source, document)).fetchone()[0]
+
+    def staged_clash(self, source: str, document: str) -> tuple[str, str] | None:
+        """Another document that holds a chunk id of this document's staged rows, if any."""
+        clash = self.db.execute(
+            "SELECT c.source, c.document FROM staged_chunks s JOIN chunks c ON c.faiss_id = s.faiss_id "
+            "WHERE s.source = ? AND s.document = ? AND (c.source != s.source OR c.document != s.document) LIMIT 1",
+            (source, document)).fetchone()
+        return tuple(clash) if clash else None
+
+    def _commit_parts(self, op: DocumentPartsCommit) -> None:
+        """Make the document's staged rows its chunks, in SQL: memory does not follow the document."""
+        key = (op.source, op.document)
+        of_document = "source = ? AND document = ?"
+        self.db.execute(
+            f"UPDATE staged_chunks SET kept = 1 WHERE {of_document} AND EXISTS (SELECT 1 FROM chunks c WHERE "
+            "c.faiss_id = staged_chunks.faiss_id AND c.source = staged_chunks.source AND "
+            "c.document = staged_chunks.document AND c.chunk_id = staged_chunks.chunk_id AND "
+            "c.position = staged_chunks.position AND c.text = staged_chunks.text AND "
+            "c.content_hash = staged_chunks.content_hash AND c.page IS staged_chunks.page AND "
+            "c.last_page IS staged_chunks.last_page AND c.tokens = staged_chunks.tokens AND "
+            "c.ocr = staged_chunks.ocr AND c.vector = staged_chunks.vector)", key)
+        stored = self.db.execute(f"SELECT count(*) FROM chunks WHERE {of_document}", key).fetchone()[0]
+        self._retire(self.db.execute(
+            f"SELECT faiss_id, segment FROM chunks WHERE {of_document} AND faiss_id NOT IN "
+            f"(SELECT faiss_id FROM staged_chunks WHERE {of_document} AND kept)", key + key).fetchall())
+        columns = ", ".join(CHUNK_COLUMNS)
+        self.db.execute(f"INSERT INTO chunks ({columns}, vector, segment, checksum) SELECT {columns}, vector, NULL, "
+                        f"{ROW_CHECKSUM} FROM staged_chunks WHERE {of_document} AND NOT kept ORDER BY rowid", key)
+        self.discard_parts(op.source, op.document)
+        self._record_document(op.source, op.document, op, op.chunks, op.chunks - stored)
 
     # ---- sealing and merging: what a new segment holds, and recording that it holds it ---------
     def pending_vectors(self) -> int:
@@ -322,8 +396,9 @@ class Catalog:
                 for start in range(0, len(ids), limit)]
 
     def chunk_batches(self, segments: Sequence[int] | None, low: int, high: int,
-                      size: int = 65_536) -> Iterator[tuple[np.ndarray, list[tuple]]]:
-        """Vectors and rows (CHUNK_COLUMNS) of the chunks of `segments` with ids in [low, high], by id, in batches."""
+                      size: int = 8_192) -> Iterator[tuple[np.ndarray, list[tuple]]]:
+        """Vectors and rows (CHUNK_COLUMNS) of the chunks of `segments` with ids in [low, high], by id, in batches
+        (of texts and vectors: ~25 MB of rows at a time)."""
         where, args = _members("segment", segments)
         cursor = self.db.execute(f"SELECT {', '.join(CHUNK_COLUMNS)}, vector FROM chunks "
                                  f"WHERE {where} AND faiss_id BETWEEN ? AND ? ORDER BY faiss_id", (*args, low, high))
@@ -558,9 +633,14 @@ class Catalog:
     def document_versions(self, source: str) -> dict[str, str]:
         return dict(self.db.execute("SELECT document, version FROM documents WHERE source = ?", (source,)))
 
-    def stored_vectors(self, source: str, document: str) -> dict[str, np.ndarray]:
-        rows = self.db.execute(
-            "SELECT content_hash, vector FROM chunks WHERE source = ? AND document = ?", (source, document))
+    def stored_vectors(self, source: str, document: str,
+                       content_hashes: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        query = "SELECT content_hash, vector FROM chunks WHERE source = ? AND document = ?"
+        if content_hashes is None:
+            rows = self.db.execute(query, (source, document))
+        else:  # one pass over the document's rows, however many hashes
+            rows = self.db.execute(f"{query} AND content_hash IN (SELECT value FROM json_each(?))",
+                                   (source, document, json.dumps(list(content_hashes))))
         return {digest: np.frombuffer(blob, dtype=np.float32) for digest, blob in rows}
 
     def cursor(self, source: str) -> str | None:

@@ -48,7 +48,7 @@ from .generations import Generations, current_manifest, damaged_files
 from .legacy import migrate, refuse_to_read, set_aside_old_layout
 from .lock import WriterLock
 from .manifest import SEGMENTS, FileEntry, files_of, manifest_bytes, parse_manifest, segments_of
-from .records import DocumentUpsert, Operation, QueuedDocument, SearchHit, page_span
+from .records import DocumentPart, DocumentPartsCommit, DocumentUpsert, Operation, QueuedDocument, SearchHit, page_span
 from .settings import ReplicaSettings, StoreSettings
 
 if TYPE_CHECKING:  # FAISS and fsspec load only for what needs them: `store stats` reads a few rows
@@ -163,9 +163,20 @@ class FaissStore:
                               f"{leftover}/: delete them once you no longer need them")
         self._generations.tidy()
         self._check_current_files()
+        self._discard_unfinished_parts()
         self._changed_vectors = self.catalog.pending_vectors()
         if migrated:
             self.checkpoint()
+
+    def _discard_unfinished_parts(self) -> None:
+        """Parts of documents a writer stopped writing before their commit (it crashed, or was killed): their
+        documents stay at the version stored before, and the run that fetches them again writes them anew."""
+        with self.catalog.transaction():
+            dropped = self.catalog.discard_parts()
+        if dropped:
+            self.notes.append(f"store {str(self.path)!r}: discarded {dropped} chunk(s) of documents whose writing in "
+                              "parts stopped before its commit; their previous versions stay, and the next run writes "
+                              "them again")
 
     def _check_model(self, model: str | None, dimension: int | None) -> None:
         if self.identity.get("index_factory") != self.settings.index_factory:
@@ -315,7 +326,8 @@ class FaissStore:
             self._broken = f"write {lsn}: {type(exc).__name__}: {exc}"
             raise StoreError(f"store {str(self.path)!r}: write {lsn} failed and was not acknowledged "
                              f"({type(exc).__name__}: {exc}); open the store again to go on") from exc
-        self._changed_vectors += sum(len(op.chunks) for op in operations if isinstance(op, DocumentUpsert)) or 1
+        self._changed_vectors += sum(len(op.chunks) if isinstance(op, DocumentUpsert) else op.chunks
+                                     for op in operations if isinstance(op, DocumentUpsert | DocumentPartsCommit)) or 1
         if self._checkpoint_due():
             self._automatic_checkpoint()
         return lsn
@@ -354,10 +366,20 @@ class FaissStore:
     def _validate(self, operations: Sequence[Operation]) -> None:
         """Refuse bad input before anything is written."""
         owners: dict[int, tuple[str, str]] = {}
+        staging: dict[tuple[str, str], int] = {}  # chunks staged so far for a document written in parts
         for op in operations:
-            if not isinstance(op, DocumentUpsert):
+            if not isinstance(op, DocumentUpsert | DocumentPart | DocumentPartsCommit):
                 continue
-            name = f"{op.source}/{op.document}"
+            name, key = f"{op.source}/{op.document}", (op.source, op.document)
+            if isinstance(op, DocumentPartsCommit):
+                staged = staging.pop(key, None)
+                staged = self.catalog.staged_count(*key) if staged is None else staged
+                if staged != op.chunks:
+                    raise StoreError(f"{name}: {staged} chunks were written in parts, but its commit names {op.chunks}")
+                clash = self.catalog.staged_clash(*key)
+                if clash:
+                    raise StoreError(f"{name}: a chunk id is already stored for {'/'.join(clash)}")
+                continue
             if op.vectors.shape != (len(op.chunks), self.dimension):
                 raise StoreError(f"{name}: {op.vectors.shape} vectors for {len(op.chunks)} chunks of {self.dimension} dims")
             if not np.isfinite(op.vectors).all():
@@ -365,6 +387,10 @@ class FaissStore:
             ids = [faiss_id(chunk.chunk_id) for chunk in op.chunks]
             if len(set(ids)) != len(ids):
                 raise StoreError(f"{name}: two chunks share a chunk id (or its first 63 bits)")
+            if isinstance(op, DocumentPart):  # its ids are checked against other documents' at its commit
+                before = 0 if op.first else staging[key] if key in staging else self.catalog.staged_count(*key)
+                staging[key] = before + len(op.chunks)
+                continue
             for identifier in ids:
                 if owners.setdefault(identifier, (op.source, op.document)) != (op.source, op.document):
                     raise StoreError(f"{name}: a chunk id is also used by {'/'.join(owners[identifier])} in this write")
@@ -478,9 +504,11 @@ class FaissStore:
     def document_versions(self, source: str) -> dict[str, str]:
         return self.catalog.document_versions(source)
 
-    def stored_vectors(self, source: str, document: str) -> dict[str, np.ndarray]:
-        """Vectors of a document's stored chunks by content hash, so unchanged text is not re-embedded."""
-        return self.catalog.stored_vectors(source, document)
+    def stored_vectors(self, source: str, document: str,
+                       content_hashes: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Vectors of a document's stored chunks by content hash (of these hashes only, when given), so unchanged
+        text is not re-embedded."""
+        return self.catalog.stored_vectors(source, document, content_hashes)
 
     def cursor(self, source: str) -> str | None:
         return self.catalog.cursor(source)

@@ -174,7 +174,11 @@ class Generations:
         from .segments import SegmentExtras, write_segment  # FAISS loads only where segments are written
 
         catalog = self.catalog
-        ranges: list[tuple[int, int, int]] = catalog.chunk_ranges(run, self.settings.max_segment_vectors)
+        # A seal writes segments of at most checkpoint_every_vectors: a checkpoint holds one of them in memory, however
+        # many vectors one write made pending (the commit of a document written in parts makes all of its own).
+        limit = self.settings.max_segment_vectors if run is not None else min(
+            self.settings.max_segment_vectors, self.settings.checkpoint_every_vectors)
+        ranges: list[tuple[int, int, int]] = catalog.chunk_ranges(run, limit)
         tombstones = catalog.tombstones(run)
         tables, deletions = catalog.table_rows(run), [] if prefix else catalog.deletions(run)
         if not ranges:

@@ -39,6 +39,43 @@ class DocumentUpsert:
 
 
 @dataclass(frozen=True)
+class DocumentPart:
+    """Chunks and vectors of a document too large to hold whole, written in parts: each part is durable once
+    written but invisible (not searched, not counted) until a `DocumentPartsCommit` makes them the document's
+    chunks. `first` starts the document afresh (parts staged before for it are dropped). Parts left when a
+    writer stops before the commit are discarded when the store is next opened for writing."""
+
+    source: str
+    document: str
+    chunks: tuple[ChunkRecord, ...]
+    vectors: np.ndarray = field(repr=False)  # (len(chunks), dim) float32
+    first: bool = False
+
+
+@dataclass(frozen=True)
+class DocumentPartsCommit:
+    """Replace everything stored for (source, document) by its parts written so far, `chunks` of them in all, in
+    one write: its old version stays live until this commits. Takes it off the retry queue, as an upsert does."""
+
+    source: str
+    document: str
+    version: str
+    title: str
+    location: str
+    modified: str | None
+    chunks: int
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DocumentPartsDiscard:
+    """Drop the parts written for (source, document) (its writing failed); what is stored of it stays."""
+
+    source: str
+    document: str
+
+
+@dataclass(frozen=True)
 class DocumentDelete:
     """Remove (source, document) and take it off the retry queue (gone at the source)."""
 
@@ -107,7 +144,8 @@ class PropertyUpdate:
     value: str | None
 
 
-Operation = DocumentUpsert | DocumentDelete | CursorUpdate | BaselineRecord | DocumentFailed | PropertyUpdate
+Operation = (DocumentUpsert | DocumentDelete | CursorUpdate | BaselineRecord | DocumentFailed | PropertyUpdate
+             | DocumentPart | DocumentPartsCommit | DocumentPartsDiscard)
 
 
 def page_span(page: int | None, last_page: int | None) -> tuple[int, ...]:
