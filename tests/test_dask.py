@@ -72,12 +72,24 @@ def test_the_flow_and_its_tasks_can_be_shipped_to_dask_workers():
 # ---- real clusters ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def worker_env(prefect_harness):
-    """What worker processes inherit when spawned: the harness's API (else each starts a server) and a token."""
+    """What worker processes inherit when started: the harness's API (else each starts a server) and a token.
+
+    Each worker process would import torch and sentence-transformers afresh (seconds of CPU each, for five or
+    more workers here): they start from a forkserver that imported those two libraries once. Our modules and
+    Prefect are still imported by each worker itself, as on a user's spawned workers."""
+    import multiprocessing
+
+    import dask
+    from distributed.utils import get_mp_context
     from prefect.settings import PREFECT_API_URL
 
-    with pytest.MonkeyPatch.context() as patch:
+    with pytest.MonkeyPatch.context() as patch, \
+            dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
         patch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())
         patch.setenv(TOKEN_ENV, TOKEN)
+        get_mp_context()  # sets Dask's own preload list once: ours replaces it
+        forkserver = multiprocessing.get_context("forkserver")
+        forkserver.set_forkserver_preload(["distributed", "torch", "sentence_transformers"])
         yield
 
 

@@ -167,24 +167,42 @@ def test_trigger_returns_while_the_run_goes_on_and_its_artifacts_count_the_corpu
         assert embedded and {task["state_type"] for task in embedded} == {"COMPLETED"}
 
 
-@pytest.mark.slow
-def test_a_served_run_leaves_no_record_of_its_background_tasks_in_prefects_storage(served):
-    # A document no run has seen, so that the run embeds on the task worker whatever ran before.
+# Each served run costs a flow-run process (Prefect's imports, seconds of CPU): the tests that look at a run of notes
+# with new work share one, and so do those that look at a run of mixed.
+@pytest.fixture(scope="module")
+def notes_run(served) -> SimpleNamespace:
+    """A served run of notes, COMPLETED or not, with work whichever served test ran before: a document no run has
+    seen, and a log long enough (over 64 chunks) that the run asks the task worker how many chunks a task takes."""
     sentence = f"The greenhouse sensor {uuid.uuid4().hex[:8]} reports humidity to the facilities team hourly."
     name = f"note-{uuid.uuid4().hex[:8]}.txt"
     (served.folder / "corpus" / "notes" / name).write_text(sentence + "\n", encoding="utf-8")
-    # And a log long enough (over 64 chunks) that the run asks the task worker how many chunks a task takes.
     log = "".join(f"Reading {i}: greenhouse bay {i % 7} logged {i * 3 % 40} percent humidity at hour {i % 24}.\n"
                   for i in range(300))
     (served.folder / "corpus" / "notes" / f"log-{uuid.uuid4().hex[:8]}.txt").write_text(log, encoding="utf-8")
-    started = last_json(served.cli("trigger", "notes", "--json", "--config", str(served.config)).stdout)
-    run = served.wait_for_run(started["flow_run_id"])
+    result = served.cli("trigger", "notes", "--json", "--config", str(served.config))
+    assert result.returncode == 0, result.stderr
+    run = served.wait_for_run(last_json(result.stdout)["flow_run_id"])
+    return SimpleNamespace(run=run, sentence=sentence, document=name)
+
+
+@pytest.fixture(scope="module")
+def mixed_backfill(served) -> tuple[subprocess.CompletedProcess, dict]:
+    """`backfill --deployment` of mixed (1 of 4 documents unreadable): its output, and its run as `runs` lists it."""
+    result = served.cli("backfill", "--deployment", "--source", "mixed", "--json", "--config", str(served.config))
+    assert result.returncode == 0, result.stderr
+    [run] = [r for r in last_json(served.cli("runs", "--json").stdout) if r["deployment"] == "ingest/mixed"]
+    return result, run
+
+
+@pytest.mark.slow
+def test_a_served_run_leaves_no_record_of_its_background_tasks_in_prefects_storage(served, notes_run):
+    run = notes_run.run
     assert run["state_type"] == "COMPLETED", run["state"]["message"]
     # The run's vectors are durable in the store …
-    search = served.cli("search", sentence, "-k", "1", "--json", "--config", str(served.config))
+    search = served.cli("search", notes_run.sentence, "-k", "1", "--json", "--config", str(served.config))
     assert search.returncode == 0, search.stderr
     [hit] = json.loads(search.stdout)
-    assert (hit["source"], hit["document"]) == ("notes", name)
+    assert (hit["source"], hit["document"]) == ("notes", notes_run.document)
 
     # … and Prefect's records of its background tasks are gone: each task's parameters (named by its
     # Scheduled state) and its result (the storage key its final state names), in the storage that
@@ -237,16 +255,14 @@ def test_a_second_run_of_the_same_source_waits_for_the_first(served):
 
 
 @pytest.mark.slow
-def test_backfill_on_the_deployment_completes_with_a_warning_within_the_failure_ratio(served):
-    result = served.cli("backfill", "--deployment", "--source", "mixed", "--json", "--config", str(served.config))
-    assert result.returncode == 0, result.stderr
+def test_backfill_on_the_deployment_completes_with_a_warning_within_the_failure_ratio(served, mixed_backfill):
+    result, run = mixed_backfill
     summary = last_json(result.stdout)
     assert summary["documents"]["seen"] == 4 and summary["documents"]["failed"] == 1
     assert [(f["source"], f["document"]) for f in summary["failures"]] == [("mixed", "truncated.pdf")]
     assert set(summary) >= {"documents", "chunks_embedded", "failures", "seconds"}
     assert "within max_failed_ratio" in summary["warnings"][0]
 
-    [run] = [r for r in last_json(served.cli("runs", "--json").stdout) if r["deployment"] == "ingest/mixed"]
     assert run["state"] == "Completed" and run["start"] and run["end"]
     assert "within max_failed_ratio" in served.flow_run(run["id"])["state"]["message"]
     text = served.artifacts(run["id"])["ingest-summary-mixed"]["data"]
@@ -529,13 +545,9 @@ def test_backfill_on_a_deployment_nothing_serves_stops_waiting_after_its_timeout
 # (Here rather than in files of their own: every test of `served` in one module shares one server and one
 # `vectormill serve`, which --dist loadfile would otherwise start again on each worker that has such a file.)
 @pytest.mark.slow
-def test_served_runs_log_task_runs_and_per_source_lines_to_the_ui(served):
-    # A document of its own: the run has work (task runs) whichever served test ran before it.
-    (served.folder / "corpus" / "notes" / f"logged-{os.getpid()}.txt").write_text("A note for the logs test.\n")
-    result = served.cli("trigger", "notes", "--json", "--config", str(served.config))
-    assert result.returncode == 0, result.stderr
-    run_id = json.loads(result.stdout.strip().splitlines()[-1])["flow_run_id"]
-    assert served.wait_for_run(run_id)["state_type"] == "COMPLETED"
+def test_served_runs_log_task_runs_and_per_source_lines_to_the_ui(served, notes_run):
+    run_id = notes_run.run["id"]  # a run with new documents: it has task runs
+    assert notes_run.run["state_type"] == "COMPLETED"
 
     def info_logs():
         with served.server.client() as client:
@@ -571,14 +583,13 @@ def rendered(url: str, tmp_path) -> str:
 @pytest.mark.browser
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
-def test_the_run_page_shows_the_summary_artifact(served, tmp_path):
-    started = json.loads(served.cli("trigger", "mixed", "--json", "--config", str(served.config)).stdout.splitlines()[-1])
-    run = served.wait_for_run(started["flow_run_id"])
+def test_the_run_page_shows_the_summary_artifact(served, mixed_backfill, tmp_path):
+    run = served.flow_run(mixed_backfill[1]["id"])
     assert run["state_type"] == "COMPLETED"
 
-    # The run's page: name, state and the warning it logged. (Its Artifacts tab appears only once the
-    # run has loaded, so --dump-dom cannot open it; the artifact's own page, linked from it, can.)
-    page = rendered(started["url"], tmp_path)
+    # The run's page (at the address `trigger` prints): name, state and the warning it logged. (Its Artifacts tab
+    # appears only once the run has loaded, so --dump-dom cannot open it; the artifact's own page, linked from it, can.)
+    page = rendered(f"{served.server.ui_url}/runs/flow-run/{run['id']}", tmp_path)
     assert run["name"] in page and "Completed" in page
     assert "mixed: truncated.pdf: not a readable PDF" in page
     summary = served.artifacts(run["id"])["ingest-summary-mixed"]
