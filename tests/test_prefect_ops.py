@@ -313,8 +313,8 @@ def test_deployments_carry_schedules_parameters_and_the_per_source_limit(served)
     assert docs["parameters"] == {"config_file": str(served.config), "sources": ["docs"], "full": False}
     assert docs["global_concurrency_limit"]["limit"] == 1
     assert docs["concurrency_options"]["collision_strategy"] == "ENQUEUE"
-    drill = deployments["store-drill"]  # served like the others: `store drill` of the first replica, weekly
-    assert [s["schedule"]["cron"] for s in drill["schedules"]] == ["0 5 * * 0"]
+    drill = deployments["store-drill"]  # served like the others: `store drill` of the first replica, on demand
+    assert drill["schedules"] == []  # while the store has no replica (test_prefect_yaml_…: scheduled with one)
     assert drill["parameters"] == {"config_file": str(served.config), "replica": None}
 
 
