@@ -22,3 +22,12 @@ def prefect_harness(tmp_path_factory):
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+def pytest_collection_modifyitems(items):
+    """Files with the most slow tests first: xdist's loadfile hands out whole files in this order, and a long file
+    handed out last keeps one worker busy while the other idles."""
+    slow_in_file: dict = {}
+    for item in items:
+        slow_in_file[item.path] = slow_in_file.get(item.path, 0) + bool(item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow_in_file[item.path])
