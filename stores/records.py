@@ -21,11 +21,8 @@ class ChunkRecord:
 
 
 @dataclass(frozen=True)
-class DocumentUpsert:
-    """Replace everything stored for (source, document) by these chunks and vectors.
-
-    It also takes the document off its source's retry queue: it has landed.
-    """
+class DocumentVersion:
+    """What the store records of a document's version when its chunks land (by upsert or a commit of parts)."""
 
     source: str
     document: str
@@ -33,6 +30,15 @@ class DocumentUpsert:
     title: str
     location: str
     modified: str | None
+
+
+@dataclass(frozen=True)
+class DocumentUpsert(DocumentVersion):
+    """Replace everything stored for (source, document) by these chunks and vectors.
+
+    It also takes the document off its source's retry queue: it has landed.
+    """
+
     chunks: tuple[ChunkRecord, ...]
     vectors: np.ndarray = field(repr=False)  # (len(chunks), dim) float32
     metadata: dict[str, str] = field(default_factory=dict)  # the source's own fields (search filters match them)
@@ -53,16 +59,10 @@ class DocumentPart:
 
 
 @dataclass(frozen=True)
-class DocumentPartsCommit:
+class DocumentPartsCommit(DocumentVersion):
     """Replace everything stored for (source, document) by its parts written so far, `chunks` of them in all, in
     one write: its old version stays live until this commits. Takes it off the retry queue, as an upsert does."""
 
-    source: str
-    document: str
-    version: str
-    title: str
-    location: str
-    modified: str | None
     chunks: int
     metadata: dict[str, str] = field(default_factory=dict)
 
