@@ -29,6 +29,7 @@ TEXT_SUFFIXES = {".txt", ".md", ".markdown"}
 # that share small, while the files below it (≤ ~3,800 chunks of 254 tokens) keep the whole-document path.
 STREAM_TEXT_BYTES = 4 * 1024 * 1024
 TEXT_BLOCK_BYTES = 1024 * 1024  # what a streamed text file is read and decoded by
+CHANGED_WHILE_READ = "the file changed while it was read; the next run reads it again"
 
 
 def _iso(timestamp: float) -> str:
@@ -227,11 +228,11 @@ class FilesystemSource:
         with handle:
             stat = os.fstat(handle.fileno())
             if (stat.st_size, stat.st_mtime_ns) != (size, mtime_ns):
-                raise DocumentError("the file changed while it was read; the next run reads it again")
+                raise DocumentError(CHANGED_WHILE_READ)
             yield from utf8_pieces(handle, size, TEXT_BLOCK_BYTES)
             # Written to while it was read (a write that kept its size too), or truncated.
             if os.fstat(handle.fileno()).st_mtime_ns != mtime_ns:
-                raise DocumentError("the file changed while it was read; the next run reads it again")
+                raise DocumentError(CHANGED_WHILE_READ)
 
     def _read_text(self, data: bytes) -> list[Page]:
         try:

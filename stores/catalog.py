@@ -359,14 +359,9 @@ class Catalog:
         """Make the document's staged rows its chunks, in SQL: memory does not follow the document."""
         key = (op.source, op.document)
         of_document = "source = ? AND document = ?"
-        self.db.execute(
-            f"UPDATE staged_chunks SET kept = 1 WHERE {of_document} AND EXISTS (SELECT 1 FROM chunks c WHERE "
-            "c.faiss_id = staged_chunks.faiss_id AND c.source = staged_chunks.source AND "
-            "c.document = staged_chunks.document AND c.chunk_id = staged_chunks.chunk_id AND "
-            "c.position = staged_chunks.position AND c.text = staged_chunks.text AND "
-            "c.content_hash = staged_chunks.content_hash AND c.page IS staged_chunks.page AND "
-            "c.last_page IS staged_chunks.last_page AND c.tokens = staged_chunks.tokens AND "
-            "c.ocr = staged_chunks.ocr AND c.vector = staged_chunks.vector)", key)
+        same_row = " AND ".join(f"c.{column} IS staged_chunks.{column}" for column in (*CHUNK_COLUMNS, "vector"))
+        self.db.execute(f"UPDATE staged_chunks SET kept = 1 WHERE {of_document} AND EXISTS "
+                        f"(SELECT 1 FROM chunks c WHERE {same_row})", key)
         stored = self.db.execute(f"SELECT count(*) FROM chunks WHERE {of_document}", key).fetchone()[0]
         self._retire(self.db.execute(
             f"SELECT faiss_id, segment FROM chunks WHERE {of_document} AND faiss_id NOT IN "
