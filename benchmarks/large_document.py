@@ -11,7 +11,10 @@ Each measurement runs in a fresh process and prints its peak RSS (`ru_maxrss`):
   grows with the document.
 
 The figure that matters is the peak above the empty document's run in the same mode
-(goal: ≤ 400 MiB for a 200 MB text file and a 2,000-page PDF).
+(goal: ≤ 400 MiB for a 200 MB text file and a 2,000-page PDF). To show whether memory follows the
+document, the parent also samples the child's RSS (Linux `/proc`) every second and prints the
+highest sample in each quarter of the run: flat quarters mean nothing accumulates as the document
+goes through.
 
     .venv/bin/python benchmarks/large_document.py [--text-mb 200 [MB ...]] [--pdf-pages 2000] [--ingest]
 """
@@ -86,12 +89,37 @@ def child(mode: str, path: Path, part_chunks: int | None) -> None:
                       "seconds": round(time.perf_counter() - started, 1)}))
 
 
+def rss_mib(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS:"))
+    except (OSError, StopIteration):  # not Linux, or the process is gone
+        return None
+
+
+def quarter_peaks(samples: list[float]) -> list[float]:
+    """The highest sample in each quarter of the run (fewer than 4 samples: none)."""
+    if len(samples) < 4:
+        return []
+    bounds = [len(samples) * quarter // 4 for quarter in range(5)]
+    return [max(samples[low:high]) for low, high in zip(bounds, bounds[1:])]
+
+
 def measure(mode: str, path: Path, part_chunks: int | None) -> dict:
-    done = subprocess.run([sys.executable, __file__, "--child", mode, str(path), str(part_chunks or 0)],
-                          capture_output=True, text=True)
-    if done.returncode:
-        raise SystemExit(f"child failed on {path.name}:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        child = subprocess.Popen([sys.executable, __file__, "--child", mode, str(path), str(part_chunks or 0)],
+                                 stdout=out, stderr=err, text=True)
+        samples: list[float] = []
+        while child.poll() is None:
+            if (rss := rss_mib(child.pid)) is not None:
+                samples.append(rss)
+            time.sleep(1)
+        if child.returncode:
+            err.seek(0)
+            raise SystemExit(f"child failed on {path.name}:\n{err.read()[-3000:]}")
+        out.seek(0)
+        result = json.loads(out.read().strip().splitlines()[-1])
+    return result | {"quarter_peaks_mib": quarter_peaks(samples)}
 
 
 def main() -> None:
@@ -123,7 +151,9 @@ def main() -> None:
             baseline = baseline if baseline is not None else result["peak_rss_mib"]
             print(f"{mode} {label:>22}: {(folder / name).stat().st_size / 1e6:8.1f} MB, {result['chunks']:7d} chunks, "
                   f"peak RSS {result['peak_rss_mib']:7.0f} MiB (+{result['peak_rss_mib'] - baseline:.0f} over empty), "
-                  f"{result['seconds']:.0f} s")
+                  f"{result['seconds']:.0f} s" + (", RSS sampled per quarter of the run: " + " / ".join(
+                      f"{peak:.0f}" for peak in result["quarter_peaks_mib"]) + " MiB"
+                                                   if result["quarter_peaks_mib"] else ""))
 
 
 if __name__ == "__main__":
