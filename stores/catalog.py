@@ -391,7 +391,7 @@ class Catalog:
                 for start in range(0, len(ids), limit)]
 
     def chunk_batches(self, segments: Sequence[int] | None, low: int, high: int,
-                      size: int = 8_192) -> Iterator[tuple[np.ndarray, list[tuple]]]:
+                      size: int = 2_048) -> Iterator[tuple[np.ndarray, list[tuple]]]:
         """Vectors and rows (CHUNK_COLUMNS) of the chunks of `segments` with ids in [low, high], by id, in batches
         (of texts and vectors: ~25 MB of rows at a time)."""
         where, args = _members("segment", segments)

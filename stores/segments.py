@@ -139,8 +139,18 @@ def _add_and_read_back(index: faiss.Index, path: Path) -> None:
 
 def _segment_index(dimension: int, factory: str, count: int, train_vectors: int) -> tuple[faiss.Index, str]:
     if factory == "Flat" or count < train_vectors:
-        return faiss.index_factory(dimension, "IDMap,Flat", faiss.METRIC_INNER_PRODUCT), FLAT
+        index = faiss.index_factory(dimension, "IDMap,Flat", faiss.METRIC_INNER_PRODUCT)
+        _reserve(faiss.downcast_index(index.index), count)
+        return index, FLAT
     return new_index(dimension, factory), FACTORY
+
+
+def _reserve(flat: faiss.IndexFlatCodes, count: int) -> None:
+    """Allocate an exact index's storage for `count` vectors before the adds: grown by them, the vector under
+    it doubles, holding the old buffer and the new at once (a seal of 50,000 vectors peaked at 1.5 times
+    their 73 MiB). Shrinking it back to empty keeps the capacity (std::vector::resize)."""
+    flat.codes.resize(count * flat.code_size)
+    flat.codes.resize(0)
 
 
 def _train(index: faiss.Index, batches: Batches, train_vectors: int) -> None:
