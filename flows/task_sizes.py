@@ -35,11 +35,6 @@ def embedding_task_full(pending_chunks: int, pending_tokens: int, task_chunks: i
     return pending_tokens >= task_chunks * chunk_tokens or pending_chunks >= TASK_CHUNKS_CEILING
 
 
-def planning_threshold(chunk_tokens: int) -> int:
-    """Pending tokens before the embedding task's size is worth asking for: no plan is below CPU_TASK_CHUNKS."""
-    return CPU_TASK_CHUNKS * chunk_tokens
-
-
 class FetchBatchSize:
     """Documents per fetch task of one source's run: the setting, else planned from what was fetched."""
 
