@@ -26,7 +26,7 @@ import numpy as np
 from .filters import DOCUMENT_FIELDS, FilterError, SearchFilter, epoch
 from .records import (
     BaselineRecord, CursorUpdate, DocumentDelete, DocumentFailed, DocumentPart, DocumentPartsCommit,
-    DocumentPartsDiscard, DocumentUpsert, DocumentVersion, Operation, PropertyUpdate, QueuedDocument,
+    DocumentPartsDiscard, DocumentUpsert, Operation, PropertyUpdate, QueuedDocument,
 )
 from .tables import BASELINES, BY_NAME, CHUNK_COLUMNS, CURSORS, DOCUMENTS, PROPERTIES, RETRY_QUEUE, TABLES, Table
 
@@ -317,7 +317,7 @@ class Catalog:
                             "dead = dead + excluded.dead", (segment, killed))
             self._add_to_counter("dead", killed)
 
-    def _record_document(self, source: str, document: str, upsert: DocumentVersion | None,
+    def _record_document(self, source: str, document: str, upsert: DocumentUpsert | DocumentPartsCommit | None,
                          chunks: int, vectors_added: int) -> None:
         """The document's row (None: removed) and the counts, after its chunks were replaced."""
         key = (source, document)
