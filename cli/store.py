@@ -7,23 +7,43 @@ None runs a flow, so none imports Prefect.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional, TypeVar
 
 import typer
 from rich.table import Table
 
-from .common import ConfigOption, JsonOption, console, errors, load, print_error, print_warning, user_errors
+from .common import (
+    ConfigOption, JsonOption, UserError, console, debugging, errors, load, print_error, print_warning, user_errors,
+)
 
 T = TypeVar("T")
+
+
+@contextmanager
+def store_errors(settings: Any) -> Iterator[None]:
+    """`user_errors`, and one line for anything else a store command meets: a database whose rows contradict each
+    other (a flipped byte SQLite's structure still accepts) fails in ways no check foresaw. --debug shows the trace."""
+    try:
+        with user_errors():
+            yield
+    except (UserError, typer.Exit):
+        raise
+    except Exception as exc:  # noqa: BLE001 - one line, the cause kept for --debug
+        if debugging():
+            raise
+        raise UserError([f"store {str(settings.path)!r}: {type(exc).__name__}: {exc}: its database or files may be "
+                         "inconsistent; run `vectormill store verify` to name what is damaged, then `vectormill "
+                         "store restore`"]) from exc
 
 
 def on_store(settings: Any, writable: bool, action: Callable[[Any], T]) -> T:
     """`action` on the opened store; its warnings are printed, and an error the user can act on is one line."""
     from vectormill.stores.faiss_store import FaissStore
 
-    with user_errors():
+    with store_errors(settings):
         with FaissStore.open(settings, writable=writable) as store:
             result = action(store)
             notes = list(store.notes)
@@ -64,7 +84,7 @@ def register(app: typer.Typer, store_app: typer.Typer) -> None:
         from vectormill.stores.restore import verify_and_repair, verify_store
 
         settings = load(config)
-        with user_errors():
+        with store_errors(settings.store):
             report = verify_and_repair(settings.store) if repair else verify_store(settings.store)
         if as_json:
             print(json.dumps(report))
@@ -103,7 +123,7 @@ def register(app: typer.Typer, store_app: typer.Typer) -> None:
         from vectormill.stores.restore import restore_store
 
         settings = load(config)
-        with user_errors():
+        with store_errors(settings.store):
             result = restore_store(settings.store, source, generation)
             with FaissStore.open(settings.store, writable=False) as store:  # proves the result opens
                 result["store"] = {key: store.stats()[key] for key in ("vectors", "documents", "generation")}
@@ -127,11 +147,16 @@ def register(app: typer.Typer, store_app: typer.Typer) -> None:
     ) -> None:
         """Restore a replica's newest generation into a temporary folder (the primary untouched), verify it and
         search it with its own chunks; report the recovery point and time. Exit 1 on any problem."""
-        from vectormill.stores.drill import drill
+        from vectormill.stores.drill import DrillProblems, drill
 
         settings = load(config)
-        with user_errors():
-            report = drill(settings.store, source)
+        try:
+            with store_errors(settings.store):
+                report = drill(settings.store, source)
+        except UserError as exc:
+            if as_json and isinstance(exc.__cause__, DrillProblems):  # the report names each problem
+                print(json.dumps(exc.__cause__.report))
+            raise
         if as_json:
             print(json.dumps(report))
             return

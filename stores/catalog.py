@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from . import row_checks
 from .filters import DOCUMENT_FIELDS, FilterError, SearchFilter, epoch
 from .records import (
     BaselineRecord, CursorUpdate, DocumentDelete, DocumentFailed, DocumentPart, DocumentPartsCommit,
@@ -128,6 +129,17 @@ def _key_condition(table: Table) -> str:
 def record_checked_files(path: Path, entries: Sequence[tuple[str, str, int, str]]) -> bool:
     """Record files a reader found intact on re-hashing, through a short write of its own; False when it may not
     write the database (permissions, read-only mount, a writer holding it): it hashes them again next time."""
+    return _short_write(path, lambda catalog: catalog.record_files(entries))
+
+
+def forget_replica_files(path: Path, damaged: dict[str, set[str]]) -> bool:
+    """Forget that replicas hold these files intact (a scrub found them damaged), through a short write: the next
+    checkpoint reads them back and sends them again. False when the database could not be written."""
+    return _short_write(path, lambda catalog: catalog.forget_confirmed(damaged))
+
+
+def _short_write(path: Path, change: Any) -> bool:
+    """One short transaction by a process that does not hold the writer's lock; False when it could not commit."""
     try:
         db = sqlite3.connect(path, timeout=1, isolation_level=None)
     except sqlite3.Error:
@@ -135,7 +147,7 @@ def record_checked_files(path: Path, entries: Sequence[tuple[str, str, int, str]
     try:
         catalog = Catalog(db, 0)
         with catalog.transaction():
-            catalog.record_files(entries)
+            change(catalog)
         return True
     except sqlite3.Error:
         return False
@@ -158,18 +170,22 @@ class Catalog:
             db.executescript(SCHEMA)
             db.executemany("INSERT OR IGNORE INTO counters VALUES (?, 0)", [(name,) for name in COUNTERS])
             db.create_function("row_checksum", len(CHUNK_COLUMNS) + 1, row_checksum, deterministic=True)
+            row_checks.register(db)
             if "metadata" not in {row[1] for row in db.execute("PRAGMA table_info(documents)")}:
                 db.execute("ALTER TABLE documents ADD COLUMN metadata TEXT NOT NULL DEFAULT '{}'")  # written before it
+            catalog = cls(db, dimension)
             if "checksum" not in {row[1] for row in db.execute("PRAGMA table_info(chunks)")}:
-                catalog = cls(db, dimension)
                 with catalog.transaction():  # a store written before row checksums: every row gets one, once
                     db.execute("ALTER TABLE chunks ADD COLUMN checksum TEXT")
                     db.execute(f"UPDATE chunks SET checksum = {ROW_CHECKSUM}")
-                return catalog
-        else:
-            db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
-                                 check_same_thread=False)
-            db.create_function("row_checksum", len(CHUNK_COLUMNS) + 1, row_checksum, deterministic=True)
+            if not all(row_checks.present(db)):
+                with catalog.transaction():  # written before document and segment checksums: once, as above
+                    row_checks.add_missing(db)
+            return catalog
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
+                             check_same_thread=False)
+        db.create_function("row_checksum", len(CHUNK_COLUMNS) + 1, row_checksum, deterministic=True)
+        row_checks.register(db)
         return cls(db, dimension)
 
     def close(self) -> None:
@@ -297,9 +313,10 @@ class Catalog:
         unchanged = {row[0] for row in rows
                      if row[0] in stored and stored[row[0]][:-1] == (row[1], *row[4:])}
         self._retire([(identifier, row[-1]) for identifier, row in stored.items() if identifier not in unchanged])
-        self.db.executemany(f"INSERT INTO chunks ({', '.join(CHUNK_COLUMNS)}, vector, segment, checksum) "
-                            f"VALUES ({', '.join('?' * (len(CHUNK_COLUMNS) + 1))}, NULL, ?)",
-                            [(*row, row_checksum(*row)) for row in rows if row[0] not in unchanged])
+        self.db.executemany(f"INSERT INTO chunks ({', '.join(CHUNK_COLUMNS)}, vector, segment, checksum, "
+                            f"segment_checksum) VALUES ({', '.join('?' * (len(CHUNK_COLUMNS) + 1))}, NULL, ?, ?)",
+                            [(*row, row_checksum(*row), row_checks.segment_checksum(row[0], None))
+                             for row in rows if row[0] not in unchanged])
         upsert = op if isinstance(op, DocumentUpsert) else None
         self._record_document(op.source, op.document, upsert, len(op.chunks) if upsert else 0, len(rows) - len(stored))
 
@@ -325,6 +342,7 @@ class Catalog:
         if upsert is not None:
             self._set(DOCUMENTS, key, (upsert.version, upsert.title, upsert.location, upsert.modified, chunks,
                                        json.dumps(upsert.metadata, sort_keys=True, separators=(",", ":"))))
+            row_checks.refresh_documents(self.db, _key_condition(DOCUMENTS), key)
         else:
             self._remove(DOCUMENTS, key)
         self._add_to_counts(source, (upsert is not None) - bool(existed), vectors_added)
@@ -367,8 +385,8 @@ class Catalog:
             f"SELECT faiss_id, segment FROM chunks WHERE {of_document} AND faiss_id NOT IN "
             f"(SELECT faiss_id FROM staged_chunks WHERE {of_document} AND kept)", key + key).fetchall())
         columns = ", ".join(CHUNK_COLUMNS)
-        self.db.execute(f"INSERT INTO chunks ({columns}, vector, segment, checksum) SELECT {columns}, vector, NULL, "
-                        f"{ROW_CHECKSUM} FROM staged_chunks WHERE {of_document} AND NOT kept ORDER BY rowid", key)
+        self.db.execute(f"INSERT INTO chunks ({columns}, vector, segment, checksum, segment_checksum) SELECT {columns}, "
+                        f"vector, NULL, {ROW_CHECKSUM}, {row_checks.SEGMENT_CHECKSUM} FROM staged_chunks WHERE {of_document} AND NOT kept ORDER BY rowid", key)
         self.discard_parts(op.source, op.document)
         self._record_document(op.source, op.document, op, op.chunks, op.chunks - stored)
 
@@ -429,8 +447,8 @@ class Catalog:
         remove keys from: its removals are dropped."""
         where, args = _members("segment", run)
         for seq, low, high in parts:
-            self.db.execute(f"UPDATE chunks SET segment = ? WHERE {where} AND faiss_id BETWEEN ? AND ?",
-                            (seq, *args, low, high))
+            self.db.execute(f"UPDATE chunks SET segment = ?, segment_checksum = segment_checksum(faiss_id, ?) "
+                            f"WHERE {where} AND faiss_id BETWEEN ? AND ?", (seq, seq, *args, low, high))
         if run is not None:
             self._add_to_counter("dead", -self.db.execute(f"DELETE FROM dead WHERE {where}", args).rowcount)
             self.db.execute(f"DELETE FROM dead_counts WHERE {where}", args)
@@ -443,6 +461,7 @@ class Catalog:
         last = carriers[-1][0]
         for table in TABLES:
             self.db.execute(f"UPDATE {table.name} SET segment = ? WHERE {where}", (last, *args))
+        row_checks.refresh_documents(self.db, "segment = ?", (last,))
         if prefix:
             self.db.execute(f"DELETE FROM deletions WHERE {where}", args)
         else:
@@ -461,14 +480,16 @@ class Catalog:
             self.db.executemany(
                 f"INSERT OR REPLACE INTO {table.name} ({', '.join(table.columns)}, segment) "
                 f"VALUES ({', '.join('?' * len(table.columns))}, ?)", [(*row, seq) for row in tables.get(table.name, ())])
+        row_checks.refresh_documents(self.db, "segment = ?", (seq,))
 
     def load_chunks(self, seq: int, vectors: np.ndarray, chunks: Sequence[tuple], dead: set[int]) -> None:
         """Chunks of a segment being restored, but those that a tombstone anywhere in the generation names (`dead`):
         whatever order the segments carrying tombstones come in, no id is ever loaded twice."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        self.db.executemany(f"INSERT INTO chunks ({', '.join(CHUNK_COLUMNS)}, vector, segment, checksum) "
-                            f"VALUES ({', '.join('?' * (len(CHUNK_COLUMNS) + 3))})",
-                            [(*row, vector.tobytes(), seq, row_checksum(*row, vector.tobytes()))
+        self.db.executemany(f"INSERT INTO chunks ({', '.join(CHUNK_COLUMNS)}, vector, segment, checksum, "
+                            f"segment_checksum) VALUES ({', '.join('?' * (len(CHUNK_COLUMNS) + 4))})",
+                            [(*row, vector.tobytes(), seq, row_checksum(*row, vector.tobytes()),
+                              row_checks.segment_checksum(row[0], seq))
                              for row, vector in zip(chunks, vectors) if row[0] not in dead])
 
     # ---- generations and their files -------------------------------------------------------
@@ -515,6 +536,10 @@ class Catalog:
         self.db.execute("DELETE FROM replica_files WHERE replica = ?", (replica,))
         self.db.executemany("INSERT INTO replica_files VALUES (?, ?)", [(replica, name) for name in sorted(names)])
 
+    def forget_confirmed(self, damaged: dict[str, set[str]]) -> None:
+        self.db.executemany("DELETE FROM replica_files WHERE replica = ? AND name = ?",
+                            [(replica, name) for replica, names in damaged.items() for name in sorted(names)])
+
     # ---- reading -------------------------------------------------------------------------
     def dead_ids(self, segment: int) -> np.ndarray:
         """The ids a segment holds that are no longer live."""
@@ -537,6 +562,7 @@ class Catalog:
         found: dict[int, tuple] = {}
         damaged = []
         intact = f"c.checksum = {_row_checksum_sql('c.')}" if self.has_checksums() else "1"
+        intact = f"({intact}) AND {row_checks.intact_document_sql('d.', self.db)}"
         for start in range(0, len(ids), PARAMETERS_PER_STATEMENT):
             part = list(ids[start : start + PARAMETERS_PER_STATEMENT])
             for row in self.db.execute(

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 
 from .errors import StoreError
-from .faiss_store import FaissStore
-from .generations import current_manifest
-from .manifest import segments_of
+from .faiss_store import FaissStore, read_identity
+from .generations import COMMITTED, committed_generation, current_manifest
+from .manifest import MANIFESTS, manifest_name, parse_manifest, segments_of
 from .replicas import Location, redact_url
 from .restore import restore_store, verify_store
 from .segments import FLAT
@@ -80,10 +80,61 @@ def scratch_folder() -> Iterator[str]:
         yield folder
 
 
+class DrillProblems(StoreError):
+    """The drill restored the replica's generation, but it is not this store's current state or does not answer its
+    own chunks: `report` is the drill's report with "ok": false and its "problems"."""
+
+    def __init__(self, message: str, report: dict[str, Any]):
+        super().__init__(message)
+        self.report = report
+
+
+def primary_state(settings: StoreSettings) -> dict[str, Any]:
+    """What the drill compares a restored generation with: the primary's store id, timeline, newest committed
+    generation and its manifest. Read from identity.json, COMMITTED and the manifest file, never the database: a
+    drill leaves the primary as it was, byte for byte (a reader of the database would add its -wal and -shm)."""
+    path = Path(settings.path)
+    identity = read_identity(path)
+    generation = committed_generation(path)
+    if identity is None or generation is None:
+        raise StoreError(f"no store at {str(path)!r}, or it has committed no generation since it records them "
+                         f"({COMMITTED}): run a checkpoint first")
+    manifest = parse_manifest((path / MANIFESTS / manifest_name(generation)).read_bytes(),
+                              f"primary {MANIFESTS}/{manifest_name(generation)}")
+    return {"store_id": identity.get("store_id"), "timeline": identity.get("timeline", 1), "generation": generation,
+            "manifest": manifest}
+
+
+def identity_problems(primary: dict[str, Any], restored: dict[str, Any], counts: dict[str, int]) -> list[str]:
+    """How a generation restored from a replica (`restored`: its manifest; `counts`: what the restored store holds)
+    differs from the primary's current generation: another store, another timeline, another generation or content,
+    or counts that are not the manifest's. Pure."""
+    problems = []
+    if restored.get("store_id") != primary["store_id"]:
+        problems.append(f"restored store id {restored.get('store_id')}, the primary's is {primary['store_id']}: the "
+                        "replica holds another store's data")
+    if restored.get("timeline", 1) != primary["timeline"]:
+        problems.append(f"restored timeline {restored.get('timeline', 1)}, the primary's is {primary['timeline']}")
+    if restored["generation"] != primary["generation"]:
+        problems.append(f"restored generation {restored['generation']}, the primary's current is "
+                        f"{primary['generation']}: the replica does not hold the last checkpoint")
+    elif restored.get("checksum") != primary["manifest"].get("checksum"):
+        problems.append(f"generation {restored['generation']} differs from the primary's generation of that number")
+    for key in ("documents", "vectors"):
+        if counts[key] != restored[key]:
+            problems.append(f"restored store holds {counts[key]} {key}, its manifest says {restored[key]}")
+        if restored["generation"] == primary["generation"] and restored[key] != primary["manifest"].get(key):
+            problems.append(f"restored {restored[key]} {key}, the primary's generation {primary['generation']} holds "
+                            f"{primary['manifest'].get(key)}")
+    return problems
+
+
 def drill(settings: StoreSettings, replica: str | None = None, queries: int = QUERIES) -> dict[str, Any]:
     """Restore, verify, open and search the newest generation of `replica` (default: the first configured) in a
-    temporary folder. Returns {"ok", "replica", "generation", "documents", "vectors", "age_seconds",
-    "restore_seconds", "queries", "agreement", "exact", "required_agreement"}; raises StoreError on any problem."""
+    temporary folder, and compare it with the primary's current generation. Returns {"ok", "replica", "generation",
+    "identity": {"store_id", "timeline", "generation"}, "problems", "documents", "vectors", "age_seconds",
+    "restore_seconds", "queries", "agreement", "exact", "required_agreement"}; raises StoreError when it does not
+    restore, DrillProblems (with the report) when the restored store is not the primary's or does not answer."""
     chosen = chosen_replica(settings, replica)
     where = f"replica {chosen.name!r} ({redact_url(chosen.url)})"
     location = Location.replica(chosen)
@@ -94,6 +145,10 @@ def drill(settings: StoreSettings, replica: str | None = None, queries: int = QU
     if not held:
         raise StoreError(f"drill: {where} holds no generation: nothing to restore (has a checkpoint reached it?)")
     newest = held[0]
+    try:
+        primary = primary_state(settings)
+    except (StoreError, OSError, ValueError) as exc:  # ValueError: a damaged record or manifest
+        raise StoreError(f"drill: the primary cannot be read to compare with ({exc})") from None
     with scratch_folder() as folder:
         # Only this replica: a file it lacks must fail the drill, not be fetched from another copy.
         scratch = settings.model_copy(update={"path": Path(folder) / "store", "replicas": (chosen,)})
@@ -104,7 +159,8 @@ def drill(settings: StoreSettings, replica: str | None = None, queries: int = QU
             raise StoreError(f"drill: generation {newest} of {where} does not restore ({exc}): run `vectormill store "
                              "verify --repair` to copy its damaged files again from the primary") from None
         restore_seconds = time.perf_counter() - started
-        created_at = datetime.fromisoformat(location.read_manifest(newest)["created_at"])
+        restored = location.read_manifest(newest)
+        created_at = datetime.fromisoformat(restored["created_at"])
         report = verify_store(scratch.model_copy(update={"replicas": ()}))
         if not report["ok"]:
             found = "; ".join(f"{p['file']}: {p['detail']}" for p in report["problems"])
@@ -116,15 +172,19 @@ def drill(settings: StoreSettings, replica: str | None = None, queries: int = QU
                 agreeing = sum(comes_first(store, chunk_id, vector) for chunk_id, vector in sample)
                 stats = store.stats()
     agreement = agreeing / len(sample) if sample else 1.0
-    result = {"ok": agreement >= required_agreement(exact), "replica": chosen.name, "generation": newest,
+    problems = identity_problems(primary, restored, stats)
+    if agreement < required_agreement(exact):
+        problems.append(f"only {agreeing} of {len(sample)} sampled chunks come back first when searched with their "
+                        f"own vector (required: {required_agreement(exact):.0%}{', exact segments' if exact else ''})")
+    result = {"ok": not problems, "replica": chosen.name, "generation": newest,
+              "identity": {"store_id": restored.get("store_id"), "timeline": restored.get("timeline", 1),
+                           "generation": newest}, "problems": problems,
               "documents": stats["documents"], "vectors": stats["vectors"],
               "age_seconds": round((datetime.now(timezone.utc) - created_at).total_seconds(), 3),
               "restore_seconds": round(restore_seconds, 3), "queries": len(sample), "agreement": agreement,
               "exact": exact, "required_agreement": required_agreement(exact)}
-    if not result["ok"]:
-        raise StoreError(f"drill: generation {newest} of {where} restores, but only {agreeing} of {len(sample)} "
-                         f"sampled chunks come back first when searched with their own vector (required: "
-                         f"{required_agreement(exact):.0%}{', exact segments' if exact else ''})")
+    if problems:
+        raise DrillProblems(f"drill: generation {newest} of {where} restores, but {'; '.join(problems)}", result)
     return result
 
 

@@ -40,11 +40,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from . import row_checks
 from .catalog import Catalog, faiss_id, record_checked_files
 from .durable import file_sha256, write_atomically
 from .errors import StoreCorruptError, StoreError
 from .filters import SearchFilter
-from .generations import Generations, current_manifest, damaged_files
+from .generations import Generations, current_manifest, damaged_files, rollback_problem
 from .legacy import migrate, refuse_to_read, set_aside_old_layout
 from .lock import WriterLock
 from .manifest import SEGMENTS, FileEntry, files_of, manifest_bytes, parse_manifest, segments_of
@@ -223,12 +224,18 @@ class FaissStore:
 
     def _open_catalog(self, create: bool = False) -> None:
         database = self.path / self.identity["database"]
-        if not create and not database.is_file():
+        if create:
+            self.catalog = Catalog.open(database, self.dimension, self.writable)
+            return
+        if not database.is_file():
             raise StoreCorruptError(
                 f"store {str(self.path)!r}: its database {database.name} is missing; run `vectormill store restore` "
                 "to rebuild it from the newest valid generation of any copy")
         try:
             self.catalog = Catalog.open(database, self.dimension, self.writable)
+            rolled_back = rollback_problem(self.path, lambda: self.catalog.counter("generation"))
+            if rolled_back:
+                raise StoreCorruptError(rolled_back)
             if not self.writable:
                 with self.snapshot():  # reads the database, and pins the files of its newest generation
                     pass
@@ -429,6 +436,7 @@ class FaissStore:
         """Rewrite every segment: merge them (up to `max_segment_vectors` each), drop deleted and replaced vectors,
         and build trained factories afresh. What was written since the last checkpoint is sealed first."""
         self._check_writable()
+        self._refuse_inconsistent_rows()
         before, dead = current_manifest(self.catalog), self.catalog.counter("dead")
 
         def run() -> int:
@@ -445,6 +453,18 @@ class FaissStore:
                 "segments_before": len(segments_of(before)) if before else 0, "segments_after": len(segments_of(after)),
                 "dead_dropped": dead - self.catalog.counter("dead"),
                 "bytes_written": sum(f.bytes for name, f in files_of(after).items() if name not in old)}
+
+    def _refuse_inconsistent_rows(self) -> None:
+        """Before rewriting every segment from the catalog's rows: rows whose checksums fail would be written into
+        the new segments (and their placements decide which rows a segment gets), so they stop it. Its cost is a pass
+        over the rows, as the compaction's own."""
+        damaged = {**self.catalog.damaged_rows(), **row_checks.misplaced_chunks(self.db),
+                   **dict.fromkeys(row_checks.damaged_documents(self.db), 1)}
+        if damaged:
+            named = ", ".join("/".join(key) for key in sorted(damaged)[:10])
+            raise StoreCorruptError(f"store {str(self.path)!r}: rows of {len(damaged)} document(s) fail their checksum "
+                                    f"({named}): nothing was compacted; run `vectormill store verify`, then `vectormill "
+                                    "store restore --generation G` from an intact generation")
 
     def repair(self, source: str | None = None, also: dict[str, str] | None = None) -> dict[str, Any]:
         """Hash every file of the current generation; fetch damaged ones again from a replica (`source`: only that

@@ -35,6 +35,9 @@ QUARANTINE = "quarantine"
 # Written by `store restore` before it changes anything, removed when it is done: an open that finds
 # it finishes the restore by setting aside (never deleting) what the current database does not name.
 RESTORING = "RESTORING"
+# The newest generation a catalog of this store committed, written beside identity.json after each commit: a
+# database rolled back (its -wal lost, an older copy put back) records less, and is refused rather than used.
+COMMITTED = "COMMITTED"
 
 
 def utc_stamp() -> str:
@@ -51,6 +54,40 @@ def current_manifest(catalog: Catalog) -> dict[str, Any] | None:
     """The manifest of the newest generation the catalog records (as of its snapshot, for a reader)."""
     manifests = catalog.manifests()
     return parse_manifest(manifests[0][1], f"{MANIFESTS}/{manifest_name(manifests[0][0])}") if manifests else None
+
+
+def record_committed(path: Path, generation: int) -> None:
+    write_atomically(path / COMMITTED, json.dumps({"generation": generation}).encode())
+
+
+def committed_generation(path: Path) -> int | None:
+    """The newest generation recorded as committed; None for a store that never recorded one (older, or new).
+    ValueError when the record is unreadable."""
+    try:
+        return int(json.loads((path / COMMITTED).read_text())["generation"])
+    except FileNotFoundError:
+        return None
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"{COMMITTED}: {exc}") from None
+
+
+def rollback_problem(path: Path, catalog_generation: Callable[[], int]) -> str | None:
+    """Why the catalog cannot be used: it records an older generation than one committed before (it was rolled
+    back); None when it can. `catalog_generation` is asked after the record is read: a writer that commits meanwhile
+    writes its record after its commit, so a sound catalog never reads as older."""
+    try:
+        committed = committed_generation(path)
+    except ValueError:
+        return f"{COMMITTED} is unreadable: run `vectormill store verify` to check the store"
+    if committed is None:
+        return None  # written before this record, or never committed a generation
+    found = catalog_generation()
+    if found >= committed:
+        return None
+    return (f"store {str(path)!r}: its database records generation {found}, but generation {committed} was committed "
+            f"before ({COMMITTED}, {MANIFESTS}/): the database was rolled back (its -wal file lost, or an older copy "
+            "put back). Nothing was changed or deleted; run `vectormill store restore` to rebuild it from the newest "
+            "generation")
 
 
 def damaged_files(manifest: dict[str, Any], checked: dict[str, str], locate: Callable[[str], Path]
@@ -222,6 +259,7 @@ class Generations:
             catalog.drop_generations(replaced)
             dropped = replaced + catalog.add_generation(generation, manifest, self.settings.keep_generations)
             catalog.record_files(written)
+        record_committed(self.path, generation)
         self._prune(dropped)
         return generation
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from . import row_checks
 from .catalog import Catalog
 from .durable import file_sha256, fsync_dir
 from .errors import StoreCorruptError, StoreError
@@ -179,6 +180,7 @@ def _import_snapshot(catalog: Catalog, snapshot: Path) -> None:
                     present = {row[1] for row in db.execute(f"PRAGMA old.table_info({table.name})")}
                     db.execute(f"INSERT INTO main.{table.name} ({', '.join(table.columns)}, segment) "
                                f"SELECT {', '.join(table.selected(present))}, NULL FROM old.{table.name}")
+            row_checks.checksum_all(db)
     finally:
         db.execute("DETACH DATABASE old")
 

@@ -236,6 +236,76 @@ class Location:
             self.fs.rm(path)
 
 
+def unknown_replica(location: Location, exc: Exception) -> str:
+    return (f"replica {location.name!r} is unknown: {exc}. Whose generations it holds cannot be proven, so nothing is "
+            "written or removed there; run `vectormill store verify --repair` to rewrite the manifest from the primary "
+            "(once the replica's other manifests prove it holds this store)")
+
+
+def held_manifests(location: Location) -> dict[int, dict[str, Any]]:
+    """Every manifest the replica holds, by generation, newest first; ReplicaRefusedError when one is unreadable (the
+    replica is "unknown": which store and timeline it holds cannot be proven)."""
+    held = {}
+    for number in location.generations():
+        try:
+            held[number] = location.read_manifest(number)
+        except FileNotFoundError:
+            continue  # removed since it was listed (a prune)
+        except ManifestError as exc:
+            raise ReplicaRefusedError(unknown_replica(location, exc)) from None
+    return held
+
+
+def history_problem(location: Location, held: dict[int, dict[str, Any]], ours: dict[str, Any]) -> str | None:
+    """Why the replica may not take (or count for) generation `ours`: it holds another store's generations, one of
+    a newer timeline, one newer than ours, or ours under another content (another timeline); None when it may."""
+    name = location.name
+    for number, theirs in held.items():
+        if theirs.get("store_id") not in (None, ours["store_id"]):
+            return (f"replica {name!r} holds generations of store {theirs['store_id']}, not of this store "
+                    f"{ours['store_id']}: point the replica at a location of its own")
+        if theirs.get("timeline", 1) > ours["timeline"]:
+            return (f"replica {name!r} holds generation {number} of timeline {theirs['timeline']}, newer than this "
+                    f"store's timeline {ours['timeline']} (restored elsewhere?): kept, not written")
+    newest = max(held, default=0)
+    same = held.get(ours["generation"])
+    if same is not None and same.get("checksum") != ours["checksum"]:
+        return (f"replica {name!r} holds generation {ours['generation']} of timeline {same.get('timeline', 1)} "
+                f"(written before this store was restored to timeline {ours['timeline']}), and generations up to "
+                f"{newest}: kept; the next checkpoint is numbered past {newest}")
+    if newest > ours["generation"]:
+        return (f"replica {name!r} holds generation {newest} (timeline {held[newest].get('timeline', 1)}), newer than "
+                f"this store's {ours['generation']} (timeline {ours['timeline']}): kept, not written or counted; the "
+                f"next checkpoint is numbered past {newest}")
+    return None
+
+
+def refuse_another_history(location: Location, ours: dict[str, Any], status: "ReplicaStatus") -> None:
+    """Raise ReplicaRefusedError unless the replica may take generation `ours`; notes its newest generation."""
+    held = held_manifests(location)
+    status.newest_held = max(held, default=None)
+    problem = history_problem(location, held, ours)
+    if problem:
+        raise ReplicaRefusedError(problem)
+
+
+def confirm_held(location: Location, ours: dict[str, Any]) -> None:
+    """A replica confirms a generation only once it holds it after its own pruning: its manifest read back as ours,
+    among its kept generations, with every file it names there at its size (each was read back when copied)."""
+    held = held_manifests(location)
+    if held.get(ours["generation"], {}).get("checksum") != ours["checksum"]:
+        raise ReplicaCopyError(f"{location.name}: generation {ours['generation']} is not held after its pruning "
+                               f"(it keeps {', '.join(map(str, held)) or 'none'}): not confirmed")
+    problem = history_problem(location, held, ours)
+    if problem:
+        raise ReplicaRefusedError(problem)
+    sizes = location.segment_files()
+    wrong = [name for name, entry in files_of(ours).items() if sizes.get(name) != entry.bytes]
+    if wrong:
+        raise ReplicaCopyError(f"{location.name}: {len(wrong)} file(s) of generation {ours['generation']} missing or "
+                               f"of another size after its pruning ({wrong[0]}): not confirmed")
+
+
 @dataclass
 class ReplicaStatus:
     name: str
@@ -311,7 +381,7 @@ class Replicator:
                        status: ReplicaStatus) -> None:
         retrying = self._retrying(status, location.redact)
         ours = parse_manifest(manifest, "primary manifest")
-        retrying(self._refuse_another_history, location, ours, status)
+        retrying(refuse_another_history, location, ours, status)
         held = retrying(location.segment_files)
         for name, entry in sorted(files_of(parse_manifest(manifest, "primary manifest")).items()):
             relative, expected = f"{SEGMENTS}/{name}", (entry.sha256, entry.bytes)
@@ -333,32 +403,11 @@ class Replicator:
             self.on_copied(location.name, generation, name)
         try:
             status.confirmed &= retrying(self._prune, location)
-        except Exception as exc:  # noqa: BLE001 - the copy is confirmed; leftovers only cost space
+        except ReplicaRefusedError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - leftovers only cost space; what it holds is confirmed below
             log.warning("replica %s: could not remove old generations: %s", location.name, location.redact(str(exc)))
-
-    def _refuse_another_history(self, location: Location, ours: dict[str, Any], status: ReplicaStatus) -> None:
-        """Raise if the replica holds another store's generations, or one numbered like ours but of another timeline
-        (written before a restore, while it was out of reach): never overwritten. Notes its newest generation."""
-        numbers = location.generations()
-        if not numbers:
-            return
-        status.newest_held = numbers[0]
-        try:
-            theirs = location.read_manifest(numbers[0])
-        except (FileNotFoundError, ManifestError):
-            return
-        if theirs.get("store_id") not in (None, ours["store_id"]):
-            raise ReplicaRefusedError(
-                f"replica {location.name!r} holds generations of store {theirs['store_id']}, not of this store "
-                f"{ours['store_id']}: point the replica at a location of its own")
-        if ours["generation"] in numbers and numbers[0] >= ours["generation"]:
-            same = location.read_manifest(ours["generation"])
-            if same.get("checksum") != ours["checksum"]:
-                raise ReplicaRefusedError(
-                    f"replica {location.name!r} holds generation {ours['generation']} of timeline "
-                    f"{same.get('timeline', 1)} (written before this store was restored to timeline "
-                    f"{ours['timeline']}), and generations up to {numbers[0]}: kept; the next checkpoint is "
-                    f"numbered past {numbers[0]}")
+        retrying(confirm_held, location, ours)
 
     def _prune(self, location: Location) -> set[str]:
         """Keep the newest K generations with a valid manifest and the files they name; remove the rest (and the
@@ -369,8 +418,10 @@ class Replicator:
                 try:
                     kept.append(location.read_manifest(generation))
                     continue
-                except (FileNotFoundError, ManifestError):
+                except FileNotFoundError:
                     pass
+                except ManifestError as exc:  # whose generation it is cannot be told: nothing is removed
+                    raise ReplicaRefusedError(unknown_replica(location, exc)) from None
             location.remove(f"{MANIFESTS}/{manifest_name(generation)}")
         named = referenced_files(kept)
         for name in location.segment_files():

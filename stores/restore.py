@@ -16,19 +16,24 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .catalog import Catalog
+from . import row_checks
+from .catalog import Catalog, forget_replica_files
 from .durable import file_sha256, fingerprint, fsync_dir, write_atomically
 from .errors import StoreError
 from .faiss_store import IDENTITY, FaissStore, new_store_id, read_identity, write_identity
-from .generations import QUARANTINE, RESTORING, set_aside, used_generation_numbers, utc_stamp
+from .generations import (
+    QUARANTINE, RESTORING, record_committed, rollback_problem, set_aside, used_generation_numbers, utc_stamp,
+)
 from .lock import WriterLock
 from .manifest import (
-    MANIFESTS, SEGMENTS, FileEntry, Problem, build_manifest, files_of, manifest_name, parse_manifest, segments_of,
+    MANIFESTS, SEGMENTS, FileEntry, ManifestError, Problem, build_manifest, files_of, manifest_name, parse_manifest,
+    segments_of,
 )
 from .replicas import PRIMARY, Location, redact_url
 from .settings import StoreSettings
@@ -65,6 +70,7 @@ def verify_store(settings: StoreSettings) -> dict[str, Any]:
     else:
         problems.extend(_database_problems(path, identity))
     replayed: dict[str, str | None] = {}  # by manifest checksum: a generation copied to several places is read once
+    first_seen: dict[int, tuple[str, dict[str, Any]]] = {}  # by number: where a generation was read first, and it
     for location in _reachable(settings, problems):
         try:
             numbers = location.generations()
@@ -77,10 +83,10 @@ def verify_store(settings: StoreSettings) -> dict[str, Any]:
         checked: dict[str, tuple[str, int] | None] = {}
         for number in numbers:
             manifest, found = location.verify(number, checked)
-            if manifest and identity and manifest.get("store_id") not in (None, identity.get("store_id")):
-                found = [*found, Problem(location.name, f"{MANIFESTS}/{manifest_name(number)}",
-                                         f"a generation of store {manifest['store_id']}, not of this store "
-                                         f"{identity.get('store_id')}: another store writes to this location")]
+            found = [*found, *_identity_problems(location, number, manifest, identity or {})]
+            if manifest:
+                found += _same_number_problems(location, number, manifest, first_seen.setdefault(
+                    number, (location.name, manifest)))
             if manifest and not found and location.is_local:
                 found = _replay_problems(location, number, manifest, replayed)
             if found and _pruned_meanwhile(location, number):
@@ -94,6 +100,63 @@ def verify_store(settings: StoreSettings) -> dict[str, Any]:
                 entry.update({key: manifest[key] for key in ("lsn", "vectors", "documents", "created_at")})
             generations.append(entry)
     return {"ok": not problems, "generations": generations, "problems": [asdict(p) for p in problems]}
+
+
+def scrub_replicas(settings: StoreSettings) -> dict[str, Any]:
+    """Hash every file of every generation each replica holds (a scheduled `store verify` of the replicas): damage
+    that happened there after a checkpoint confirmed it is found within one scrub interval. The primary's record of
+    what each replica holds forgets the damaged files, so the next checkpoint reads them back and sends them again.
+    Returns {"ok", "replicas": [{"name", "generations", "files", "bytes", "seconds"}], "problems", "forgotten"}."""
+    path = Path(settings.path)
+    identity = read_identity(path) or {}
+    problems: list[Problem] = []
+    replicas = []
+    for location in _reachable(settings, problems)[1:]:
+        started = time.perf_counter()
+        checked: dict[str, tuple[str, int] | None] = {}
+        try:
+            numbers = location.generations()
+        except Exception as exc:  # noqa: BLE001 - an unreachable replica is a problem to report
+            problems.append(Problem(location.name, location.url,
+                                    location.redact(f"unreachable: {type(exc).__name__}: {exc}")))
+            continue
+        for number in numbers:
+            manifest, found = location.verify(number, checked)
+            found += _identity_problems(location, number, manifest, identity)
+            problems.extend(problem for problem in found if problem not in problems)
+        replicas.append({"name": location.name, "generations": len(numbers), "files": len(checked),
+                         "bytes": sum(found[1] for found in checked.values() if found),
+                         "seconds": round(time.perf_counter() - started, 3)})
+    damaged: dict[str, set[str]] = {}
+    for problem in problems:
+        if problem.file.startswith(f"{SEGMENTS}/"):
+            damaged.setdefault(problem.where, set()).add(problem.file.split("/", 1)[1])
+    forgotten = bool(damaged) and "database" in identity and forget_replica_files(path / identity["database"], damaged)
+    return {"ok": not problems, "replicas": replicas, "problems": [asdict(p) for p in problems],
+            "forgotten": forgotten}
+
+
+def _same_number_problems(location: Location, number: int, manifest: dict[str, Any],
+                          first: tuple[str, dict[str, Any]]) -> list[Problem]:
+    """Generation `number` here differs from the copy of that number read first elsewhere (e.g. a catalog rolled back
+    and a generation committed again under a number a replica already held)."""
+    where, other = first
+    if other["checksum"] == manifest["checksum"]:
+        return []
+    return [Problem(location.name, f"{MANIFESTS}/{manifest_name(number)}",
+                    f"differs from {where}'s generation {number} (timeline {manifest.get('timeline', 1)} here, "
+                    f"{other.get('timeline', 1)} there; {manifest.get('vectors')} vectors here, {other.get('vectors')} "
+                    "there): two histories under one number")]
+
+
+def _identity_problems(location: Location, number: int, manifest: dict[str, Any] | None,
+                       identity: dict[str, Any]) -> list[Problem]:
+    """A generation of another store where this store's replica is."""
+    if manifest and identity and manifest.get("store_id") not in (None, identity.get("store_id")):
+        return [Problem(location.name, f"{MANIFESTS}/{manifest_name(number)}",
+                        f"a generation of store {manifest['store_id']}, not of this store {identity.get('store_id')}: "
+                        "another store writes to this location")]
+    return []
 
 
 def verify_and_repair(settings: StoreSettings) -> dict[str, Any]:
@@ -125,12 +188,30 @@ def verify_and_repair(settings: StoreSettings) -> dict[str, Any]:
 def _copy_to_replicas(settings: StoreSettings, damaged: list[tuple[str, str]]) -> list[dict[str, str]]:
     """Copy again, from the primary, each (replica, file) of `damaged` that names a segment or manifest file."""
     copied: list[dict[str, str]] = []
+    store_id = (read_identity(Path(settings.path)) or {}).get("store_id")
     for location in _reachable(settings, []):
         if location.name != PRIMARY:
+            proven = _holds_this_store(location, store_id)
             copied += _copy_again(Path(settings.path), location, sorted(
                 file for where, file in damaged
-                if where == location.name and file.startswith((f"{SEGMENTS}/", f"{MANIFESTS}/"))))
+                if where == location.name and (file.startswith(f"{SEGMENTS}/")
+                                               or (file.startswith(f"{MANIFESTS}/") and proven))))
     return copied
+
+
+def _holds_this_store(location: Location, store_id: str | None) -> bool:
+    """Whether the replica's readable manifests prove it holds this store (all name it, or it holds none): only then
+    may a damaged manifest there be rewritten from the primary, never over another store's generations."""
+    named = set()
+    try:
+        for number in location.generations():
+            try:
+                named.add(location.read_manifest(number).get("store_id"))
+            except (FileNotFoundError, ManifestError):
+                continue
+    except Exception:  # noqa: BLE001 - unreachable: nothing is written there
+        return False
+    return named <= {store_id}
 
 
 def _copy_again(path: Path, location: Location, files: list[str]) -> list[dict[str, str]]:
@@ -181,10 +262,16 @@ def _database_problems(path: Path, identity: dict[str, Any]) -> list[Problem]:
     try:
         catalog = Catalog.open(database, int(identity["dimension"]), writable=False)
         try:
+            rolled_back = rollback_problem(path, lambda: catalog.counter("generation"))
+            if rolled_back:
+                problems.append(Problem(PRIMARY, database.name, rolled_back))
             catalog.begin_snapshot()
-            result = [row[0] for row in catalog.db.execute("PRAGMA quick_check")]
+            # integrity_check, not quick_check: it also compares every index with its table (a flipped rowid in an
+            # index entry would send a write to another document's rows).
+            result = [row[0] for row in catalog.db.execute("PRAGMA integrity_check")]
             if result != ["ok"]:
-                problems.append(Problem(PRIMARY, database.name, "; ".join(result[:5])))
+                problems.append(Problem(PRIMARY, database.name, f"{'; '.join(result[:5])}: run `vectormill store "
+                                                                "restore` to rebuild the database"))
             for name, query in COUNTED.items():
                 rows = catalog.db.execute(query).fetchone()[0]
                 if catalog.counter(name) != rows:
@@ -192,11 +279,10 @@ def _database_problems(path: Path, identity: dict[str, Any]) -> list[Problem]:
                                             f"counter {name} = {catalog.counter(name)} but it holds {rows} rows"))
             damaged = catalog.damaged_rows()
             if damaged:
-                named = ", ".join(f"{source}/{document} ({rows} row(s))" for (source, document), rows
-                                  in sorted(damaged.items())[:20])
                 problems.append(Problem(PRIMARY, database.name, f"chunk rows whose checksum does not match, of "
-                                        f"{len(damaged)} document(s): {named}: restore an intact generation "
+                                        f"{len(damaged)} document(s): {_named(damaged)}: restore an intact generation "
                                         "(`vectormill store restore --generation G`) or ingest them again"))
+            problems.extend(Problem(PRIMARY, database.name, detail) for detail in row_check_problems(catalog.db))
             counted = dict(catalog.db.execute("SELECT segment, count(*) FROM dead GROUP BY segment"))
             if counted != catalog.dead_counts():
                 problems.append(Problem(PRIMARY, database.name, "tombstone counts per segment do not match its rows"))
@@ -210,6 +296,24 @@ def _database_problems(path: Path, identity: dict[str, Any]) -> list[Problem]:
     except sqlite3.DatabaseError as exc:
         problems.append(Problem(PRIMARY, database.name, f"damaged ({exc}): run `vectormill store restore`"))
     return problems
+
+
+def row_check_problems(db: sqlite3.Connection) -> list[str]:
+    """Documents rows and chunk placements whose checksum does not hold (stores/row_checks.py)."""
+    found = []
+    documents = row_checks.damaged_documents(db)
+    if documents:
+        found.append(f"document rows whose checksum does not match: {_named(dict.fromkeys(documents, 1))}: restore "
+                     "an intact generation (`vectormill store restore --generation G`) or ingest them again")
+    misplaced = row_checks.misplaced_chunks(db)
+    if misplaced:
+        found.append(f"chunk rows whose segment does not match its checksum, of {len(misplaced)} document(s): "
+                     f"{_named(misplaced)}: restore an intact generation (`vectormill store restore --generation G`)")
+    return found
+
+
+def _named(rows: dict[tuple[str, str], int]) -> str:
+    return ", ".join(f"{source}/{document} ({count} row(s))" for (source, document), count in sorted(rows.items())[:20])
 
 
 def _manifest_files_mismatched(path: Path, manifests: list[tuple[int, bytes]]) -> dict[int, str]:
@@ -298,6 +402,8 @@ def _install(settings: StoreSettings, path: Path, location: Location, number: in
     stamp = utc_stamp()
     quarantine = path / QUARANTINE / f"restore-{stamp}"
     previous = read_identity(path)
+    if previous and manifest.get("store_id") not in (None, previous.get("store_id")):
+        raise StoreError(f"a generation of store {manifest['store_id']}, not of this store {previous.get('store_id')}")
     write_atomically(path / RESTORING, json.dumps({"quarantine": quarantine.name}).encode())
     database = f"store-{stamp}.sqlite"
     try:
@@ -320,6 +426,7 @@ def _install(settings: StoreSettings, path: Path, location: Location, number: in
                 "created_at": (previous or {}).get("created_at", manifest["created_at"]), "format": 2,
                 "database": database, "store_id": lineage["store_id"], "timeline": lineage["timeline"]}
     write_identity(path, identity)  # the switch: from here on the store is the restored generation
+    record_committed(path, restored)
     catalog = Catalog.open(path / database, int(manifest["dimension"]), writable=False)
     try:
         moved = set_aside(path, catalog, database, quarantine)
