@@ -558,17 +558,18 @@ class Catalog:
 
     def hit_rows(self, ids: Sequence[int]) -> tuple[dict[int, tuple], list[tuple[str, str]]]:
         """(chunk_id, source, document, title, location, page, text, ocr, last_page, modified) by faiss id, of the rows
-        whose checksum holds; and the (source, document) of those whose checksum does not (damaged: never served)."""
+        whose checksum holds; and the (source, document) of each row whose checksum, or its document row's, does not
+        hold, or that has no document row (damaged: never served)."""
         found: dict[int, tuple] = {}
         damaged = []
         intact = f"c.checksum = {_row_checksum_sql('c.')}" if self.has_checksums() else "1"
-        intact = f"({intact}) AND {row_checks.intact_document_sql('d.', self.db)}"
+        intact = f"({intact}) AND d.source IS NOT NULL AND {row_checks.intact_document_sql('d.', self.db)}"
         for start in range(0, len(ids), PARAMETERS_PER_STATEMENT):
             part = list(ids[start : start + PARAMETERS_PER_STATEMENT])
             for row in self.db.execute(
                     "SELECT c.faiss_id, c.chunk_id, c.source, c.document, d.title, d.location, c.page, c.text, c.ocr, "
                     f"c.last_page, d.modified, {intact} "
-                    "FROM chunks c JOIN documents d USING (source, document) "
+                    "FROM chunks c LEFT JOIN documents d USING (source, document) "
                     f"WHERE c.faiss_id IN ({','.join('?' * len(part))})", part):
                 if row[-1]:
                     found[row[0]] = row[1:-1]
@@ -635,21 +636,26 @@ class Catalog:
                                "ORDER BY m.key")
         return [*DOCUMENT_FIELDS, *(key for (key,) in held if key not in DOCUMENT_FIELDS)]
 
-    def document(self, document: str, source: str | None = None) -> list[dict[str, Any]]:
-        """Stored documents with this id (of one source, or of every source), each with its chunks in order."""
-        query = (f"SELECT source, document, version, title, location, modified, {self._metadata()} FROM documents "
-                 "WHERE document = ?"
+    def document(self, document: str, source: str | None = None) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+        """Stored documents with this id (of one source, or of every source), each with its chunks in order; and the
+        (source, document) of those whose row or a chunk row fails its checksum (damaged: never served)."""
+        query = (f"SELECT source, document, version, title, location, modified, {self._metadata()}, "
+                 f"{row_checks.intact_document_sql('', self.db)} FROM documents WHERE document = ?"
                  + (" AND source = ?" if source is not None else "") + " ORDER BY source")
-        found = []
+        intact_chunk = f"checksum IS {ROW_CHECKSUM}" if self.has_checksums() else "1"
+        found, damaged = [], []
         for row in self.db.execute(query, (document, source) if source is not None else (document,)):
             chunks = self.db.execute(
-                "SELECT chunk_id, position, page, last_page, text, ocr FROM chunks WHERE source = ? AND document = ? "
-                "ORDER BY position", row[:2]).fetchall()
+                f"SELECT chunk_id, position, page, last_page, text, ocr, {intact_chunk} FROM chunks "
+                "WHERE source = ? AND document = ? ORDER BY position", row[:2]).fetchall()
+            if not row[7] or not all(chunk[6] for chunk in chunks):
+                damaged.append((row[0], row[1]))
+                continue
             found.append(dict(zip(("source", "document", "version", "title", "location", "modified"), row))
                          | {"metadata": json.loads(row[6])}
                          | {"chunks": [dict(zip(("chunk_id", "position", "page", "last_page", "text"), chunk[:5]))
                                        | {"ocr": bool(chunk[5])} for chunk in chunks]})
-        return found
+        return found, damaged
 
     def document_versions(self, source: str) -> dict[str, str]:
         return dict(self.db.execute("SELECT document, version FROM documents WHERE source = ?", (source,)))

@@ -583,6 +583,8 @@ class FaissStore:
             rows, damaged = self.catalog.hit_rows([identifier for _, identifier in best])
         if damaged:
             self._report_damaged_rows(sorted(set(damaged)))
+        if len(best) > len(rows) + len(damaged):
+            self._report_unheld_ids(len(best) - len(rows) - len(damaged))
         hits = []
         for score, identifier in best:
             if identifier in rows:
@@ -593,7 +595,10 @@ class FaissStore:
 
     def document(self, document: str, source: str | None = None) -> list[dict[str, Any]]:
         """The stored documents with this id (of `source`, or of any source), with their chunks."""
-        return self.catalog.document(document, source)
+        found, damaged = self.catalog.document(document, source)
+        if damaged:
+            self._report_damaged_rows(damaged)
+        return found
 
     def index_ids(self) -> list[int]:
         """Live ids the segments and the pending vectors hold (for checks: they must match the catalog's)."""
@@ -704,10 +709,19 @@ class FaissStore:
         new = [document for document in documents if f"row:{document}" not in self._reported]
         self._reported.update(f"row:{document}" for document in new)
         if new:
-            message = (f"DAMAGED CHUNK ROW in {str(self.path)!r} (its checksum does not match): "
+            message = (f"DAMAGED CHUNK ROW in {str(self.path)!r} (its checksum, or its document row's, does not match): "
                        f"{', '.join('/'.join(d) for d in new)}; left out of search results. Run `vectormill store "
                        "verify` to list every damaged row, then `vectormill store restore --generation G` from an "
                        "intact copy, or ingest the document again.")
+            self.notes.append(message)
+            log.warning(message)
+
+    def _report_unheld_ids(self, count: int) -> None:
+        """The index returned live ids the database holds no row of: the two disagree (a damaged row or tombstone)."""
+        if "unheld" not in self._reported:
+            self._reported.add("unheld")
+            message = (f"DAMAGED CATALOG in {str(self.path)!r}: the index returned {count} chunk id(s) the database "
+                       "holds no row of; left out of search results. Run `vectormill store verify`.")
             self.notes.append(message)
             log.warning(message)
 

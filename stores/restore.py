@@ -22,13 +22,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from . import row_checks
 from .catalog import Catalog, forget_replica_files
 from .durable import file_sha256, fingerprint, fsync_dir, write_atomically
 from .errors import StoreError
 from .faiss_store import IDENTITY, FaissStore, new_store_id, read_identity, write_identity
 from .generations import (
-    QUARANTINE, RESTORING, record_committed, rollback_problem, set_aside, used_generation_numbers, utc_stamp,
+    QUARANTINE, RESTORING, current_manifest, record_committed, rollback_problem, set_aside, used_generation_numbers,
+    utc_stamp,
 )
 from .lock import WriterLock
 from .manifest import (
@@ -286,6 +289,8 @@ def _database_problems(path: Path, identity: dict[str, Any]) -> list[Problem]:
             counted = dict(catalog.db.execute("SELECT segment, count(*) FROM dead GROUP BY segment"))
             if counted != catalog.dead_counts():
                 problems.append(Problem(PRIMARY, database.name, "tombstone counts per segment do not match its rows"))
+            problems.extend(Problem(PRIMARY, database.name, detail)
+                            for detail in [*_source_count_problems(catalog.db), *_placement_problems(path, catalog)])
             mismatched = _manifest_files_mismatched(path, catalog.manifests())
             catalog.end_snapshot()  # a writer may have dropped generations since the snapshot began: ask its newest state
             for name in _manifest_files_mismatched(path, [m for m in catalog.manifests() if m[0] in mismatched]).values():
@@ -296,6 +301,57 @@ def _database_problems(path: Path, identity: dict[str, Any]) -> list[Problem]:
     except sqlite3.DatabaseError as exc:
         problems.append(Problem(PRIMARY, database.name, f"damaged ({exc}): run `vectormill store restore`"))
     return problems
+
+
+def _source_count_problems(db: sqlite3.Connection) -> list[str]:
+    """The per-source counts `store stats` shows, against the rows they count."""
+    kept = {source: (documents, vectors) for source, documents, vectors in db.execute("SELECT * FROM source_counts")
+            if documents or vectors}
+    rows = {source: (documents, 0) for source, documents in db.execute(
+        "SELECT source, count(*) FROM documents GROUP BY source")}
+    for source, vectors in db.execute("SELECT source, count(*) FROM chunks GROUP BY source"):
+        rows[source] = (rows.get(source, (0, 0))[0], vectors)
+    wrong = sorted(source for source in kept.keys() | rows.keys() if kept.get(source) != rows.get(source))
+    return [f"per-source counts do not match the rows of source(s) {', '.join(map(repr, wrong[:10]))}"] if wrong else []
+
+
+def _placement_problems(path: Path, catalog: Catalog) -> list[str]:
+    """Whether each segment of the current generation holds exactly the chunks the catalog places in it plus the copies
+    its tombstones name. A chunk's segment or a tombstone that SQLite's structure accepts but is wrong changes what
+    search returns (a replaced chunk served again, a live one skipped)."""
+    try:
+        manifest = current_manifest(catalog)
+    except ManifestError as exc:
+        return [f"its copy of the current generation's manifest is damaged ({exc}): run `vectormill store restore`"]
+    if manifest is None:
+        return []
+    found = []
+    for segment in segments_of(manifest):
+        try:
+            rows = sqlite3.connect(f"{(path / SEGMENTS / segment.rows.name).resolve().as_uri()}?mode=ro&immutable=1",
+                                   uri=True)
+            try:
+                held = np.array([row[0] for row in rows.execute("SELECT faiss_id FROM chunks")], dtype=np.int64)
+            finally:
+                rows.close()
+        except sqlite3.Error:
+            continue  # missing or damaged (named by the file checks), or pruned by a writer since the snapshot began
+        dead = catalog.dead_ids(segment.seq)
+        placed = np.array([row[0] for row in catalog.db.execute("SELECT faiss_id FROM chunks WHERE segment = ?",
+                                                                (segment.seq,))], dtype=np.int64)
+        if not np.isin(dead, held).all():
+            found.append(f"segment {segment.seq}: tombstones name ids it does not hold")
+        live = np.setdiff1d(held, dead)
+        if not np.array_equal(live, np.unique(placed)) or len(placed) != len(live):
+            found.append(f"segment {segment.seq}: its live ids and the chunks the database places in it differ "
+                         f"({len(live)} live, {len(placed)} placed)")
+    seqs = [segment.seq for segment in segments_of(manifest)]
+    marks = ",".join("?" * len(seqs))
+    stray = catalog.db.execute(f"SELECT count(*) FROM chunks WHERE segment IS NOT NULL AND segment NOT IN ({marks})",
+                               seqs).fetchone()[0]
+    if stray:
+        found.append(f"{stray} chunk row(s) placed in segments the current generation does not name")
+    return found
 
 
 def row_check_problems(db: sqlite3.Connection) -> list[str]:

@@ -258,3 +258,107 @@ def test_a_replica_file_damaged_after_it_was_confirmed_is_found_by_the_scrub_and
         assert store.checkpoint() is None  # the newest generation offered again: the damaged file is sent again
         assert store.replicator.statuses["r"].files_sent >= 1 and store.replication_problem() is None
     assert scrub_replicas(config)["ok"] and verify_store(config)["ok"]
+
+
+def _sweep_store(tmp_path):
+    """A catalog of 20 documents with every byte class: table rows and index entries, overflow pages (long chunks),
+    free pages (a long document deleted), tombstones (documents changed after a checkpoint) and pending rows."""
+    import numpy as np
+
+    from vectormill.stores.records import ChunkRecord, DocumentDelete, DocumentUpsert
+
+    def document(i, version, long=False):
+        texts = [f"d{i} chunk {p} v{version} " + ("lorem ipsum " * 700 if long and p == 0 else "") for p in range(2)]
+        chunks = tuple(ChunkRecord(f"{i:04d}{version:04d}{p:08d}{0:016d}", p, text, f"h{i}-{version}-{p}", 1, 2, 5)
+                       for p, text in enumerate(texts))
+        return DocumentUpsert("s", f"d{i}", f"v{version}", f"Title {i}", f"https://x.example/d{i}",
+                              f"2026-01-{i + 1:02d}T00:00:00+00:00", chunks,
+                              np.stack([vector_for(text) for text in texts]), {"team": f"t{i % 3}"})
+
+    config = settings(tmp_path, checkpoint_every_vectors=10_000)
+    with open_store(config) as store:
+        store.write([document(i, 1, long=i in (3, 21)) for i in range(22)])
+        store.checkpoint()
+        store.write([document(i, 2) for i in (4, 5)] + [DocumentDelete("s", "d21"), DocumentDelete("s", "d20")])
+        store.checkpoint()  # tombstones of 4 and 5's old chunks; the long d21's pages freed
+        store.write([document(6, 3)])  # pending: searched from the catalog's own vectors
+    return config
+
+
+def _answers(config, probes, documents):
+    """What a reader is told: the hits of every probe, every document, the counts; or the error it gets."""
+    try:
+        with FaissStore.open(config, writable=False) as store:
+            hits = [[(h.chunk_id, h.document, h.title, h.location, h.text, h.page, h.modified, h.ocr)
+                     for h in store.search(probe, k=3)] for probe in probes]
+            found = [store.document(name, "s") for name in documents]
+            counts = (store.vector_count(), store.document_count(), store.catalog.sources())
+            return {"hits": hits, "documents": found, "counts": counts, "notes": list(store.notes)}
+    except Exception as exc:  # noqa: BLE001 - refusing to answer is an answer: it must be named by verify too
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def _byte_classes(database):
+    """Offsets to flip, by class: table b-tree leaf cells, index b-tree leaf cells, overflow pages, free pages."""
+    db = sqlite3.connect(database)
+    page_size = db.execute("PRAGMA page_size").fetchone()[0]
+    pages = db.execute("PRAGMA page_count").fetchone()[0]
+    overflow = [row[0] for row in db.execute("SELECT pageno FROM dbstat WHERE pagetype = 'overflow'")]
+    used = {row[0] for row in db.execute("SELECT pageno FROM dbstat")}
+    db.close()
+    data = database.read_bytes()
+    classes = {"table row": [], "index entry": [], "overflow page": [], "free page": []}
+    for page in range(1, pages + 1):
+        start = (page - 1) * page_size
+        header = start + (100 if page == 1 else 0)
+        if page not in used:
+            classes["free page"].append((start, start + page_size))
+        elif page in overflow:
+            classes["overflow page"].append((start + 4, start + page_size))
+        elif data[header] in (0x0D, 0x0A):  # leaf pages of a table, of an index (or a table WITHOUT ROWID)
+            content = start + (int.from_bytes(data[header + 5 : header + 7], "big") or 65536)
+            classes["table row" if data[header] == 0x0D else "index entry"].append((content, start + page_size))
+    offsets = {}
+    for name, ranges in classes.items():
+        chosen = ranges[:: max(1, len(ranges) // 6)][:6]  # up to 6 pages of each class, spread over the file
+        offsets[name] = [low + (high - low) * k // 7 for low, high in chosen for k in range(7)]
+    return offsets
+
+
+@pytest.mark.slow  # ~150 flips, each read and verified: ~30 s
+def test_a_flipped_byte_anywhere_in_the_catalog_is_named_by_verify_or_changes_no_answer(tmp_path):
+    config = _sweep_store(tmp_path)
+    database = config.path / "store.sqlite"
+    pristine = database.read_bytes()
+    with FaissStore.open(config, writable=False) as store:
+        probes = [vector for _, vector in sorted(store.chunk_vectors().items())]
+        documents = [row[0] for row in store.db.execute("SELECT document FROM documents ORDER BY document")]
+    baseline = _answers(config, probes, documents)
+    assert verify_store(config)["ok"] and "error" not in baseline and baseline["notes"] == []
+    served = {hit[0]: hit for hits in baseline["hits"] for hit in hits}
+    offsets = _byte_classes(database)
+    assert all(offsets.values()), {name: len(found) for name, found in offsets.items()}
+    outcomes = {}
+    for name, found in offsets.items():
+        for n, offset in enumerate(found):
+            for leftover in config.path.glob("store.sqlite-*"):
+                leftover.unlink()
+            data = bytearray(pristine)
+            data[offset] ^= 1 << (n % 8)
+            database.write_bytes(bytes(data))
+            answers = _answers(config, probes, documents)
+            named = not verify_store(config)["ok"]
+            changed = {key: answers.get(key) for key in ("hits", "documents", "counts", "error")} != {
+                key: baseline.get(key) for key in ("hits", "documents", "counts", "error")}
+            assert named or not changed, (name, offset, answers)  # never a changed answer that verify calls ok
+            for hits in answers.get("hits", []):  # and never a changed row served, named or not
+                assert all(served.get(hit[0]) == hit for hit in hits), (name, offset, hits)
+            for result in answers.get("documents", []):
+                assert all(doc in [d for docs in baseline["documents"] for d in docs] for doc in result), (name, offset)
+            if changed:
+                assert "error" in answers or answers["notes"], (name, offset)  # left out, and said so
+            outcome = "named" if named else "no answer changed"
+            outcomes.setdefault(name, {}).setdefault(outcome, 0)
+            outcomes[name][outcome] += 1
+    database.write_bytes(pristine)
+    print(outcomes)
