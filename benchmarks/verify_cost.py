@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,14 +24,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from store_scale import (  # noqa: E402
-    CHUNKS_PER_DOCUMENT, DIMENSION, DOCUMENTS_PER_WRITE, MODEL, document, folder_bytes, settings,
+    CHUNKS_PER_DOCUMENT, DIMENSION, DOCUMENTS_PER_WRITE, MODEL, document, folder_bytes, measured, settings,
 )
 
 from vectormill.embedding.precision import cpu_flags  # noqa: E402
 from vectormill.stores.faiss_store import FaissStore  # noqa: E402
 
 CHILD = """
-import json, resource, sqlite3, sys, time
+import json, sys, time
 from pathlib import Path
 from vectormill.stores.catalog import Catalog
 from vectormill.stores.restore import _placement_problems, row_check_problems, scrub_replicas, verify_store
@@ -58,16 +57,17 @@ else:
     elif part == "placement":
         assert not _placement_problems(Path(config.path), catalog)
     catalog.close()
-seconds = time.perf_counter() - started
-print(json.dumps({"seconds": seconds, "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+print(json.dumps({"seconds": time.perf_counter() - started}))
 """
 PARTS = ("verify", "integrity_check", "quick_check", "chunk checksums", "document and segment checksums", "placement",
          "scrub")
 
 
-def measure(config_json: str, part: str) -> dict[str, float]:
-    done = subprocess.run([sys.executable, "-c", CHILD, config_json, part], capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def measure(config_json: str, part: str, cwd: Path) -> dict[str, float]:
+    """Seconds of the part alone (imports excluded), and the peak RSS of its whole process (measured from a small
+    process of its own: a child's peak RSS counts the process it was forked from)."""
+    _, rss_mib, out = measured([sys.executable, "-c", CHILD, config_json, part], cwd)
+    return {"seconds": json.loads(out.strip().splitlines()[-1])["seconds"], "rss_mib": rss_mib}
 
 
 def run(vectors: int, folder: str) -> dict[str, dict[str, float]]:
@@ -83,7 +83,7 @@ def run(vectors: int, folder: str) -> dict[str, dict[str, float]]:
         built = time.perf_counter() - started
         database = (Path(root) / "store" / "store.sqlite").stat().st_size
         read = folder_bytes(Path(root) / "store") + folder_bytes(Path(root) / "replica")
-        figures = {part: measure(config.model_dump_json(), part) for part in PARTS}
+        figures = {part: measure(config.model_dump_json(), part, Path(root)) for part in PARTS}
     print(f"{vectors:,} vectors: built in {built:.0f} s; database {database / 2**20:,.0f} MiB, primary + replica "
           f"{read / 2**20:,.0f} MiB", flush=True)
     for part, found in figures.items():

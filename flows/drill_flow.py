@@ -34,10 +34,11 @@ def store_drill(config_file: str | None = None, replica: str | None = None) -> d
         failed = exc.report if isinstance(exc, DrillProblems) else {"ok": False, "replica": replica}
         publish_drill({**failed, "error": str(exc), "scrub": scrub})
         raise DrillFailed(str(exc)) from None
+    report = {**report, "scrub": scrub}
     if not scrub["ok"]:
         damage = "; ".join(f"{p['where']}: {p['file']}: {p['detail']}" for p in scrub["problems"])
         report = {**report, "ok": False, "error": f"scrub: {damage}"}
-    publish_drill({**report, "scrub": scrub})
+    publish_drill(report)
     if not scrub["ok"]:
         raise DrillFailed(report["error"])
     get_run_logger().info("generation %s of replica %s restores in %.1f s and answers its own chunks; it is %.0f s old",

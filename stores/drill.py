@@ -24,7 +24,7 @@ import numpy as np
 
 from .errors import StoreError
 from .faiss_store import FaissStore, read_identity
-from .generations import COMMITTED, committed_generation, current_manifest
+from .generations import COMMITTED, committed_generation, current_manifest, used_generation_numbers
 from .manifest import MANIFESTS, manifest_name, parse_manifest, segments_of
 from .replicas import Location, redact_url
 from .restore import restore_store, verify_store
@@ -95,10 +95,11 @@ def primary_state(settings: StoreSettings) -> dict[str, Any]:
     drill leaves the primary as it was, byte for byte (a reader of the database would add its -wal and -shm)."""
     path = Path(settings.path)
     identity = read_identity(path)
-    generation = committed_generation(path)
+    # A store that has not committed a generation since it records them: its newest manifest file (a leftover of a
+    # crashed checkpoint is removed by the next writable open).
+    generation = committed_generation(path) or max(used_generation_numbers(path, quarantined=False), default=None)
     if identity is None or generation is None:
-        raise StoreError(f"no store at {str(path)!r}, or it has committed no generation since it records them "
-                         f"({COMMITTED}): run a checkpoint first")
+        raise StoreError(f"no store at {str(path)!r}, or it holds no generation ({COMMITTED}, {MANIFESTS}/)")
     manifest = parse_manifest((path / MANIFESTS / manifest_name(generation)).read_bytes(),
                               f"primary {MANIFESTS}/{manifest_name(generation)}")
     return {"store_id": identity.get("store_id"), "timeline": identity.get("timeline", 1), "generation": generation,

@@ -44,9 +44,10 @@ def utc_stamp() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
 
 
-def used_generation_numbers(path: Path) -> list[int]:
-    """Every generation number that has a manifest in manifests/ or anywhere in quarantine/."""
-    names = [p.name for p in (path / MANIFESTS).glob("*")] + [p.name for p in (path / QUARANTINE).rglob("*.json")]
+def used_generation_numbers(path: Path, quarantined: bool = True) -> list[int]:
+    """Every generation number that has a manifest in manifests/ or (`quarantined`) anywhere in quarantine/."""
+    names = [p.name for p in (path / MANIFESTS).glob("*")]
+    names += [p.name for p in (path / QUARANTINE).rglob("*.json")] if quarantined else []
     return [number for number in map(generation_of, names) if number is not None]
 
 

@@ -133,7 +133,8 @@ def test_the_drill_flow_returns_the_report_and_fails_when_the_replica_is_damaged
 
     report = store_drill(config_file=config_file)
     assert report["ok"] and report["vectors"] == counts["vectors"] and report["agreement"] == 1.0
-    assert published().startswith("# Store drill: ok")
+    assert report["scrub"]["ok"] and report["scrub"]["replicas"][0]["files"] >= 4  # every file the replica holds, read
+    assert published().startswith("# Store drill: ok") and '"scrub"' in published()
     for segment in (tmp_path / "replica" / "segments").glob("*.rows"):
         segment.unlink()
     with pytest.raises(DrillFailed, match="does not restore"):
