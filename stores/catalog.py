@@ -386,7 +386,8 @@ class Catalog:
             f"(SELECT faiss_id FROM staged_chunks WHERE {of_document} AND kept)", key + key).fetchall())
         columns = ", ".join(CHUNK_COLUMNS)
         self.db.execute(f"INSERT INTO chunks ({columns}, vector, segment, checksum, segment_checksum) SELECT {columns}, "
-                        f"vector, NULL, {ROW_CHECKSUM}, {row_checks.SEGMENT_CHECKSUM} FROM staged_chunks WHERE {of_document} AND NOT kept ORDER BY rowid", key)
+                        f"vector, NULL, {ROW_CHECKSUM}, segment_checksum(faiss_id, NULL) FROM staged_chunks "
+                        f"WHERE {of_document} AND NOT kept ORDER BY rowid", key)
         self.discard_parts(op.source, op.document)
         self._record_document(op.source, op.document, op, op.chunks, op.chunks - stored)
 
