@@ -108,25 +108,33 @@ def primary_state(settings: StoreSettings) -> dict[str, Any]:
 
 def identity_problems(primary: dict[str, Any], restored: dict[str, Any], counts: dict[str, int]) -> list[str]:
     """How a generation restored from a replica (`restored`: its manifest; `counts`: what the restored store holds)
-    differs from the primary's current generation: another store, another timeline, another generation or content,
-    or counts that are not the manifest's. Pure."""
+    differs from the primary's newest generation: another store, or other content (an older timeline, a generation
+    behind), or counts that are not the manifest's. The same content under another number and timeline is the same
+    state: a store restored from this generation seals it anew. Pure."""
     problems = []
+    ours = primary["manifest"]
     if restored.get("store_id") != primary["store_id"]:
         problems.append(f"restored store id {restored.get('store_id')}, the primary's is {primary['store_id']}: the "
                         "replica holds another store's data")
-    if restored.get("timeline", 1) != primary["timeline"]:
-        problems.append(f"restored timeline {restored.get('timeline', 1)}, the primary's is {primary['timeline']}")
-    if restored["generation"] != primary["generation"]:
-        problems.append(f"restored generation {restored['generation']}, the primary's current is "
-                        f"{primary['generation']}: the replica does not hold the last checkpoint")
-    elif restored.get("checksum") != primary["manifest"].get("checksum"):
-        problems.append(f"generation {restored['generation']} differs from the primary's generation of that number")
+    same = restored.get("checksum") == ours.get("checksum") or (
+        restored["segments"] == ours.get("segments")
+        and all(restored.get(key) == ours.get(key) for key in ("lsn", "vectors", "documents")))
+    if not same:
+        if restored.get("timeline", 1) != primary["timeline"]:
+            problems.append(f"restored timeline {restored.get('timeline', 1)}, the primary's is {primary['timeline']}")
+        if restored["generation"] != primary["generation"]:
+            problems.append(f"restored generation {restored['generation']}, the primary's newest is "
+                            f"{primary['generation']}: the replica does not hold the last checkpoint")
+        else:
+            problems.append(f"generation {restored['generation']} differs from the primary's generation of that "
+                            "number")
+        for key in ("documents", "vectors"):
+            if restored[key] != ours.get(key):
+                problems.append(f"restored {restored[key]} {key}, the primary's generation {primary['generation']} "
+                                f"holds {ours.get(key)}")
     for key in ("documents", "vectors"):
         if counts[key] != restored[key]:
             problems.append(f"restored store holds {counts[key]} {key}, its manifest says {restored[key]}")
-        if restored["generation"] == primary["generation"] and restored[key] != primary["manifest"].get(key):
-            problems.append(f"restored {restored[key]} {key}, the primary's generation {primary['generation']} holds "
-                            f"{primary['manifest'].get(key)}")
     return problems
 
 
