@@ -75,11 +75,8 @@ def verify_store(settings: StoreSettings) -> dict[str, Any]:
     replayed: dict[str, str | None] = {}  # by manifest checksum: a generation copied to several places is read once
     first_seen: dict[int, tuple[str, dict[str, Any]]] = {}  # by number: where a generation was read first, and it
     for location in _reachable(settings, problems):
-        try:
-            numbers = location.generations()
-        except Exception as exc:  # noqa: BLE001 - an unreachable replica is a problem to report
-            problems.append(Problem(location.name, location.url,
-                                    location.redact(f"unreachable: {type(exc).__name__}: {exc}")))
+        numbers = _listed(location, problems)
+        if numbers is None:
             continue
         if not numbers and location.name != PRIMARY:
             problems.append(Problem(location.name, location.url, "holds no generation"))
@@ -105,6 +102,16 @@ def verify_store(settings: StoreSettings) -> dict[str, Any]:
     return {"ok": not problems, "generations": generations, "problems": [asdict(p) for p in problems]}
 
 
+def _listed(location: Location, problems: list[Problem]) -> list[int] | None:
+    """The generation numbers a copy holds; None, with the problem reported, when it cannot be reached."""
+    try:
+        return location.generations()
+    except Exception as exc:  # noqa: BLE001 - an unreachable replica is a problem to report
+        problems.append(Problem(location.name, location.url,
+                                location.redact(f"unreachable: {type(exc).__name__}: {exc}")))
+        return None
+
+
 def scrub_replicas(settings: StoreSettings) -> dict[str, Any]:
     """Hash every file of every generation each replica holds (a scheduled `store verify` of the replicas): damage
     that happened there after a checkpoint confirmed it is found within one scrub interval. The primary's record of
@@ -117,11 +124,8 @@ def scrub_replicas(settings: StoreSettings) -> dict[str, Any]:
     for location in _reachable(settings, problems)[1:]:
         started = time.perf_counter()
         checked: dict[str, tuple[str, int] | None] = {}
-        try:
-            numbers = location.generations()
-        except Exception as exc:  # noqa: BLE001 - an unreachable replica is a problem to report
-            problems.append(Problem(location.name, location.url,
-                                    location.redact(f"unreachable: {type(exc).__name__}: {exc}")))
+        numbers = _listed(location, problems)
+        if numbers is None:
             continue
         for number in numbers:
             manifest, found = location.verify(number, checked)

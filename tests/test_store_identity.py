@@ -14,6 +14,7 @@ from vectormill.stores.restore import restore_store, scrub_replicas, verify_and_
 from .servers.store_batches import vector_for
 from .test_replicas import run_cli
 from .test_store import damage, open_store, settings, write_batches
+from .test_store_integrity import store_written_before
 
 
 def _replica(tmp_path, name="r", folder="replica"):
@@ -168,15 +169,8 @@ def test_verify_compares_every_index_with_its_table_and_checks_the_segment_and_d
 
 
 def test_rows_written_before_document_and_segment_checksums_get_them_at_the_first_writable_open(tmp_path):
-    config = settings(tmp_path)
-    with open_store(config) as store:
-        write_batches(store, 0, 10)
-        store.checkpoint()
-    db = sqlite3.connect(config.path / "store.sqlite")
-    db.execute("ALTER TABLE documents DROP COLUMN checksum")
-    db.execute("ALTER TABLE chunks DROP COLUMN segment_checksum")
-    db.commit()
-    db.close()
+    config = store_written_before(tmp_path, "ALTER TABLE documents DROP COLUMN checksum",
+                                  "ALTER TABLE chunks DROP COLUMN segment_checksum")
     with FaissStore.open(config, writable=False) as store:  # a reader of such a store still searches
         assert store.search(vector_for("d3 chunk 0 v1"), k=1)[0].document == "d3"
     assert verify_store(config)["ok"]

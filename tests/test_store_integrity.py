@@ -257,7 +257,8 @@ def test_a_flipped_byte_in_a_chunk_row_is_named_by_verify_and_never_served(tmp_p
         assert store.search(vector_for("d3 chunk 0 v1"), k=1)[0].text == "d3 chunk 0 v1"
 
 
-def test_rows_written_before_checksums_get_one_at_the_first_writable_open(tmp_path):
+def store_written_before(tmp_path, *statements):
+    """A sealed store of 10 batches, then changed by `statements` into one written before a column was added."""
     import sqlite3 as sqlite
 
     from .test_store import write_batches
@@ -267,9 +268,15 @@ def test_rows_written_before_checksums_get_one_at_the_first_writable_open(tmp_pa
         write_batches(store, 0, 10)
         store.checkpoint()
     db = sqlite.connect(config.path / "store.sqlite")
-    db.execute("ALTER TABLE chunks DROP COLUMN checksum")  # as a store written before this version
+    for statement in statements:
+        db.execute(statement)
     db.commit()
     db.close()
+    return config
+
+
+def test_rows_written_before_checksums_get_one_at_the_first_writable_open(tmp_path):
+    config = store_written_before(tmp_path, "ALTER TABLE chunks DROP COLUMN checksum")
     with FaissStore.open(config, writable=False) as store:  # a reader of such a store still searches
         assert store.search(np.ones(8, dtype=np.float32), k=1)
     with open_store(config) as store:
