@@ -45,16 +45,18 @@ def _columns(db: sqlite3.Connection, table: str) -> set[str]:
 
 
 def present(db: sqlite3.Connection) -> tuple[bool, bool]:
-    """Whether the catalog has (documents.checksum, chunks.segment_checksum): a reader of an older store skips them."""
-    return "checksum" in _columns(db, "documents"), "segment_checksum" in _columns(db, "chunks")
+    """Whether the catalog has (documents.checksum and every column it covers, chunks.segment_checksum): a reader of
+    an older store skips them."""
+    documents = _columns(db, "documents")
+    return {"checksum", *DOCUMENT_COLUMNS} <= documents, "segment_checksum" in _columns(db, "chunks")
 
 
 def add_missing(db: sqlite3.Connection) -> None:
-    """Add and fill the checksum columns a catalog written before them lacks (inside the caller's transaction)."""
-    documents, chunks = present(db)
-    if not documents:
+    """Add and fill the checksum columns a catalog written before them lacks (inside the caller's transaction, after
+    the columns they cover were added)."""
+    if "checksum" not in _columns(db, "documents"):
         db.execute("ALTER TABLE documents ADD COLUMN checksum TEXT")
-    if not chunks:
+    if "segment_checksum" not in _columns(db, "chunks"):
         db.execute("ALTER TABLE chunks ADD COLUMN segment_checksum TEXT")
     checksum_all(db)
 

@@ -188,6 +188,7 @@ def test_a_catalog_written_before_metadata_is_read_then_upgraded_by_the_writer(t
         store.write(old)
     database = sqlite3.connect(settings.path / "store.sqlite")
     database.execute("ALTER TABLE documents DROP COLUMN metadata")  # as vectormill wrote it before
+    database.execute("ALTER TABLE documents DROP COLUMN checksum")  # (which had no document checksums either)
     database.close()
     query = old[0].vectors[0]
     with FaissStore.open(settings, writable=False) as reader:  # not upgraded yet: no document has metadata
