@@ -106,12 +106,10 @@ def main() -> None:
     results = {vectors: run(vectors, args.dir) for vectors in args.vectors}
     sizes = sorted(results)
     for small, large in zip(sizes, sizes[1:]):
-        growth = large / small
-        print(f"{small:,} -> {large:,} vectors ({growth:.1f}x): " + ", ".join(
-            f"{part} {results[large][part]['seconds'] / results[small][part]['seconds']:.2f}x time, "
-            f"{results[large][part]['rss_mib'] / results[small][part]['rss_mib']:.2f}x RSS" for part in ("verify",
-                                                                                                         "integrity_check")))
-
+        growth = [f"{part} {results[large][part]['seconds'] / results[small][part]['seconds']:.2f}x time, "
+                  f"{results[large][part]['rss_mib'] / results[small][part]['rss_mib']:.2f}x RSS"
+                  for part in ("verify", "integrity_check")]
+        print(f"{small:,} -> {large:,} vectors ({large / small:.1f}x): {', '.join(growth)}")
 
 if __name__ == "__main__":
     main()

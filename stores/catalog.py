@@ -385,9 +385,9 @@ class Catalog:
             f"SELECT faiss_id, segment FROM chunks WHERE {of_document} AND faiss_id NOT IN "
             f"(SELECT faiss_id FROM staged_chunks WHERE {of_document} AND kept)", key + key).fetchall())
         columns = ", ".join(CHUNK_COLUMNS)
-        self.db.execute(f"INSERT INTO chunks ({columns}, vector, segment, checksum, segment_checksum) SELECT {columns}, "
-                        f"vector, NULL, {ROW_CHECKSUM}, segment_checksum(faiss_id, NULL) FROM staged_chunks "
-                        f"WHERE {of_document} AND NOT kept ORDER BY rowid", key)
+        self.db.execute(f"INSERT INTO chunks ({columns}, vector, segment, checksum, segment_checksum) "
+                        f"SELECT {columns}, vector, NULL, {ROW_CHECKSUM}, segment_checksum(faiss_id, NULL) "
+                        f"FROM staged_chunks WHERE {of_document} AND NOT kept ORDER BY rowid", key)
         self.discard_parts(op.source, op.document)
         self._record_document(op.source, op.document, op, op.chunks, op.chunks - stored)
 

@@ -462,9 +462,9 @@ class FaissStore:
                    **dict.fromkeys(row_checks.damaged_documents(self.db), 1)}
         if damaged:
             named = ", ".join("/".join(key) for key in sorted(damaged)[:10])
-            raise StoreCorruptError(f"store {str(self.path)!r}: rows of {len(damaged)} document(s) fail their checksum "
-                                    f"({named}): nothing was compacted; run `vectormill store verify`, then `vectormill "
-                                    "store restore --generation G` from an intact generation")
+            raise StoreCorruptError(f"store {str(self.path)!r}: rows of {len(damaged)} document(s) fail their "
+                                    f"checksum ({named}): nothing was compacted; run `vectormill store verify`, then "
+                                    "`vectormill store restore --generation G` from an intact generation")
 
     def repair(self, source: str | None = None, also: dict[str, str] | None = None) -> dict[str, Any]:
         """Hash every file of the current generation; fetch damaged ones again from a replica (`source`: only that
@@ -709,10 +709,10 @@ class FaissStore:
         new = [document for document in documents if f"row:{document}" not in self._reported]
         self._reported.update(f"row:{document}" for document in new)
         if new:
-            message = (f"DAMAGED CHUNK ROW in {str(self.path)!r} (its checksum, or its document row's, does not match): "
-                       f"{', '.join('/'.join(d) for d in new)}; left out of search results. Run `vectormill store "
-                       "verify` to list every damaged row, then `vectormill store restore --generation G` from an "
-                       "intact copy, or ingest the document again.")
+            message = (f"DAMAGED CHUNK ROW in {str(self.path)!r} (its checksum, or its document row's, does not "
+                       f"match): {', '.join('/'.join(d) for d in new)}; left out of search results. Run `vectormill "
+                       "store verify` to list every damaged row, then `vectormill store restore --generation G` from "
+                       "an intact copy, or ingest the document again.")
             self.notes.append(message)
             log.warning(message)
 
