@@ -59,6 +59,7 @@ def verify_store(settings: StoreSettings) -> dict[str, Any]:
     try:
         identity = read_identity(path)
     except StoreCorruptError as exc:
+        identity = None
         problems.append(Problem(PRIMARY, IDENTITY, str(exc)))
     else:
         problems.extend(_identity_problems(path, identity))

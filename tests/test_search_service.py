@@ -358,3 +358,33 @@ def test_metrics_count_searches_by_key_name_for_the_all_sources_key_only(service
                  "vectormill_searches_waiting 0.0", "vectormill_store_generation "):
         assert line in text, line
     assert not any(secret in text for secret in (*SCOPED.values(), API_KEY))
+
+
+def test_the_keys_are_checked_before_the_service_starts(monkeypatch):
+    from vectormill.connectors.errors import SourceError
+    from vectormill.flows.search_keys import ALL_SOURCES, service_keys
+    from vectormill.stores.filters import SearchFilter
+
+    def keys(**tables):
+        return SearchServiceSettings(keys={name: {"secret_env": env, "filter": {"source": "wiki"}}
+                                           for name, env in tables.items()})
+
+    monkeypatch.delenv("VECTORMILL_SEARCH_API_KEY", raising=False)
+    monkeypatch.setenv("APP_A", "secret-a")
+    monkeypatch.setenv("APP_B", "secret-a")
+    with pytest.raises(SourceError, match="VECTORMILL_SEARCH_API_KEY is not set"):
+        service_keys(SearchServiceSettings())
+    only_named = service_keys(keys(a="APP_A"))  # scoped keys alone: no all-sources key
+    assert [(key.name, key.scope) for key in only_named] == [("a", SearchFilter(sources=("wiki",)))]
+    assert "secret-a" not in repr(only_named)
+    with pytest.raises(SourceError, match="keys 'a' and 'b' have the same secret"):
+        service_keys(keys(a="APP_A", b="APP_B"))
+    with pytest.raises(SourceError, match="is the all-sources key's"):
+        service_keys(keys(**{ALL_SOURCES: "APP_A"}))
+    with pytest.raises(SourceError, match=r"search service key 'c': environment variable APP_C is not set"):
+        service_keys(keys(c="APP_C"))
+    monkeypatch.setenv("APP_B", "sécret")
+    with pytest.raises(SourceError, match="beyond ASCII"):
+        service_keys(keys(b="APP_B"))
+    monkeypatch.setenv("VECTORMILL_SEARCH_API_KEY", "all-of-it")
+    assert [key.name for key in service_keys(keys(a="APP_A"))] == [ALL_SOURCES, "a"]
