@@ -20,7 +20,8 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request, Security
-from fastapi.responses import Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel, Field
 
@@ -88,6 +89,13 @@ def create_app(searcher: Searcher, keys: list[ServiceKey], limits: SearchService
     def run_search(query, k: int, where, scope):
         with metrics.running():
             return searcher.search(query, k, where, scope)
+
+    @app.exception_handler(RequestValidationError)
+    async def not_a_search_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        """FastAPI's 422, without the input it quotes: a value JSON cannot carry back (1e400 is infinity) made it
+        a 500, and a huge body would be sent back whole."""
+        return JSONResponse({"detail": [{"type": error["type"], "loc": list(error["loc"]), "msg": error["msg"]}
+                                        for error in exc.errors()]}, status_code=422)
 
     @app.get("/health")
     def health() -> dict[str, str]:

@@ -102,6 +102,8 @@ class Searcher:
         if isinstance(query, str):
             if not query.strip():
                 raise QueryError("the query is empty: give a text to look for (or a vector)")
+            if any("\ud800" <= char <= "\udfff" for char in query):  # JSON's \ud800 escapes allow them
+                raise QueryError("the query holds a lone surrogate (U+D800-U+DFFF), which is not text: send UTF-8")
             return self.embed(query)
         try:
             vector = np.asarray(query, dtype=np.float32).reshape(-1)

@@ -121,6 +121,18 @@ def test_searches_answer_with_the_fields_of_search_json(service):
     ({"k": 3}, None, 422, "query"),
     (b'{"query": "lava", ', None, 422, "JSON decode error"),
     (b"[1, 2]", None, 422, ""),
+    (b"[" * 8000, None, 400, "error parsing the body"),
+    (b'{"query": ' + b'{"q": ' * 500 + b"1" + b"}" * 501, None, 422, "query"),
+    (b'{"query": "\xff\xfe lava"}', None, 400, "error parsing the body"),
+    (b'{"query": "lava", "k": 1e400}', None, 422, "k"),
+    (b'{"query": "lava", "k": 100000000000000000000000000000}', None, 400, "k must be between 1 and 50"),
+    (b'{"query": null}', None, 422, "query"),
+    (b'{"query": ["0.1", true]}', None, 400, "384 finite numbers"),
+    (b'{"query": "lava", "filter": {"source": {"$ne": "wiki"}}}', None, 400, "filter 'source'"),
+    (b'{"query": "lava", "filter": {"modified_after": "9999-99-99"}}', None, 400, "ISO 8601"),
+    (b'{"query": "lava", "filter": {"metadata": {"": "x"}}}', None, 400, "non-empty string"),
+    (b'{"query": "lava\\u0000\\ud800"}', None, 400, "lone surrogate"),
+    (b'{"query": "lava\\u0000 \\ud83c\\udf0b"}', None, 200, "hits"),
 ])
 def test_bad_requests_get_a_clear_4xx(service, body, headers, status, says):
     headers = service.headers() if headers is None else headers
