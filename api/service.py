@@ -88,7 +88,7 @@ def create_app(searcher: Searcher, keys: list[ServiceKey], limits: SearchService
 
     def run_search(query, k: int, where, scope):
         with metrics.running():
-            return searcher.search(query, k, where, scope)
+            return searcher.search(query, k, where, scope=scope)
 
     @app.exception_handler(RequestValidationError)
     async def not_a_search_request(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -153,7 +153,8 @@ def serve(searcher: Searcher, keys: list[ServiceKey], limits: SearchServiceSetti
 
     # Every limit set here, none left to uvicorn's defaults (README: "The service's limits and auth").
     config = uvicorn.Config(
-        create_app(searcher, keys, limits), log_level="warning", http=header_deadline_protocol(limits.header_timeout_seconds),
+        create_app(searcher, keys, limits), log_level="warning",
+        http=header_deadline_protocol(limits.header_timeout_seconds),
         h11_max_incomplete_event_size=limits.max_header_bytes, timeout_keep_alive=limits.keep_alive_seconds,
         limit_concurrency=limits.max_connections, backlog=2048, timeout_graceful_shutdown=5)
     uvicorn.Server(config).run(sockets=[sock])

@@ -115,7 +115,7 @@ class Searcher:
 
     def search(self, query: str | Sequence[float] | np.ndarray, k: int = 5,
                filter: Mapping[str, Any] | None = None,  # noqa: A002 - the public name
-               scope: SearchFilter | None = None) -> SearchResult:
+               *, scope: SearchFilter | None = None) -> SearchResult:
         """The k nearest chunks passing `filter`, and `scope` too when given (a service key's: whatever `filter`
         asks, no hit outside the scope)."""
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:

@@ -90,7 +90,8 @@ def read_identity(path: Path) -> dict[str, Any] | None:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise StoreCorruptError(f"{str(path / IDENTITY)!r} is damaged ({exc}): `vectormill store restore` "
                                 "rebuilds the store from a valid generation") from None
-    if not isinstance(identity, dict) or ("format" in identity and not {"model", "dimension", "database"} <= set(identity)):
+    if not isinstance(identity, dict) or ("format" in identity
+                                          and not {"model", "dimension", "database"} <= set(identity)):
         raise StoreCorruptError(f"{str(path / IDENTITY)!r} is damaged (not a store identity): `vectormill store "
                                 "restore` rebuilds the store from a valid generation")
     return identity

@@ -165,8 +165,9 @@ def test_store_restore_rebuilds_a_damaged_identity_that_readers_refuse(tmp_path)
 
     settings = StoreSettings(path=tmp_path / "store")
     with FaissStore.open(settings, model="tiny", dimension=8) as writer:
-        writer.write([DocumentUpsert("docs", "a.txt", "v1", "A", "a.txt", None,
-                                     (ChunkRecord("ab" * 16, 0, "a", "h", None, None, 1),), np.eye(8, dtype=np.float32)[:1])])
+        chunk = ChunkRecord("ab" * 16, 0, "a", "h", None, None, 1)
+        vector = np.eye(8, dtype=np.float32)[:1]
+        writer.write([DocumentUpsert("docs", "a.txt", "v1", "A", "a.txt", None, (chunk,), vector)])
         writer.checkpoint()
     (settings.path / "identity.json").write_text("{\"model\": ")
     with pytest.raises(StoreCorruptError, match="is damaged"):

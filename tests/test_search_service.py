@@ -53,9 +53,10 @@ def add_crm_records(store_path) -> None:
     vectors = np.random.default_rng(11).standard_normal((2, 384)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     with FaissStore.open(StoreSettings(path=store_path)) as writer:
+        chunks = [ChunkRecord(f"c{i}" * 16, 0, f"contact {i}", f"c{i}", None, None, 3) for i in range(2)]
         writer.write([DocumentUpsert("crm", f"reports/contact-{i}", "v1", f"Contact {i}", f"crm://contact/{i}",
-                                     "2026-02-01", (ChunkRecord(f"c{i}" * 16, 0, f"contact {i}", f"c{i}", None, None, 3),),
-                                     vectors[i:i + 1], {"object_type": "contacts", "source": "wiki"})
+                                     "2026-02-01", (chunks[i],), vectors[i:i + 1],
+                                     {"object_type": "contacts", "source": "wiki"})
                       for i in range(2)])
         writer.checkpoint()
 
@@ -173,7 +174,7 @@ def test_the_default_shedding_runs_a_search_per_core_but_one_and_lets_half_as_ma
 
 
 def test_admission_holds_its_capacity_of_searches_and_sheds_the_next_at_once():
-    from vectormill.service import Admission
+    from vectormill.http_gate import Admission
 
     release = asyncio.Event()
 

@@ -34,7 +34,7 @@ def search(store: Store, query: str | list[float], k: int, own: dict[str, Any] |
     """The hits for a call's filter `given` within the object's own filter `own` (both hold: a call narrows what
     the retriever or store was made for, never widens it)."""
     scope = parse_filter(own)
-    return [to_document(hit) for hit in store.searcher.search(query, k, given, scope).hits]
+    return [to_document(hit) for hit in store.searcher.search(query, k, given, scope=scope).hits]
 
 
 class VectormillRetriever(BaseRetriever):
@@ -73,7 +73,8 @@ class VectormillVectorStore(VectorStore):
     def similarity_search_with_score(self, query: str, k: int = 4, filter: dict[str, Any] | None = None,
                                      **kwargs: Any) -> list[tuple[Document, float]]:  # noqa: A002
         """(Document, cosine similarity), best first."""
-        return [(document, document.metadata["score"]) for document in search(self.store, query, k, self.filter, filter)]
+        documents = search(self.store, query, k, self.filter, filter)
+        return [(document, document.metadata["score"]) for document in documents]
 
     def similarity_search(self, query: str, k: int = 4, **kwargs: Any) -> list[Document]:
         return [document for document, _ in self.similarity_search_with_score(query, k, **kwargs)]
