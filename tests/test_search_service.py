@@ -401,3 +401,22 @@ def test_the_keys_are_checked_before_the_service_starts(monkeypatch):
         service_keys(keys(b="APP_B"))
     monkeypatch.setenv("VECTORMILL_SEARCH_API_KEY", "all-of-it")
     assert [key.name for key in service_keys(keys(a="APP_A"))] == [ALL_SOURCES, "a"]
+
+
+def test_metrics_can_be_opened_to_scrapers_without_opening_the_searches(service):
+    from fastapi.testclient import TestClient
+
+    from vectormill.flows.config import load_config
+    from vectormill.flows.search import Searcher
+    from vectormill.flows.search_keys import ServiceKey
+    from vectormill.service import create_app
+
+    limits = SearchServiceSettings(metrics_public=True)
+    config = load_config(service.log.parent / "vectormill.toml")
+    with Searcher(config) as searcher, TestClient(create_app(searcher, [ServiceKey("a", b"secret", None)],
+                                                             limits)) as app:
+        assert app.get("/metrics").status_code == 200
+        assert app.post("/search", json={"query": [0.0] * 384}).status_code == 401
+        keyed = app.post("/search", json={"query": [1.0] * 384}, headers={"Authorization": "Bearer secret"})
+        assert keyed.status_code == 200
+        assert 'vectormill_search_requests_total{key="a",status="200"} 1.0' in app.get("/metrics").text
