@@ -14,6 +14,13 @@ then with `--concurrency` searches at once and `--queue` waiting (default: unset
 * (smallest size; `--busy-seconds 0`: not run) 8 clients for `--busy-seconds` while another process writes 256 vectors a write, checkpoints
   every 8 writes and compacts every 40, and adds and deletes documents near one vector: every answer must be a
   200 whose documents near that vector are exactly those live after the write it names (`lsn`).
+
+`--attack` runs the attack mix instead (smallest size; README "The service under attack"): 8 honest keyed clients
+(closed loop, `--attack-seconds` each run) alone, then beside 50 slow-loris sockets without a key (25 trickling a
+header a byte a second, 25 sending whole headers of a 1,000-byte body that never comes; each reconnects a second
+after the server lets it go) and 10 chunked uploaders without a key (64 KiB chunks as fast as the server takes them,
+reconnecting 0.2 s after being let go), then alone again: the honest clients' p50/p99 and non-200 answers in each
+run, the attackers' connections and how they ended, and the server's RSS (sampled every 0.2 s).
 Figures come from one run on one machine; other work on it shows in them.
 """
 
@@ -202,6 +209,160 @@ def closed_loop_until(url: str, clients: int, deadline: float, body: dict, check
             "qps": len(latencies) / (time.perf_counter() - started)}
 
 
+def cpu_flags() -> list[str]:
+    """The CPU's flags that decide the speed of FAISS and the model here (README: the CPU differs by machine)."""
+    flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("flags")), [])
+    return sorted(set(flags) & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8"})
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class RssSampler:
+    """The highest RSS of a process, sampled every 0.2 s while the block runs."""
+
+    def __init__(self, pid: int):
+        self.pid, self.highest, self._stop = pid, rss_mib(pid), threading.Event()
+
+    def __enter__(self) -> "RssSampler":
+        def sample() -> None:
+            while not self._stop.wait(0.2):
+                self.highest = max(self.highest, rss_mib(self.pid))
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+async def _until_let_go(host: str, port: int, head: bytes, then, stop: asyncio.Event, stats: dict[str, int]) -> None:
+    """One connection: `head`, then `then(writer)` (trickle or upload) until the server answers or closes it."""
+    try:
+        reader, writer = await asyncio.open_connection(host, port)
+    except OSError:
+        stats["refused"] += 1
+        return
+    stats["connections"] += 1
+    sending = asyncio.ensure_future(then(writer))
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        writer.write(head)
+        answer = asyncio.ensure_future(reader.read(64))
+        await asyncio.wait([answer, stopping], return_when=asyncio.FIRST_COMPLETED)
+        if answer.done():
+            got = answer.result()
+            stats["answered 401" if got.startswith(b"HTTP/1.1 401") else "answered other" if got
+                  else "closed unanswered"] += 1
+        else:
+            answer.cancel()
+    except OSError:
+        stats["reset"] += 1
+    finally:
+        for task in (sending, stopping):
+            task.cancel()
+        await asyncio.gather(sending, stopping, return_exceptions=True)
+        writer.close()
+
+
+async def _slow_loris(host: str, port: int, stalled_body: bool, stop: asyncio.Event, stats: dict[str, int]) -> None:
+    """Never a whole request: headers a byte a second, or whole headers of a body never sent. Reconnects a second
+    after the server lets it go."""
+    head = (b"POST /search HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n"
+            + (b"Content-Length: 1000\r\n\r\n" if stalled_body else b"X-Slow: "))
+
+    async def trickle(writer) -> None:
+        while not stalled_body:
+            await asyncio.sleep(1)
+            writer.write(b"a")
+
+    while not stop.is_set():
+        await _until_let_go(host, port, head, trickle, stop, stats)
+        await asyncio.sleep(1)
+
+
+async def _uploader(host: str, port: int, stop: asyncio.Event, stats: dict[str, int]) -> None:
+    """A chunked body without a key, 64 KiB chunks as fast as the server reads them, until it is let go."""
+    chunk = b"10000\r\n" + b"x" * 65536 + b"\r\n"
+
+    async def upload(writer) -> None:
+        while True:
+            writer.write(chunk)
+            await writer.drain()
+            stats["bytes sent"] += len(chunk)
+
+    while not stop.is_set():
+        await _until_let_go(host, port, b"POST /search HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+                            upload, stop, stats)
+        await asyncio.sleep(0.2)
+
+
+def attackers(url: str, slow_loris: int, uploaders: int):
+    """Start the attackers on a loop of their own; returns (stop, stats): call stop() to end them."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    loop = asyncio.new_event_loop()
+    stats: dict[str, dict[str, int]] = {"slow-loris": {}, "uploaders": {}}
+    for kind in stats.values():
+        kind.update({"connections": 0, "answered 401": 0, "answered other": 0, "closed unanswered": 0, "reset": 0,
+                     "refused": 0, "bytes sent": 0})
+    ready = threading.Event()
+    state: dict[str, object] = {}
+
+    async def run() -> None:
+        state["stop"] = stop = asyncio.Event()
+        ready.set()
+        await asyncio.gather(*(_slow_loris(host, int(port), n % 2 == 1, stop, stats["slow-loris"])
+                               for n in range(slow_loris)),
+                             *(_uploader(host, int(port), stop, stats["uploaders"]) for _ in range(uploaders)))
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(run(),), daemon=True)
+    thread.start()
+    ready.wait()
+
+    def stop() -> dict[str, dict[str, int]]:
+        loop.call_soon_threadsafe(state["stop"].set)  # type: ignore[union-attr]
+        thread.join(30)
+        return {kind: {name: count for name, count in counts.items() if count} for kind, counts in stats.items()}
+
+    return stop, stats
+
+
+def attack_mix(url: str, pid: int, seconds: float) -> dict[str, object]:
+    """8 honest clients for `seconds` alone, beside the attackers, then alone again (the machine's other work
+    drifts): their p50/p99 and statuses, the server's highest RSS."""
+    body = {"query": unit_vectors(1, 5)[0], "k": K}
+    figures: dict[str, object] = {}
+    for run in ("alone before", "under attack", "alone after"):
+        stop = None
+        if run == "under attack":
+            stop, _ = attackers(url, 50, 10)
+            time.sleep(5)  # the attackers connected, and the header deadline at work
+        statuses: dict[int, int] = {}
+        lock = threading.Lock()
+
+        def count(response: httpx.Response) -> None:
+            with lock:
+                statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+
+        with RssSampler(pid) as rss:
+            latency = closed_loop_until(url, 8, time.monotonic() + seconds, body, count)
+        figures[run] = latency | {"statuses": statuses, "server_rss_mib_max": round(rss.highest)}
+        if stop is not None:
+            figures["attackers"] = stop()
+    alone = max(figures["alone before"]["p99_ms"], figures["alone after"]["p99_ms"])
+    figures["p99 under attack / worse p99 alone"] = figures["under attack"]["p99_ms"] / alone
+    figures["server rss under attack - alone before (MiB)"] = (figures["under attack"]["server_rss_mib_max"]
+                                                               - figures["alone before"]["server_rss_mib_max"])
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
@@ -211,8 +372,24 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=None, help="[search_service] concurrency under 2x load")
     parser.add_argument("--queue", type=int, default=None, help="[search_service] queue under 2x load")
     parser.add_argument("--dir", type=Path, default=None)
+    parser.add_argument("--attack", action="store_true", help="only the attack mix, on the smallest size")
+    parser.add_argument("--attack-seconds", type=float, default=30, help="each run of the attack mix")
     options = parser.parse_args()
-    report: dict[str, object] = {}
+    report: dict[str, object] = {"cpu_flags": cpu_flags()}
+    print(json.dumps(report), flush=True)
+    if options.attack:
+        with tempfile.TemporaryDirectory(dir=options.dir) as scratch:
+            size = min(options.sizes)
+            folder = Path(scratch)
+            rate = fill(folder / "store", size)
+            config = folder / "vectormill.toml"
+            config.write_text('[store]\npath = "store"\n\n[search_service]\nqueue = 8\n')  # room for 8 clients
+            with search_service(config) as service:
+                closed_loop(service.url, 1, 20)
+                report[str(size)] = {"fill_vectors_per_s": round(rate),
+                                     "attack": attack_mix(service.url, service.process.pid, options.attack_seconds)}
+        print(json.dumps(report, indent=1))
+        return
     with tempfile.TemporaryDirectory(dir=options.dir) as scratch:
         for size in sorted(options.sizes):
             folder = Path(scratch) / str(size)

@@ -73,12 +73,19 @@ def register(app: typer.Typer, store_app: typer.Typer) -> None:
         config: Optional[Path] = ConfigOption,
     ) -> None:
         """Serve the store's search over HTTP: POST /search, GET /health, OpenAPI page at /docs (README)."""
-        from vectormill.flows.search import Searcher, search_api_key
-        from vectormill.service import serve
+        from vectormill.flows.search import Searcher
+        from vectormill.flows.search_keys import service_keys
+        from vectormill.service import listen, serve
 
         settings = load(config)
         with user_errors():
-            api_key = search_api_key(settings.search_service)
+            keys = service_keys(settings.search_service)
+        try:
+            sock = listen(host, port)
+        except OSError as exc:
+            raise UserError([f"cannot listen on {host}:{port} ({exc.strerror or exc}): choose another --port, or stop "
+                             "what uses it"]) from None
+        with user_errors():
             searcher = Searcher(settings)
             searcher.embed("warm-up")  # the model loads now, not in the first search's time
         shedding = settings.search_service
@@ -86,6 +93,6 @@ def register(app: typer.Typer, store_app: typer.Typer) -> None:
                      f"{shedding.searches_at_once} searches at once, {shedding.searches_waiting} waiting, the next "
                      "answered 429", highlight=False)
         try:
-            serve(searcher, api_key, settings.search_service, host, port)
+            serve(searcher, keys, settings.search_service, sock)
         finally:
             searcher.close()

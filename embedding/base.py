@@ -12,6 +12,14 @@ class EmbeddingError(RuntimeError):
     pass
 
 
+class TextTooLongError(EmbeddingError):
+    """A text over the model's window (it would be truncated): `tokens` of the model's `limit`."""
+
+    def __init__(self, message: str, tokens: int, limit: int):
+        super().__init__(message)
+        self.tokens, self.limit = tokens, limit
+
+
 def unit_rows(vectors: np.ndarray) -> np.ndarray:
     """Each row scaled to length 1, in the rows' dtype; a zero row stays zero."""
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import EmbeddingError, unit_rows
+from .base import TextTooLongError, unit_rows
 from .models import resolve_model
 from .precision import Precision, PrecisionChoice, PrecisionReport, agreement, guard_verdict, probe_texts
 from .tokenizer import ModelTokenizer
@@ -20,9 +20,9 @@ def refuse_truncation(counts: Sequence[int], limit: int, model: str) -> None:
     """sentence-transformers truncates silently past max_seq_length; refuse instead."""
     for index, count in enumerate(counts):
         if count > limit:
-            raise EmbeddingError(
+            raise TextTooLongError(
                 f"text {index} has {count} tokens, over model {model!r}'s limit of {limit}: "
-                "it would be truncated; chunk it smaller"
+                "it would be truncated; chunk it smaller", count, limit
             )
 
 

@@ -8,7 +8,6 @@ reads the store's newest committed state (FaissStore readers follow the writer).
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -17,18 +16,21 @@ from typing import Any
 
 import numpy as np
 
+from vectormill.embedding.base import TextTooLongError
 from vectormill.stores.faiss_store import FaissStore, StoreError
-from vectormill.stores.filters import parse_filter
+from vectormill.stores.filters import SearchFilter, narrow, parse_filter
 from vectormill.stores.records import SearchHit
 
 from .config import VectormillConfig
-from .settings import SearchServiceSettings
-
-API_KEY_ENV = "VECTORMILL_SEARCH_API_KEY"
 
 # The fields of a hit, in `search --json` and everywhere else hits are given out.
 HIT_FIELDS = ("document", "source", "page", "pages", "score", "text", "title", "location", "chunk_id", "modified",
               "ocr")
+
+
+class QueryError(StoreError):
+    """A query the store cannot be searched with (an empty text, a text over the model's window, a vector of the
+    wrong shape): the caller's to fix, unlike the store's own errors."""
 
 
 @dataclass
@@ -90,21 +92,35 @@ class Searcher:
 
                 # Queries: fp32, with no precision probe to pay (vectors of any precision agree with it).
                 self._embedder = build_embedder(self.config.embedding.model_copy(update={"precision": "fp32"}))
-        return self._embedder.embed([text])[0]
+        try:
+            return self._embedder.embed([text])[0]
+        except TextTooLongError as exc:  # refused, never truncated: a cut query would find what it did not ask
+            raise QueryError(f"the query has {exc.tokens} tokens, over the model's limit of {exc.limit} tokens: "
+                             "shorten it") from None
 
     def query_vector(self, query: str | Sequence[float] | np.ndarray) -> np.ndarray:
         if isinstance(query, str):
+            if not query.strip():
+                raise QueryError("the query is empty: give a text to look for (or a vector)")
+            if any("\ud800" <= char <= "\udfff" for char in query):  # JSON's \ud800 escapes allow them
+                raise QueryError("the query holds a lone surrogate (U+D800-U+DFFF), which is not text: send UTF-8")
             return self.embed(query)
-        vector = np.asarray(query, dtype=np.float32).reshape(-1)
+        try:
+            vector = np.asarray(query, dtype=np.float32).reshape(-1)
+        except (TypeError, ValueError):
+            vector = np.zeros(0, dtype=np.float32)  # not numbers: refused below like a wrong shape
         if vector.shape != (self.dimension,) or not np.isfinite(vector).all():
-            raise StoreError(f"a query vector must be {self.dimension} finite numbers, got shape {vector.shape}")
+            raise QueryError(f"a query vector must be {self.dimension} finite numbers, got shape {vector.shape}")
         return vector
 
     def search(self, query: str | Sequence[float] | np.ndarray, k: int = 5,
-               filter: Mapping[str, Any] | None = None) -> SearchResult:  # noqa: A002 - the public name
-        if k < 1:
-            raise StoreError(f"k must be at least 1, got {k}")
-        where = parse_filter(filter)
+               filter: Mapping[str, Any] | None = None,  # noqa: A002 - the public name
+               *, scope: SearchFilter | None = None) -> SearchResult:
+        """The k nearest chunks passing `filter`, and `scope` too when given (a service key's: whatever `filter`
+        asks, no hit outside the scope)."""
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise QueryError(f"k must be a whole number of at least 1, got {k!r}")
+        where = narrow(scope, parse_filter(filter))
         vector = self.query_vector(query)
         with self._reader() as store:  # the hits and the generation they name: one committed state
             hits = store.search(vector, k, where)
@@ -142,13 +158,3 @@ def search_store(config: VectormillConfig, text: str, k: int, filter: Mapping[st
     with Searcher(config) as searcher:
         return searcher.search(text, k, filter)
 
-
-def search_api_key(settings: SearchServiceSettings) -> str:
-    """The search service's API key: $VECTORMILL_SEARCH_API_KEY, else the configured Prefect Secret block (only
-    then is Prefect imported)."""
-    from vectormill.connectors.secrets import resolve_secret
-
-    if os.environ.get(API_KEY_ENV) or not settings.api_key_block:
-        return resolve_secret(env=API_KEY_ENV, block=None, what="search service API key (or name a Prefect Secret "
-                              "block in [search_service] api_key_block)")
-    return resolve_secret(env=None, block=settings.api_key_block, what="search service API key")

@@ -7,9 +7,12 @@ Prefect load the config. What the limits are for is told in `deploy.py`.
 from __future__ import annotations
 
 import os
+import re
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 def _valid_cron(expression: str | None) -> str | None:
@@ -63,21 +66,72 @@ class DeploymentSettings(BaseModel):
         return _valid_cron(expression or None)
 
 
-class SearchServiceSettings(BaseModel):
-    """The [search_service] table: `vectormill serve-search`'s key, limits and load shedding (README)."""
+class SearchKeySettings(BaseModel):
+    """A [search_service.keys.NAME] table: a key of its own for one app, which reads only what its filter passes
+    (ANDed with every request's filter). NAME is shown in the metrics; the secret never is."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    # Prefect Secret block holding the API key, read when VECTORMILL_SEARCH_API_KEY is not set.
+    # Where the secret is: an environment variable, or a Prefect Secret block (exactly one of them).
+    secret_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    secret_block: str | None = None
+    # The key's scope, in the filter's JSON terms: {source = ["wiki"], document_prefix = "public/"}, …
+    filter: dict[str, Any]
+
+    @field_validator("filter")
+    @classmethod
+    def _scope(cls, scope: dict[str, Any]) -> dict[str, Any]:
+        from vectormill.stores.filters import parse_filter
+
+        if parse_filter(scope) is None:
+            raise ValueError("a named key's filter limits what it reads (e.g. {source = \"wiki\"}); an unscoped key "
+                             "is VECTORMILL_SEARCH_API_KEY's")
+        return scope
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> "SearchKeySettings":
+        if (self.secret_env is None) == (self.secret_block is None):
+            raise ValueError("give exactly one of secret_env (an environment variable) and secret_block (a Prefect "
+                             "Secret block)")
+        return self
+
+
+class SearchServiceSettings(BaseModel):
+    """The [search_service] table: `vectormill serve-search`'s keys, limits, timeouts and load shedding (README)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Prefect Secret block holding the all-sources API key, read when VECTORMILL_SEARCH_API_KEY is not set.
     api_key_block: str | None = None
+    # Scoped keys by name (letters, digits, "_", "-", "."): [search_service.keys.NAME].
+    keys: dict[str, SearchKeySettings] = Field(default_factory=dict)
+    # GET /metrics without a key (for a scraper inside the network); else it needs the all-sources key.
+    metrics_public: bool = False
     max_k: int = Field(default=100, ge=1, le=10_000)
     max_query_chars: int = Field(default=4_000, ge=1)
     max_body_bytes: int = Field(default=65_536, ge=1_024)
+    # A request's body must arrive within this (else 408); its headers within header_timeout_seconds of the
+    # connection or of the previous answer (else the connection is closed): a stalled client holds a socket for
+    # that long, never an admission slot.
+    body_timeout_seconds: float = Field(default=10, gt=0)
+    header_timeout_seconds: float = Field(default=10, gt=0)
+    max_header_bytes: int = Field(default=16_384, ge=1_024)
+    keep_alive_seconds: int = Field(default=5, ge=1)
+    # Open connections at most; a request on a connection beyond it is answered 503 by uvicorn.
+    max_connections: int = Field(default=1_000, ge=16)
     # Searches run at once, and searches waiting for one of them; a search beyond both gets 429 at once.
     # Unset: see searches_at_once and searches_waiting.
     concurrency: int | None = Field(default=None, ge=1)
     queue: int | None = Field(default=None, ge=0)
     retry_after_seconds: int = Field(default=1, ge=1)
+
+    @field_validator("keys")
+    @classmethod
+    def _key_names(cls, keys: dict[str, SearchKeySettings]) -> dict[str, SearchKeySettings]:
+        for name in keys:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
+                raise ValueError(f"key name {name[:70]!r}: letters, digits, '_', '-' and '.', at most 64")
+        return keys
 
     @property
     def searches_at_once(self) -> int:

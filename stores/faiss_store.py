@@ -79,10 +79,23 @@ def new_store_id() -> str:
 
 
 def read_identity(path: Path) -> dict[str, Any] | None:
+    """The store's identity; None where there is no store. A store path that is a file, or an identity.json that
+    is not a JSON object, is a StoreError that says so (never a raw exception)."""
     try:
-        return json.loads((path / IDENTITY).read_text())
+        identity = json.loads((path / IDENTITY).read_text())
     except FileNotFoundError:
         return None
+    except NotADirectoryError:
+        raise StoreError(f"store path {str(path)!r} is a file, not a store's folder: set [store] path to the folder "
+                         "`vectormill backfill` writes the store in") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StoreCorruptError(f"{str(path / IDENTITY)!r} is damaged ({exc}): `vectormill store restore` "
+                                "rebuilds the store from a valid generation") from None
+    if not isinstance(identity, dict) or ("format" in identity
+                                          and not {"model", "dimension", "database"} <= set(identity)):
+        raise StoreCorruptError(f"{str(path / IDENTITY)!r} is damaged (not a store identity): `vectormill store "
+                                "restore` rebuilds the store from a valid generation")
+    return identity
 
 
 class FaissStore:

@@ -27,7 +27,7 @@ import numpy as np
 from . import row_checks
 from .catalog import Catalog, forget_replica_files
 from .durable import file_sha256, fingerprint, fsync_dir, write_atomically
-from .errors import StoreError
+from .errors import StoreCorruptError, StoreError
 from .faiss_store import IDENTITY, FaissStore, new_store_id, read_identity, write_identity
 from .generations import (
     QUARANTINE, RESTORING, current_manifest, record_committed, rollback_problem, set_aside, used_generation_numbers,
@@ -64,14 +64,13 @@ def verify_store(settings: StoreSettings) -> dict[str, Any]:
     path = Path(settings.path)
     generations: list[dict[str, Any]] = []
     problems: list[Problem] = []
-    identity = read_identity(path)
-    if identity is None:
-        problems.append(Problem(PRIMARY, IDENTITY, f"no store at {str(path)!r}"))
-    elif "format" not in identity:
-        problems.append(Problem(PRIMARY, IDENTITY, "written by an older vectormill: run `vectormill store compact` "
-                                                   "once to migrate it in place"))
+    try:
+        identity = read_identity(path)
+    except StoreCorruptError as exc:
+        identity = None
+        problems.append(Problem(PRIMARY, IDENTITY, str(exc)))
     else:
-        problems.extend(_database_problems(path, identity))
+        problems.extend(_identity_problems(path, identity))
     replayed: dict[str, str | None] = {}  # by manifest checksum: a generation copied to several places is read once
     first_seen: dict[int, tuple[str, dict[str, Any]]] = {}  # by number: where a generation was read first, and it
     for location in _reachable(settings, problems):
@@ -390,6 +389,23 @@ def _manifest_files_mismatched(path: Path, manifests: list[tuple[int, bytes]]) -
     return mismatched
 
 
+def _identity_problems(path: Path, identity: dict[str, Any] | None) -> list[Problem]:
+    if identity is None:
+        return [Problem(PRIMARY, IDENTITY, f"no store at {str(path)!r}")]
+    if "format" not in identity:
+        return [Problem(PRIMARY, IDENTITY, "written by an older vectormill: run `vectormill store compact` once to "
+                                           "migrate it in place")]
+    return _database_problems(path, identity)
+
+
+def _sound_identity(path: Path) -> dict[str, Any] | None:
+    """The store's identity; None where it is missing or damaged (a restore writes it anew)."""
+    try:
+        return read_identity(path)
+    except StoreCorruptError:
+        return None
+
+
 def _database_sound(path: Path, identity: dict[str, Any] | None) -> bool:
     return (identity is not None and "format" in identity
             and not [p for p in _database_problems(path, identity) if not p.file.startswith(MANIFESTS)])
@@ -410,7 +426,7 @@ def restore_store(settings: StoreSettings, source: str | None = None, generation
     names = [PRIMARY] + [r.name for r in settings.replicas]
     if source is not None and source not in names:
         raise StoreError(f"no copy named {source!r}: choose one of {', '.join(names)}")
-    if generation is None and _database_sound(path, read_identity(path)):
+    if generation is None and _database_sound(path, _sound_identity(path)):
         return _repair(settings, source)
     lock = WriterLock(path / "LOCK")
     lock.acquire()
@@ -461,7 +477,7 @@ def _install(settings: StoreSettings, path: Path, location: Location, number: in
     manifest = location.read_manifest(number)
     stamp = utc_stamp()
     quarantine = path / QUARANTINE / f"restore-{stamp}"
-    previous = read_identity(path)
+    previous = _sound_identity(path)
     if previous and manifest.get("store_id") not in (None, previous.get("store_id")):
         raise StoreError(f"a generation of store {manifest['store_id']}, not of this store {previous.get('store_id')}")
     write_atomically(path / RESTORING, json.dumps({"quarantine": quarantine.name}).encode())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -16,6 +17,7 @@ from vectormill.stores.faiss_store import FaissStore, StoreError
 from vectormill.stores.settings import StoreSettings
 
 from .cli_process import run_many
+from .servers.processes import free_port
 from .corpus import TOPICS
 from .topic_store import PLACES, topic_upsert, write_topic_store
 
@@ -104,3 +106,73 @@ def test_search_command_takes_a_filter_and_refuses_a_bad_one_in_one_line(config)
     for (_, message), result in zip(bad_filters, refused, strict=True):
         assert result["code"] == 2 and "Traceback" not in result["stderr"]
         assert len(result["stderr"].strip().splitlines()) == 1 and result["stderr"].startswith(message), result["stderr"]
+
+
+def test_queries_and_filters_past_the_limits_are_clear_errors_not_crashes(store):
+    from vectormill.flows.search import QueryError
+    from vectormill.stores.filters import FilterError
+
+    with pytest.raises(QueryError, match="over the model's limit of 256 tokens: shorten it"):
+        store.search("a paragraph-long question about lava " * 60)
+    with pytest.raises(QueryError, match="the query is empty"):
+        store.search(" \n ")
+    with pytest.raises(FilterError, match="'metadata' holds 1000 entries, over the limit of 64"):
+        store.search("lava", filter={"metadata": {f"key{i}": "x" for i in range(1000)}})
+    with pytest.raises(QueryError, match="k must be a whole number"):
+        store.search("lava", k=2.0)
+    with pytest.raises(FilterError, match="unknown metadata key"):  # at the limit: SQLite ran it, and found none
+        store.search("lava", filter={"metadata": {f"key{i}": "x" for i in range(64)}})
+
+
+def test_a_damaged_store_is_one_clear_error_in_the_api_the_cli_and_the_service(tmp_path, config):
+    from vectormill.stores.errors import StoreCorruptError
+
+    damaged, file_store = tmp_path / "damaged", tmp_path / "file"
+    for folder in (damaged, file_store):
+        folder.mkdir()
+        (folder / "vectormill.toml").write_text('[store]\npath = "store"\n')
+    (damaged / "store").mkdir()
+    (damaged / "store" / "identity.json").write_text('{"model": "all-MiniLM-L6-v2", "dimen')
+    (file_store / "store").write_text("not a folder")
+    with pytest.raises(StoreCorruptError, match="identity.json' is damaged"):
+        vectormill.open_store(damaged / "vectormill.toml")
+    with pytest.raises(StoreError, match="is a file, not a store's folder"):
+        vectormill.open_store(file_store / "vectormill.toml")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        key = "VECTORMILL_SEARCH_API_KEY=a-key"
+        results = run_many(
+            [["search", "lava", "--config", str(damaged / "vectormill.toml")],
+             ["search", "lava", "--config", str(file_store / "vectormill.toml")],
+             [key, "serve-search", "--port", str(free_port()), "--config", str(damaged / "vectormill.toml")],
+             [key, "serve-search", "--port", str(busy.getsockname()[1]), "--config", str(config)],
+             ["VECTORMILL_SEARCH_API_KEY=   ", "serve-search", "--config", str(config)],
+             ["VECTORMILL_SEARCH_API_KEY= a-key", "serve-search", "--config", str(config)]],
+            cwd=tmp_path, env={name: value for name, value in os.environ.items() if not name.startswith("VECTORMILL")})
+    says = ["identity.json' is damaged", "is a file, not a store's folder", "identity.json' is damaged",
+            "cannot listen on 127.0.0.1", "is blank: set a real secret", "white space at its start or end"]
+    for result, message in zip(results, says, strict=True):
+        assert result["code"] == 1 and "Traceback" not in result["stderr"], result
+        assert len(result["stderr"].strip().splitlines()) == 1 and message in result["stderr"], result["stderr"]
+        assert "a-key" not in result["stderr"]
+
+
+def test_store_restore_rebuilds_a_damaged_identity_that_readers_refuse(tmp_path):
+    from vectormill.stores.errors import StoreCorruptError
+    from vectormill.stores.records import ChunkRecord, DocumentUpsert
+    from vectormill.stores.restore import restore_store, verify_store
+
+    settings = StoreSettings(path=tmp_path / "store")
+    with FaissStore.open(settings, model="tiny", dimension=8) as writer:
+        chunk = ChunkRecord("ab" * 16, 0, "a", "h", None, None, 1)
+        vector = np.eye(8, dtype=np.float32)[:1]
+        writer.write([DocumentUpsert("docs", "a.txt", "v1", "A", "a.txt", None, (chunk,), vector)])
+        writer.checkpoint()
+    (settings.path / "identity.json").write_text("{\"model\": ")
+    with pytest.raises(StoreCorruptError, match="is damaged"):
+        FaissStore.open(settings, writable=False)
+    assert any("is damaged" in problem["detail"] for problem in verify_store(settings)["problems"])
+    restore_store(settings)
+    with FaissStore.open(settings, writable=False) as reader:
+        assert [hit.document for hit in reader.search(np.eye(8, dtype=np.float32)[0], 1)] == ["a.txt"]

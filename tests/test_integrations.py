@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from langchain_tests.integration_tests import RetrieversIntegrationTests
 
 from .corpus import TOPICS
 from .topic_store import PLACES, write_topic_store
@@ -22,9 +23,14 @@ QUESTIONS = {
 }
 
 
+OPENED: dict = {}  # the store the standard tests' retrievers read (their constructor parameters are properties)
+
+
 @pytest.fixture(scope="module")
 def config(tmp_path_factory):
-    return write_topic_store(tmp_path_factory.mktemp("frameworks"))
+    yield write_topic_store(tmp_path_factory.mktemp("frameworks"))
+    if "store" in OPENED:
+        OPENED.pop("store").close()
 
 
 def test_a_langchain_retrieval_chain_hands_the_right_document_to_its_prompt(config):
@@ -53,6 +59,48 @@ def test_a_langchain_retrieval_chain_hands_the_right_document_to_its_prompt(conf
         "ocr": False}
     wiki_only = VectormillRetriever.from_config(config, k=3, filter={"source": "wiki"})
     assert {d.metadata["source"] for d in wiki_only.invoke(QUESTIONS["chess"])} == {"wiki"}
+
+
+def test_a_langchain_call_sets_k_and_narrows_the_retrievers_filter(config):
+    from vectormill.integrations.langchain import VectormillRetriever
+
+    retriever = VectormillRetriever.from_config(config, k=4)
+    assert len(retriever.invoke(QUESTIONS["chess"], k=1)) == 1 and len(retriever.invoke(QUESTIONS["chess"], k=7)) == 7
+    wiki = retriever.invoke(QUESTIONS["chess"], k=9, filter={"source": "wiki"})
+    assert len(wiki) == 9 and {d.metadata["source"] for d in wiki} == {"wiki"}  # 3 documents of 3 chunks
+    science = VectormillRetriever.from_config(config, k=9, filter={"document_prefix": "Science/"})
+    assert {d.metadata["document"] for d in science.invoke(QUESTIONS["chess"], filter={"source": "wiki"})} == {
+        "Science/Volcanoes", "Science/Astronomy"}
+    assert science.invoke(QUESTIONS["chess"], filter={"source": "docs"}) == []  # a call never widens the filter
+    with pytest.raises(ValueError, match="unknown filter key"):
+        retriever.invoke(QUESTIONS["chess"], filter={"sources": "wiki"})
+    with pytest.raises(TypeError):
+        retriever.invoke(QUESTIONS["chess"], top_k=2)  # a keyword it does not take is an error, not ignored
+
+
+class TestVectormillRetrieverStandard(RetrieversIntegrationTests):
+    """LangChain's own standard tests of a retriever (langchain-tests), on the topic store."""
+
+    @pytest.fixture(autouse=True)
+    def _opened(self, config):
+        import vectormill
+
+        if "store" not in OPENED:
+            OPENED["store"] = vectormill.open_store(config)
+
+    @property
+    def retriever_constructor(self):
+        from vectormill.integrations.langchain import VectormillRetriever
+
+        return VectormillRetriever
+
+    @property
+    def retriever_constructor_params(self) -> dict:
+        return {"store": OPENED["store"]}
+
+    @property
+    def retriever_query_example(self) -> str:
+        return QUESTIONS["sailing"]
 
 
 def test_the_langchain_vector_store_read_side(config):
@@ -94,6 +142,23 @@ def test_a_llamaindex_query_engine_over_the_retriever_finds_the_right_document(c
     assert {node.node.metadata["document"] for node in nodes} <= {"recipes/baking.pdf", "reports/chess.pdf",
                                                                  "Sport/Sailing"}
     assert nodes[0].score == nodes[0].node.metadata["score"]
+
+
+def test_a_llamaindex_query_engine_shows_the_llm_the_text_and_document_but_no_score_id_or_path(config):
+    from llama_index.core.llms import MockLLM
+    from llama_index.core.query_engine import RetrieverQueryEngine
+
+    from vectormill.integrations.llamaindex import VectormillRetriever
+
+    # MockLLM answers with the prompt it was given: what a real LLM would have read.
+    engine = RetrieverQueryEngine.from_args(VectormillRetriever.from_config(config, k=2), llm=MockLLM())
+    response = engine.query(QUESTIONS["taxes"])
+    prompt = str(response)
+    best = response.source_nodes[0].node
+    assert TOPICS["taxes"] in prompt and "document: reports/taxes.pdf" in prompt and "title: Taxes" in prompt
+    assert best.metadata["location"] == "https://example.org/reports/taxes.pdf"  # kept for the caller
+    for hidden in ("score", "chunk_id", "location", best.metadata["chunk_id"], best.metadata["location"]):
+        assert hidden not in prompt, hidden
 
 
 def test_the_command_line_never_loads_the_frameworks():

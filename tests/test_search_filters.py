@@ -207,3 +207,20 @@ def test_a_catalog_written_before_metadata_is_read_then_upgraded_by_the_writer(t
 
 def test_no_filter_and_an_empty_filter_are_the_same():
     assert parse_filter(None) is None and parse_filter({}) is None
+
+
+def test_a_scope_narrows_a_request_and_is_never_widened():
+    from vectormill.stores.filters import NOTHING, narrow
+
+    scope = parse_filter({"source": ["wiki", "docs"], "document_prefix": "reports/", "modified_after": "2026-01-01"})
+    assert narrow(scope, None) == scope and narrow(None, scope) == scope and narrow(None, None) is None
+    both = narrow(scope, parse_filter({"source": ["crm", "docs"], "document_prefix": "reports/2026/",
+                                       "modified_after": "2025-01-01", "metadata": {"title": "Alpha"}}))
+    assert both == dataclasses.replace(scope, sources=("docs",), document_prefix="reports/2026/",
+                                       metadata={"title": "Alpha"})
+    assert narrow(scope, parse_filter({"document_prefix": "rep"})).document_prefix == "reports/"  # not widened
+    for outside in ({"source": "crm"}, {"document_prefix": "notes/"}):
+        assert narrow(scope, parse_filter(outside)) is NOTHING
+    assert narrow(parse_filter({"metadata": {"title": "A"}}), parse_filter({"metadata": {"title": "B"}})) is NOTHING
+    with pytest.raises(FilterError, match="over the limit of 1024"):
+        parse_filter({"document_prefix": "x" * 1025})

@@ -20,6 +20,7 @@ from pydantic import ConfigDict
 
 import vectormill
 from vectormill.reader import Store
+from vectormill.stores.filters import parse_filter
 
 from . import hit_metadata
 
@@ -28,8 +29,17 @@ def to_document(hit: dict[str, Any]) -> Document:
     return Document(page_content=hit["text"], metadata=hit_metadata(hit), id=hit["chunk_id"])
 
 
+def search(store: Store, query: str | list[float], k: int, own: dict[str, Any] | None,
+           given: dict[str, Any] | None) -> list[Document]:
+    """The hits for a call's filter `given` within the object's own filter `own` (both hold: a call narrows what
+    the retriever or store was made for, never widens it)."""
+    scope = parse_filter(own)
+    return [to_document(hit) for hit in store.searcher.search(query, k, given, scope=scope).hits]
+
+
 class VectormillRetriever(BaseRetriever):
-    """The k chunks nearest to the query, as LangChain Documents (metadata: the hit's fields, score included)."""
+    """The k chunks nearest to the query, as LangChain Documents (metadata: the hit's fields, score included).
+    `invoke(query, k=…, filter=…)` overrides k and narrows the retriever's filter for that call."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
@@ -42,12 +52,14 @@ class VectormillRetriever(BaseRetriever):
                     filter: dict[str, Any] | None = None) -> "VectormillRetriever":  # noqa: A002
         return cls(store=vectormill.open_store(config_file), k=k, filter=filter)
 
-    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
-        return [to_document(hit) for hit in self.store.search(query, k=self.k, filter=self.filter)]
+    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun, k: int | None = None,
+                                filter: dict[str, Any] | None = None) -> list[Document]:  # noqa: A002
+        return search(self.store, query, self.k if k is None else k, self.filter, filter)
 
 
 class VectormillVectorStore(VectorStore):
-    """A vectormill store as a read-only LangChain VectorStore: vectormill's ingestion writes it, not LangChain."""
+    """A vectormill store as a read-only LangChain VectorStore: vectormill's ingestion writes it, not LangChain.
+    A search's `filter` narrows the store's own."""
 
     def __init__(self, store: Store, filter: dict[str, Any] | None = None):  # noqa: A002
         self.store = store
@@ -61,16 +73,15 @@ class VectormillVectorStore(VectorStore):
     def similarity_search_with_score(self, query: str, k: int = 4, filter: dict[str, Any] | None = None,
                                      **kwargs: Any) -> list[tuple[Document, float]]:  # noqa: A002
         """(Document, cosine similarity), best first."""
-        hits = self.store.search(query, k=k, filter=filter if filter is not None else self.filter)
-        return [(to_document(hit), hit["score"]) for hit in hits]
+        documents = search(self.store, query, k, self.filter, filter)
+        return [(document, document.metadata["score"]) for document in documents]
 
     def similarity_search(self, query: str, k: int = 4, **kwargs: Any) -> list[Document]:
         return [document for document, _ in self.similarity_search_with_score(query, k, **kwargs)]
 
     def similarity_search_by_vector(self, embedding: list[float], k: int = 4, filter: dict[str, Any] | None = None,
                                     **kwargs: Any) -> list[Document]:  # noqa: A002
-        hits = self.store.search(embedding, k=k, filter=filter if filter is not None else self.filter)
-        return [to_document(hit) for hit in hits]
+        return search(self.store, embedding, k, self.filter, filter)
 
     def _select_relevance_score_fn(self):
         return lambda score: (1.0 + score) / 2.0  # cosine similarity in [-1, 1] -> relevance in [0, 1]

@@ -19,8 +19,13 @@ from vectormill.reader import Store
 from . import hit_metadata
 
 
+# Shown to the retriever's caller, not to the LLM: the score (the node's own), an id and the server's path or URL.
+HIDDEN_FROM_LLM = ["score", "chunk_id", "location"]
+
+
 class VectormillRetriever(BaseRetriever):
-    """The k chunks nearest to the query (its embedding, when the bundle carries one), as NodeWithScore."""
+    """The k chunks nearest to the query (its embedding, when the bundle carries one), as NodeWithScore. The LLM
+    sees each node's text with its document, source, pages, title and time (HIDDEN_FROM_LLM left out)."""
 
     def __init__(self, store: Store, k: int = 4, filter: dict[str, Any] | None = None,  # noqa: A002
                  **kwargs: Any):
@@ -34,6 +39,7 @@ class VectormillRetriever(BaseRetriever):
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         query = query_bundle.embedding or query_bundle.query_str
-        return [NodeWithScore(node=TextNode(id_=hit["chunk_id"], text=hit["text"], metadata=hit_metadata(hit)),
+        return [NodeWithScore(node=TextNode(id_=hit["chunk_id"], text=hit["text"], metadata=hit_metadata(hit),
+                                            excluded_llm_metadata_keys=HIDDEN_FROM_LLM),
                               score=hit["score"])
                 for hit in self.store.search(query, k=self.k, filter=self.filter)]
