@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from . import keywords
 from .filters import DOCUMENT_FIELDS, FilterError, SearchFilter, epoch
 from .records import (
     BaselineRecord, CursorUpdate, DocumentDelete, DocumentFailed, DocumentPart, DocumentPartsCommit,
@@ -165,7 +166,7 @@ class Catalog:
                 with catalog.transaction():  # a store written before row checksums: every row gets one, once
                     db.execute("ALTER TABLE chunks ADD COLUMN checksum TEXT")
                     db.execute(f"UPDATE chunks SET checksum = {ROW_CHECKSUM}")
-                return catalog
+            keywords.migrate(db)  # a store written before the keyword index: built once, from its chunks
         else:
             db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
                                  check_same_thread=False)
@@ -565,7 +566,19 @@ class Catalog:
 
     def filtered_ids(self, chosen: SearchFilter) -> np.ndarray:
         """Ids of the live chunks whose documents pass the filter (the candidates a filtered search may return)."""
+        conditions, args = self._filter_conditions(chosen)
+        rows = self.db.execute("SELECT c.faiss_id FROM chunks c JOIN documents d USING (source, document) "
+                               f"WHERE {conditions}", args)
+        found = np.fromiter((row[0] for row in rows), dtype=np.int64)
+        if not found.size and chosen.metadata:
+            self._check_metadata_keys(chosen)
+        return found
+
+    def _filter_conditions(self, chosen: SearchFilter | None) -> tuple[str, list[Any]]:
+        """SQL over chunks `c` joined with documents `d`: the rows whose documents pass the filter (None: all)."""
         conditions, args = ["1"], []
+        if chosen is None:
+            return "1", args
         if chosen.sources:
             conditions.append(f"c.source IN ({','.join('?' * len(chosen.sources))})")
             args += chosen.sources
@@ -587,16 +600,35 @@ class Catalog:
                                   "WHERE m.key = ? AND m.value = ?)")
                 args += [key, value]
         self.db.create_function("vectormill_epoch", 1, epoch, deterministic=True)
-        rows = self.db.execute("SELECT c.faiss_id FROM chunks c JOIN documents d USING (source, document) "
-                               f"WHERE {' AND '.join(conditions)}", args)
-        found = np.fromiter((row[0] for row in rows), dtype=np.int64)
-        if not found.size and chosen.metadata:  # nothing passes: a key no document has is a mistake, not a miss
-            known = self.metadata_keys()
-            unknown = sorted(set(chosen.metadata) - set(known))
-            if unknown:
-                raise FilterError(f"unknown metadata key(s) {', '.join(map(repr, unknown))}: the store's documents "
-                                  f"have {', '.join(known)}")
-        return found
+        return " AND ".join(conditions), args
+
+    def _check_metadata_keys(self, chosen: SearchFilter) -> None:
+        """Nothing passed the filter: a metadata key no document has is a mistake, not a miss."""
+        known = self.metadata_keys()
+        unknown = sorted(set(chosen.metadata) - set(known))
+        if unknown:
+            raise FilterError(f"unknown metadata key(s) {', '.join(map(repr, unknown))}: the store's documents "
+                              f"have {', '.join(known)}")
+
+    def keyword_ids(self, text: str, limit: int, chosen: SearchFilter | None = None) -> list[tuple[float, int]]:
+        """The `limit` live chunks that best match the text's terms by BM25, best first, as (score, faiss id) with
+        score = -bm25 (higher is better); with `chosen`, only chunks of documents passing it (before the limit)."""
+        if not keywords.present(self.db):
+            raise keywords.KeywordIndexMissing(
+                "this store has no keyword index yet: it was written before vectormill kept one; any command that "
+                "opens the store for writing (backfill, store compact) builds it once")
+        expression = keywords.match_expression(text)
+        if expression is None:
+            return []
+        conditions, args = self._filter_conditions(chosen)
+        join = " JOIN documents d USING (source, document)" if chosen is not None else ""
+        rows = self.db.execute(
+            f"SELECT c.faiss_id, f.rank FROM {keywords.TABLE} f JOIN chunks c ON c.row = f.rowid{join} "
+            f"WHERE {keywords.TABLE} MATCH ? AND {conditions} ORDER BY f.rank LIMIT ?",
+            (expression, *args, limit)).fetchall()
+        if not rows and chosen is not None and chosen.metadata:
+            self._check_metadata_keys(chosen)
+        return [(-float(rank), int(identifier)) for identifier, rank in rows]
 
     def _metadata(self, alias: str = "") -> str:
         """The documents' metadata column in SQL; '{}' in a catalog written before it and not opened writable since."""

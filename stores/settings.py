@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .fusion import Fusion
 
 
 class ReplicaSettings(BaseModel):
@@ -57,3 +59,20 @@ class StoreSettings(BaseModel):
     def replicas_required(self) -> int:
         """How many replicas must confirm each checkpoint (0 when none are configured)."""
         return min(self.min_replicas_confirmed, len(self.replicas))
+
+
+class SearchSettings(BaseModel):
+    """The [search] table: how a text query is searched when the caller names no mode (README: search modes)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # hybrid: keyword (BM25) and vector rankings fused; measured by benchmarks/search_quality.py (README).
+    mode: Literal["vector", "keyword", "hybrid"] = "hybrid"
+    vector_weight: float = Field(default=1.0, ge=0)
+    keyword_weight: float = Field(default=1.0, ge=0)
+    rrf_k: int = Field(default=60, ge=1)
+    fusion_depth: int = Field(default=50, ge=1)  # hits each ranking gives the fusion (at least k)
+
+    @property
+    def fusion(self) -> Fusion:
+        return Fusion(self.vector_weight, self.keyword_weight, self.rrf_k, self.fusion_depth)
