@@ -15,7 +15,7 @@ import asyncio
 import hmac
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -33,6 +33,9 @@ class SearchRequest(BaseModel):
     k: int = Field(default=5, description="How many hits (1 to the service's max_k).")
     filter: dict[str, Any] | None = Field(
         default=None, description='{"source", "document_prefix", "modified_after", "modified_before", "metadata"}')
+    mode: Literal["vector", "keyword", "hybrid"] | None = Field(
+        default=None, description="vector, keyword (BM25) or hybrid (both fused); default: the config's [search] mode "
+                                  "for a text, vector for a query vector.")
 
 
 class Hit(BaseModel):
@@ -47,6 +50,8 @@ class Hit(BaseModel):
     chunk_id: str
     modified: str | None
     ocr: bool
+    vector_rank: int | None = Field(default=None, description="Hybrid: the hit's rank by vector (None: not in it).")
+    keyword_rank: int | None = Field(default=None, description="Hybrid: the hit's rank by keyword (None: not in it).")
 
 
 class SearchResponse(BaseModel):
@@ -125,7 +130,7 @@ def create_app(searcher: Searcher, api_key: str, limits: SearchServiceSettings) 
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.post("/search", response_model=SearchResponse, responses={
+    @app.post("/search", response_model=SearchResponse, response_model_exclude_unset=True, responses={
         400: {"description": "A bad query, k or filter"}, 401: {"description": "A missing or wrong API key"},
         413: {"description": "A body over max_body_bytes"}, 429: {"description": "Too many searches: retry later"}})
     async def search(body: SearchRequest, _: None = Depends(authorized)):
@@ -135,7 +140,7 @@ def create_app(searcher: Searcher, api_key: str, limits: SearchServiceSettings) 
             return problem(400, f"query must hold 1 to {limits.max_query_chars} characters (or numbers)")
         try:
             result = await asyncio.get_running_loop().run_in_executor(
-                pool, searcher.search, body.query, body.k, body.filter)
+                pool, searcher.search, body.query, body.k, body.filter, body.mode)
         except (FilterError, StoreError) as exc:
             return problem(400, str(exc))
         return {"hits": result.hits, "generation": result.generation, "lsn": result.lsn}

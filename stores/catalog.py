@@ -610,14 +610,15 @@ class Catalog:
             raise FilterError(f"unknown metadata key(s) {', '.join(map(repr, unknown))}: the store's documents "
                               f"have {', '.join(known)}")
 
-    def keyword_ids(self, text: str, limit: int, chosen: SearchFilter | None = None) -> list[tuple[float, int]]:
-        """The `limit` live chunks that best match the text's terms by BM25, best first, as (score, faiss id) with
-        score = -bm25 (higher is better); with `chosen`, only chunks of documents passing it (before the limit)."""
+    def keyword_ids(self, expression: str | None, limit: int, chosen: SearchFilter | None = None
+                    ) -> list[tuple[float, int]]:
+        """The `limit` live chunks that best match an FTS5 query (stores/keywords.py builds it from user text) by BM25,
+        best first, as (score, faiss id) with score = -bm25 (higher is better); with `chosen`, only chunks of documents
+        passing it (before the limit). None: no query, no hits."""
         if not keywords.present(self.db):
             raise keywords.KeywordIndexMissing(
                 "this store has no keyword index yet: it was written before vectormill kept one; any command that "
                 "opens the store for writing (backfill, store compact) builds it once")
-        expression = keywords.match_expression(text)
         if expression is None:
             return []
         conditions, args = self._filter_conditions(chosen)

@@ -576,7 +576,7 @@ class FaissStore:
                 return []
             by_vector = search_parts(self._parts(), vector, depth, allowed) if mode != "keyword" else []
             try:
-                by_keyword = self.catalog.keyword_ids(text, depth, where) if keyworded else []
+                by_keyword = self._keyword_ranking(text, mode, depth, where) if keyworded else []
             except KeywordIndexMissing as exc:
                 raise StoreError(f"store {str(self.path)!r}: {exc}") from None
             if mode == "hybrid" and keyworded:
@@ -595,6 +595,16 @@ class FaissStore:
                                       pages=page_span(page, last_page), modified=modified,
                                       vector_rank=hit.vector_rank, keyword_rank=hit.keyword_rank))
         return hits
+
+    def _keyword_ranking(self, text: str, mode: str, depth: int, where: SearchFilter | None) -> list[tuple[float, int]]:
+        """Keyword mode: chunks holding any of the terms. Hybrid: chunks holding all of them, else all the terms that
+        name something, else none (stores/keywords.py says why)."""
+        if mode == "keyword":
+            return self.catalog.keyword_ids(keywords.any_term(text), depth, where)
+        every = keywords.every_term(text)
+        found = self.catalog.keyword_ids(every, depth, where)
+        named = keywords.named_terms(text)
+        return found or (self.catalog.keyword_ids(named, depth, where) if named != every else [])
 
     def _keyword_index_present(self) -> bool:
         """Whether the catalog has its keyword index; a hybrid search of one written before it and not opened for

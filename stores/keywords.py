@@ -8,6 +8,11 @@ the rows again, rebuilds it; a store written before it gets it at its next writa
 
 User text never reaches FTS5's query syntax: each whitespace-separated term becomes a quoted phrase (quotes
 doubled), so `INV-2024-00417` matches its tokens in order and `"`, `NEAR(` or `AND` are plain words.
+
+A keyword search matches any term of the query (BM25 ranks). The keyword side of a hybrid search is stricter, as
+measured by benchmarks/search_quality.py: chunks holding every term of the query, else every term that names
+something (an identifier, a code, a name); else nothing, so that a question asked in other words, whose common
+words match chunks at random, is ranked by its meaning alone instead of being diluted by that noise.
 """
 
 from __future__ import annotations
@@ -58,10 +63,35 @@ def migrate(db: sqlite3.Connection) -> bool:
     return True
 
 
-def match_expression(text: str) -> str | None:
+def _terms(text: str) -> list[str]:
+    return list(dict.fromkeys(term for term in text.split() if _WORD.search(term)))[:MAX_TERMS]
+
+
+def _quoted(terms: list[str], operator: str) -> str | None:
+    return f" {operator} ".join('"' + term.replace('"', '""') + '"' for term in terms) or None
+
+
+def any_term(text: str) -> str | None:
     """An FTS5 query matching any of the text's terms (BM25 ranks chunks holding more, and rarer, ones first), each
-    term a quoted phrase; None when the text holds no word at all."""
-    terms = [term for term in text.split() if _WORD.search(term)][:MAX_TERMS]
-    if not terms:
-        return None
-    return " OR ".join('"' + term.replace('"', '""') + '"' for term in dict.fromkeys(terms))
+    term a quoted phrase; None when the text holds no word at all. The keyword mode's query."""
+    return _quoted(_terms(text), "OR")
+
+
+def every_term(text: str) -> str | None:
+    """An FTS5 query matching the chunks that hold every term of the text."""
+    return _quoted(_terms(text), "AND")
+
+
+def named_terms(text: str) -> str | None:
+    """An FTS5 query matching the chunks that hold every term of the text that names something: a term with a digit
+    (INV-2024-00417, E1234, 0x80040154), a capital after its first letter (SKU-BK, TLS, McAllister), or a
+    capitalised word inside a sentence (a name: "orders of Marta Kowalczyk"); None when it has none."""
+    named, starts_sentence = [], True
+    for term in text.split():
+        if _WORD.search(term):
+            word = term.strip("\"'()[]{}<>,;:.!?")
+            if any(c.isdigit() for c in word) or any(c.isupper() for c in word[1:]) or (
+                    len(word) > 1 and word[:1].isupper() and not starts_sentence):
+                named.append(term)
+        starts_sentence = term.endswith((".", "?", "!", ":"))
+    return _quoted(list(dict.fromkeys(named))[:MAX_TERMS], "AND")

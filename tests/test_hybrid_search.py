@@ -15,7 +15,7 @@ from vectormill.stores.errors import StoreError
 from vectormill.stores.faiss_store import FaissStore
 from vectormill.stores.filters import parse_filter
 from vectormill.stores.fusion import Fusion, SearchModeError, reciprocal_rank_fusion
-from vectormill.stores.keywords import match_expression
+from vectormill.stores.keywords import any_term, every_term, named_terms
 from vectormill.stores.records import ChunkRecord, DocumentDelete, DocumentUpsert
 from vectormill.stores.restore import restore_store
 from vectormill.stores.settings import StoreSettings
@@ -94,9 +94,13 @@ def test_user_text_never_reaches_the_fts_query_syntax(settings, query):
         store.search(np.ones(DIMENSION, dtype=np.float32), 3, text=query, mode="hybrid")
 
 
-def test_match_expression_quotes_each_term():
-    assert match_expression('INV-2024-00417 "x" NEAR(') == '"INV-2024-00417" OR """x""" OR "NEAR("'
-    assert match_expression('" - (') is None
+def test_fts_queries_quote_each_term():
+    assert any_term('INV-2024-00417 "x" NEAR(') == '"INV-2024-00417" OR """x""" OR "NEAR("'
+    assert every_term('refund policy refund') == '"refund" AND "policy"'
+    assert any_term('" - (') is None and every_term("") is None
+    assert named_terms("Orders of Marta Kowalczyk: what about INV-2024-00417? And E1234, SKU-BK or TLS then") == (
+        '"Marta" AND "Kowalczyk:" AND "INV-2024-00417?" AND "E1234," AND "SKU-BK" AND "TLS"')
+    assert named_terms("My coffee maker broke. Can I get my money back?") is None
 
 
 def test_filters_apply_to_both_rankings_before_the_top_k(settings):

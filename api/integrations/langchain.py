@@ -36,14 +36,19 @@ class VectormillRetriever(BaseRetriever):
     store: Store
     k: int = 4
     filter: dict[str, Any] | None = None
+    mode: str | None = None  # vector, keyword or hybrid; None: the config's [search] mode
 
     @classmethod
     def from_config(cls, config_file: str | os.PathLike[str] | None = None, k: int = 4,
-                    filter: dict[str, Any] | None = None) -> "VectormillRetriever":  # noqa: A002
-        return cls(store=vectormill.open_store(config_file), k=k, filter=filter)
+                    filter: dict[str, Any] | None = None, mode: str | None = None  # noqa: A002
+                    ) -> "VectormillRetriever":
+        return cls(store=vectormill.open_store(config_file), k=k, filter=filter, mode=mode)
 
-    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
-        return [to_document(hit) for hit in self.store.search(query, k=self.k, filter=self.filter)]
+    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun,
+                                mode: str | None = None) -> list[Document]:
+        """`mode` (retriever.invoke(query, mode="keyword")): this search's, instead of the retriever's."""
+        return [to_document(hit) for hit in self.store.search(query, k=self.k, filter=self.filter,
+                                                               mode=mode or self.mode)]
 
 
 class VectormillVectorStore(VectorStore):
@@ -60,8 +65,8 @@ class VectormillVectorStore(VectorStore):
 
     def similarity_search_with_score(self, query: str, k: int = 4, filter: dict[str, Any] | None = None,
                                      **kwargs: Any) -> list[tuple[Document, float]]:  # noqa: A002
-        """(Document, cosine similarity), best first."""
-        hits = self.store.search(query, k=k, filter=filter if filter is not None else self.filter)
+        """(Document, cosine similarity), best first: a similarity search, so by vector whatever [search] mode says."""
+        hits = self.store.search(query, k=k, filter=filter if filter is not None else self.filter, mode="vector")
         return [(to_document(hit), hit["score"]) for hit in hits]
 
     def similarity_search(self, query: str, k: int = 4, **kwargs: Any) -> list[Document]:
