@@ -30,6 +30,7 @@ API_KEY_ENV = "VECTORMILL_SEARCH_API_KEY"
 # The fields of a hit, in `search --json` and everywhere else hits are given out.
 HIT_FIELDS = ("document", "source", "page", "pages", "score", "text", "title", "location", "chunk_id", "modified",
               "ocr")
+RANK_FIELDS = ("vector_rank", "keyword_rank")  # added to a hybrid search's hits
 
 
 @dataclass
@@ -46,7 +47,7 @@ def hit_dict(hit: SearchHit, mode: str = "vector") -> dict[str, Any]:
              "score": round(hit.score, 6 if mode == "hybrid" else 4), "text": hit.text, "title": hit.title,
              "location": hit.location, "chunk_id": hit.chunk_id, "modified": hit.modified, "ocr": hit.ocr}
     if mode == "hybrid":
-        found |= {"vector_rank": hit.vector_rank, "keyword_rank": hit.keyword_rank}
+        found |= dict(zip(RANK_FIELDS, (hit.vector_rank, hit.keyword_rank)))
     return found
 
 
