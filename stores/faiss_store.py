@@ -52,7 +52,7 @@ from .legacy import migrate, refuse_to_read, set_aside_old_layout
 from .lock import WriterLock
 from .manifest import SEGMENTS, FileEntry, files_of, manifest_bytes, parse_manifest, segments_of
 from .records import DocumentPart, DocumentPartsCommit, DocumentUpsert, Operation, QueuedDocument, SearchHit, page_span
-from .settings import ReplicaSettings, StoreSettings
+from .settings import ReplicaSettings, StoreSettings, concrete_factory
 
 if TYPE_CHECKING:  # FAISS and fsspec load only for what needs them: `store stats` reads a few rows
     from .replicas import Replicator
@@ -182,7 +182,9 @@ class FaissStore:
                               "them again")
 
     def _check_model(self, model: str | None, dimension: int | None) -> None:
-        if self.identity.get("index_factory") != self.settings.index_factory:
+        # A store keeps its factory; only a factory the config names (not its default) is worth a word.
+        if (self.identity.get("index_factory") != self.settings.index_factory
+                and "index_factory" in self.settings.model_fields_set):
             self.notes.append(
                 f"store {str(self.path)!r} was built with index_factory {self.identity['index_factory']!r}; "
                 f"the config's {self.settings.index_factory!r} applies only to new stores")
@@ -792,7 +794,19 @@ class FaissStore:
             "database_bytes": sum(p.stat().st_size for p in self.path.glob(f"{database.name}*") if p.is_file()),
             "replicas": self.replica_statuses(),
             "min_replicas_confirmed": self.settings.replicas_required,
+            "recall_target": self.settings.recall_target,
+            "segment_indexes": self.segment_indexes(),
         }
+
+    def segment_indexes(self) -> list[dict[str, Any]]:
+        """Each segment of the current generation: its index (exact or approximate), vectors, dead ones, and for an
+        approximate one the recall@10 measured on its own vectors and the search effort it holds at (exact: 1.0)."""
+        manifest = current_manifest(self.catalog)
+        dead = self.catalog.dead_counts()
+        return [{"seq": s.seq, "index": "exact" if s.kind == "flat" else concrete_factory(self.factory),
+                 "vectors": s.vectors, "dead": dead.get(s.seq, 0),
+                 "recall": 1.0 if s.kind == "flat" else s.recall, "effort": s.effort}
+                for s in (segments_of(manifest) if manifest else []) if s.index is not None]
 
     # ---- closing -------------------------------------------------------------------------
     def close(self) -> None:

@@ -9,6 +9,16 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .fusion import Fusion
 
+# The default factory: segments of at least `train_vectors` vectors get an HNSW graph (no training, so a merge
+# costs one pass; chosen over IVF by benchmarks/search_scale.py), each with the least efSearch that reaches the
+# recall target on its own vectors (stores/recall.py); smaller segments stay exact.
+AUTO, AUTO_FACTORY = "auto", "HNSW32"
+
+
+def concrete_factory(factory: str) -> str:
+    """The FAISS factory string a configured one stands for ("auto": AUTO_FACTORY)."""
+    return AUTO_FACTORY if factory == AUTO else factory
+
 
 class ReplicaSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -25,11 +35,16 @@ class StoreSettings(BaseModel):
     checkpoint_every_vectors: int = Field(default=50_000, ge=1)
     checkpoint_every_seconds: float | None = Field(default=600.0, gt=0)
     keep_generations: int = Field(default=3, ge=1)
-    # Any faiss.index_factory string. Each segment is built with it once it holds at least
-    # `train_vectors` vectors (IVF and PQ train on that many of its own); smaller segments stay exact (flat).
-    index_factory: str = "Flat"
+    # "auto" (HNSW32 graphs with a measured efSearch), "Flat" (every segment exact) or any faiss.index_factory
+    # string. Each segment is built with it once it holds at least `train_vectors` vectors (IVF and PQ train on
+    # that many of its own); smaller segments stay exact (flat). A store keeps the factory it was created with.
+    index_factory: str = "auto"
     train_vectors: int = Field(default=100_000, ge=1)
-    # Applied to each segment built with the factory, e.g. "nprobe=32" (IVF) or "efSearch=128" (HNSW).
+    # The recall guard (stores/recall.py): each approximate segment gets the least search effort (efSearch,
+    # nprobe) at which its recall@10 on its own vectors reaches this, or stays exact. 0: not measured.
+    recall_target: float = Field(default=0.95, ge=0, le=1)
+    # Applied to each segment built with the factory, e.g. "nprobe=32" (IVF) or "efSearch=128" (HNSW), over the
+    # effort the recall guard chose.
     search_parameters: str = ""
     # Compaction at each checkpoint: `merge_factor` neighbouring segments of one size tier are merged
     # into one; a segment whose deleted or replaced share reaches `max_dead_ratio` is rewritten; no
