@@ -86,11 +86,8 @@ CHANGE = """
 import json, sys, time
 sys.path.insert(0, {benchmarks!r})
 from search_scale import document, settings
+from store_scale import written
 from vectormill.stores.faiss_store import FaissStore
-
-def written():
-    fields = dict(line.split(": ") for line in open("/proc/self/io").read().splitlines())
-    return int(fields["wchar"])
 
 before, started = written(), time.perf_counter()
 with FaissStore.open(settings({path!r}, {size})) as store:
