@@ -9,9 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .fusion import Fusion
 
-# The default factory: segments of at least `train_vectors` vectors get an HNSW graph (no training, so a merge
-# costs one pass; chosen over IVF by benchmarks/search_scale.py), each with the least efSearch that reaches the
-# recall target on its own vectors (stores/recall.py); smaller segments stay exact.
+# The default factory: segments of at least `train_vectors` vectors get an HNSW graph, each at the efSearch the
+# recall guard measures on its own vectors (stores/recall.py); smaller segments stay exact. HNSW rather than IVF:
+# no training (a merge is one pass over its vectors), effort tunable at search time without a rebuild, and its
+# flat storage lets a narrow filter be searched exactly (stores/search.py, Graph).
 AUTO, AUTO_FACTORY = "auto", "HNSW32"
 
 
