@@ -22,8 +22,8 @@ TOP = 10  # recall@10
 QUERIES = 200  # sampled queries per segment: a recall of 0.95 is measured within about ±0.01
 TIE = 1e-4  # similarity within this of the 10th neighbour's counts as a tie
 # Steps of effort kept above the least that reaches the target: a stored vector finds its neighbours more easily
-# than a query that is none of them (measured by benchmarks/search_scale.py at 100k clustered vectors: 0.978 on
-# the segment's own vectors, 0.940 on held-out queries at the same efSearch; one doubling more: 0.998).
+# than a query that is none of them (benchmarks/search_scale.py, 100k full-dimensional clustered vectors: 0.978
+# on the segment's own vectors, 0.940 on held-out queries at the same efSearch; one doubling more: 0.984).
 MARGIN = 1
 EFFORTS = {"efSearch": (16, 32, 64, 128, 256, 512, 1024), "nprobe": (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)}
 
