@@ -25,12 +25,15 @@ class Store:
         return cls(Searcher(load_config(config_file)))
 
     def search(self, query: str | Sequence[float] | np.ndarray, k: int = 5,
-               filter: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:  # noqa: A002 - the public name
-        """The k chunks nearest to a text (embedded with the store's model) or a vector, best first.
+               filter: Mapping[str, Any] | None = None,  # noqa: A002 - the public name
+               mode: str | None = None) -> list[dict[str, Any]]:
+        """The k best chunks for a text (embedded with the store's model) or a vector, best first.
 
         `filter`: {"source", "document_prefix", "modified_after", "modified_before", "metadata"} (README).
+        `mode`: "vector", "keyword" (BM25 over the chunks' text) or "hybrid" (both fused; each hit also carries its
+        `vector_rank` and `keyword_rank`); None: the config's [search] mode for a text, "vector" for a vector.
         """
-        return self._searcher.search(query, k, filter).hits
+        return self._searcher.search(query, k, filter, mode).hits
 
     def get(self, document: str, source: str | None = None) -> dict[str, Any] | None:
         """A stored document by id: source, document, version, title, location, modified, text, chunks."""

@@ -17,7 +17,7 @@ import asyncio
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
@@ -30,6 +30,7 @@ from vectormill.flows.search_keys import ServiceKey
 from vectormill.flows.settings import SearchServiceSettings
 from vectormill.stores.errors import StoreError
 from vectormill.stores.filters import FilterError
+from vectormill.stores.fusion import SearchModeError
 
 from .http_gate import (KEY_SCOPE, Admission, Authentication, BodyReader, KeyRing, Occupancy, header_deadline_protocol,
                         problem)
@@ -41,6 +42,9 @@ class SearchRequest(BaseModel):
     k: int = Field(default=5, strict=True, description="How many hits (1 to the service's max_k).")
     filter: dict[str, Any] | None = Field(
         default=None, description='{"source", "document_prefix", "modified_after", "modified_before", "metadata"}')
+    mode: Literal["vector", "keyword", "hybrid"] | None = Field(
+        default=None, description="vector, keyword (BM25) or hybrid (both fused); default: the config's [search] mode "
+                                  "for a text, vector for a query vector.")
 
 
 class Hit(BaseModel):
@@ -55,6 +59,8 @@ class Hit(BaseModel):
     chunk_id: str
     modified: str | None
     ocr: bool
+    vector_rank: int | None = Field(default=None, description="Hybrid: the hit's rank by vector (None: not in it).")
+    keyword_rank: int | None = Field(default=None, description="Hybrid: the hit's rank by keyword (None: not in it).")
 
 
 class SearchResponse(BaseModel):
@@ -86,9 +92,9 @@ def create_app(searcher: Searcher, keys: list[ServiceKey], limits: SearchService
     bearer = HTTPBearer(auto_error=False, description="The all-sources key ($VECTORMILL_SEARCH_API_KEY or the Secret "
                         "block) or a key of [search_service.keys]")
 
-    def run_search(query, k: int, where, scope):
+    def run_search(query, k: int, where, mode, scope):
         with metrics.running():
-            return searcher.search(query, k, where, scope=scope)
+            return searcher.search(query, k, where, mode, scope=scope)
 
     @app.exception_handler(RequestValidationError)
     async def not_a_search_request(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -106,7 +112,8 @@ def create_app(searcher: Searcher, keys: list[ServiceKey], limits: SearchService
     def metrics_text() -> Response:
         return Response(metrics.text(), media_type=CONTENT_TYPE)
 
-    @app.post("/search", response_model=SearchResponse, dependencies=[Security(bearer)], responses={
+    @app.post("/search", response_model=SearchResponse, response_model_exclude_unset=True,
+              dependencies=[Security(bearer)], responses={
         400: {"description": "A bad query, k or filter"}, 401: {"description": "A missing or wrong API key"},
         408: {"description": "A body not received within body_timeout_seconds"},
         413: {"description": "A body over max_body_bytes"}, 429: {"description": "Too many searches: retry later"},
@@ -119,8 +126,8 @@ def create_app(searcher: Searcher, keys: list[ServiceKey], limits: SearchService
         key: ServiceKey = request.scope[KEY_SCOPE]
         try:
             result = await asyncio.get_running_loop().run_in_executor(
-                pool, run_search, body.query, body.k, body.filter, key.scope)
-        except (FilterError, QueryError) as exc:
+                pool, run_search, body.query, body.k, body.filter, body.mode, key.scope)
+        except (FilterError, QueryError, SearchModeError) as exc:
             return problem(400, str(exc))
         except StoreError as exc:
             return problem(503, f"the store cannot be read: {exc}")

@@ -47,12 +47,8 @@ CHANGES = 3
 CHANGE = """
 import json, sys, time
 sys.path.insert(0, {benchmarks!r})
-from store_scale import document, settings
+from store_scale import document, settings, written
 from vectormill.stores.faiss_store import FaissStore
-
-def written():
-    fields = dict(line.split(": ") for line in open("/proc/self/io").read().splitlines())
-    return int(fields["wchar"])
 
 before, started = written(), time.perf_counter()
 store = FaissStore.open(settings({path!r}, {replica!r}))
@@ -67,6 +63,12 @@ print(json.dumps({{"open_s": opened - started, "write_s": wrote - opened, "check
                   "total_s": done - started, "written": written() - before, "replicated": status.bytes_sent,
                   "replica_ok": status.ok}}))
 """
+
+
+def written() -> int:
+    """Bytes this process's write calls wrote so far (Linux)."""
+    fields = dict(line.split(": ") for line in open("/proc/self/io").read().splitlines())
+    return int(fields["wchar"])
 
 
 # `store stats` without the command line: what the store itself costs to open and count.

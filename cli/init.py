@@ -20,9 +20,10 @@ path = "store"                      # the FAISS store (created on first run)
 # checkpoint_every_vectors = 50000  # checkpoint after this many vectors…
 # checkpoint_every_seconds = 600    # …or this many seconds, and always at the end of a run
 # keep_generations = 3              # checkpoints kept (older ones are deleted)
-# index_factory = "Flat"            # any faiss.index_factory string, e.g. "IVF4096,PQ64" or "HNSW32"
-# train_vectors = 100000            # IVF/PQ factories train once the store holds this many vectors
-# search_parameters = ""            # e.g. "nprobe=32" (IVF) or "efSearch=128" (HNSW)
+# index_factory = "auto"            # auto: HNSW32 graphs; "Flat": all exact; any faiss.index_factory string
+# train_vectors = 100000            # segments this large get the factory's index; smaller ones stay exact
+# recall_target = 0.95              # recall@10 each approximate segment must show on its own vectors
+# search_parameters = ""            # e.g. "nprobe=32" (IVF) or "efSearch=128" (HNSW), over the measured effort
 # merge_factor = 10                 # compaction at checkpoints: merge this many segments of one size tier…
 # max_dead_ratio = 0.25             # …and rewrite a segment once this share of it is deleted or replaced
 # min_replicas_confirmed = 1        # replicas that must confirm each checkpoint (none configured: off)
@@ -31,6 +32,11 @@ path = "store"                      # the FAISS store (created on first run)
 # name = "backup"
 # url = "s3://bucket/vectormill"    # or a local path; anything fsspec opens
 # storage_options = { client_kwargs = { endpoint_url = "http://127.0.0.1:9000" } }
+
+[search]
+# mode = "hybrid"                   # vector | keyword (BM25) | hybrid (both, reciprocal rank fusion)
+# vector_weight = 1.0               # hybrid: weights of the two rankings
+# keyword_weight = 1.5
 
 [chunking]
 # tokens = 256                      # tokens per chunk (default: the model's limit)

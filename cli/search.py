@@ -4,6 +4,7 @@ so they never import Prefect (serve-search: unless its API key is in a Prefect S
 from __future__ import annotations
 
 import json
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
@@ -11,6 +12,12 @@ import typer
 from rich.table import Table
 
 from .common import ConfigOption, JsonOption, UserError, console, errors, load, print_warning, user_errors
+
+
+class SearchMode(str, Enum):  # stores.fusion.MODES, spelled out: the CLI imports no store module to start
+    vector = "vector"
+    keyword = "keyword"
+    hybrid = "hybrid"
 
 
 def parse_filter_option(raw: Optional[str]) -> object:
@@ -24,14 +31,14 @@ def parse_filter_option(raw: Optional[str]) -> object:
     return value
 
 
-def show_search(text: str, k: int, config_file: Optional[Path], as_json: bool, filter_json: Optional[str] = None
-                ) -> None:
+def show_search(text: str, k: int, config_file: Optional[Path], as_json: bool, filter_json: Optional[str] = None,
+                mode: Optional[str] = None) -> None:
     from vectormill.flows.search import search_store
 
     where = parse_filter_option(filter_json)
     config = load(config_file)
     with user_errors():
-        result = search_store(config, text, k, where)
+        result = search_store(config, text, k, where, mode)
     for note in result.notes:
         print_warning(note)
     if as_json:
@@ -62,9 +69,12 @@ def register(app: typer.Typer, store_app: typer.Typer) -> None:
         filter_json: Optional[str] = typer.Option(
             None, "--filter", help='Only chunks of documents passing this JSON filter, e.g. \'{"source": "wiki", '
             '"document_prefix": "reports/", "modified_after": "2026-01-01"}\' (README: filters).'),
+        mode: Optional[SearchMode] = typer.Option(
+            None, "--mode", help="vector: by meaning; keyword: by the query's words (BM25); hybrid: both rankings "
+            "fused. Default: [search] mode (hybrid)."),
     ) -> None:
-        """Nearest chunks to TEXT, best first."""
-        show_search(text, k, config, as_json, filter_json)
+        """Best chunks for TEXT, best first."""
+        show_search(text, k, config, as_json, filter_json, mode.value if mode else None)
 
     @app.command("serve-search")
     def serve_search(

@@ -65,6 +65,14 @@ def register(app: typer.Typer, store_app: typer.Typer) -> None:
                     "pending", "generation_bytes", "database_bytes"):
             table.add_row(key, str(stats[key]))
         console.print(table)
+        if any(segment["index"] != "exact" for segment in stats["segment_indexes"]):
+            indexes = Table(title=f"segment indexes (recall target {stats['recall_target']})")
+            for column in ("segment", "index", "vectors", "dead", "recall@10", "effort"):
+                indexes.add_column(column)
+            for segment in stats["segment_indexes"]:
+                indexes.add_row(str(segment["seq"]), segment["index"], str(segment["vectors"]), str(segment["dead"]),
+                                str(segment["recall"]), segment["effort"] or "")
+            console.print(indexes)
         sources = Table(title="sources")
         for column in ("source", "documents", "vectors", "cursor"):
             sources.add_column(column)

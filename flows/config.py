@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from vectormill.connectors.settings import SourceSettings
 from vectormill.embedding.settings import ChunkingSettings, DriftSettings, EmbeddingSettings
-from vectormill.stores.settings import StoreSettings
+from vectormill.stores.settings import SearchSettings, StoreSettings
 
 from .settings import DeploymentSettings, SearchServiceSettings
 from .execution import ExecutionSettings
@@ -50,6 +50,7 @@ class VectormillConfig(BaseModel):
     execution: ExecutionSettings = ExecutionSettings()
     drift: DriftSettings = DriftSettings()
     search_service: SearchServiceSettings = SearchServiceSettings()
+    search: SearchSettings = SearchSettings()
 
     @field_validator("sources")
     @classmethod

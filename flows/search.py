@@ -19,6 +19,7 @@ import numpy as np
 from vectormill.embedding.base import TextTooLongError
 from vectormill.stores.faiss_store import FaissStore, StoreError
 from vectormill.stores.filters import SearchFilter, narrow, parse_filter
+from vectormill.stores.fusion import SearchModeError, check_mode
 from vectormill.stores.records import SearchHit
 
 from .config import VectormillConfig
@@ -26,6 +27,7 @@ from .config import VectormillConfig
 # The fields of a hit, in `search --json` and everywhere else hits are given out.
 HIT_FIELDS = ("document", "source", "page", "pages", "score", "text", "title", "location", "chunk_id", "modified",
               "ocr")
+RANK_FIELDS = ("vector_rank", "keyword_rank")  # added to a hybrid search's hits
 
 
 class QueryError(StoreError):
@@ -41,10 +43,14 @@ class SearchResult:
     lsn: int = 0  # the last write the hits include
 
 
-def hit_dict(hit: SearchHit) -> dict[str, Any]:
-    return {"document": hit.document, "source": hit.source, "page": hit.page, "pages": list(hit.pages),
-            "score": round(hit.score, 4), "text": hit.text, "title": hit.title, "location": hit.location,
-            "chunk_id": hit.chunk_id, "modified": hit.modified, "ocr": hit.ocr}
+def hit_dict(hit: SearchHit, mode: str = "vector") -> dict[str, Any]:
+    """A hit's fields; a hybrid search's also carry its rank in each ranking it fused (None: not in that one)."""
+    found = {"document": hit.document, "source": hit.source, "page": hit.page, "pages": list(hit.pages),
+             "score": round(hit.score, 6 if mode == "hybrid" else 4), "text": hit.text, "title": hit.title,
+             "location": hit.location, "chunk_id": hit.chunk_id, "modified": hit.modified, "ocr": hit.ocr}
+    if mode == "hybrid":
+        found |= dict(zip(RANK_FIELDS, (hit.vector_rank, hit.keyword_rank)))
+    return found
 
 
 class Searcher:
@@ -115,16 +121,21 @@ class Searcher:
 
     def search(self, query: str | Sequence[float] | np.ndarray, k: int = 5,
                filter: Mapping[str, Any] | None = None,  # noqa: A002 - the public name
-               *, scope: SearchFilter | None = None) -> SearchResult:
-        """The k nearest chunks passing `filter`, and `scope` too when given (a service key's: whatever `filter`
-        asks, no hit outside the scope)."""
+               mode: str | None = None, *, scope: SearchFilter | None = None) -> SearchResult:
+        """The k best chunks passing `filter`, and `scope` too when given (a service key's: whatever `filter` asks, no
+        hit outside the scope). `mode`: vector, keyword or hybrid; None: [search] mode for a text, vector for a query
+        vector (a vector has no keywords)."""
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise QueryError(f"k must be a whole number of at least 1, got {k!r}")
+        text = query if isinstance(query, str) else None
+        mode = check_mode(mode if mode is not None else self.config.search.mode if text is not None else "vector")
+        if text is None and mode != "vector":
+            raise SearchModeError(f"a query vector can only be searched in vector mode, not {mode}")
         where = narrow(scope, parse_filter(filter))
-        vector = self.query_vector(query)
+        vector = self.query_vector(query) if mode != "keyword" else None
         with self._reader() as store:  # the hits and the generation they name: one committed state
-            hits = store.search(vector, k, where)
-            return SearchResult([hit_dict(hit) for hit in hits], list(store.notes), store.generation, store.lsn)
+            hits = store.search(vector, k, where, text=text, mode=mode, fusion=self.config.search.fusion)
+            return SearchResult([hit_dict(hit, mode) for hit in hits], list(store.notes), store.generation, store.lsn)
 
     def get(self, document: str, source: str | None = None) -> dict[str, Any] | None:
         """A stored document (source, document, version, title, location, modified, text, chunks); None if absent.
@@ -153,8 +164,8 @@ class Searcher:
         self.close()
 
 
-def search_store(config: VectormillConfig, text: str, k: int, filter: Mapping[str, Any] | None = None
-                 ) -> SearchResult:  # noqa: A002
+def search_store(config: VectormillConfig, text: str, k: int, filter: Mapping[str, Any] | None = None,  # noqa: A002
+                 mode: str | None = None) -> SearchResult:
     with Searcher(config) as searcher:
-        return searcher.search(text, k, filter)
+        return searcher.search(text, k, filter, mode)
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from . import row_checks
+from . import keywords, row_checks
 from .filters import DOCUMENT_FIELDS, FilterError, SearchFilter, epoch
 from .records import (
     BaselineRecord, CursorUpdate, DocumentDelete, DocumentFailed, DocumentPart, DocumentPartsCommit,
@@ -181,6 +181,7 @@ class Catalog:
             if not all(row_checks.present(db)):
                 with catalog.transaction():  # written before document and segment checksums: once, as above
                     row_checks.add_missing(db)
+            keywords.migrate(db)  # a store written before the keyword index: built once, from its chunks
             return catalog
         db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
                              check_same_thread=False)
@@ -593,7 +594,19 @@ class Catalog:
 
     def filtered_ids(self, chosen: SearchFilter) -> np.ndarray:
         """Ids of the live chunks whose documents pass the filter (the candidates a filtered search may return)."""
+        conditions, args = self._filter_conditions(chosen)
+        rows = self.db.execute("SELECT c.faiss_id FROM chunks c JOIN documents d USING (source, document) "
+                               f"WHERE {conditions}", args)
+        found = np.fromiter((row[0] for row in rows), dtype=np.int64)
+        if not found.size and chosen.metadata:
+            self._check_metadata_keys(chosen)
+        return found
+
+    def _filter_conditions(self, chosen: SearchFilter | None) -> tuple[str, list[Any]]:
+        """SQL over chunks `c` joined with documents `d`: the rows whose documents pass the filter (None: all)."""
         conditions, args = ["1"], []
+        if chosen is None:
+            return "1", args
         if chosen.sources:
             conditions.append(f"c.source IN ({','.join('?' * len(chosen.sources))})")
             args += chosen.sources
@@ -615,16 +628,36 @@ class Catalog:
                                   "WHERE m.key = ? AND m.value = ?)")
                 args += [key, value]
         self.db.create_function("vectormill_epoch", 1, epoch, deterministic=True)
-        rows = self.db.execute("SELECT c.faiss_id FROM chunks c JOIN documents d USING (source, document) "
-                               f"WHERE {' AND '.join(conditions)}", args)
-        found = np.fromiter((row[0] for row in rows), dtype=np.int64)
-        if not found.size and chosen.metadata:  # nothing passes: a key no document has is a mistake, not a miss
-            known = self.metadata_keys()
-            unknown = sorted(set(chosen.metadata) - set(known))
-            if unknown:
-                raise FilterError(f"unknown metadata key(s) {', '.join(map(repr, unknown))}: the store's documents "
-                                  f"have {', '.join(known)}")
-        return found
+        return " AND ".join(conditions), args
+
+    def _check_metadata_keys(self, chosen: SearchFilter) -> None:
+        """Nothing passed the filter: a metadata key no document has is a mistake, not a miss."""
+        known = self.metadata_keys()
+        unknown = sorted(set(chosen.metadata) - set(known))
+        if unknown:
+            raise FilterError(f"unknown metadata key(s) {', '.join(map(repr, unknown))}: the store's documents "
+                              f"have {', '.join(known)}")
+
+    def keyword_ids(self, expression: str | None, limit: int, chosen: SearchFilter | None = None
+                    ) -> list[tuple[float, int]]:
+        """The `limit` live chunks that best match an FTS5 query (stores/keywords.py builds it from user text) by BM25,
+        best first, as (score, faiss id) with score = -bm25 (higher is better); with `chosen`, only chunks of documents
+        passing it (before the limit). None: no query, no hits."""
+        if not keywords.present(self.db):
+            raise keywords.KeywordIndexMissing(
+                "this store has no keyword index yet: it was written before vectormill kept one; any command that "
+                "opens the store for writing (backfill, store compact) builds it once")
+        if expression is None:
+            return []
+        conditions, args = self._filter_conditions(chosen)
+        join = " JOIN documents d USING (source, document)" if chosen is not None else ""
+        rows = self.db.execute(
+            f"SELECT c.faiss_id, f.rank FROM {keywords.TABLE} f JOIN chunks c ON c.row = f.rowid{join} "
+            f"WHERE {keywords.TABLE} MATCH ? AND {conditions} ORDER BY f.rank LIMIT ?",
+            (expression, *args, limit)).fetchall()
+        if not rows and chosen is not None and chosen.metadata:
+            self._check_metadata_keys(chosen)
+        return [(-float(rank), int(identifier)) for identifier, rank in rows]
 
     def _metadata(self, alias: str = "") -> str:
         """The documents' metadata column in SQL; '{}' in a catalog written before it and not opened writable since."""

@@ -40,17 +40,19 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from . import row_checks
+from . import keywords, row_checks
 from .catalog import Catalog, faiss_id, record_checked_files
 from .durable import file_sha256, write_atomically
 from .errors import StoreCorruptError, StoreError
 from .filters import SearchFilter
+from .fusion import Fusion, FusedHit, SearchModeError, check_mode, reciprocal_rank_fusion
 from .generations import Generations, current_manifest, damaged_files, rollback_problem
+from .keywords import KeywordIndexMissing
 from .legacy import migrate, refuse_to_read, set_aside_old_layout
 from .lock import WriterLock
 from .manifest import SEGMENTS, FileEntry, files_of, manifest_bytes, parse_manifest, segments_of
 from .records import DocumentPart, DocumentPartsCommit, DocumentUpsert, Operation, QueuedDocument, SearchHit, page_span
-from .settings import ReplicaSettings, StoreSettings
+from .settings import ReplicaSettings, StoreSettings, concrete_factory
 
 if TYPE_CHECKING:  # FAISS and fsspec load only for what needs them: `store stats` reads a few rows
     from .replicas import Replicator
@@ -193,7 +195,9 @@ class FaissStore:
                               "them again")
 
     def _check_model(self, model: str | None, dimension: int | None) -> None:
-        if self.identity.get("index_factory") != self.settings.index_factory:
+        # A store keeps its factory; only a factory the config names (not its default) is worth a word.
+        if (self.identity.get("index_factory") != self.settings.index_factory
+                and "index_factory" in self.settings.model_fields_set):
             self.notes.append(
                 f"store {str(self.path)!r} was built with index_factory {self.identity['index_factory']!r}; "
                 f"the config's {self.settings.index_factory!r} applies only to new stores")
@@ -583,28 +587,74 @@ class FaissStore:
         finally:
             self.catalog.end_snapshot()
 
-    def search(self, vector: np.ndarray, k: int = 5, where: SearchFilter | None = None) -> list[SearchHit]:
-        """The k nearest live chunks in the newest committed state, best first; with `where`, only chunks of
-        documents passing it (chosen inside the index search, before the top k)."""
+    def search(self, vector: np.ndarray | None, k: int = 5, where: SearchFilter | None = None, *,
+               text: str | None = None, mode: str = "vector", fusion: Fusion = Fusion()) -> list[SearchHit]:
+        """The k best live chunks in the newest committed state, best first; with `where`, only chunks of documents
+        passing it (chosen inside each ranking, before the top k).
+
+        `mode` (stores/fusion.py): "vector" ranks by cosine similarity to `vector` (score: the similarity);
+        "keyword" by BM25 over `text` (score: -bm25); "hybrid" fuses both rankings (score: the fused one; each hit
+        carries its rank in either)."""
         from .search import search_parts
 
+        check_mode(mode)
+        if mode != "vector" and text is None:
+            raise SearchModeError(f"a {mode} search needs the query's text, not only its vector")
+        if mode != "keyword" and vector is None:
+            raise SearchModeError(f"a {mode} search needs the query's vector")
+        depth = k if mode != "hybrid" else max(k, fusion.depth)
         with self.snapshot():
-            allowed = self.catalog.filtered_ids(where) if where is not None else None
+            keyworded = mode == "keyword" or (mode == "hybrid" and self._keyword_index_present())
+            allowed = self.catalog.filtered_ids(where) if where is not None and mode != "keyword" else None
             if allowed is not None and not allowed.size:
                 return []
-            best = search_parts(self._parts(), vector, k, allowed)
-            rows, damaged = self.catalog.hit_rows([identifier for _, identifier in best])
+            by_vector = search_parts(self._parts(), vector, depth, allowed) if mode != "keyword" else []
+            try:
+                by_keyword = self._keyword_ranking(text, mode, depth, where) if keyworded else []
+            except KeywordIndexMissing as exc:
+                raise StoreError(f"store {str(self.path)!r}: {exc}") from None
+            if mode == "hybrid" and keyworded:
+                fused = reciprocal_rank_fusion([i for _, i in by_vector], [i for _, i in by_keyword], fusion, k)
+            else:  # one ranking (a hybrid one without keyword index: its vector ranks)
+                fused = [FusedHit(score, identifier, rank if mode == "hybrid" else None, None)
+                         for rank, (score, identifier) in enumerate((by_vector or by_keyword)[:k], 1)]
+            rows, damaged = self.catalog.hit_rows([hit.identifier for hit in fused])
         if damaged:
             self._report_damaged_rows(sorted(set(damaged)))
-        if len(best) > len(rows) + len(damaged):
-            self._report_unheld_ids(len(best) - len(rows) - len(damaged))
+        if len(fused) > len(rows) + len(damaged):
+            self._report_unheld_ids(len(fused) - len(rows) - len(damaged))
         hits = []
-        for score, identifier in best:
-            if identifier in rows:
-                chunk_id, source, document, title, location, page, text, ocr, last_page, modified = rows[identifier]
-                hits.append(SearchHit(score, chunk_id, source, document, title, location, page, text, ocr=bool(ocr),
-                                      pages=page_span(page, last_page), modified=modified))
+        for hit in fused:
+            if hit.identifier in rows:
+                chunk_id, source, document, title, location, page, body, ocr, last_page, modified = rows[hit.identifier]
+                hits.append(SearchHit(hit.score, chunk_id, source, document, title, location, page, body, ocr=bool(ocr),
+                                      pages=page_span(page, last_page), modified=modified,
+                                      vector_rank=hit.vector_rank, keyword_rank=hit.keyword_rank))
         return hits
+
+    def _keyword_ranking(self, text: str, mode: str, depth: int, where: SearchFilter | None) -> list[tuple[float, int]]:
+        """Keyword mode: chunks holding any of the terms. Hybrid: chunks holding all of them, else all the terms that
+        name something, else none (stores/keywords.py says why)."""
+        if mode == "keyword":
+            return self.catalog.keyword_ids(keywords.any_term(text), depth, where)
+        every = keywords.every_term(text)
+        found = self.catalog.keyword_ids(every, depth, where)
+        named = keywords.named_terms(text)
+        return found or (self.catalog.keyword_ids(named, depth, where) if named != every else [])
+
+    def _keyword_index_present(self) -> bool:
+        """Whether the catalog has its keyword index; a hybrid search of one written before it and not opened for
+        writing since (a reader cannot build it) ranks by vector only, and says so once."""
+        if keywords.present(self.catalog.db):
+            return True
+        if "keyword-index" not in self._reported:
+            self._reported.add("keyword-index")
+            message = (f"store {str(self.path)!r} has no keyword index yet (written before vectormill kept one): "
+                       "hybrid searches rank by vector only until a command opens it for writing (backfill, "
+                       "store compact), which builds it once")
+            self.notes.append(message)
+            log.warning(message)
+        return False
 
     def document(self, document: str, source: str | None = None) -> list[dict[str, Any]]:
         """The stored documents with this id (of `source`, or of any source), with their chunks."""
@@ -790,7 +840,19 @@ class FaissStore:
             "database_bytes": sum(p.stat().st_size for p in self.path.glob(f"{database.name}*") if p.is_file()),
             "replicas": self.replica_statuses(),
             "min_replicas_confirmed": self.settings.replicas_required,
+            "recall_target": self.settings.recall_target,
+            "segment_indexes": self.segment_indexes(),
         }
+
+    def segment_indexes(self) -> list[dict[str, Any]]:
+        """Each segment of the current generation: its index (exact or approximate), vectors, dead ones, and for an
+        approximate one the recall@10 measured on its own vectors and the search effort it holds at (exact: 1.0)."""
+        manifest = current_manifest(self.catalog)
+        dead = self.catalog.dead_counts()
+        return [{"seq": s.seq, "index": "exact" if s.kind == "flat" else concrete_factory(self.factory),
+                 "vectors": s.vectors, "dead": dead.get(s.seq, 0),
+                 "recall": 1.0 if s.kind == "flat" else s.recall, "effort": s.effort}
+                for s in (segments_of(manifest) if manifest else []) if s.index is not None]
 
     # ---- closing -------------------------------------------------------------------------
     def close(self) -> None:

@@ -231,7 +231,8 @@ class Generations:
             extras = SegmentExtras(by_part[number], tables if last else {}, deletions if last else [])
             entry, problem = write_segment(
                 self.segments_dir, seq, count, lambda: catalog.chunk_batches(run, low, high),
-                extras, self.identity["index_factory"], self.settings.train_vectors, catalog.dimension)
+                extras, self.identity["index_factory"], self.settings.train_vectors, catalog.dimension,
+                self.settings.recall_target)
             if problem:
                 self.note(f"{problem}; the segment stays exact (Flat) until a merge retrains it")
             entries.append(entry)

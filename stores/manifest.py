@@ -47,6 +47,10 @@ class SegmentEntry:
     vectors: int  # rows in its index, deleted ones included
     index: FileEntry | None
     rows: FileEntry
+    # An approximate index's recall@10 on its own vectors and the search effort it holds at (stores/recall.py);
+    # None for an exact one (and for segments written before the recall guard).
+    recall: float | None = None
+    effort: str | None = None
 
     @property
     def files(self) -> list[FileEntry]:
@@ -76,7 +80,7 @@ def build_manifest(body: dict[str, Any], segments: Sequence[SegmentEntry]) -> by
     """`body` holds the generation's facts (generation, lsn, counts, model…); files are listed from `segments`."""
     full = dict(body, format=FORMAT, segments=[
         {"seq": s.seq, "kind": s.kind, "vectors": s.vectors, "index": _file_dict(s.index), "rows": _file_dict(s.rows)}
-        for s in segments])
+        | ({"recall": s.recall, "effort": s.effort} if s.recall is not None else {}) for s in segments])
     full["checksum"] = body_checksum(full)
     return json.dumps(full, indent=1, sort_keys=True).encode()
 
@@ -101,8 +105,8 @@ def _file_entry(data: dict[str, Any] | None) -> FileEntry | None:
 
 
 def segments_of(manifest: dict[str, Any]) -> list[SegmentEntry]:
-    return [SegmentEntry(s["seq"], s["kind"], s["vectors"], _file_entry(s["index"]), _file_entry(s["rows"]))
-            for s in manifest["segments"]]
+    return [SegmentEntry(s["seq"], s["kind"], s["vectors"], _file_entry(s["index"]), _file_entry(s["rows"]),
+                         s.get("recall"), s.get("effort")) for s in manifest["segments"]]
 
 
 def files_of(manifest: dict[str, Any]) -> dict[str, FileEntry]:

@@ -168,3 +168,6 @@ class SearchHit:
     ocr: bool = False
     pages: tuple[int, ...] = ()  # every page its chunk holds, in order (none for texts without pages)
     modified: str | None = None  # the document's, as its source reported it (ISO 8601)
+    # In a hybrid search, the hit's rank (from 1) in the vector and keyword rankings fused; None: not among them.
+    vector_rank: int | None = None
+    keyword_rank: int | None = None

@@ -70,7 +70,7 @@ def verify_store(settings: StoreSettings) -> dict[str, Any]:
         identity = None
         problems.append(Problem(PRIMARY, IDENTITY, str(exc)))
     else:
-        problems.extend(_identity_problems(path, identity))
+        problems.extend(_primary_identity_problems(path, identity))
     replayed: dict[str, str | None] = {}  # by manifest checksum: a generation copied to several places is read once
     first_seen: dict[int, tuple[str, dict[str, Any]]] = {}  # by number: where a generation was read first, and it
     for location in _reachable(settings, problems):
@@ -82,7 +82,7 @@ def verify_store(settings: StoreSettings) -> dict[str, Any]:
         checked: dict[str, tuple[str, int] | None] = {}
         for number in numbers:
             manifest, found = location.verify(number, checked)
-            found = [*found, *_identity_problems(location, number, manifest, identity or {})]
+            found = [*found, *_foreign_generation_problems(location, number, manifest, identity or {})]
             if manifest:
                 found += _same_number_problems(location, number, manifest, first_seen.setdefault(
                     number, (location.name, manifest)))
@@ -128,7 +128,7 @@ def scrub_replicas(settings: StoreSettings) -> dict[str, Any]:
             continue
         for number in numbers:
             manifest, found = location.verify(number, checked)
-            found += _identity_problems(location, number, manifest, identity)
+            found += _foreign_generation_problems(location, number, manifest, identity)
             problems.extend(problem for problem in found if problem not in problems)
         replicas.append({"name": location.name, "generations": len(numbers), "files": len(checked),
                          "bytes": sum(found[1] for found in checked.values() if found),
@@ -155,7 +155,7 @@ def _same_number_problems(location: Location, number: int, manifest: dict[str, A
                     "there): two histories under one number")]
 
 
-def _identity_problems(location: Location, number: int, manifest: dict[str, Any] | None,
+def _foreign_generation_problems(location: Location, number: int, manifest: dict[str, Any] | None,
                        identity: dict[str, Any]) -> list[Problem]:
     """A generation of another store where this store's replica is."""
     if manifest and identity and manifest.get("store_id") not in (None, identity.get("store_id")):
@@ -389,7 +389,7 @@ def _manifest_files_mismatched(path: Path, manifests: list[tuple[int, bytes]]) -
     return mismatched
 
 
-def _identity_problems(path: Path, identity: dict[str, Any] | None) -> list[Problem]:
+def _primary_identity_problems(path: Path, identity: dict[str, Any] | None) -> list[Problem]:
     if identity is None:
         return [Problem(PRIMARY, IDENTITY, f"no store at {str(path)!r}")]
     if "format" not in identity:

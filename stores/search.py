@@ -49,11 +49,15 @@ class Part:
         self._live_positions: np.ndarray | None = None
         self._parameters: faiss.SearchParameters | None = None  # the filter, built at its first use
         self._keep: list[object] = []  # what the filter points into, kept alive with it
+        self._graph: Graph | None = None  # an HNSW index: how a filtered search keeps its recall
         outer = faiss.downcast_index(index)
         if self.dead.size and isinstance(outer, (faiss.IndexIDMap, faiss.IndexIDMap2)):
             self._searched = faiss.downcast_index(outer.index)
             self._ids = faiss.vector_to_array(outer.id_map)
             self._live_positions = ~np.isin(self._ids, self.dead, assume_unique=True)
+        if isinstance(outer, (faiss.IndexIDMap, faiss.IndexIDMap2)) and isinstance(
+                faiss.downcast_index(outer.index), faiss.IndexHNSW):
+            self._graph = Graph(outer, self._live_positions)
 
     def _filter(self) -> faiss.SearchParameters:
         if self._parameters is None:
@@ -77,6 +81,8 @@ class Part:
         wanted = min(k, self.live)
         if wanted <= 0:
             return np.empty(0, dtype=np.float32), EMPTY
+        if allowed is not None and self._graph is not None:
+            return self._graph.search_among(query, wanted, allowed)
         if allowed is not None:
             scores, found = self._search_among(query, wanted, allowed)
         elif not self.dead.size:
@@ -109,7 +115,12 @@ class Part:
                 keep.append(faiss.IDSelectorNot(keep[-1]))
                 selector = faiss.IDSelectorAnd(keep[0], keep[-1])
         try:
-            scores, found = self._searched.search(query, wanted, params=_parameters(self._searched, selector))
+            parameters = _parameters(self._searched, selector)
+            scores, found = self._searched.search(query, wanted, params=parameters)
+            ivf = faiss.try_extract_index_ivf(self._searched)
+            if ivf is not None and np.count_nonzero(found >= 0) < wanted and parameters.nprobe < ivf.nlist:
+                parameters.nprobe = ivf.nlist  # the probed lists held too few that pass: every list (exact, for Flat)
+                scores, found = self._searched.search(query, wanted, params=parameters)
             return scores[0], found[0]
         except RuntimeError:  # an index that takes no search parameters (IndexPQ): rank all, keep the chosen
             scores, found = self._searched.search(query, int(self._searched.ntotal))
@@ -140,6 +151,48 @@ class Part:
 
         held = index_ids(self.index)
         return held[~np.isin(held, self.dead)] if self.dead.size else held
+
+
+class Graph:
+    """A filtered search of an HNSW index (in an IDMap) that keeps its recall. A graph search skips the vectors a
+    filter leaves out but still walks through them: under a filter keeping few vectors its candidates hold fewer than
+    k that pass. So a filter keeping at most EXACT_SHARE of the vectors is searched exactly, over the graph's own
+    flat storage with a bitmap of the chosen positions (a bit test per vector, a product per chosen one); a wider one
+    through the graph, at an efSearch of at least k, and again exactly should that return fewer than k."""
+
+    EXACT_SHARE = 0.05
+
+    def __init__(self, outer: faiss.IndexIDMap, live_positions: np.ndarray | None):
+        self.graph = faiss.downcast_index(outer.index)
+        self.storage = faiss.downcast_index(self.graph.storage)
+        self.ids = faiss.vector_to_array(outer.id_map)
+        self.order = np.argsort(self.ids, kind="stable")  # id -> position, by binary search: built once per part
+        self.sorted_ids = self.ids[self.order]
+        self.live_positions = live_positions
+
+    def search_among(self, query: np.ndarray, wanted: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        at = np.minimum(np.searchsorted(self.sorted_ids, allowed), len(self.sorted_ids) - 1)
+        chosen = np.zeros(len(self.ids), dtype=bool)
+        chosen[self.order[at[self.sorted_ids[at] == allowed]]] = True
+        if self.live_positions is not None:
+            chosen &= self.live_positions
+        members = int(np.count_nonzero(chosen))
+        if not members:
+            return np.empty(0, dtype=np.float32), EMPTY
+        bits = np.packbits(chosen, bitorder="little")
+        selector = faiss.IDSelectorBitmap(len(chosen), faiss.swig_ptr(bits))
+        wanted = min(wanted, members)
+        found = EMPTY
+        if members > self.EXACT_SHARE * len(chosen):
+            parameters = faiss.SearchParametersHNSW()
+            parameters.efSearch, parameters.sel = max(self.graph.hnsw.efSearch, wanted), selector
+            scores, found = self.graph.search(query, wanted, params=parameters)
+        if np.count_nonzero(found >= 0) < wanted:
+            parameters = faiss.SearchParameters()
+            parameters.sel = selector
+            scores, found = self.storage.search(query, wanted, params=parameters)
+        scores, found = scores[0], found[0]
+        return scores, np.where(found >= 0, self.ids[np.maximum(found, 0)], -1)
 
 
 def exact_part(ids: np.ndarray, vectors: np.ndarray) -> Part:

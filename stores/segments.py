@@ -22,6 +22,8 @@ import numpy as np
 
 from .durable import publish
 from .manifest import SegmentEntry
+from .recall import QUERIES, ExactNeighbours, Measured, tune
+from .settings import concrete_factory
 from .tables import CHUNK_COLUMNS, TABLES
 
 FLAT = "flat"
@@ -60,6 +62,7 @@ Batches = Callable[[], Iterable[tuple[np.ndarray, list[tuple]]]]
 
 def new_index(dimension: int, factory: str) -> faiss.Index:
     """The configured index over inner product, taking our ids: IVF indexes natively, others in an IDMap."""
+    factory = concrete_factory(factory)
     try:
         index = faiss.index_factory(dimension, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
@@ -165,9 +168,10 @@ def _train(index: faiss.Index, batches: Batches, train_vectors: int) -> None:
 
 
 def write_segment(folder: Path, seq: int, count: int, batches: Batches, extras: SegmentExtras, factory: str,
-                  train_vectors: int, dimension: int) -> tuple[SegmentEntry, str | None]:
+                  train_vectors: int, dimension: int, recall_target: float = 0.0) -> tuple[SegmentEntry, str | None]:
     """Write a segment of `count` chunks (index and rows file), publish its files by sha256; returns its entry and,
-    when the factory could not be trained on it, why it stayed exact. Holds only the index and one batch in memory."""
+    when the factory could not be trained on it or misses `recall_target` at every search effort, why it stayed
+    exact. Holds only the index and one batch in memory (and the recall guard's sampled queries)."""
     index, kind = _segment_index(dimension, factory, count, train_vectors)
     problem = None
     if count and not index.is_trained:
@@ -176,6 +180,8 @@ def write_segment(folder: Path, seq: int, count: int, batches: Batches, extras: 
         except RuntimeError as exc:  # too few or degenerate vectors: the segment stays exact until a later merge
             problem = f"could not train index {factory!r} on {count} vectors ({str(exc).strip().splitlines()[0]})"
             index, kind = _segment_index(dimension, "Flat", count, train_vectors)
+    guard: ExactNeighbours | None = None
+    measured: Measured | None = None
     temporary = folder / f".tmp-{seq}.rows"
     temporary.unlink(missing_ok=True)
     rows = sqlite3.connect(temporary)
@@ -185,9 +191,23 @@ def write_segment(folder: Path, seq: int, count: int, batches: Batches, extras: 
         rows.executescript(ROWS_SCHEMA)
         raw = kind != FLAT  # an exact index gives the vectors back; a trained one does not
         for vectors, chunks in batches() if count else ():
-            index.add_with_ids(vectors, np.fromiter((row[0] for row in chunks), dtype=np.int64, count=len(chunks)))
+            ids = np.fromiter((row[0] for row in chunks), dtype=np.int64, count=len(chunks))
+            if raw and recall_target > 0:  # the recall guard's queries: the first rows, a sample (ids are hashes)
+                guard = guard or ExactNeighbours(ids[:QUERIES], vectors[:QUERIES])
+                guard.add(vectors, ids)
+            index.add_with_ids(vectors, ids)
             rows.executemany(f"INSERT INTO chunks VALUES ({', '.join('?' * (len(CHUNK_COLUMNS) + 1))})",
                              [(*row, vector.tobytes() if raw else None) for row, vector in zip(chunks, vectors)])
+        if guard is not None:
+            measured, holds = tune(index, guard, recall_target)
+            if not holds:  # the raw vectors stay in the rows file too: this is rare, and a later merge tries again
+                problem = (f"index {factory!r} reaches recall@10 {measured.recall} at most ({measured.effort}) on "
+                           f"segment {seq}'s {count} vectors, below the target {recall_target}")
+                index, kind = _segment_index(dimension, "Flat", count, train_vectors)
+                for vectors, chunks in batches():
+                    index.add_with_ids(vectors, np.fromiter((row[0] for row in chunks), dtype=np.int64,
+                                                            count=len(chunks)))
+                measured = None
         rows.executemany("INSERT INTO tombstones VALUES (?, ?)", extras.tombstones)
         rows.executemany("INSERT INTO deletions VALUES (?, ?)", extras.deletions)
         for table in TABLES:
@@ -202,7 +222,8 @@ def write_segment(folder: Path, seq: int, count: int, batches: Batches, extras: 
     if count:
         faiss.write_index(index, str(folder / f".tmp-{seq}.faiss"))
         index_entry = publish(folder / f".tmp-{seq}.faiss", folder, "faiss")
-    return SegmentEntry(seq, kind, count, index_entry, publish(temporary, folder, "rows")), problem
+    return SegmentEntry(seq, kind, count, index_entry, publish(temporary, folder, "rows"),
+                        measured.recall if measured else None, measured.effort if measured else None), problem
 
 
 def _columns(db: sqlite3.Connection, table: str) -> set[str]:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import vectormill
-from vectormill.flows.search import HIT_FIELDS
+from vectormill.flows.search import HIT_FIELDS, RANK_FIELDS
 from vectormill.stores.faiss_store import FaissStore, StoreError
 from vectormill.stores.settings import StoreSettings
 
@@ -44,7 +44,7 @@ def test_open_store_finds_each_known_sentence_and_imports_no_prefect(config):
     assert out["prefect"] is False
     for topic, hit in out["hits"].items():
         assert (hit["source"], hit["document"], hit["text"]) == (PLACES[topic][0], PLACES[topic][1], TOPICS[topic])
-        assert tuple(hit) == HIT_FIELDS and hit["pages"] == [2] and hit["modified"] == PLACES[topic][2]
+        assert tuple(hit) == HIT_FIELDS + RANK_FIELDS and hit["pages"] == [2] and hit["modified"] == PLACES[topic][2]
 
 
 def test_filters_choose_the_documents_before_the_top_k(store):
@@ -61,6 +61,18 @@ def test_filters_choose_the_documents_before_the_top_k(store):
     assert store.search(query, k=3, filter={"source": "nowhere"}) == []
     with pytest.raises(ValueError, match="unknown filter key"):
         store.search(query, filter={"folder": "reports/"})
+
+
+def test_each_mode_is_searched_and_vector_hits_keep_their_fields(store):
+    assert [tuple(hit) for hit in store.search(TOPICS["chess"], k=2, mode="vector")] == [HIT_FIELDS] * 2
+    assert store.search("Sicilian", k=3, mode="keyword")[0]["document"] == "reports/chess.pdf"
+    hybrid = store.search("Sicilian pawn", k=3, mode="hybrid")
+    assert hybrid[0]["document"] == "reports/chess.pdf" and hybrid[0]["keyword_rank"] == 1
+    assert store.search(store.searcher.embed(TOPICS["chess"]), k=1)[0]["document"] == "reports/chess.pdf"
+    with pytest.raises(StoreError, match="a query vector can only be searched in vector mode"):
+        store.search(store.searcher.embed("x"), k=1, mode="hybrid")
+    with pytest.raises(StoreError, match="search mode must be one of vector, keyword, hybrid"):
+        store.search("x", mode="fuzzy")
 
 
 def test_search_takes_a_vector_and_get_returns_a_document(store):
@@ -95,14 +107,17 @@ def test_a_long_lived_store_sees_new_writes_and_checkpoints_without_reopening(co
 def test_search_command_takes_a_filter_and_refuses_a_bad_one_in_one_line(config):
     bad_filters = (('{"sorce": "wiki"}', "error: unknown filter key(s) 'sorce'"),
                    ('{"source": ', "error: --filter is not JSON"))
-    # One process for the three command lines: a process start and its imports cost seconds.
-    result, *refused = run_many(
+    # One process for the command lines: a process start and its imports cost seconds.
+    result, keyword, *refused = run_many(
         [["search", TOPICS["baking"], "-k", "2", "--json", "--filter", '{"source": "wiki"}', "--config", str(config)],
+         ["search", 'VAT "returns', "--mode", "keyword", "-k", "1", "--json", "--config", str(config)],
          *(["search", "x", "--filter", bad, "--config", str(config)] for bad, _ in bad_filters)], cwd=config.parent,
         env=dict(os.environ))
     assert result["code"] == 0, result["stderr"][-3000:]
     hits = json.loads(result["stdout"])
-    assert len(hits) == 2 and {hit["source"] for hit in hits} == {"wiki"} and tuple(hits[0]) == HIT_FIELDS
+    assert len(hits) == 2 and {hit["source"] for hit in hits} == {"wiki"} and tuple(hits[0]) == HIT_FIELDS + RANK_FIELDS
+    assert keyword["code"] == 0, keyword["stderr"][-3000:]
+    assert [(hit["document"], tuple(hit)) for hit in json.loads(keyword["stdout"])] == [("reports/taxes.pdf", HIT_FIELDS)]
     for (_, message), result in zip(bad_filters, refused, strict=True):
         assert result["code"] == 2 and "Traceback" not in result["stderr"]
         assert len(result["stderr"].strip().splitlines()) == 1 and result["stderr"].startswith(message), result["stderr"]

@@ -94,6 +94,9 @@ def test_backfill_search_and_stats_json_contracts(tmp_path):
     stats = json.loads(stated["stdout"])
     assert stats["documents"] == len(known) and stats["vectors"] == summary["chunks_embedded"]
     assert stats["generation"] >= 1
+    assert stats["recall_target"] == 0.95 and stats["segment_indexes"] and all(
+        (segment["index"], segment["recall"], segment["effort"]) == ("exact", 1.0, None)  # small: exact
+        and segment["vectors"] >= 1 for segment in stats["segment_indexes"])
 
     # For people: a summary table and the failed documents with their reasons, no JSON.
     assert for_people["code"] == 0, for_people["stderr"][-3000:]

@@ -53,10 +53,13 @@ def test_a_langchain_retrieval_chain_hands_the_right_document_to_its_prompt(conf
         assert f"[{PLACES[topic][1]} p.[2]] {TOPICS[topic]}" in text.splitlines()[2], (topic, text)
     documents = retriever.invoke(QUESTIONS["chess"])
     assert isinstance(documents[0], Document) and documents[0].id == documents[0].metadata["chunk_id"]
-    assert documents[0].metadata | {"score": 0} == {
+    assert documents[0].metadata | {"score": 0, "vector_rank": 1} == {
         "document": "reports/chess.pdf", "source": "docs", "page": 2, "pages": [2], "score": 0, "title": "Chess",
         "location": "https://example.org/reports/chess.pdf", "chunk_id": documents[0].id, "modified": "2026-02-01",
-        "ocr": False}
+        "ocr": False, "vector_rank": 1, "keyword_rank": documents[0].metadata["keyword_rank"]}
+    by_keyword = VectormillRetriever.from_config(config, k=1, mode="keyword")
+    assert by_keyword.invoke("Sicilian")[0].metadata["document"] == "reports/chess.pdf"
+    assert "keyword_rank" not in by_keyword.invoke("Sicilian", mode="vector")[0].metadata  # runtime mode
     wiki_only = VectormillRetriever.from_config(config, k=3, filter={"source": "wiki"})
     assert {d.metadata["source"] for d in wiki_only.invoke(QUESTIONS["chess"])} == {"wiki"}
 
@@ -142,6 +145,8 @@ def test_a_llamaindex_query_engine_over_the_retriever_finds_the_right_document(c
     assert {node.node.metadata["document"] for node in nodes} <= {"recipes/baking.pdf", "reports/chess.pdf",
                                                                  "Sport/Sailing"}
     assert nodes[0].score == nodes[0].node.metadata["score"]
+    retriever.mode = "keyword"
+    assert retriever.retrieve("Jupiter")[0].node.metadata["document"] == "Science/Astronomy"
 
 
 def test_a_llamaindex_query_engine_shows_the_llm_the_text_and_document_but_no_score_id_or_path(config):

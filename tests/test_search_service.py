@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vectormill.flows.search import HIT_FIELDS
+from vectormill.flows.search import HIT_FIELDS, RANK_FIELDS
 from vectormill.flows.settings import SearchServiceSettings
 from vectormill.stores.faiss_store import FaissStore
 from vectormill.stores.records import ChunkRecord, DocumentDelete, DocumentUpsert
@@ -83,7 +83,11 @@ def test_searches_answer_with_the_fields_of_search_json(service):
         response = search(service, {"query": sentence, "k": 2})
         assert response.status_code == 200, response.text
         hits = response.json()["hits"]
-        assert tuple(hits[0]) == HIT_FIELDS and (hits[0]["source"], hits[0]["document"]) == PLACES[topic][:2]
+        assert tuple(hits[0]) == HIT_FIELDS + RANK_FIELDS and (hits[0]["source"], hits[0]["document"]) == PLACES[topic][:2]
+    for mode, query, fields in (("vector", TOPICS["taxes"], HIT_FIELDS), ("keyword", "VAT", HIT_FIELDS),
+                                ("hybrid", "quarterly VAT", HIT_FIELDS + RANK_FIELDS)):
+        hits = search(service, {"query": query, "k": 1, "mode": mode}).json()["hits"]
+        assert [(hit["document"], tuple(hit)) for hit in hits] == [("reports/taxes.pdf", fields)], mode
     response = search(service, {"query": TOPICS["chess"], "k": 5, "filter": {"source": "wiki"}})
     assert {hit["source"] for hit in response.json()["hits"]} == {"wiki"}
     body = response.json()
@@ -102,6 +106,8 @@ def test_searches_answer_with_the_fields_of_search_json(service):
     ({"query": [0.1, 0.2]}, None, 400, "384 finite numbers"),
     ({"query": "lava", "filter": {"folder": "x"}}, None, 400, "unknown filter key(s) 'folder'"),
     ({"query": "lava", "filter": {"modified_after": "soon"}}, None, 400, "ISO 8601"),
+    ({"query": [0.0] * 384, "mode": "keyword"}, None, 400, "can only be searched in vector mode"),
+    ({"query": "lava", "mode": "fuzzy"}, None, 422, "mode"),
     ({"query": "lava"}, {"Authorization": "Bearer wrong"}, 401, "missing or wrong API key"),
     ({"query": "lava"}, {}, 401, "missing or wrong API key"),
     ({"query": "lava", "k": "many"}, None, 422, "k"),

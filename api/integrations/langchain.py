@@ -30,11 +30,11 @@ def to_document(hit: dict[str, Any]) -> Document:
 
 
 def search(store: Store, query: str | list[float], k: int, own: dict[str, Any] | None,
-           given: dict[str, Any] | None) -> list[Document]:
+           given: dict[str, Any] | None, mode: str | None) -> list[Document]:
     """The hits for a call's filter `given` within the object's own filter `own` (both hold: a call narrows what
     the retriever or store was made for, never widens it)."""
     scope = parse_filter(own)
-    return [to_document(hit) for hit in store.searcher.search(query, k, given, scope=scope).hits]
+    return [to_document(hit) for hit in store.searcher.search(query, k, given, mode, scope=scope).hits]
 
 
 class VectormillRetriever(BaseRetriever):
@@ -46,15 +46,19 @@ class VectormillRetriever(BaseRetriever):
     store: Store
     k: int = 4
     filter: dict[str, Any] | None = None
+    mode: str | None = None  # vector, keyword or hybrid; None: the config's [search] mode
 
     @classmethod
     def from_config(cls, config_file: str | os.PathLike[str] | None = None, k: int = 4,
-                    filter: dict[str, Any] | None = None) -> "VectormillRetriever":  # noqa: A002
-        return cls(store=vectormill.open_store(config_file), k=k, filter=filter)
+                    filter: dict[str, Any] | None = None, mode: str | None = None  # noqa: A002
+                    ) -> "VectormillRetriever":
+        return cls(store=vectormill.open_store(config_file), k=k, filter=filter, mode=mode)
 
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun, k: int | None = None,
-                                filter: dict[str, Any] | None = None) -> list[Document]:  # noqa: A002
-        return search(self.store, query, self.k if k is None else k, self.filter, filter)
+                                filter: dict[str, Any] | None = None,  # noqa: A002
+                                mode: str | None = None) -> list[Document]:
+        """`mode` (retriever.invoke(query, mode="keyword")): this search's, instead of the retriever's."""
+        return search(self.store, query, self.k if k is None else k, self.filter, filter, mode or self.mode)
 
 
 class VectormillVectorStore(VectorStore):
@@ -72,8 +76,8 @@ class VectormillVectorStore(VectorStore):
 
     def similarity_search_with_score(self, query: str, k: int = 4, filter: dict[str, Any] | None = None,
                                      **kwargs: Any) -> list[tuple[Document, float]]:  # noqa: A002
-        """(Document, cosine similarity), best first."""
-        documents = search(self.store, query, k, self.filter, filter)
+        """(Document, cosine similarity), best first: a similarity search, so by vector whatever [search] mode says."""
+        documents = search(self.store, query, k, self.filter, filter, "vector")
         return [(document, document.metadata["score"]) for document in documents]
 
     def similarity_search(self, query: str, k: int = 4, **kwargs: Any) -> list[Document]:
@@ -81,7 +85,7 @@ class VectormillVectorStore(VectorStore):
 
     def similarity_search_by_vector(self, embedding: list[float], k: int = 4, filter: dict[str, Any] | None = None,
                                     **kwargs: Any) -> list[Document]:  # noqa: A002
-        return search(self.store, embedding, k, self.filter, filter)
+        return search(self.store, embedding, k, self.filter, filter, "vector")
 
     def _select_relevance_score_fn(self):
         return lambda score: (1.0 + score) / 2.0  # cosine similarity in [-1, 1] -> relevance in [0, 1]

@@ -28,18 +28,22 @@ class VectormillRetriever(BaseRetriever):
     sees each node's text with its document, source, pages, title and time (HIDDEN_FROM_LLM left out)."""
 
     def __init__(self, store: Store, k: int = 4, filter: dict[str, Any] | None = None,  # noqa: A002
-                 **kwargs: Any):
+                 mode: str | None = None, **kwargs: Any):
         super().__init__(**kwargs)
-        self.store, self.k, self.filter = store, k, filter
+        # mode: vector, keyword or hybrid (None: the config's [search] mode); set it between retrievals at will
+        self.store, self.k, self.filter, self.mode = store, k, filter, mode
 
     @classmethod
     def from_config(cls, config_file: str | os.PathLike[str] | None = None, k: int = 4,
-                    filter: dict[str, Any] | None = None, **kwargs: Any) -> "VectormillRetriever":  # noqa: A002
-        return cls(vectormill.open_store(config_file), k, filter, **kwargs)
+                    filter: dict[str, Any] | None = None, mode: str | None = None,  # noqa: A002
+                    **kwargs: Any) -> "VectormillRetriever":
+        return cls(vectormill.open_store(config_file), k, filter, mode, **kwargs)
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        query = query_bundle.embedding or query_bundle.query_str
+        # a bundle's embedding is searched by vector (unless a mode that needs the text was asked for)
+        embedding = query_bundle.embedding if self.mode in (None, "vector") else None
+        query = embedding or query_bundle.query_str
         return [NodeWithScore(node=TextNode(id_=hit["chunk_id"], text=hit["text"], metadata=hit_metadata(hit),
                                             excluded_llm_metadata_keys=HIDDEN_FROM_LLM),
                               score=hit["score"])
-                for hit in self.store.search(query, k=self.k, filter=self.filter)]
+                for hit in self.store.search(query, k=self.k, filter=self.filter, mode=self.mode)]
