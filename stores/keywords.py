@@ -63,8 +63,13 @@ def migrate(db: sqlite3.Connection) -> bool:
     return True
 
 
+def _words(text: str) -> list[str]:
+    """The text's words; a NUL separates words too (SQLite ends a query string at one)."""
+    return text.replace("\x00", " ").split()
+
+
 def _terms(text: str) -> list[str]:
-    return list(dict.fromkeys(term for term in text.split() if _WORD.search(term)))[:MAX_TERMS]
+    return list(dict.fromkeys(term for term in _words(text) if _WORD.search(term)))[:MAX_TERMS]
 
 
 def _quoted(terms: list[str], operator: str) -> str | None:
@@ -87,7 +92,7 @@ def named_terms(text: str) -> str | None:
     (INV-2024-00417, E1234, 0x80040154), a capital after its first letter (SKU-BK, TLS, McAllister), or a
     capitalised word inside a sentence (a name: "orders of Marta Kowalczyk"); None when it has none."""
     named, starts_sentence = [], True
-    for term in text.split():
+    for term in _words(text):
         if _WORD.search(term):
             word = term.strip("\"'()[]{}<>,;:.!?")
             if any(c.isdigit() for c in word) or any(c.isupper() for c in word[1:]) or (

@@ -156,7 +156,7 @@ def _same_number_problems(location: Location, number: int, manifest: dict[str, A
 
 
 def _foreign_generation_problems(location: Location, number: int, manifest: dict[str, Any] | None,
-                       identity: dict[str, Any]) -> list[Problem]:
+                                 identity: dict[str, Any]) -> list[Problem]:
     """A generation of another store where this store's replica is."""
     if manifest and identity and manifest.get("store_id") not in (None, identity.get("store_id")):
         return [Problem(location.name, f"{MANIFESTS}/{manifest_name(number)}",
