@@ -123,8 +123,9 @@ def write_office_corpus(root: Path) -> dict[str, str]:
             write_docx(path, topic.title(), [filler[0], sentence, filler[1]], tracked=("kept words", "gone words"),
                        table=[["Name", "Value"], ["crater", "wide"]], header="Field notes", footer="Page footer")
         elif fmt == "pptx":
-            write_pptx(path, topic.title(), [(f"{topic.title()} basics", FILLER, None),
-                                             ("The starter", sentence, None), ("Flours", FILLER, NOTES_SENTENCE)])
+            write_pptx(path, topic.title(), [(f"{topic.title()} basics", FILLER * 3, None),
+                                             ("The starter", sentence, None),
+                                             ("Flours", FILLER * 3, NOTES_SENTENCE)])
         elif fmt == "xlsx":
             write_xlsx(path, {"Openings": [["Opening", "Notes"], ["Ruy Lopez", FILLER]],
                               "Defences": [["Defence", "Notes"], ["Sicilian", sentence], ["French", FILLER]]})
