@@ -70,16 +70,26 @@ class RemoteTree:
     """Files under a URL root. Versions: the object's ETag and size (S3), else its mtime and size."""
 
     def __init__(self, url: str, options: dict[str, Any], source: str):
-        self.url, self.source = url, source
-        self.root_label = url.split("@", 1)[-1] if "@" in url.split("/", 3)[2] else url  # no user:password@
+        self.url, self.options, self.source = url, options, source
+        # The URL without user:password@, for messages.
+        self.root_label = url if "@" not in url.split("/", 3)[2] else url.split("://")[0] + "://" + url.split("@", 1)[1]
         self._secrets = sorted(set(secret_values(options)) - {"rwd"}, key=len, reverse=True)
-        try:
-            self.fs, self.root = fsspec.core.url_to_fs(url, **options)
-        except Exception as exc:  # noqa: BLE001 - any client's error: connection refused, bad option…
-            raise SourceError(self._say(f"source {source!r}: cannot reach {self.root_label}: "
-                                        f"{type(exc).__name__}: {exc}; nothing is deleted")) from None
-        self.root = self.root.rstrip("/")
-        self.is_s3 = "s3" in self.fs.protocol
+        self.is_s3 = url.lower().startswith("s3://")
+        self._fs: fsspec.AbstractFileSystem | None = None
+        self.root = ""
+
+    @property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        """The share's client, connected on first use and again after a listing failed (a share that went
+        away and came back: an SMB session does not survive its server's restart)."""
+        if self._fs is None:
+            try:
+                self._fs, root = fsspec.core.url_to_fs(self.url, **self.options)
+            except Exception as exc:  # noqa: BLE001 - any client's error: connection refused, bad option…
+                raise SourceError(self._say(f"source {self.source!r}: cannot reach {self.root_label}: "
+                                            f"{type(exc).__name__}: {exc}; nothing is deleted")) from None
+            self.root = root.rstrip("/")
+        return self._fs
 
     def _say(self, text: str) -> str:
         for secret in self._secrets:
@@ -87,14 +97,15 @@ class RemoteTree:
         return " ".join(text.split())
 
     def entries(self) -> Iterator[FileEntry]:
+        fs = self.fs
         try:
             # s3fs lists a prefix in one paginated walk; others walk folder by folder, raising on any error
             # (fsspec's default leaves a folder it cannot read out, silently).
-            found = self.fs.find(self.root, detail=True) if self.is_s3 else \
-                self.fs.find(self.root, detail=True, on_error="raise")
-            if not found and self.is_s3 and not self.fs.exists(self.root.split("/", 1)[0]):
+            found = fs.find(self.root, detail=True) if self.is_s3 else fs.find(self.root, detail=True, on_error="raise")
+            if not found and self.is_s3 and not fs.exists(self.root.split("/", 1)[0]):
                 raise FileNotFoundError(f"bucket {self.root.split('/', 1)[0]!r} does not exist")
         except Exception as exc:  # noqa: BLE001 - a listing error of any client fails the source
+            self._fs = None
             raise SourceError(self._say(f"source {self.source!r}: cannot list {self.root_label}: "
                                         f"{type(exc).__name__}: {exc}; the listing would be incomplete, so nothing "
                                         "is deleted")) from None
@@ -117,6 +128,7 @@ class RemoteTree:
         return FileEntry(relative, size, f"{size}-{etag}" if etag else f"{size}-{round(stamp * 1e9)}", modified_iso)
 
     def _path(self, path: str) -> str:
+        self.fs  # noqa: B018 - connects, which sets self.root
         normal = posixpath.normpath(path)
         if normal.startswith(("../", "/")) or normal in (".", ".."):
             raise DocumentError(f"refused: path leaves the source root {self.root_label!r}")

@@ -101,6 +101,7 @@ def test_an_object_over_max_file_mb_fails_before_it_is_read(s3_server, bucket):
         s3_source(s3_server, name, max_file_mb=1).fetch(DocumentRef("big.txt", "v"))
 
 
+@pytest.mark.slow  # s3fs waits between its own retries of a throttled request (~20 s in all)
 def test_throttling_is_retried_and_a_store_that_keeps_refusing_fails_the_source_in_one_line(s3_server, bucket,
                                                                                             local_corpus):
     _, name = bucket
