@@ -9,7 +9,9 @@ retry mode, which also slows this client down while the store throttles it.
 from __future__ import annotations
 
 import json
+import contextlib
 import posixpath
+import threading
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any, BinaryIO
@@ -75,6 +77,10 @@ class RemoteTree:
         self.root_label = url if "@" not in url.split("/", 3)[2] else url.split("://")[0] + "://" + url.split("@", 1)[1]
         self._secrets = sorted(set(secret_values(options)) - {"rwd"}, key=len, reverse=True)
         self.is_s3 = url.lower().startswith("s3://")
+        # One SMB connection carries every request, and smbprotocol fails requests sent at once from several
+        # threads once the server's credits run out ("requires 1 credits but only 0 credits are available"):
+        # fetch tasks take turns on it. s3fs runs each request on its own event loop and needs no turns.
+        self._turns = contextlib.nullcontext() if self.is_s3 else threading.Lock()
         self._fs: fsspec.AbstractFileSystem | None = None
         self.root = ""
 
@@ -101,7 +107,9 @@ class RemoteTree:
         try:
             # s3fs lists a prefix in one paginated walk; others walk folder by folder, raising on any error
             # (fsspec's default leaves a folder it cannot read out, silently).
-            found = fs.find(self.root, detail=True) if self.is_s3 else fs.find(self.root, detail=True, on_error="raise")
+            with self._turns:
+                found = fs.find(self.root, detail=True) if self.is_s3 else fs.find(self.root, detail=True,
+                                                                                    on_error="raise")
             if not found and self.is_s3 and not fs.exists(self.root.split("/", 1)[0]):
                 raise FileNotFoundError(f"bucket {self.root.split('/', 1)[0]!r} does not exist")
         except Exception as exc:  # noqa: BLE001 - a listing error of any client fails the source
@@ -140,12 +148,13 @@ class RemoteTree:
     def open(self, path: str) -> tuple[BinaryIO, FileEntry]:
         full = self._path(path)
         try:
-            info = self.fs.info(full)
-            if info.get("type") != "file":
-                raise DocumentError("not a regular file")
-            entry = self._entry(info)
-            # s3fs checks each block's ETag against the first: an object overwritten while read fails the read.
-            handle = self.fs.open(full, "rb", block_size=READ_BLOCK_BYTES)
+            with self._turns:
+                info = self.fs.info(full)
+                if info.get("type") != "file":
+                    raise DocumentError("not a regular file")
+                entry = self._entry(info)
+                # s3fs checks each block's ETag against the first: an object overwritten while read fails the read.
+                handle = self.fs.open(full, "rb", block_size=READ_BLOCK_BYTES)
         except DocumentError:
             raise
         except FileNotFoundError:
@@ -153,11 +162,12 @@ class RemoteTree:
         except Exception as exc:  # noqa: BLE001
             raise DocumentError(self._say(f"cannot read from {self.root_label}: {type(exc).__name__}: {exc}")) \
                 from None
-        return _Guarded(handle, self._say), entry
+        return _Guarded(handle, self._say, self._turns), entry
 
     def unchanged(self, handle: BinaryIO, entry: FileEntry) -> bool:
         try:
-            return self._entry(self.fs.info(self._path(entry.path))).version == entry.version
+            with self._turns:
+                return self._entry(self.fs.info(self._path(entry.path))).version == entry.version
         except FileNotFoundError:
             return False
         except Exception as exc:  # noqa: BLE001
@@ -168,18 +178,20 @@ class RemoteTree:
 class _Guarded:
     """A remote file whose read errors become DocumentError with the secrets masked."""
 
-    def __init__(self, handle: Any, say):
-        self._handle, self._say = handle, say
+    def __init__(self, handle: Any, say, turns):
+        self._handle, self._say, self._turns = handle, say, turns
 
     def read(self, size: int = -1) -> bytes:
         try:
-            return self._handle.read(size)
+            with self._turns:
+                return self._handle.read(size)
         except Exception as exc:  # noqa: BLE001
             raise DocumentError(self._say(f"reading it from the share failed: {type(exc).__name__}: {exc}")) \
                 from None
 
     def close(self) -> None:
-        self._handle.close()
+        with self._turns:
+            self._handle.close()
 
     def __enter__(self):
         return self

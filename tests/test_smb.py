@@ -89,7 +89,7 @@ def test_edits_deletes_and_renames_on_the_share_are_mirrored_and_a_share_gone_de
                                                          "-k", "1", "--json"]], cwd=tmp_path, env=env)
     assert first["code"] == 0, first["stderr"][-3000:]
     summary = json.loads(first["stdout"].strip().splitlines()[-1])
-    assert summary["documents"]["new"] == len(local_corpus[1]) and summary["failures"] == []
+    assert summary["documents"]["new"] == len(local_corpus[1]) and summary["failures"] == [], summary
     assert second["code"] == 0, second["stderr"][-3000:]
     documents = json.loads(second["stdout"].strip().splitlines()[-1])["documents"]
     assert (documents["new"], documents["changed"], documents["deleted"]) == (1, 1, 2), documents
@@ -99,7 +99,8 @@ def test_edits_deletes_and_renames_on_the_share_are_mirrored_and_a_share_gone_de
     assert gone["code"] == 1
     summary = json.loads(gone["stdout"].strip().splitlines()[-1])
     (report,) = summary["sources"]
-    assert report["status"] == "failed" and "cannot list smb://" in report["error"] and "\n" not in report["error"]
+    assert report["status"] == "failed" and "cannot reach smb://127.0.0.1:" in report["error"], report
+    assert "nothing is deleted" in report["error"] and "\n" not in report["error"]
     assert PASSWORD not in gone["stdout"] + gone["stderr"]
     assert summary["documents"]["deleted"] == 0
     assert json.loads(still["stdout"])[0]["document"] == "office/sailing-renamed.csv"
