@@ -163,3 +163,15 @@ def test_search_finds_each_formats_known_sentence_and_a_deck_hit_names_its_slide
             hit = next(hit for hit in hits if hit["document"] == document_id)
             assert DECK_SLIDE in hit["pages"] and set(hit["pages"]) <= {1, 2, 3}, hit
     assert ATTACHED_SENTENCE in known.values()
+
+
+def test_the_demo_corpus_holds_a_word_file_and_a_deck_of_a_slide_per_page(tmp_path):
+    from vectormill.flows.sample import write_sample_corpus
+
+    write_sample_corpus(tmp_path)
+    src = source(tmp_path / "docs")
+    documents = {ref.id: src.fetch(ref) for ref in src.list_documents() if ref.id.endswith((".docx", ".pptx"))}
+    assert documents["meeting-rooms.docx"].title == "Meeting rooms"
+    assert "large room on the third floor" in words(documents["meeting-rooms.docx"].text)
+    deck = documents["security-training.pptx"]
+    assert [page.number for page in deck.pages] == [1, 2, 3] and "Report phishing" in deck.pages[1].text
