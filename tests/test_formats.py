@@ -175,3 +175,18 @@ def test_the_demo_corpus_holds_a_word_file_and_a_deck_of_a_slide_per_page(tmp_pa
     assert "large room on the third floor" in words(documents["meeting-rooms.docx"].text)
     deck = documents["security-training.pptx"]
     assert [page.number for page in deck.pages] == [1, 2, 3] and "Report phishing" in deck.pages[1].text
+
+
+def test_a_file_that_is_not_what_its_extension_says_fails_naming_the_format(tmp_path):
+    (tmp_path / "fake.msg").write_bytes(b"plain text, not an Outlook message " * 10)
+    (tmp_path / "fake.xlsx").write_bytes(b"PK\x03\x04 not really a zip" * 10)
+    (tmp_path / "latin1.csv").write_bytes("name,city\nJos\xe9,M\xe1laga\n".encode("latin-1"))
+    src = source(tmp_path)
+    reasons = {}
+    for ref in src.list_documents():
+        with pytest.raises(DocumentError) as caught:
+            src.fetch(ref)
+        reasons[ref.id] = str(caught.value)
+    assert reasons["fake.msg"].startswith("not a readable Outlook message")
+    assert reasons["fake.xlsx"].startswith("not a readable Excel file")
+    assert reasons["latin1.csv"].startswith("CSV file is not UTF-8 text")
