@@ -9,10 +9,13 @@ trafilatura. PDF and plain text stay in connectors/filesystem.py (PDF pages go t
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
 from ..base import Page
+from ..errors import DocumentError
 
 # The suffix of each format's files → "module:function" of its parser in this package.
 PARSERS: dict[str, str] = {
@@ -62,3 +65,15 @@ def parser_for(suffix: str) -> Parser | None:
         return None
     module, function = target.split(":")
     return getattr(importlib.import_module(f"{__name__}.{module}"), function)
+
+
+@contextmanager
+def unreadable_as(kind: str) -> Iterator[None]:
+    """Any error of a parsing library becomes one line, `not a readable KIND: …`; a DocumentError passes."""
+    try:
+        yield
+    except DocumentError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the libraries raise many kinds (lxml, zipfile, olefile…) on a bad file
+        detail = " ".join(str(exc).split())[:300]
+        raise DocumentError(f"not a readable {kind}: {type(exc).__name__}: {detail}") from exc

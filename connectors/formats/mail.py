@@ -13,12 +13,12 @@ from email.parser import BytesParser
 
 from ..base import Page
 from ..errors import DocumentError
-from . import Attachment, FormatLimits, Parsed
+from . import Attachment, FormatLimits, Parsed, unreadable_as
 from .web import html_text
 
 
 def read_eml(data: bytes, limits: FormatLimits) -> Parsed:
-    try:
+    with unreadable_as("e-mail message"):
         message: EmailMessage = BytesParser(policy=email.policy.default).parsebytes(data)
         headers = {name: str(message.get(name, "") or "") for name in ("Subject", "From", "To", "Cc", "Date")}
         body_part = message.get_body(preferencelist=("plain", "html"))
@@ -29,10 +29,6 @@ def read_eml(data: bytes, limits: FormatLimits) -> Parsed:
         attachments = tuple(Attachment(part.get_filename() or f"attachment-{index}", part.get_payload(decode=True)
                                        or b"")
                             for index, part in enumerate(message.iter_attachments(), 1))
-    except DocumentError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - a malformed MIME part raises many kinds
-        raise DocumentError(f"not a readable e-mail message: {type(exc).__name__}: {exc}") from exc
     if not any(headers.values()) and not body.strip():
         raise DocumentError("not an e-mail message (no headers, no body)")
     return _message(headers, body, attachments)
@@ -41,25 +37,19 @@ def read_eml(data: bytes, limits: FormatLimits) -> Parsed:
 def read_msg(data: bytes, limits: FormatLimits) -> Parsed:
     import extract_msg
 
-    try:
+    with unreadable_as("Outlook message"):
         message = extract_msg.openMsg(data)
-    except Exception as exc:  # noqa: BLE001 - olefile and extract-msg raise many kinds
-        raise DocumentError(f"not a readable Outlook message: {type(exc).__name__}: {exc}") from exc
-    try:
-        headers = {"Subject": message.subject, "From": message.sender, "To": message.to, "Cc": message.cc,
-                   "Date": str(message.date or "")}
-        body = message.body or ""
-        if not body.strip() and message.htmlBody:
-            body = html_text(message.htmlBody).pages[0].text
-        attachments = tuple(Attachment(attachment.getFilename() or f"attachment-{index}", attachment.data)
-                            for index, attachment in enumerate(message.attachments, 1)
-                            if isinstance(attachment.data, bytes))
-    except DocumentError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise DocumentError(f"not a readable Outlook message: {type(exc).__name__}: {exc}") from exc
-    finally:
-        message.close()
+        try:
+            headers = {"Subject": message.subject, "From": message.sender, "To": message.to, "Cc": message.cc,
+                       "Date": str(message.date or "")}
+            body = message.body or ""
+            if not body.strip() and message.htmlBody:
+                body = html_text(message.htmlBody).pages[0].text
+            attachments = tuple(Attachment(attachment.getFilename() or f"attachment-{index}", attachment.data)
+                                for index, attachment in enumerate(message.attachments, 1)
+                                if isinstance(attachment.data, bytes))
+        finally:
+            message.close()
     return _message({name: value or "" for name, value in headers.items()}, body, attachments)
 
 

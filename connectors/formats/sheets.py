@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from ..base import Page
 from ..errors import DocumentError
-from . import FormatLimits, Parsed
+from . import FormatLimits, Parsed, unreadable_as
 from .archive import open_office_zip
 
 CSV_SNIFF_BYTES = 64 * 1024
@@ -38,23 +38,16 @@ def read_xlsx(data: bytes, limits: FormatLimits) -> Parsed:
     import openpyxl  # uses defusedxml for its XML when it is installed (it is a dependency)
 
     budget = CellBudget(limits.max_cells)
-    try:
+    with unreadable_as("Excel file"):
         workbook = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=True)
-    except Exception as exc:  # noqa: BLE001 - openpyxl raises many kinds on a malformed part
-        raise DocumentError(f"not a readable Excel file: {type(exc).__name__}: {exc}") from exc
-    try:
-        pages = []
-        for number, sheet in enumerate(workbook.worksheets, 1):
-            rows = sheet.iter_rows(values_only=True)
-            body = rows_as_text(rows, budget, f"sheet {sheet.title!r}")
-            pages.append(Page(number, f"Sheet: {sheet.title}\n\n{body}" if body else ""))
-        title = workbook.properties.title
-    except DocumentError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise DocumentError(f"not a readable Excel file: {type(exc).__name__}: {exc}") from exc
-    finally:
-        workbook.close()
+        try:
+            pages = []
+            for number, sheet in enumerate(workbook.worksheets, 1):
+                body = rows_as_text(sheet.iter_rows(values_only=True), budget, f"sheet {sheet.title!r}")
+                pages.append(Page(number, f"Sheet: {sheet.title}\n\n{body}" if body else ""))
+            title = workbook.properties.title
+        finally:
+            workbook.close()
     if not pages:
         raise DocumentError("Excel file has no worksheets")
     return Parsed(tuple(pages), title or None)
@@ -69,11 +62,9 @@ def read_csv(data: bytes, limits: FormatLimits) -> Parsed:
         dialect = csv.Sniffer().sniff(text[:CSV_SNIFF_BYTES], delimiters=CSV_DELIMITERS)
     except csv.Error:
         dialect = csv.excel
-    try:
+    with unreadable_as("CSV file"):
         body = rows_as_text(csv.reader(io.StringIO(text, newline=""), dialect), CellBudget(limits.max_cells),
                             "the file")
-    except csv.Error as exc:
-        raise DocumentError(f"not a readable CSV file: {exc}") from exc
     return Parsed((Page(None, body),))
 
 

@@ -11,18 +11,16 @@ from pptx.enum.shapes import MSO_SHAPE_TYPE
 
 from ..base import Page
 from ..errors import DocumentError
-from . import FormatLimits, Parsed
+from . import FormatLimits, Parsed, unreadable_as
 from .archive import open_office_zip
 
 
 def read_pptx(data: bytes, limits: FormatLimits) -> Parsed:
     open_office_zip(data, limits, "PowerPoint").close()
-    try:
+    with unreadable_as("PowerPoint file"):
         deck = pptx.Presentation(io.BytesIO(data))
         pages = tuple(Page(number, _slide_text(slide)) for number, slide in enumerate(deck.slides, 1))
         title = deck.core_properties.title
-    except Exception as exc:  # noqa: BLE001 - python-pptx and lxml raise many kinds on a malformed part
-        raise DocumentError(f"not a readable PowerPoint file: {type(exc).__name__}: {exc}") from exc
     if not pages:
         raise DocumentError("PowerPoint file has no slides")
     return Parsed(pages, title or None)

@@ -9,7 +9,7 @@ from trafilatura.utils import load_html
 
 from ..base import Page
 from ..errors import DocumentError
-from . import FormatLimits, Parsed
+from . import FormatLimits, Parsed, unreadable_as
 
 
 def read_html(data: bytes, limits: FormatLimits) -> Parsed:
@@ -17,13 +17,11 @@ def read_html(data: bytes, limits: FormatLimits) -> Parsed:
 
 
 def html_text(data: bytes | str) -> Parsed:
-    tree = load_html(data)
-    if tree is None:
-        raise DocumentError("not a readable HTML file")
-    title = " ".join((tree.findtext(".//title") or "").split())
-    try:
+    with unreadable_as("HTML file"):
+        tree = load_html(data)
+        if tree is None:
+            raise DocumentError("not a readable HTML file")
+        title = " ".join((tree.findtext(".//title") or "").split())
         text = trafilatura.extract(tree, include_comments=False, include_tables=True, favor_recall=True) \
             or trafilatura.html2txt(tree)
-    except Exception as exc:  # noqa: BLE001 - lxml raises many kinds on broken markup
-        raise DocumentError(f"not a readable HTML file: {type(exc).__name__}: {exc}") from exc
     return Parsed((Page(None, text or ""),), title or None)

@@ -13,8 +13,7 @@ from docx.table import Table
 from docx.text.paragraph import Paragraph
 
 from ..base import Page
-from ..errors import DocumentError
-from . import FormatLimits, Parsed
+from . import FormatLimits, Parsed, unreadable_as
 from .archive import open_office_zip
 
 # The text-bearing elements of a paragraph in document order, outside deletions and tab-stop definitions.
@@ -24,15 +23,11 @@ PARAGRAPH_TEXT = ("./descendant::w:t[not(ancestor::w:del or ancestor::w:moveFrom
 
 def read_docx(data: bytes, limits: FormatLimits) -> Parsed:
     open_office_zip(data, limits, "Word").close()
-    try:
+    with unreadable_as("Word file"):
         document = docx.Document(io.BytesIO(data))
         body = [_block_text(block) for block in document.iter_inner_content()]
         margins = _headers_and_footers(document)
         title = document.core_properties.title
-    except DocumentError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - python-docx and lxml raise many kinds on a malformed part
-        raise DocumentError(f"not a readable Word file: {type(exc).__name__}: {exc}") from exc
     text = "\n\n".join(part for part in (margins[0], *body, margins[1]) if part.strip())
     return Parsed((Page(None, text),), title or None)
 
