@@ -71,10 +71,6 @@ class FilesystemSource:
             raise SourceError(f"source {self.name!r} has ocr = \"always\" but Tesseract is not installed: "
                               f"{INSTALL_HINT} (and tesseract-ocr-<language>), or set ocr = \"auto\"")
 
-    @property
-    def root(self):
-        return getattr(self.tree, "root", None)
-
     def list_documents(self) -> Iterator[DocumentRef]:
         """Every selected file under the root, and the attachments of its messages. A listing is complete or
         the source fails: a folder it cannot read (the root too: missing, not mounted, EACCES, EIO, a stale
@@ -114,10 +110,6 @@ class FilesystemSource:
         return any(matches(p) for p in self.settings.include) and not any(
             matches(p) for p in self.settings.exclude
         )
-
-    def resolve(self, document_id: str):
-        """The local file behind an id, refusing any path (via `..` or a symlink) that leaves the root."""
-        return self.tree.resolve(document_id)
 
     def _open(self, document_id: str) -> tuple[BinaryIO, FileEntry]:
         """The file opened, refused when it is over max_file_mb."""
