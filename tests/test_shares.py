@@ -94,11 +94,20 @@ def test_versions_follow_the_objects_and_edits_deletes_and_renames_show_in_the_n
         src.fetch(DocumentRef("pdfs/chess.pdf", before["pdfs/chess.pdf"]))
 
 
-def test_an_object_over_max_file_mb_fails_before_it_is_read(s3_server, bucket):
+def test_a_large_object_is_streamed_in_pieces_and_one_over_max_file_mb_fails_before_it_is_read(s3_server, bucket):
     fs, name = bucket
-    fs.pipe(f"{name}/docs/big.txt", b"word " * 300_000)
+    text = "".join(f"line {n} of a long log on the share\n" for n in range(200_000))  # ~6.6 MB
+    fs.pipe(f"{name}/docs/big.txt", text.encode())
+    src = s3_source(s3_server, name)
+    document = src.fetch(next(ref for ref in src.list_documents() if ref.id == "big.txt"))
+    assert document.pages == () and document.text_pieces is not None
+    pieces = list(document.text_pieces())
+    assert len(pieces) > 1 and "".join(pieces) == text
     with pytest.raises(DocumentError, match="over max_file_mb = 1"):
         s3_source(s3_server, name, max_file_mb=1).fetch(DocumentRef("big.txt", "v"))
+    fs.pipe(f"{name}/docs/big.txt", b"changed")  # changed since its fetch: its pieces are not read
+    with pytest.raises(DocumentError, match="changed while it was read"):
+        list(document.text_pieces())
 
 
 @pytest.mark.slow  # s3fs waits between its own retries of a throttled request (~20 s in all)
