@@ -171,6 +171,12 @@ class FilesystemSource:
         else:
             parsed = self._parse(name, data)
             pages, title = list(parsed.pages), parsed.title
+            if parsed.images:
+                read = self.ocr.read_images([page.text for page in pages],
+                                            [(image.page, image.data) for image in parsed.images])
+                pages = [Page(page.number, text, ocr=index in read.read)
+                         for index, (page, text) in enumerate(zip(pages, read.texts))]
+                ocr_seconds, skipped = read.seconds, read.skipped
         if not any(page.text.strip() for page in pages):
             if skipped:
                 raise OcrUnavailableError(skipped)

@@ -4,6 +4,7 @@ search that finds each known sentence's file (a deck's hit naming its slide)."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -190,3 +191,38 @@ def test_a_file_that_is_not_what_its_extension_says_fails_naming_the_format(tmp_
     assert reasons["fake.msg"].startswith("not a readable Outlook message")
     assert reasons["fake.xlsx"].startswith("not a readable Excel file")
     assert reasons["latin1.csv"].startswith("CSV file is not UTF-8 text")
+
+
+SCANNED_SENTENCE = "The lighthouse keeper logs every passing ship in a leather bound journal."
+
+
+@pytest.mark.skipif(shutil.which("tesseract") is None, reason="Tesseract is not installed (Debian: tesseract-ocr)")
+def test_a_slide_or_a_word_file_that_is_only_a_picture_of_text_is_read_by_ocr_as_the_source_allows(tmp_path):
+    import docx
+    import pptx
+    from pptx.util import Inches
+
+    from .corpus import scanned_page
+
+    picture = tmp_path / "scan.png"
+    scanned_page(SCANNED_SENTENCE, inches=(6, 2)).save(picture, dpi=(200, 200))
+    deck = pptx.Presentation()
+    slide = deck.slides.add_slide(deck.slide_layouts[1])
+    slide.shapes.title.text, slide.placeholders[1].text = "Lighthouses", "A slide of text, with a logo."
+    slide.shapes.add_picture(str(picture), Inches(0), Inches(6), width=Inches(1))  # has text: "auto" leaves it
+    deck.slides.add_slide(deck.slide_layouts[6]).shapes.add_picture(str(picture), Inches(0), Inches(0),
+                                                                     width=Inches(9))
+    deck.save(tmp_path / "deck.pptx")
+    document = docx.Document()
+    document.add_picture(str(picture))
+    document.save(tmp_path / "scan.docx")
+
+    deck_read = source(tmp_path).fetch(DocumentRef("deck.pptx", "v"))
+    assert [page.ocr for page in deck_read.pages] == [False, True] and deck_read.ocr_seconds > 0
+    assert "lighthouse keeper logs every passing ship" in words(deck_read.pages[1].text).lower()
+    assert "lighthouse keeper" not in deck_read.pages[0].text
+    word_read = source(tmp_path).fetch(DocumentRef("scan.docx", "v"))
+    assert word_read.pages[0].ocr and "leather bound journal" in words(word_read.text).lower()
+    assert source(tmp_path, ocr="always").fetch(DocumentRef("deck.pptx", "v")).pages[0].ocr
+    with pytest.raises(DocumentError, match="no extractable text"):
+        source(tmp_path, ocr="never").fetch(DocumentRef("scan.docx", "v"))

@@ -49,10 +49,19 @@ class Attachment:
 
 
 @dataclass(frozen=True)
+class PageImage:
+    """A picture embedded in a page (a slide's picture, a Word file's inline image): text for OCR."""
+
+    page: int  # index into `Parsed.pages`
+    data: bytes  # the image file as embedded (PNG, JPEG…)
+
+
+@dataclass(frozen=True)
 class Parsed:
     pages: tuple[Page, ...]  # numbered where the format has pages (a deck's slides, a workbook's sheets)
     title: str | None = None
     attachments: tuple[Attachment, ...] = ()
+    images: tuple[PageImage, ...] = ()
 
 
 Parser = Callable[[bytes, FormatLimits], Parsed]

@@ -11,7 +11,7 @@ from pptx.enum.shapes import MSO_SHAPE_TYPE
 
 from ..base import Page
 from ..errors import DocumentError
-from . import FormatLimits, Parsed, unreadable_as
+from . import FormatLimits, PageImage, Parsed, unreadable_as
 from .archive import open_office_zip
 
 
@@ -19,11 +19,13 @@ def read_pptx(data: bytes, limits: FormatLimits) -> Parsed:
     open_office_zip(data, limits, "PowerPoint").close()
     with unreadable_as("PowerPoint file"):
         deck = pptx.Presentation(io.BytesIO(data))
-        pages = tuple(Page(number, _slide_text(slide)) for number, slide in enumerate(deck.slides, 1))
+        slides = list(deck.slides)
+        pages = tuple(Page(number, _slide_text(slide)) for number, slide in enumerate(slides, 1))
+        images = tuple(PageImage(index, blob) for index, slide in enumerate(slides) for blob in _pictures(slide.shapes))
         title = deck.core_properties.title
     if not pages:
         raise DocumentError("PowerPoint file has no slides")
-    return Parsed(pages, title or None)
+    return Parsed(pages, title or None, images=images)
 
 
 def _slide_text(slide) -> str:
@@ -44,3 +46,11 @@ def _shapes_text(shapes: Iterable) -> Iterator[str]:
         elif getattr(shape, "has_table", False) and shape.has_table:
             for row in shape.table.rows:
                 yield " | ".join(cell.text for cell in row.cells)
+
+
+def _pictures(shapes: Iterable) -> Iterator[bytes]:
+    for shape in shapes:
+        if shape.shape_type == MSO_SHAPE_TYPE.GROUP:
+            yield from _pictures(shape.shapes)
+        elif shape.shape_type == MSO_SHAPE_TYPE.PICTURE:
+            yield shape.image.blob

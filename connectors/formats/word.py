@@ -13,7 +13,7 @@ from docx.table import Table
 from docx.text.paragraph import Paragraph
 
 from ..base import Page
-from . import FormatLimits, Parsed, unreadable_as
+from . import FormatLimits, PageImage, Parsed, unreadable_as
 from .archive import open_office_zip
 
 # The text-bearing elements of a paragraph in document order, outside deletions and tab-stop definitions.
@@ -28,8 +28,11 @@ def read_docx(data: bytes, limits: FormatLimits) -> Parsed:
         body = [_block_text(block) for block in document.iter_inner_content()]
         margins = _headers_and_footers(document)
         title = document.core_properties.title
+        images = tuple(PageImage(0, document.part.related_parts[rid].blob)
+                       for rid in document.element.body.xpath(".//a:blip/@r:embed")
+                       if rid in document.part.related_parts)
     text = "\n\n".join(part for part in (margins[0], *body, margins[1]) if part.strip())
-    return Parsed((Page(None, text),), title or None)
+    return Parsed((Page(None, text),), title or None, images=images)
 
 
 def _block_text(block: Paragraph | Table) -> str:
