@@ -39,8 +39,11 @@ ATTACHMENT_ID = re.compile(r"^(?P<message>.+?\.(?:eml|msg))/attachments/(?P<inde
                            re.IGNORECASE)
 
 
+UNSAFE_IN_NAME = re.compile(r"[/\\\x00-\x1f]")  # a folder separator or a control character
+
+
 def attachment_id(message_id: str, index: int, name: str) -> str:
-    return f"{message_id}/attachments/{index}-{name.replace('/', '_') or 'attachment'}"
+    return f"{message_id}/attachments/{index}-{UNSAFE_IN_NAME.sub('_', name) or 'attachment'}"
 
 
 def suffix_of(path: str) -> str:
@@ -81,7 +84,7 @@ class FilesystemSource:
                 continue
             ref = DocumentRef(id=entry.path, version=entry.version, modified=entry.modified)
             yield ref
-            if suffix_of(entry.path) in MAIL_SUFFIXES:
+            if suffix_of(entry.path) in MAIL_SUFFIXES and self.suffixes - MAIL_SUFFIXES:
                 yield from self._attachment_refs(ref)
 
     def _attachment_refs(self, message: DocumentRef) -> Iterator[DocumentRef]:
