@@ -250,7 +250,7 @@ def register(app: typer.Typer, store_app: typer.Typer) -> None:
         folder: Path = typer.Option(Path("vectormill-demo"), "--dir", help="Where to put the sample corpus and store."),
         query: str = typer.Option("How often are backups tested?", "--query", help="What to search for afterwards."),
     ) -> None:
-        """Ingest a bundled sample corpus (PDFs and Markdown) into a local store, then search it."""
+        """Ingest a bundled sample corpus (PDFs, Word, PowerPoint, Markdown) into a local store, then search it."""
         from vectormill.flows.sample import write_sample_corpus
 
         from .search import show_search

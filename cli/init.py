@@ -60,8 +60,10 @@ device = "auto"                     # auto | cpu | cuda (GPUs sized from the fre
 [[sources]]
 name = "docs"
 type = "filesystem"
-root = "pdfs"                       # folder of PDFs, .txt and .md files
-# include = ["**/*.pdf", "**/*.txt", "**/*.md"]
+root = "pdfs"                       # folder (or s3://bucket/prefix, smb://server/share/folder) of PDFs, text,
+                                    # Word, PowerPoint, Excel, CSV, HTML and mail files
+# include = ["**/*"]
+# formats = ["pdf", "txt", "md", "docx", "pptx", "xlsx", "csv", "html", "eml", "msg"]  # default: all read
 # exclude = ["drafts/**"]
 # max_file_mb = 100
 # ocr = "auto"                      # read PDF pages without a text layer with Tesseract: auto | always | never

@@ -1,17 +1,17 @@
-"""PDFs, text and Markdown files under one root folder."""
+"""The files under one root: a local folder, an S3 bucket or an SMB share (connectors/file_trees.py,
+connectors/shares.py), read as PDF, text, Office, HTML and mail documents (connectors/formats/)."""
 
 from __future__ import annotations
 
 import codecs
-import errno
 import fnmatch
 import functools
 import io
 import os
+import posixpath
+import re
 from collections.abc import Iterator
-from datetime import datetime, timezone
-from pathlib import Path, PurePosixPath
-from stat import S_ISREG
+from pathlib import PurePosixPath
 from typing import BinaryIO
 
 from pypdf import PdfReader
@@ -19,8 +19,11 @@ from pypdf.errors import FileNotDecryptedError, PdfReadError, PyPdfError
 
 from .base import Document, DocumentRef, Page
 from .errors import DocumentEmpty, DocumentError, SourceError
+from .file_trees import FileEntry, FileTree, LocalTree
+from .formats import MAIL_SUFFIXES, FormatLimits, parser_for
 from .ocr import INSTALL_HINT, OcrUnavailableError, PdfOcr, Tesseract
 from .settings import FilesystemSourceSettings
+from .shares import RemoteTree, storage_options
 
 TEXT_SUFFIXES = {".txt", ".md", ".markdown"}
 # A text file larger than this is read in pieces while it is chunked, never held whole. Held whole, a text
@@ -30,24 +33,41 @@ TEXT_SUFFIXES = {".txt", ".md", ".markdown"}
 STREAM_TEXT_BYTES = 4 * 1024 * 1024
 TEXT_BLOCK_BYTES = 1024 * 1024  # what a streamed text file is read and decoded by
 CHANGED_WHILE_READ = "the file changed while it was read; the next run reads it again"
+# A message's attachment: "<message id>/attachments/<n>-<its file name>". A message is a file, so no file's
+# path can start with it: the ids of attachments never clash with those of files.
+ATTACHMENT_ID = re.compile(r"^(?P<message>.+?\.(?:eml|msg))/attachments/(?P<index>[1-9][0-9]*)-(?P<name>[^/]+)$",
+                           re.IGNORECASE)
 
 
-def _iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat()
+UNSAFE_IN_NAME = re.compile(r"[/\\\x00-\x1f]")  # a folder separator or a control character
+
+
+def attachment_id(message_id: str, index: int, name: str) -> str:
+    return f"{message_id}/attachments/{index}-{UNSAFE_IN_NAME.sub('_', name) or 'attachment'}"
+
+
+def suffix_of(path: str) -> str:
+    return posixpath.splitext(path)[1].lower()
 
 
 class FilesystemSource:
     """Lists files by glob under `root` and reads them; never follows a path out of `root`.
 
-    A document's id is its POSIX path relative to the root; its version is size + mtime, so a
-    re-run stats files instead of reading them (and never OCRs an unchanged scan again). PDF pages
-    without a text layer are read by OCR as the source's `ocr` setting says (connectors/ocr.py).
+    A document's id is its POSIX path relative to the root; its version is size + mtime (an S3
+    object's: size + ETag), so a re-run lists files instead of reading them (and never OCRs an
+    unchanged scan again). PDF pages without a text layer are read by OCR as the source's `ocr`
+    setting says (connectors/ocr.py). A message's attachments of a format read here are documents
+    of their own, listed under the message's id with its version.
     """
 
     def __init__(self, settings: FilesystemSourceSettings):
         self.settings = settings
         self.name = settings.name
-        self.root = settings.root.resolve()
+        self.tree: FileTree = (LocalTree(settings.root, self.name) if not isinstance(settings.root, str)
+                               else RemoteTree(settings.root, storage_options(settings), self.name))
+        self.suffixes = frozenset("." + name for name in settings.formats)
+        self.limits = FormatLimits(int(settings.max_unpacked_mb * 2**20), settings.max_archive_members,
+                                   settings.max_cells)
         self.ocr = PdfOcr(settings.ocr, Tesseract(settings.ocr_languages, settings.ocr_page_timeout_seconds),
                           settings.ocr_max_pages)
         if settings.ocr == "always" and not self.ocr.tesseract.installed():
@@ -55,39 +75,33 @@ class FilesystemSource:
                               f"{INSTALL_HINT} (and tesseract-ocr-<language>), or set ocr = \"auto\"")
 
     def list_documents(self) -> Iterator[DocumentRef]:
-        """Every selected file under the root. A listing is complete or the source fails: a folder it
-        cannot read (the root too: missing, not mounted, EACCES, EIO, a stale NFS handle) raises
-        SourceError naming it, so no run plans deletions from part of a listing."""
+        """Every selected file under the root, and the attachments of its messages. A listing is complete or
+        the source fails: a folder it cannot read (the root too: missing, not mounted, EACCES, EIO, a stale
+        NFS handle, a share gone) raises SourceError naming it, so no run plans deletions from part of a
+        listing."""
+        for entry in self.tree.entries():
+            if not self._selected(entry.path):
+                continue
+            ref = DocumentRef(id=entry.path, version=entry.version, modified=entry.modified)
+            yield ref
+            if suffix_of(entry.path) in MAIL_SUFFIXES and self.suffixes - MAIL_SUFFIXES:
+                yield from self._attachment_refs(ref)
 
-        def unreadable(exc: OSError) -> None:
-            raise self._unreadable(exc) from exc
-
-        for dirpath, dirnames, filenames in os.walk(self.root, onerror=unreadable, followlinks=False):
-            dirnames.sort()
-            for filename in sorted(filenames):
-                path = Path(dirpath, filename)
-                relative = path.relative_to(self.root).as_posix()
-                if not self._selected(relative):
-                    continue
-                try:
-                    stat = path.stat()
-                except (FileNotFoundError, NotADirectoryError):
-                    # A dangling link or a file removed while listing: fetch reports it if listed again.
-                    continue
-                except OSError as exc:
-                    raise self._unreadable(exc) from exc
-                yield DocumentRef(id=relative, version=f"{stat.st_size}-{stat.st_mtime_ns}",
-                                  modified=_iso(stat.st_mtime))
-
-    def _unreadable(self, exc: OSError) -> SourceError:
-        path = exc.filename or str(self.root)
-        if exc.errno == errno.ENOENT and path == str(self.root):
-            return SourceError(f"source {self.name!r}: root folder {path!r} does not exist (is the share mounted?); "
-                               "nothing is deleted")
-        return SourceError(f"source {self.name!r}: cannot list {path!r}: {exc.strerror or exc}; the listing would be "
-                           "incomplete, so nothing is deleted")
+    def _attachment_refs(self, message: DocumentRef) -> Iterator[DocumentRef]:
+        """A message's attachments that are documents here (read at each listing: a message's bytes say
+        what it holds). A message that cannot be read lists none: its own fetch reports why."""
+        try:
+            attachments = self._parse(message.id, self._read(message.id)[0]).attachments
+        except DocumentError:
+            return
+        for index, attachment in enumerate(attachments, 1):
+            if suffix_of(attachment.name) in self.suffixes - MAIL_SUFFIXES:
+                yield DocumentRef(attachment_id(message.id, index, attachment.name), message.version,
+                                  message.modified)
 
     def _selected(self, relative: str) -> bool:
+        if suffix_of(relative) not in self.suffixes:
+            return False
         posix = PurePosixPath(relative)
 
         def matches(pattern: str) -> bool:
@@ -100,69 +114,72 @@ class FilesystemSource:
             matches(p) for p in self.settings.exclude
         )
 
-    def resolve(self, document_id: str) -> Path:
-        """The file behind an id, refusing any path (via `..` or a symlink) that leaves the root."""
-        candidate = (self.root / document_id).resolve()
-        if not candidate.is_relative_to(self.root) or candidate == self.root:
-            raise DocumentError(f"refused: path leaves the source root {str(self.root)!r}")
-        return candidate
+    def _open(self, document_id: str) -> tuple[BinaryIO, FileEntry]:
+        """The file opened, refused when it is over max_file_mb."""
+        handle, entry = self.tree.open(document_id)
+        if entry.size > self.settings.max_file_mb * 1024 * 1024:
+            handle.close()
+            raise self._too_large(entry.size)
+        return handle, entry
 
-    def _open(self, document_id: str) -> tuple[BinaryIO, Path]:
-        """Open the file behind an id, so that what is opened is what was checked.
-
-        `resolve` checks the path; it is then opened one component at a time from the root,
-        following no symbolic link, so a link swapped in after the check (for the file or for
-        any folder above it) makes the open fail instead of leading out of the root.
-        """
-        path = self.resolve(document_id)
-        parts = path.relative_to(self.root).parts
-        no_links = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-        folders: list[int] = []
-        try:
-            folders.append(os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
-            for part in parts[:-1]:
-                folders.append(os.open(part, no_links | os.O_DIRECTORY, dir_fd=folders[-1]))
-            # O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused below).
-            descriptor = os.open(parts[-1], no_links | os.O_NONBLOCK, dir_fd=folders[-1])
-        except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # a link where the checked path had a file or folder
-                raise DocumentError(f"refused: its path changed while it was opened (no symbolic link is "
-                                    f"followed out of the source root {str(self.root)!r})") from exc
-            raise DocumentError(f"cannot read file: {exc.strerror or exc}") from exc
-        finally:
-            for folder in folders:
-                os.close(folder)
-        return os.fdopen(descriptor, "rb"), path
-
-    def fetch(self, ref: DocumentRef) -> Document:
-        handle, path = self._open(ref.id)
-        limit = int(self.settings.max_file_mb * 1024 * 1024)
+    def _read(self, document_id: str) -> tuple[bytes, FileEntry]:
+        """A file's bytes, at most max_file_mb of them."""
+        handle, entry = self._open(document_id)
         with handle:
-            stat = os.fstat(handle.fileno())
-            if not S_ISREG(stat.st_mode):
-                raise DocumentError("not a regular file")
-            if stat.st_size > limit:
-                raise self._too_large(stat.st_size)
-            if path.suffix.lower() in TEXT_SUFFIXES and stat.st_size > STREAM_TEXT_BYTES:
-                # Read in pieces while it is chunked; here only as far as its first text that is not blank space.
-                if all(not piece.strip() for piece in utf8_pieces(handle, limit, TEXT_BLOCK_BYTES)):
-                    raise DocumentEmpty("the file holds only blank space")
-                return Document(source=self.name, id=ref.id, version=ref.version, title=path.stem, pages=(),
-                                location=str(path), modified=_iso(stat.st_mtime), text_pieces=functools.partial(
-                                    self._text_pieces, ref.id, stat.st_size, stat.st_mtime_ns))
-            # Read at most one byte past the limit: a file that grew since its stat is caught too.
-            data = handle.read(limit + 1)
+            return self._read_bounded(handle), entry
+
+    def _read_bounded(self, handle: BinaryIO) -> bytes:
+        limit = int(self.settings.max_file_mb * 1024 * 1024)
+        # Read at most one byte past the limit: a file that grew since its stat is caught too.
+        data = handle.read(limit + 1)
         if len(data) > limit:
             raise self._too_large(len(data))
-        if not data.strip() and path.suffix.lower() in TEXT_SUFFIXES | {".pdf"}:
+        return data
+
+    def fetch(self, ref: DocumentRef) -> Document:
+        attachment = ATTACHMENT_ID.match(ref.id)
+        if attachment:
+            return self._fetch_attachment(ref, attachment["message"], int(attachment["index"]), attachment["name"])
+        handle, entry = self._open(ref.id)
+        with handle:
+            if suffix_of(ref.id) in TEXT_SUFFIXES and entry.size > STREAM_TEXT_BYTES:
+                # Read in pieces while it is chunked; here only as far as its first text that is not blank space.
+                if all(not piece.strip() for piece in utf8_pieces(handle, entry.size, TEXT_BLOCK_BYTES)):
+                    raise DocumentEmpty("the file holds only blank space")
+                return Document(source=self.name, id=ref.id, version=ref.version, title=PurePosixPath(ref.id).stem,
+                                pages=(), location=self.tree.location(ref.id), modified=entry.modified,
+                                text_pieces=functools.partial(self._text_pieces, entry))
+            data = self._read_bounded(handle)
+        return self._document(ref, data, ref.id, self.tree.location(ref.id), entry.modified)
+
+    def _fetch_attachment(self, ref: DocumentRef, message_id: str, index: int, name: str) -> Document:
+        data, entry = self._read(message_id)
+        attachments = self._parse(message_id, data).attachments
+        if index > len(attachments) or attachment_id(message_id, index, attachments[index - 1].name) != ref.id:
+            raise DocumentError(f"the message {message_id!r} no longer holds this attachment; the next run "
+                                "lists it again")
+        return self._document(ref, attachments[index - 1].data, name,
+                              f"{self.tree.location(message_id)}#{name}", entry.modified)
+
+    def _document(self, ref: DocumentRef, data: bytes, name: str, location: str, modified: str | None) -> Document:
+        """The document of a file's bytes; `name` is the file's name (its suffix says its format)."""
+        suffix = suffix_of(name)
+        if not data.strip() and (not data or suffix in TEXT_SUFFIXES | {".pdf"}):
             raise DocumentEmpty("the file is empty" if not data else "the file holds only blank space")
         ocr_seconds, skipped = 0.0, 0
-        if path.suffix.lower() == ".pdf":
+        if suffix == ".pdf":
             pages, title, ocr_seconds, skipped = self._read_pdf(data)
-        elif path.suffix.lower() in TEXT_SUFFIXES:
+        elif suffix in TEXT_SUFFIXES:
             pages, title = self._read_text(data), None
         else:
-            raise DocumentError(f"unsupported file type {path.suffix!r} (PDF, .txt and .md are read)")
+            parsed = self._parse(name, data)
+            pages, title = list(parsed.pages), parsed.title
+            if parsed.images:
+                read = self.ocr.read_images([page.text for page in pages],
+                                            [(image.page, image.data) for image in parsed.images])
+                pages = [Page(page.number, text, ocr=index in read.read)
+                         for index, (page, text) in enumerate(zip(pages, read.texts))]
+                ocr_seconds, skipped = read.seconds, read.skipped
         if not any(page.text.strip() for page in pages):
             if skipped:
                 raise OcrUnavailableError(skipped)
@@ -172,13 +189,20 @@ class FilesystemSource:
             source=self.name,
             id=ref.id,
             version=ref.version,
-            title=title or path.stem,
+            title=title or PurePosixPath(name).stem,
             pages=tuple(pages),
-            location=str(path),
-            modified=_iso(stat.st_mtime),
+            location=location,
+            modified=modified,
             ocr_seconds=ocr_seconds,
             ocr_skipped_pages=skipped,
         )
+
+    def _parse(self, name: str, data: bytes):
+        parser = parser_for(suffix_of(name))
+        if parser is None:
+            raise DocumentError(f"unsupported file type {suffix_of(name)!r} (read: "
+                                f"{', '.join(sorted(self.suffixes))})")
+        return parser(data, self.limits)
 
     def _read_pdf(self, data: bytes) -> tuple[list[Page], str | None, float, int]:
         """(pages, title, seconds of OCR, pages left unread for want of Tesseract)."""
@@ -222,16 +246,15 @@ class FilesystemSource:
     def _too_large(self, size: int) -> DocumentError:
         return DocumentError(f"file is {size / 1024 / 1024:.1f} MB, over max_file_mb = {self.settings.max_file_mb:g}")
 
-    def _text_pieces(self, document_id: str, size: int, mtime_ns: int) -> Iterator[str]:
+    def _text_pieces(self, fetched: FileEntry) -> Iterator[str]:
         """A large text file's text, read again in pieces: as it was when fetched, or DocumentError."""
-        handle, _ = self._open(document_id)
+        handle, entry = self.tree.open(fetched.path)
         with handle:
-            stat = os.fstat(handle.fileno())
-            if (stat.st_size, stat.st_mtime_ns) != (size, mtime_ns):
+            if entry.version != fetched.version:
                 raise DocumentError(CHANGED_WHILE_READ)
-            yield from utf8_pieces(handle, size, TEXT_BLOCK_BYTES)
+            yield from utf8_pieces(handle, entry.size, TEXT_BLOCK_BYTES)
             # Written to while it was read (a write that kept its size too), or truncated.
-            if os.fstat(handle.fileno()).st_mtime_ns != mtime_ns:
+            if not self.tree.unchanged(handle, fetched):
                 raise DocumentError(CHANGED_WHILE_READ)
 
     def _read_text(self, data: bytes) -> list[Page]:

@@ -174,8 +174,23 @@ class OcrResult:
     seconds: float  # rendering and reading
 
 
+def image_for_ocr(data: bytes, page_number: int) -> Image.Image:
+    """An embedded picture as a grayscale image; one too large to decode safely fails its document."""
+    try:
+        with Image.open(io.BytesIO(data)) as picture:
+            image = picture.convert("L")
+            dpi = picture.info.get("dpi", (RENDER_DPI,))[0]
+    except Image.DecompressionBombError as exc:  # over twice Pillow's MAX_IMAGE_PIXELS
+        raise DocumentError(f"an image on page {page_number} is too large to read: {exc}") from exc
+    except (OSError, ValueError, SyntaxError):
+        return Image.new("L", (1, 1), 255)  # a format Pillow does not read (EMF, SVG…): no text
+    image.info["dpi"] = (round(dpi) or RENDER_DPI,) * 2
+    return image
+
+
 class PdfOcr:
-    """A source's OCR of PDFs: the mode, the engine and the bounds of its settings."""
+    """A source's OCR of PDF pages and of pictures in Office files: the mode, the engine and the bounds of its
+    settings."""
 
     def __init__(self, mode: OcrMode, tesseract: Tesseract, max_pages: int):
         self.mode, self.tesseract, self.max_pages = mode, tesseract, max_pages
@@ -193,4 +208,21 @@ class PdfOcr:
         with PageRenderer(data, password) as renderer:
             for index in wanted:
                 read[index] = self.tesseract.read(renderer.render(index), index + 1)
+        return OcrResult(tuple(read), frozenset(wanted), 0, time.perf_counter() - started)
+
+    def read_images(self, texts: Sequence[str], images: Sequence[tuple[int, bytes]]) -> OcrResult:
+        """Pages' texts with the text of their embedded pictures added (`images`: (page index, image file)),
+        for the pages the mode picks: "auto", those without text of their own (a slide that is a scan)."""
+        wanted = [index for index in pages_needing_ocr(texts, self.mode) if any(page == index for page, _ in images)]
+        if not wanted:
+            return OcrResult(tuple(texts), frozenset(), 0, 0.0)
+        if not self.tesseract.installed():
+            return OcrResult(tuple(texts), frozenset(), len(wanted), 0.0)
+        pictures = [(page, data) for page, data in images if page in wanted]
+        check_page_budget(len(pictures), self.max_pages)
+        started = time.perf_counter()
+        read = list(texts)
+        for page, data in pictures:
+            text = self.tesseract.read(image_for_ocr(data, page + 1), page + 1)
+            read[page] = f"{read[page]}\n\n{text}" if read[page].strip() else text
         return OcrResult(tuple(read), frozenset(wanted), 0, time.perf_counter() - started)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import string
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator, model_validator
 
@@ -27,11 +28,21 @@ class SourceSettingsBase(BaseModel):
     max_delete_ratio: float = Field(default=0.5, ge=0.0, le=1.0)
 
 
+# The extensions the filesystem source reads (connectors/formats/ parses those past PDF and text).
+FILE_FORMATS = ("pdf", "txt", "md", "markdown", "docx", "pptx", "xlsx", "csv", "html", "htm", "eml", "msg")
+# `root` as a URL: an S3 bucket (s3fs) or an SMB share (smbprotocol), read through fsspec.
+ROOT_URL = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://")
+URL_SCHEMES = ("s3", "smb")
+
+
 class FilesystemSourceSettings(SourceSettingsBase):
     type: Literal["filesystem"]
-    root: Path
-    include: tuple[str, ...] = ("**/*.pdf", "**/*.txt", "**/*.md")
+    # A local folder, or s3://bucket/prefix, or smb://server[:port]/share/folder.
+    root: Path | str
+    include: tuple[str, ...] = ("**/*",)
     exclude: tuple[str, ...] = ()
+    # The extensions read (without the dot); default: every one in FILE_FORMATS.
+    formats: tuple[str, ...] = FILE_FORMATS
     max_file_mb: float = Field(default=100.0, gt=0)
     # Password for encrypted PDFs, read from this environment variable (never from the file).
     pdf_password_env: str | None = None
@@ -42,13 +53,45 @@ class FilesystemSourceSettings(SourceSettingsBase):
         default=("eng",), min_length=1)  # Tesseract's names: eng, deu, chi_sim (Debian: tesseract-ocr-<name>)
     ocr_max_pages: int = Field(default=200, ge=1)  # pages to OCR in one document; more fails the document
     ocr_page_timeout_seconds: float = Field(default=60.0, gt=0)  # one page's OCR; longer fails the document
+    # Bounds of one Office file (.docx/.pptx/.xlsx are zips): its members unpacked together, their number.
+    max_unpacked_mb: float = Field(default=256.0, gt=0)
+    max_archive_members: int = Field(default=10_000, ge=1)
+    max_cells: int = Field(default=1_000_000, ge=1)  # a workbook's or CSV file's cells; more fails the file
+    # fsspec options of a URL root (s3fs: client_kwargs.endpoint_url, config_kwargs; SMB: username, port…).
+    # Secrets belong in the environment (AWS_ACCESS_KEY_ID…) or in storage_secret_env/_block: a JSON
+    # object of options ({"password": …} or {"key": …, "secret": …}) merged over these, never printed.
+    storage_options: dict[str, Any] = Field(default_factory=dict, repr=False)
+    storage_secret_env: str | None = None
+    storage_secret_block: str | None = None
 
-    @field_validator("root")
+    @field_validator("root", mode="before")
     @classmethod
-    def _absolute_root(cls, root: Path) -> Path:
+    def _absolute_root_or_url(cls, root: Any) -> Any:
         # Not checked for existence here: a share that is not mounted fails its source's run
         # (connectors/filesystem.py), while search, store and failures go on working.
-        return root.expanduser().resolve()
+        if isinstance(root, str) and (url := ROOT_URL.match(root)):
+            if url["scheme"].lower() not in URL_SCHEMES:
+                raise ValueError(f"root {root!r}: a URL root is one of {', '.join(s + '://' for s in URL_SCHEMES)}")
+            return root
+        return Path(root).expanduser().resolve()
+
+    @field_validator("formats")
+    @classmethod
+    def _known_formats(cls, formats: tuple[str, ...]) -> tuple[str, ...]:
+        names = tuple(dict.fromkeys(name.lower().lstrip(".") for name in formats))
+        unknown = [name for name in names if name not in FILE_FORMATS]
+        if unknown or not names:
+            raise ValueError(f"formats: {unknown or 'none'} not among those read ({', '.join(FILE_FORMATS)})")
+        return names
+
+    @model_validator(mode="after")
+    def _one_storage_secret(self) -> "FilesystemSourceSettings":
+        if self.storage_secret_env and self.storage_secret_block:
+            raise ValueError("set at most one of storage_secret_env and storage_secret_block")
+        if (self.storage_options or self.storage_secret_env or self.storage_secret_block) and isinstance(
+                self.root, Path):
+            raise ValueError("storage_options and storage secrets are for a URL root (s3://…, smb://…)")
+        return self
 
 
 class HttpSourceSettings(SourceSettingsBase):

@@ -100,7 +100,9 @@ def apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> dict[
 
 def _resolve_relative_paths(data: dict[str, Any], base: Path) -> None:
     def resolve(entry: dict[str, Any], key: str) -> None:
-        if isinstance(entry.get(key), str) and not Path(entry[key]).expanduser().is_absolute():
+        # A URL (a source's root on s3:// or smb://) is not a path.
+        value = entry.get(key)
+        if isinstance(value, str) and "://" not in value and not Path(value).expanduser().is_absolute():
             entry[key] = str(base / entry[key])
 
     if isinstance(data.get("store"), dict):

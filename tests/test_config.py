@@ -12,10 +12,17 @@ def test_minimal_contract_file_loads_with_defaults(tmp_path):
     assert config.store.path == tmp_path / "store"  # relative to the config file, not the cwd
     source = config.sources[0]
     assert (source.name, source.type, source.root) == ("docs", "filesystem", tmp_path / "pdfs")
-    assert set(source.include) == {"**/*.pdf", "**/*.txt", "**/*.md"}
+    assert source.include == ("**/*",) and "docx" in source.formats and "pdf" in source.formats
     assert source.max_failed_ratio == 0.5
     assert config.embedding.model == "all-MiniLM-L6-v2"
     assert config.chunking.tokens is None and config.chunking.overlap > 0
+
+
+def test_a_url_root_is_kept_as_it_is_written_not_joined_with_the_config_folder(tmp_path):
+    (tmp_path / "vectormill.toml").write_text(MINIMAL.replace('root = "pdfs"', 'root = "s3://bucket/docs"\n'
+                                                              'formats = ["docx", "PDF"]'))
+    source = load_config(tmp_path / "vectormill.toml", environ={}).sources[0]
+    assert (source.root, source.formats) == ("s3://bucket/docs", ("docx", "pdf"))
 
 
 def test_file_found_through_environment_variable(tmp_path, monkeypatch):

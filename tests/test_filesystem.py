@@ -4,6 +4,7 @@ import pytest
 
 from vectormill.connectors.base import DocumentRef
 from vectormill.connectors.errors import DocumentError
+from vectormill.connectors.file_trees import LocalTree
 from vectormill.connectors.filesystem import FilesystemSource
 from vectormill.connectors.settings import FilesystemSourceSettings
 
@@ -31,8 +32,12 @@ def test_include_and_exclude_globs_with_text_and_markdown(tmp_path):
     (tmp_path / "sub" / "b.txt").write_text("B")
     (tmp_path / "sub" / "draft.txt").write_text("draft")
     (tmp_path / "c.csv").write_text("x,y")
+    (tmp_path / "d.json").write_text("{}")  # not a format that is read
     ids = [r.id for r in source(tmp_path, exclude=("**/draft.txt",)).list_documents()]
-    assert ids == ["a.md", "sub/b.txt"]
+    assert ids == ["a.md", "c.csv", "sub/b.txt"]
+    assert [r.id for r in source(tmp_path, formats=["md", ".TXT"], exclude=("**/draft.txt",)).list_documents()] \
+        == ["a.md", "sub/b.txt"]
+    assert [r.id for r in source(tmp_path, include=("**/*.md", "**/*.csv")).list_documents()] == ["a.md", "c.csv"]
 
 
 def test_version_changes_with_the_file(tmp_path):
@@ -110,11 +115,12 @@ def test_paths_leaving_the_root_are_refused(tmp_path):
             src.fetch(DocumentRef(document_id, "v"))
 
 
-class SwappedAfterTheCheck(FilesystemSource):
-    """The source with an attacker's move right after its path check: `swap` runs once `resolve` returned."""
+class SwappedAfterTheCheck(LocalTree):
+    """The source's folder with an attacker's move right after its path check: `swap` runs once `resolve`
+    returned."""
 
-    def __init__(self, settings, swap):
-        super().__init__(settings)
+    def __init__(self, root, swap):
+        super().__init__(root, "docs")
         self.swap = swap
 
     def resolve(self, document_id):
@@ -139,7 +145,8 @@ def test_a_symlink_swapped_in_after_the_path_check_does_not_lead_out_of_the_root
             (root / "sub").rename(tmp_path / "sub-moved-away")
             (root / "sub").symlink_to(outside)
 
-    src = SwappedAfterTheCheck(FilesystemSourceSettings(name="docs", type="filesystem", root=root), swap)
+    src = source(root)
+    src.tree = SwappedAfterTheCheck(root, swap)
     with pytest.raises(DocumentError, match="refused: its path changed while it was opened") as caught:
         src.fetch(DocumentRef("sub/notes.txt", "v"))
     assert "\n" not in str(caught.value)

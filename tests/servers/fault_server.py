@@ -156,6 +156,9 @@ class FaultServer:
             def do_POST(self):
                 self._serve()
 
+            def do_HEAD(self):
+                self._serve()
+
             def _serve(self):
                 arrived = time.monotonic()
                 length = int(self.headers.get("Content-Length") or 0)
@@ -180,7 +183,8 @@ class FaultServer:
                 try:
                     self.send_response(reply.status)
                     self.send_header("Content-Type", reply.headers.pop("Content-Type", "application/json"))
-                    self.send_header("Content-Length", str(len(payload)))
+                    # A HEAD reply states the size of the body it does not send.
+                    self.send_header("Content-Length", reply.headers.pop("Content-Length", str(len(payload))))
                     for name, value in reply.headers.items():
                         self.send_header(name, value)
                     self.end_headers()
@@ -191,7 +195,8 @@ class FaultServer:
                         self.connection.close()
                         self.close_connection = True
                         return
-                    self.wfile.write(payload)
+                    if self.command != "HEAD":
+                        self.wfile.write(payload)
                 except (BrokenPipeError, ConnectionResetError):
                     self.close_connection = True  # the client gave up (read timeout): nothing to answer
 

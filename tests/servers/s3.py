@@ -8,9 +8,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from urllib.parse import urlencode
+
 import pytest
 import requests
 
+from .fault_server import Reply, Request
 from .processes import free_port
 
 MOTO_SERVER = Path(sys.executable).parent / "moto_server"
@@ -62,3 +65,32 @@ def s3_server():
     server.start()
     yield server
     server.stop()
+
+
+class ThrottlingS3Proxy:
+    """An app for FaultServer: forwards every request to moto; an injected fault answers as S3 answers a client
+    it throttles (503 with an XML error whose code is SlowDown, as the S3 error-responses documentation lists)."""
+
+    HOP_BY_HOP = {"host", "content-length", "transfer-encoding", "connection", "content-encoding"}
+
+    def __init__(self, upstream: str):
+        self.upstream = upstream
+        self.session = requests.Session()
+
+    def handle(self, request: Request) -> Reply:
+        query = urlencode(request.query, doseq=True)
+        answer = self.session.request(request.method, f"{self.upstream}{request.path}" + (f"?{query}" if query else ""),
+                                      headers={name: value for name, value in request.headers.items()
+                                               if name.lower() not in self.HOP_BY_HOP},
+                                      data=request.body, allow_redirects=False, timeout=30)
+        headers = {name: value for name, value in answer.headers.items() if name.lower() not in self.HOP_BY_HOP}
+        headers["Content-Type"] = answer.headers.get("Content-Type", "application/xml")
+        if request.method == "HEAD":
+            headers["Content-Length"] = answer.headers.get("Content-Length", "0")
+        return Reply(answer.status_code, answer.content, headers)
+
+    def error(self, status: int, message: str) -> Reply:
+        code = "SlowDown" if status == 503 else "InternalError"
+        return Reply(status, (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
+                              f"<Message>Please reduce your request rate ({message}).</Message>"
+                              "<RequestId>0</RequestId></Error>").encode(), {"Content-Type": "application/xml"})
