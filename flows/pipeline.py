@@ -446,6 +446,8 @@ def _embed_and_write(settings, store, embedding, chunk_tokens, overlap, plan: Pl
         removed.update(result.removed)
         if result.failures or result.removed:
             listener.documents_done(settings.name, len(result.failures) + len(result.removed), 0)
+        if result.documents or result.in_parts:
+            execution.warm_up(embedding)  # something may need embedding: the model loads while more is fetched
         pending.extend(result.documents)
         pending_chunks += sum(len(d.chunks) for d in result.documents)
         tokens = sum(chunk.tokens for d in result.documents for chunk in d.chunks)
@@ -468,7 +470,6 @@ def _embed_and_write(settings, store, embedding, chunk_tokens, overlap, plan: Pl
         listener.documents_found(settings.name, len(batch))
         started = datetime.now(timezone.utc).isoformat()
         store.write([DocumentFailed(settings.name, ref.id, ref.to_json(), INTERRUPTED, started) for ref, _ in batch])
-        execution.warm_up(embedding)  # something to fetch: the model loads while it is fetched and parsed
         fetches.append(execution.submit_fetch(fetch_parse_chunk, {
             "settings": settings, "refs": batch, "model": embedding.model, "chunk_tokens": chunk_tokens,
             "overlap": overlap}))
