@@ -18,7 +18,7 @@ import pytest
 
 from vectormill.flows.config import load_config
 from vectormill.flows.deletions import deletion_refusal
-from vectormill.flows.retry_queue import INTERRUPTED, list_failures
+from vectormill.flows.retry_queue import INTERRUPTED, INTERRUPTED_ALONE, list_failures
 from vectormill.stores.faiss_store import FaissStore
 
 from .cli_process import VECTORMILL, Preloaded, harness_env, run, run_many
@@ -271,39 +271,57 @@ filesystem.FilesystemSource.fetch = fetch
 
 
 @pytest.mark.slow
-def test_a_document_that_kills_its_process_is_counted_then_skipped_as_stuck(tmp_path, prefect_harness):
+def test_a_document_that_kills_its_process_is_quarantined_without_holding_another_source(tmp_path, prefect_harness):
+    """The issue's acceptance: a run is killed when source A opens one file; source B (a wiki, edited before every run)
+    runs beside it, its edits land and its cursor moves in every run after the first, and the killer is quarantined
+    by its second death (not after max_document_attempts)."""
     notes = {f"note{n}.md": NOTES[f"note{n}.md"] for n in range(5)}
     notes["poison.md"] = "# Poison\n\nThis file kills whatever process reads it.\n"
     write_notes(tmp_path / "pdfs", notes)
-    config = write_config(tmp_path, extra="max_document_attempts = 2\n", fetch_batch_size=2)
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(KILLER)
     env = harness_env(PYTHONPATH=os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")])),
                       PREFECT_LOGGING_LEVEL="WARNING")
 
-    def backfill(runs: Preloaded) -> tuple[int, str]:
-        """Its exit code and stderr."""
+    def backfill(runs: Preloaded) -> tuple[int, str, str]:
+        """Its exit code, stdout and stderr."""
         run = runs.start("backfill", "--json", cwd=tmp_path)
-        _, stderr = run.communicate(timeout=600)
-        return run.returncode, stderr
+        stdout, stderr = run.communicate(timeout=600)
+        return run.returncode, stdout, stderr
 
     def attempts() -> dict[str, tuple[int, str]]:
         return {e.document: (e.attempts, e.reason) for e in list_failures(load_config(config))}
 
-    with Preloaded(env, tmp_path / "runs") as runs:
-        code, stderr = backfill(runs)
+    def wiki_state() -> tuple[dict[str, str], str | None]:
+        with FaissStore.open(load_config(config).store, writable=False) as store:
+            return store.document_versions("wiki"), store.cursor("wiki")
+
+    with MediaWikiServer() as wiki, Preloaded(env, tmp_path / "runs") as runs:
+        wiki.import_pages({f"Runbook {n}": f"Runbook {n}: restart service {n} at midnight." for n in range(3)})
+        config = write_config(tmp_path, fetch_batch_size=2)  # max_document_attempts: the default, 10
+        config.write_text(config.read_text() + f'\n[[sources]]\nname = "wiki"\ntype = "mediawiki"\n'
+                                               f'api_url = "{wiki.api_url}"\nrequests_per_second = 200\nburst = 20\n')
+        code, _, stderr = backfill(runs)
         assert code == -9, stderr[-2000:]
         assert attempts()["poison.md"] == (1, INTERRUPTED)  # counted before it was processed
 
-        code, stderr = backfill(runs)  # the suspects go last, one at a time: the others land, the poison kills again
-        assert code == -9, stderr[-2000:]
-        assert attempts() == {"poison.md": (2, INTERRUPTED)}
+        cursors = [wiki_state()[1]]
+        for run in (1, 2):
+            wiki.advance(1)
+            wiki.edit_page("Runbook 1", f"Runbook 1: since edit {run}, restart service 1 at noon.")
+            code, stdout, stderr = backfill(runs)
+            versions, cursor = wiki_state()
+            assert versions["Runbook 1"] == str(wiki.revision("Runbook 1")), run  # B's edit landed
+            assert cursor not in cursors, run  # B's cursor moved
+            cursors.append(cursor)
+            if run == 1:  # the suspects go after every source's other work, alone: the poison kills again
+                assert code == -9, stderr[-2000:]
+                assert attempts() == {"poison.md": (2, INTERRUPTED_ALONE)}
+            else:  # quarantined: not read again, and the run completes, warning about it
+                assert code == 0, stderr[-2000:]
+                summary = json.loads(stdout.strip().splitlines()[-1])
+                assert [entry["document"] for entry in summary["stuck"]] == ["poison.md"]
+                assert any("poison.md" in warning and "stuck" in warning for warning in summary["warnings"])
+                assert attempts() == {"poison.md": (2, INTERRUPTED_ALONE)}
     assert stored_documents(config) == set(notes) - {"poison.md"}
-
-    # Stuck: skipped, and the run goes on (in this process: the poison is never read again to kill it).
-    from vectormill.flows.ingest import ingest
-
-    summary = ingest(config_file=str(config))
-    assert [entry["document"] for entry in summary["stuck"]] == ["poison.md"]
-    assert attempts() == {"poison.md": (2, INTERRUPTED)}
