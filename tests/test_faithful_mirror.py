@@ -325,3 +325,70 @@ def test_a_document_that_kills_its_process_is_quarantined_without_holding_anothe
                 assert any("poison.md" in warning and "stuck" in warning for warning in summary["warnings"])
                 assert attempts() == {"poison.md": (2, INTERRUPTED_ALONE)}
     assert stored_documents(config) == set(notes) - {"poison.md"}
+
+
+# ---- failures keep their reason; nothing stays stale by attrition ---------------------------------------
+@pytest.mark.slow
+def test_refused_runs_keep_real_reasons_and_warn_until_the_emptied_files_are_deleted(tmp_path, prefect_harness):
+    """The issue's acceptance: with max_document_attempts = 2, four runs refused by the valve make nothing stuck;
+    each warns naming the emptied files, a broken PDF keeps its real reason, and --allow-deletions removes them."""
+    from vectormill.flows.ingest import IngestFailed, ingest
+
+    from .test_retry_queue import best_hit
+
+    write_notes(tmp_path / "pdfs")
+    (tmp_path / "pdfs" / "scan.pdf").write_bytes(b"%PDF-1.4\n1 0 obj << /Type /Catalog")
+    config = write_config(tmp_path, extra="max_document_attempts = 2\n")
+    first = ingest(config_file=str(config))
+    assert first["documents"]["new"] == 6 and first["documents"]["failed"] == 1
+    emptied = sorted(NOTES)[:4]
+    for name in emptied:
+        (tmp_path / "pdfs" / name).write_text("")
+
+    for _ in range(4):
+        with pytest.raises(IngestFailed, match="would delete 4 of its 6 stored documents") as refused:
+            ingest(config_file=str(config))
+        summary = refused.value.summary
+        assert any(all(name in warning for name in emptied) and "deletion refused" in warning
+                   for warning in summary["warnings"]), summary["warnings"]
+        queue = {e.document: e for e in list_failures(load_config(config))}
+        assert set(queue) == {"scan.pdf", *emptied}
+        assert "PDF" in queue["scan.pdf"].reason and queue["scan.pdf"].reason != INTERRUPTED
+        assert all(queue[name].reason.startswith("empty at source, not deleted") and queue[name].attempts == 0
+                   and not queue[name].stuck for name in emptied)
+        assert stored_documents(config) == set(NOTES)
+    assert queue["scan.pdf"].stuck and [s["document"] for s in summary["stuck"]] == ["scan.pdf"]
+    confirmed = ingest(config_file=str(config), allow_deletions=True)
+    assert confirmed["documents"]["deleted"] == 4
+    assert stored_documents(config) == set(NOTES) - set(emptied)
+    assert best_hit(config, NOTES[emptied[0]]).document not in emptied  # no longer answers searches
+    assert [s["document"] for s in confirmed["stuck"]] == ["scan.pdf"]
+    assert any("scan.pdf" in warning and "stuck" in warning for warning in confirmed["warnings"])
+
+
+@pytest.mark.slow
+def test_a_listing_refused_midway_records_not_reached_instead_of_interrupted(tmp_path, monkeypatch, prefect_harness):
+    from vectormill.flows.ingest import IngestFailed, ingest
+
+    token = "pat-na1-0b8d6c3e-2f11-4c5a-9d7e-midway000001"
+    monkeypatch.setenv("HUBSPOT_MIDWAY_TOKEN", token)
+    with hubspot_server(token) as server:
+        for n in range(30):
+            server.app.add("companies", name=f"Company {n}", description=f"Makes widget model {n}.")
+        config = tmp_path / "vectormill.toml"
+        config.write_text('[store]\npath = "store"\n\n[chunking]\ntokens = 64\noverlap = 8\n\n'
+                          '[[sources]]\nname = "crm"\ntype = "hubspot"\ntoken_env = "HUBSPOT_MIDWAY_TOKEN"\n'
+                          f'base_url = "{server.url}"\nobject_type = "companies"\nproperties = ["name", "description"]\n'
+                          'page_size = 5\nfetch_batch_size = 4\nrequests_per_second = 200\nburst = 20\n')
+        server.fail_matching(lambda request: request.param("after") == "MjA=", 400)  # the 5th page: offset 20
+
+        with pytest.raises(IngestFailed, match="HTTP 400"):
+            ingest(config_file=str(config))
+
+        queue = list_failures(load_config(config))
+        assert queue and all(entry.reason.startswith("not reached: the source failed: ") and "HTTP 400" in entry.reason
+                             and entry.attempts == 0 for entry in queue)
+        server.clear_faults()
+        landed = ingest(config_file=str(config))
+        assert landed["documents"]["failed"] == 0 and list_failures(load_config(config)) == []
+        assert len(stored_documents(config, "crm")) == 30
