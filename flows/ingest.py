@@ -29,7 +29,7 @@ from .server import occupy, server_url
 from .execution import open_execution
 from .pipeline import SourceReport, embedding_dimension, ingest_source, tokenizer_for
 from .plan import Window
-from .precision import record_precision, run_precision
+from .precision import PrecisionFirst, record_precision, run_precision
 from .progress import progress_listener
 from .side_by_side import FairEmbedding, SharedStore, SuspectTurns
 
@@ -243,7 +243,10 @@ def _ingest_sources(config, selected, chunk_tokens, full, seconds, embedding_lim
             for note in store.notes:
                 logger.warning(note)
             notes_shown = len(store.notes)  # later ones (a failed automatic checkpoint…) are logged at the end
-            shared = SharedStore(store)
+            # Vectors stored without a recorded precision are fp32 (older stores); a store without vectors has none.
+            held_vectors = existed and store.vector_count() > 0
+            guarded = PrecisionFirst(store, config.embedding, execution, held_vectors)
+            shared = SharedStore(guarded)
             # Side by side, always: the suspects of a process that died wait for every source's other work (SuspectTurns).
             turns = SuspectTurns(source.name for source in selected)
             with FairEmbedding(execution) as pool:
@@ -259,7 +262,7 @@ def _ingest_sources(config, selected, chunk_tokens, full, seconds, embedding_lim
             reports = [future.result() for future in futures]
             embedded = any(report.chunks_embedded for report in reports)
             precision = run_precision(config.embedding, execution, embedded)
-            precision_note = record_precision(store, precision, existed) if embedded else None
+            precision_note = guarded.note or (record_precision(store, precision, held_vectors) if embedded else None)
             checkpointing = time.perf_counter()
             store.checkpoint()
             seconds["checkpoint"] = time.perf_counter() - checkpointing

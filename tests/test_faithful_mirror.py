@@ -305,6 +305,9 @@ def test_a_document_that_kills_its_process_is_quarantined_without_holding_anothe
         code, _, stderr = backfill(runs)
         assert code == -9, stderr[-2000:]
         assert attempts()["poison.md"] == (1, INTERRUPTED)  # counted before it was processed
+        with FaissStore.open(load_config(config).store, writable=False) as store:
+            # The killed run recorded the precision of what it wrote (before its first vectors).
+            assert bool(store.properties().get("precision")) == bool(store.stats()["vectors"])
 
         cursors = [wiki_state()[1]]
         for run in (1, 2):
@@ -324,6 +327,9 @@ def test_a_document_that_kills_its_process_is_quarantined_without_holding_anothe
                 assert [entry["document"] for entry in summary["stuck"]] == ["poison.md"]
                 assert any("poison.md" in warning and "stuck" in warning for warning in summary["warnings"])
                 assert attempts() == {"poison.md": (2, INTERRUPTED_ALONE)}
+                assert not any("embedded in" in warning for warning in summary["warnings"])  # one precision
+    with FaissStore.open(load_config(config).store, writable=False) as store:
+        assert store.properties()["precision"] == summary["precision"]["used"]
     assert stored_documents(config) == set(notes) - {"poison.md"}
 
 
