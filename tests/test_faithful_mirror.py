@@ -178,10 +178,14 @@ def test_documents_emptied_at_their_source_are_removed_not_kept_stale(tmp_path, 
     config = write_config(tmp_path)
     ingest(config_file=str(config))
     (tmp_path / "pdfs" / "note1.md").write_text("")  # truncated to nothing
+    (tmp_path / "pdfs" / "fresh.pdf").write_bytes(b"")  # new and empty: never stored
 
     summary = ingest(config_file=str(config))
 
-    assert summary["removed"] == [{"source": "docs", "document": "note1.md", "reason": "empty at source"}]
+    assert sorted(summary["removed"], key=lambda entry: entry["document"]) == [
+        {"source": "docs", "document": "fresh.pdf", "reason": "empty at source"},
+        {"source": "docs", "document": "note1.md", "reason": "empty at source"}]
+    # Only what was stored counts as deleted: the never-stored empty PDF is not a deletion.
     assert summary["documents"]["deleted"] == 1 and summary["documents"]["failed"] == 0
     assert summary["retry_queue"] == {"docs": 0}
     assert stored_documents(config) == set(NOTES) - {"note1.md"}
