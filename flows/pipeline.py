@@ -518,7 +518,8 @@ def _embed_and_write(settings, store, embedding, chunk_tokens, overlap, plan: Pl
         listing = time.perf_counter()
     report.seconds["list"] += time.perf_counter() - listing
     drain()
-    if turns is not None:
+    if turns is not None and suspects:
+        # Its other work is written; a source without suspects says so once its cursor moved (ingest_source).
         turns.other_work_done(settings.name)
     for suspect in suspects:
         with turns.alone() if turns is not None else contextlib.nullcontext():
