@@ -21,7 +21,6 @@ source alone.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import sqlite3
@@ -29,7 +28,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -522,7 +521,7 @@ def _embed_and_write(settings, store, embedding, chunk_tokens, overlap, plan: Pl
         # Its other work is written; a source without suspects says so once its cursor moved (ingest_source).
         turns.other_work_done(settings.name)
     for suspect in suspects:
-        with turns.alone() if turns is not None else contextlib.nullcontext():
+        with turns.alone() if turns is not None else nullcontext():
             submit([suspect], INTERRUPTED_ALONE)
             drain()
 
