@@ -35,6 +35,9 @@ def show_search(text: str, k: int, config_file: Optional[Path], as_json: bool, f
                 mode: Optional[str] = None) -> None:
     from vectormill.flows.search import search_store
 
+    if not text.strip():  # its vector is the model's for no words: hits, but arbitrary ones
+        raise UserError(['the search text is empty: give the words to look for, e.g. `vectormill search '
+                         '"backup schedule"`'], 2)
     where = parse_filter_option(filter_json)
     config = load(config_file)
     with user_errors():

@@ -50,7 +50,8 @@ def register(app: typer.Typer, store_app: typer.Typer) -> None:
 
         settings = load(config)
         with user_errors():
-            report = audit_report(audit(settings, source, deep))
+            results = audit(settings, source, deep)
+            report = audit_report(results)
         if as_json:
             print(json.dumps(report))
         else:
@@ -68,7 +69,8 @@ def register(app: typer.Typer, store_app: typer.Typer) -> None:
                         more = entry[f"{kind}_count"] - len(entry[kind])
                         console.print(f"{entry['name']} {kind}: {', '.join(entry[kind])}"
                                       + (f" and {more} more" if more else ""), highlight=False, markup=False)
-        diverging = [entry["name"] for entry in report["sources"] if not entry["ok"]]
+        diverging = [result for result in results if not result.ok]
         if diverging:
-            raise UserError([f"{len(diverging)} of {len(report['sources'])} sources diverge from the store: "
-                             f"{', '.join(diverging)}; `vectormill backfill --full` reconciles them"])
+            raise UserError([f"{len(diverging)} of {len(results)} sources diverge from the store: "
+                             f"{', '.join(result.name for result in diverging)}; "
+                             + "; ".join(repair for result in diverging for repair in result.repairs)])

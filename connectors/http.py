@@ -41,7 +41,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_aft
 from tenacity.wait import wait_random_exponential
 
 from .errors import SourceError
-from .ratelimit import shared_bucket
+from .ratelimit import TokenBucket, shared_bucket
 from .settings import HttpSourceSettings
 
 logger = logging.getLogger("vectormill.http")
@@ -194,11 +194,13 @@ class HttpClient:
         data: Any = None,
         headers: dict[str, str] | None = None,
         retry_after_body: Callable[[requests.Response], float | None] | None = None,
+        limit: TokenBucket | None = None,
     ) -> requests.Response:
         """Send one request with rate limiting and retries; returns a 2xx/3xx response.
 
         `retry_after_body` lets a source declare a 200 a retryable error (MediaWiki's maxlag):
-        it returns the seconds to wait, or None for a good response.
+        it returns the seconds to wait, or None for a good response. `limit` is an endpoint's own
+        rate limit (HubSpot's search), taken on top of the source's.
         """
         shown = self.display_url(url, params)
         self._check_circuit()
@@ -211,7 +213,8 @@ class HttpClient:
         )
         started = time.monotonic()
         try:
-            response = retrying(self._attempt, method, url, shown, params, json, data, headers, retry_after_body)
+            response = retrying(self._attempt, method, url, shown, params, json, data, headers, retry_after_body,
+                                limit)
         except _Retryable as exc:
             attempts = retrying.statistics.get("attempt_number", "?")
             reason = self.redact(exc.reason)
@@ -259,8 +262,9 @@ class HttpClient:
         return self.redact(urlunsplit((parts.scheme, netloc, parts.path, query, "")))
 
     # ---- one attempt ---------------------------------------------------------------------
-    def _attempt(self, method, url, shown, params, json, data, headers, retry_after_body) -> requests.Response:
-        self._wait_for_slot()
+    def _attempt(self, method, url, shown, params, json, data, headers, retry_after_body,
+                 limit) -> requests.Response:
+        self._wait_for_slot(limit)
         with self._lock:
             self.stats.requests += 1
         try:
@@ -295,8 +299,8 @@ class HttpClient:
                 raise _Retryable("asked to wait", f"server asked to wait {wait:g}s", wait)
         return response
 
-    def _wait_for_slot(self) -> None:
-        waited = self._bucket.acquire()
+    def _wait_for_slot(self, limit: TokenBucket | None) -> None:
+        waited = self._bucket.acquire() + (limit.acquire() if limit is not None else 0.0)
         if self.settings.prefect_rate_limit:
             # Shared by every run that names this limit; without a Prefect server it warns and goes on.
             from prefect.concurrency.sync import rate_limit

@@ -3,9 +3,10 @@
 - Full listing: `GET /crm/v3/objects/{objectType}` with `limit`, `after` paging and the configured
   properties.
 - Incremental: `POST /crm/v3/objects/{objectType}/search` on `hs_lastmodifieddate` after the
-  stored cursor and up to the new one, sorted by (`hs_lastmodifieddate`, `hs_object_id`) and
-  paged by keyset: each query asks for the records after the last (time, id) seen, never for an
-  offset, so an edit while paging skips nothing and the 10,000-result window is never reached.
+  stored cursor and up to the new one, by HubSpot's documented search contract: one sorting rule
+  per request, at most 5 filter groups and 25 filters, `limit` <= 200, never an `after` offset
+  (each query is a first page: the 10,000-result window is never reached), and searches held to
+  `search_requests_per_second` besides the source's own limit (`search_pages`).
 - Deletions: archived objects (`GET …?archived=true`) archived after the cursor.
 
 The cursor is the client's clock taken before listing or searching; each search starts
@@ -20,18 +21,23 @@ the listing or search of this run (each is read once), else `GET /crm/v3/objects
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
 from .base import Changes, Document, DocumentRef, Page
 from .errors import DocumentEmpty, DocumentError, DocumentGone, SourceError
 from .http import HttpClient, HttpStats, HttpStatusError, HttpUnavailableError
+from .ratelimit import shared_bucket
 from .secrets import resolve_secret
 from .settings import HubSpotSourceSettings
 
 LIST_PAGE_LIMIT = 100  # HubSpot's maximum `limit` for GET /crm/v3/objects/{objectType}
 MODIFIED = "hs_lastmodifieddate"
 OBJECT_ID = "hs_object_id"
+# HubSpot's search documents one sorting rule per request and no order among ties.
+BY_MODIFIED = [{"propertyName": MODIFIED, "direction": "ASCENDING"}]
+BY_ID = [{"propertyName": OBJECT_ID, "direction": "ASCENDING"}]
 
 
 def parse_time(value: str) -> datetime:
@@ -69,22 +75,76 @@ def record_problem(record: Any) -> str | None:
     return None
 
 
-KEYSET_SORTS = [{"propertyName": MODIFIED, "direction": "ASCENDING"},
-                {"propertyName": OBJECT_ID, "direction": "ASCENDING"}]
+def _modified_filter(operator: str, moment: datetime) -> dict[str, str]:
+    return {"propertyName": MODIFIED, "operator": operator, "value": epoch_ms(moment)}
 
 
-def keyset_filter_groups(since: datetime, until: datetime,
-                         last: tuple[datetime, int] | None) -> list[dict[str, Any]]:
-    """Search filters for the records after `last` (modification time, id) — or, first, after
-    `since` — up to `until`; filter groups are ORed, the filters within one ANDed."""
-    def modified(operator: str, moment: datetime) -> dict[str, str]:
-        return {"propertyName": MODIFIED, "operator": operator, "value": epoch_ms(moment)}
+@dataclass(frozen=True)
+class SearchQuery:
+    """One search request of the incremental walk: its filters, its one sort, and what its answer means."""
 
-    if last is None:
-        return [{"filters": [modified("GT", since), modified("LTE", until)]}]
-    moment, object_id = last
-    return [{"filters": [modified("EQ", moment), {"propertyName": OBJECT_ID, "operator": "GT", "value": str(object_id)}]},
-            {"filters": [modified("GT", moment), modified("LTE", until)]}]
+    filter_groups: list[dict[str, Any]]
+    sorts: list[dict[str, str]]
+    tie: datetime | None  # the modification time this query drains (by id), or None: a query by time
+
+    def body(self, properties: list[str], limit: int) -> dict[str, Any]:
+        return {"filterGroups": self.filter_groups, "sorts": self.sorts, "properties": properties, "limit": limit}
+
+
+def after_time(since: datetime, until: datetime) -> SearchQuery:
+    """The records modified in (`since`, `until`], by modification time."""
+    return SearchQuery([{"filters": [_modified_filter("GT", since), _modified_filter("LTE", until)]}], BY_MODIFIED, None)
+
+
+def tied_after(moment: datetime, object_id: int | None) -> SearchQuery:
+    """The records modified at exactly `moment` with an id above `object_id` (all of them for None), by id."""
+    filters = [_modified_filter("EQ", moment)]
+    if object_id is not None:
+        filters.append({"propertyName": OBJECT_ID, "operator": "GT", "value": str(object_id)})
+    return SearchQuery([{"filters": filters}], BY_ID, moment)
+
+
+@dataclass
+class SearchWalk:
+    """The keyset walk through the records modified in (`since`, `until`]: pure decisions, no I/O.
+
+    A page sorted by modification time holds every record of the times before its last one (each
+    query starts at its lower bound), but maybe not every record of its last time: ties come in
+    no promised order, and more may share that time than a page holds. So the records of the last
+    time are not taken from that page; they are read by queries of their own (`EQ` that time,
+    sorted by id, keyset on the id), and only then does the walk go on after that time. Each record
+    is yielded once, whatever the tie order and however many records share one millisecond.
+    """
+
+    since: datetime
+    until: datetime
+    limit: int
+    query: SearchQuery | None = None
+
+    def __post_init__(self) -> None:
+        self.query = after_time(self.since, self.until)
+
+    def take(self, results: list[dict[str, Any]], modified: Any) -> list[dict[str, Any]]:
+        """The records of this answer to yield, in order; moves `query` on (None: the walk is done).
+        `modified(record)` is a record's modification time. Raises ValueError for an answer out of order."""
+        query = self.query
+        assert query is not None
+        full = len(results) >= self.limit
+        if query.tie is not None:
+            ids = [int(record["id"]) for record in results]
+            if ids != sorted(set(ids)) or any(modified(record) != query.tie for record in results):
+                raise ValueError(f"the records of {format_time(query.tie)} did not come in ascending id order")
+            self.query = tied_after(query.tie, ids[-1]) if full else after_time(query.tie, self.until)
+            return results
+        times = [modified(record) for record in results]
+        if times != sorted(times):
+            raise ValueError("the records did not come in ascending hs_lastmodifieddate order")
+        if not full:
+            self.query = None
+            return results
+        last = times[-1]
+        self.query = tied_after(last, None)
+        return [record for record, moment in zip(results, times) if moment < last]
 
 
 class _BlankForMissing(dict):
@@ -100,6 +160,8 @@ class HubSpotSource:
                                what=f"HubSpot token of source {settings.name!r}")
         self.http = HttpClient(settings.name, settings, headers={"Authorization": f"Bearer {token}"},
                                secret_values=(token,))
+        # HubSpot limits its search endpoints below its other APIs: searches take a slot of both limits.
+        self._search_limit = shared_bucket(f"{settings.name}/search", settings.search_requests_per_second, 1)
         self.objects_url = f"{settings.base_url.rstrip('/')}/crm/v3/objects/{settings.object_type}"
         self._listed: dict[str, dict[str, Any]] = {}  # records of this run's listing/search, until fetched
 
@@ -145,30 +207,21 @@ class HubSpotSource:
             params["after"] = after
 
     def _search_modified(self, since: datetime, until: datetime) -> Iterator[dict[str, Any]]:
-        """Records modified in (`since`, `until`], in (modification time, id) order.
-
-        Each query continues from the last record seen (keyset), never by an `after` offset: a
-        record edited while this pages moves to the end of the results without shifting another
-        past a page boundary, and no query pages into the search API's 10,000-result window.
-        """
-        last: tuple[datetime, int] | None = None
-        while True:
-            page = self._listing("POST", f"{self.objects_url}/search", json={
-                "filterGroups": keyset_filter_groups(since, until, last), "sorts": KEYSET_SORTS,
-                "properties": list(self.settings.properties), "limit": self.settings.page_size})
+        """Records modified in (`since`, `until`], each once (`SearchWalk`). A record edited while this
+        pages gets a time after `until`: the next run, which starts at `until`, reads it."""
+        walk = SearchWalk(since, until, self.settings.page_size)
+        while walk.query is not None:
+            page = self._listing("POST", f"{self.objects_url}/search", limit=self._search_limit,
+                                 json=walk.query.body(list(self.settings.properties), self.settings.page_size))
             results = page.get("results") or []
             for record in results:
                 self._check_listed(record)
-                key = (self._modified(record), int(record["id"]))
-                if last is not None and key <= last:
-                    raise SourceError(
-                        f"source {self.name!r}: the search answered records not in (hs_lastmodifieddate, "
-                        f"hs_object_id) order (record {record['id']} after {last[1]}); continuing from the last "
-                        "one seen could skip records, so this run stops")
-                last = key
-                yield record
-            if not results or not (page.get("paging") or {}).get("next"):
-                return
+            try:
+                taken = walk.take(results, self._modified)
+            except ValueError as exc:
+                raise SourceError(f"source {self.name!r}: the search answered out of order ({exc}); continuing "
+                                  "could skip records, so this run stops") from None
+            yield from taken
 
     def _modified(self, record: dict[str, Any]) -> datetime:
         value = (record.get("properties") or {}).get(MODIFIED) or record.get("updatedAt")

@@ -177,6 +177,9 @@ class HubSpotSourceSettings(HttpSourceSettings):
     title_property: str | None = None  # default: the first of `properties`
     # Records per request: HubSpot allows 100 for a listing, 200 for a search.
     page_size: int = Field(default=SEARCH_PAGE_LIMIT, ge=1, le=SEARCH_PAGE_LIMIT)
+    # HubSpot's search endpoints have a rate limit of their own, below the general one: four requests per second
+    # and token (developer changelog "CRM Search API Rate Limit Increase"; the CRM search guide, "Limitations").
+    search_requests_per_second: float = Field(default=4.0, gt=0)
     cursor_overlap_seconds: float = Field(default=120.0, ge=0)
 
     @field_validator("template")

@@ -5,10 +5,15 @@ it will embed starts the load (`EmbedderLoader.start`) and goes on listing, fetc
 parsing; the first embedding call then waits only for what is left (`get`). A run with nothing
 to embed never starts it, so it never imports torch. The seconds each step took are kept for
 the run summary (`take_times`).
+
+Before the interpreter exits, every load under way finishes and every embedder is closed
+(`finish_background_work`, registered with atexit): a thread still inside torch when the
+interpreter tears down aborts the process (SIGABRT, exit 134) after the run's work is done.
 """
 
 from __future__ import annotations
 
+import atexit
 import threading
 import time
 from collections import OrderedDict
@@ -71,8 +76,8 @@ class EmbedderLoader:
             if self.started:
                 return
             attempt = self._attempt = _Load()
-        # A daemon: a run that ends without embedding (its changed documents kept their chunk texts)
-        # exits without waiting for a load it did not need.
+        # A daemon that `finish_background_work` waits for at exit: a run that ends without embedding
+        # still lets its load finish, but nothing else has to know about it.
         threading.Thread(target=self._load, args=(attempt,), name="load-embedder", daemon=True).start()
 
     def get(self) -> Embedder:
@@ -131,6 +136,7 @@ class EmbedderLoader:
 MODELS_KEPT = 2
 _loaders: OrderedDict[str, EmbedderLoader] = OrderedDict()
 _loaders_lock = threading.Lock()
+_closing: list[threading.Thread] = []  # closes of dropped models, still to wait for at exit
 
 
 def model_key(settings: EmbeddingSettings) -> str:
@@ -149,5 +155,21 @@ def loader_for(settings: EmbeddingSettings) -> EmbedderLoader:
         _loaders.move_to_end(key)
         while len(_loaders) > MODELS_KEPT:
             _, dropped = _loaders.popitem(last=False)
-            threading.Thread(target=dropped.close, name="close-embedder", daemon=True).start()
+            closing = threading.Thread(target=dropped.close, name="close-embedder", daemon=True)
+            closing.start()
+            _closing.append(closing)
         return loader
+
+
+@atexit.register
+def finish_background_work() -> None:
+    """Let every model load under way finish and close every embedder (its worker threads), so the
+    process exits with its outcome, not a signal. Runs at interpreter exit; safe to call again."""
+    with _loaders_lock:
+        loaders, closing = list(_loaders.values()), list(_closing)
+        _loaders.clear()
+        _closing.clear()
+    for loader in loaders:
+        loader.close()
+    for thread in closing:
+        thread.join()

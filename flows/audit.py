@@ -40,6 +40,7 @@ class SourceAudit:
     stale: list[str]
     queued: int
     stuck: int
+    repairs: tuple[str, ...] = ()  # the commands that repair what was found, each with what it repairs
 
     @property
     def ok(self) -> bool:
@@ -55,20 +56,44 @@ class SourceAudit:
 
 
 def compare(name: str, listed: Mapping[str, str], stored: Mapping[str, str], queued: Iterable[str],
-            stuck: Iterable[str], content_differs: Callable[[str], bool] | None = None) -> SourceAudit:
+            stuck: Iterable[str], content_differs: Callable[[str], bool] | None = None,
+            modified: Mapping[str, str | None] | None = None) -> SourceAudit:
     """The divergences of a source's listing (id → version) from the store's versions.
 
     Queued documents are the retry queue's business: neither missing nor stale (stuck ones count
     as stuck). `content_differs(id)` (a deep audit) is asked for the stored documents whose
-    version matches the listing.
+    version matches the listing; `modified` (id → ISO time, as listed) dates those it finds.
     """
     queued, stuck = set(queued), set(stuck)
     missing = sorted(set(listed) - set(stored) - queued)
     extra = sorted(set(stored) - set(listed))
-    stale = sorted(document for document, version in listed.items()
-                   if document in stored and document not in queued
-                   and (stored[document] != version or (content_differs is not None and content_differs(document))))
-    return SourceAudit(name, len(listed), len(stored), missing, extra, stale, len(queued), len(stuck))
+    kept = [document for document in listed if document in stored and document not in queued]
+    by_version = {document for document in kept if stored[document] != listed[document]}
+    by_content = {document for document in kept if document not in by_version
+                  and content_differs is not None and content_differs(document)}
+    return SourceAudit(name, len(listed), len(stored), missing, extra, sorted(by_version | by_content), len(queued),
+                       len(stuck), repairs(name, bool(missing or extra or by_version or stuck),
+                                           [(modified or {}).get(document) for document in by_content]))
+
+
+def repairs(name: str, reconcile: bool, rewritten_modified: list[str | None]) -> tuple[str, ...]:
+    """What repairs a source: a --full run re-lists it (missing, extra, stale by version, stuck); it does not
+    fetch a document listed at its stored version, so one rewritten behind its version (found by --deep) is
+    redone by a backfill window from its modification time, or after a `touch`."""
+    found = []
+    if reconcile:
+        found.append(f"`vectormill backfill --full --source {name}` repairs its missing, extra, stale and stuck "
+                     "documents")
+    if rewritten_modified:
+        known = [moment for moment in rewritten_modified if moment]
+        if len(known) == len(rewritten_modified):
+            since = min(known).replace("+00:00", "").replace("Z", "")[:19]
+            found.append(f"`vectormill backfill --source {name} --since {since}` redoes the "
+                         f"{len(rewritten_modified)} document(s) whose content changed behind an unchanged version")
+        else:
+            found.append(f"{len(rewritten_modified)} document(s) of {name!r} changed behind an unchanged version: "
+                         "`touch` them (or edit them at the source), then run `vectormill backfill`")
+    return tuple(found)
 
 
 def audit(config: VectormillConfig, source: str | None = None, deep: bool = False) -> list[SourceAudit]:
@@ -99,7 +124,8 @@ def audit_source(config: VectormillConfig, settings: Any, store: FaissStore, dee
 
         return compare(settings.name, {ref.id: ref.version for ref in refs.values()},
                        store.document_versions(settings.name), (q.document for q in queue),
-                       (q.document for q in queue if is_stuck(q, settings.max_document_attempts)), differs)
+                       (q.document for q in queue if is_stuck(q, settings.max_document_attempts)), differs,
+                       {ref.id: ref.modified for ref in refs.values()})
     finally:
         close = getattr(connector, "close", None)
         if close is not None:

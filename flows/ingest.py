@@ -29,10 +29,9 @@ from .server import occupy, server_url
 from .execution import open_execution
 from .pipeline import SourceReport, embedding_dimension, ingest_source, tokenizer_for
 from .plan import Window
-from .precision import record_precision, run_precision
+from .precision import PrecisionFirst, record_precision, run_precision
 from .progress import progress_listener
-from .retry_queue import INTERRUPTED
-from .side_by_side import FairEmbedding, SharedStore
+from .side_by_side import FairEmbedding, SharedStore, SuspectTurns
 
 # One task per source, on the flow's thread pool: the sources of a run go side by side.
 ingest_source_task = task(ingest_source, name="ingest-source", task_run_name="ingest-{settings.name}",
@@ -88,6 +87,17 @@ def assess(config: VectormillConfig, reports: list[SourceReport],
             warnings.append(f"source {report.name!r}: embeddings drifted from the baseline of run "
                             f"{report.drift['baseline_run']}: {report.drift['reasons']}; look at what changed "
                             "in the source (another language, topic or format?)")
+        if report.stuck:
+            warnings.append(f"source {report.name!r}: {len(report.stuck)} document(s) stuck, not fetched again until "
+                            f"they change at the source (a version stored earlier still answers searches): "
+                            f"{_named(entry['document'] + ' (' + entry['reason'] + ')' for entry in report.stuck)}; "
+                            f"`vectormill failures --source {report.name}` lists them, "
+                            f"`vectormill backfill --source {report.name} --full` tries them again")
+        if report.kept:
+            warnings.append(f"source {report.name!r}: {len(report.kept)} document(s) gone or empty at the source "
+                            f"still answer searches, their deletion refused: "
+                            f"{_named(k['document'] for k in report.kept)}; once the source is as it should be, "
+                            f"`vectormill backfill --source {report.name} --allow-deletions` deletes them")
         if report.status == "failed":
             problems.append(f"source {report.name!r} failed: {report.error}")
             continue
@@ -104,6 +114,15 @@ def assess(config: VectormillConfig, reports: list[SourceReport],
             warnings.append(f"source {report.name!r}: {counts}, within max_failed_ratio = {limit:g}; "
                             f"see the failures listed in the summary")
     return "; ".join(problems) or None, warnings
+
+
+NAMED_IN_A_WARNING = 10  # documents named in one warning line; the rest are counted
+
+
+def _named(documents: Iterator[str]) -> str:
+    documents = list(documents)
+    more = len(documents) - NAMED_IN_A_WARNING
+    return ", ".join(documents[:NAMED_IN_A_WARNING]) + (f" and {more} more" if more > 0 else "")
 
 
 @flow(name="ingest", log_prints=True)
@@ -224,26 +243,26 @@ def _ingest_sources(config, selected, chunk_tokens, full, seconds, embedding_lim
             for note in store.notes:
                 logger.warning(note)
             notes_shown = len(store.notes)  # later ones (a failed automatic checkpoint…) are logged at the end
-            shared = SharedStore(store)
-            # After a process died on some document, sources go one at a time: the suspects of the
-            # death then go alone, so only the one that kills again counts an attempt (flows/retry_queue.py).
-            one_at_a_time = any(q.reason == INTERRUPTED for source in selected for q in store.retry_queue(source.name))
-            if one_at_a_time and len(selected) > 1:
-                logger.info("a run ended while it handled documents: sources go one at a time in this run")
+            # Vectors stored without a recorded precision are fp32 (older stores); a store without vectors has none.
+            held_vectors = existed and store.vector_count() > 0
+            guarded = PrecisionFirst(store, config.embedding, execution, held_vectors)
+            shared = SharedStore(guarded)
+            # Side by side, always: the suspects of a process that died wait for every source's other work (SuspectTurns).
+            turns = SuspectTurns(source.name for source in selected)
             with FairEmbedding(execution) as pool:
                 futures = []
                 for source in selected:
                     futures.append(ingest_source_task.submit(
                         source, shared, config.embedding, chunk_tokens, config.chunking.overlap, full,
                         embedding_limit=embedding_limit, execution=pool.for_source(source.name), drift=config.drift,
-                        window=window, allow_deletions=allow_deletions))
-                    if one_at_a_time:
-                        futures[-1].wait()
+                        window=window, allow_deletions=allow_deletions, turns=turns))
+                    # Whatever ends its task run (even before the source starts), no suspect waits for this source.
+                    futures[-1].add_done_callback(lambda _, name=source.name: turns.other_work_done(name))
                 wait(futures)  # every source done (or failed) before any error goes up: the store stays open till then
             reports = [future.result() for future in futures]
             embedded = any(report.chunks_embedded for report in reports)
             precision = run_precision(config.embedding, execution, embedded)
-            precision_note = record_precision(store, precision, existed) if embedded else None
+            precision_note = guarded.note or (record_precision(store, precision, held_vectors) if embedded else None)
             checkpointing = time.perf_counter()
             store.checkpoint()
             seconds["checkpoint"] = time.perf_counter() - checkpointing

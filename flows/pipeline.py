@@ -28,7 +28,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -61,7 +61,8 @@ from .execution import LocalExecution, fetch_settings
 from .deletions import deletion_refusal
 from .plan import Plan, Window, plan_source
 from .task_sizes import FetchBatchSize, embedding_task_full
-from .retry_queue import INTERRUPTED, QueueEntry
+from .retry_queue import INTERRUPTED, INTERRUPTED_ALONE, QueueEntry, RunLedger, settle_unfinished
+from .side_by_side import SuspectTurns
 from .progress import progress_listener
 
 if TYPE_CHECKING:
@@ -150,6 +151,7 @@ class SourceReport:
     ocr_skipped_pages: int = 0
     removed: list[dict[str, str]] = field(default_factory=list)  # documents gone or empty at the source: why
     known: int = 0  # the source's documents: stored before the run plus new ones (max_failed_ratio's base)
+    kept: list[dict[str, str]] = field(default_factory=list)  # gone or empty at the source, not deleted: why
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -296,6 +298,7 @@ def ingest_source(
     drift: DriftSettings | None = None,
     window: Window | None = None,
     allow_deletions: bool = False,
+    turns: SuspectTurns | None = None,
 ) -> SourceReport:
     """Run one source; `embedding_limit` names the Prefect global concurrency limit each
     embedding call holds a slot of (None: none, e.g. ephemeral runs). `execution` says where
@@ -315,6 +318,8 @@ def ingest_source(
     profile = DriftProfile(store.dimension, drift) if drift.enabled else None
     source: Source | None = None
     http_before = None
+    ledger = RunLedger()
+    queued_before = {queued.document: queued for queued in store.retry_queue(settings.name)}
     try:
         source = source_for(settings)
         # The source outlives the run in a long-lived process: count this run's requests only.
@@ -322,21 +327,25 @@ def ingest_source(
         listed = time.perf_counter()
         plan = plan_source(source, store, report.documents, full, window, max_attempts=settings.max_document_attempts)
         report.seconds["list"] += time.perf_counter() - listed
-        failed_refs, removed = _embed_and_write(settings, store, embedding, chunk_tokens, overlap, plan, report,
-                                                listener, embedding_limit, execution, profile)
-        report.removed = [{"document": document, "reason": reason} for document, reason in removed.items()]
+        _embed_and_write(settings, store, embedding, chunk_tokens, overlap, plan, report, listener, embedding_limit,
+                         execution, profile, ledger, turns)
         report.known = len(set(plan.stored).union(failure.document for failure in report.failures)) + \
             report.documents["new"]
-        deleted = [DocumentDelete(settings.name, document) for document in dict.fromkeys([*plan.deletions, *removed])]
+        deleted = [DocumentDelete(settings.name, document)
+                   for document in dict.fromkeys([*plan.deletions, *ledger.removed])]
         refusal = deletion_refusal(
             settings.name, sum(op.document in plan.stored for op in deleted), len(plan.stored),
             settings.max_delete_ratio, listed_nothing=plan.reconciled and not report.documents["seen"],
             allowed=allow_deletions, where=str(getattr(settings, "root", "")) or None)
         if refusal:
+            report.kept = [{"document": document, "reason": reason} for document, reason in ledger.removed.items()
+                           if document in plan.stored]
             raise SourceError(refusal)
+        report.removed = [{"document": document, "reason": reason} for document, reason in ledger.removed.items()]
         if deleted:
             store.write(deleted)
-            report.documents["deleted"] = len(deleted)
+            # Off the queue either way; deleted from the store only if it was there (an empty file never stored is not).
+            report.documents["deleted"] = sum(op.document in plan.stored for op in deleted)
         if profile is not None and profile.count:
             # Before the cursor: a crash in between re-embeds nothing, so no baseline would follow.
             store.write([_baseline(settings.name, store, profile, drift, report)])
@@ -344,8 +353,8 @@ def ingest_source(
         # The failed documents go on the retry queue in the same write as the cursor that moves past them.
         failed_at = datetime.now(timezone.utc).isoformat()
         final: list[DocumentFailed | CursorUpdate] = [
-            DocumentFailed(settings.name, failure.document, failed_refs[failure.document].to_json(), failure.reason,
-                           failed_at, attempt=False) for failure in report.failures]  # counted before its fetch
+            DocumentFailed(settings.name, failure.document, ledger.failed_refs[failure.document].to_json(), failure.reason,
+                           failed_at, attempt=0) for failure in report.failures]  # counted before its fetch
         if plan.cursor is not None and plan.cursor != store.cursor(settings.name):
             final.append(CursorUpdate(settings.name, plan.cursor))
         if final:
@@ -360,9 +369,17 @@ def ingest_source(
         report.status, report.error = "failed", f"unexpected {type(exc).__name__}: {first_line}"
         logger.exception("source %s failed: %s", settings.name, report.error)
     finally:
+        if turns is not None:
+            turns.other_work_done(settings.name)  # also when the source failed: no source waits for it
         finish_run = getattr(source, "finish_run", None)  # what a source kept for this run only (HubSpot: listings)
         if finish_run is not None:
             finish_run()
+    if report.status == "failed" and ledger.submitted:
+        failures = {failure.document: failure.reason for failure in report.failures}
+        settled = settle_unfinished(settings.name, ledger, failures, report.error or "", queued_before,
+                                    store.retry_queue(settings.name))
+        if settled:
+            store.write(settled)
     _report_queue(settings, store, report)
     if http_before is not None:
         report.http = source.http_stats.since(http_before)
@@ -412,18 +429,18 @@ class _EmbedBatch:
 
 
 def _embed_and_write(settings, store, embedding, chunk_tokens, overlap, plan: Plan, report, listener,
-                     embedding_limit, execution, profile) -> tuple[dict[str, DocumentRef], dict[str, str]]:
-    """Fetch, embed and write the plan's documents; returns the refs of the failed ones, and the
-    documents gone or empty at the source with why.
+                     embedding_limit, execution, profile, ledger: RunLedger, turns: SuspectTurns | None) -> None:
+    """Fetch, embed and write the plan's documents; the `ledger` gets what was queued, what failed and what is gone
+    or empty at the source.
 
     Each batch's documents are queued, their attempt counted, before the batch is fetched: a
     process that dies on one has counted it (flows/retry_queue.py). The suspects of an earlier
-    such death come last, one at a time with nothing else in flight, so the one that kills the
-    process again counts an attempt alone, and the others land.
+    such death come last, once every source's other work is done (`turns`), one at a time with
+    nothing else in flight in the run: one that kills the process again is quarantined by that
+    death alone, and the others land.
     """
     fetches: deque = deque()
-    failed_refs: dict[str, DocumentRef] = {}
-    removed: dict[str, str] = {}
+    failed_refs, removed = ledger.failed_refs, ledger.removed
     embeds: deque[_EmbedBatch] = deque()
     pending: list[ParsedDocument] = []
     in_parts: list[tuple[DocumentRef, bool]] = []
@@ -446,6 +463,8 @@ def _embed_and_write(settings, store, embedding, chunk_tokens, overlap, plan: Pl
         removed.update(result.removed)
         if result.failures or result.removed:
             listener.documents_done(settings.name, len(result.failures) + len(result.removed), 0)
+        if result.documents or result.in_parts:
+            execution.warm_up(embedding)  # something may need embedding: the model loads while more is fetched
         pending.extend(result.documents)
         pending_chunks += sum(len(d.chunks) for d in result.documents)
         tokens = sum(chunk.tokens for d in result.documents for chunk in d.chunks)
@@ -464,11 +483,11 @@ def _embed_and_write(settings, store, embedding, chunk_tokens, overlap, plan: Pl
         while len(embeds) > execution.embed_tasks_in_flight:
             _write_documents(embeds.popleft(), store, report, listener, profile)
 
-    def submit(batch: list[tuple[DocumentRef, bool]]) -> None:
+    def submit(batch: list[tuple[DocumentRef, bool]], reason: str = INTERRUPTED) -> None:
         listener.documents_found(settings.name, len(batch))
         started = datetime.now(timezone.utc).isoformat()
-        store.write([DocumentFailed(settings.name, ref.id, ref.to_json(), INTERRUPTED, started) for ref, _ in batch])
-        execution.warm_up(embedding)  # something to fetch: the model loads while it is fetched and parsed
+        store.write([DocumentFailed(settings.name, ref.id, ref.to_json(), reason, started) for ref, _ in batch])
+        ledger.submitted.update((ref.id, ref) for ref, _ in batch)
         fetches.append(execution.submit_fetch(fetch_parse_chunk, {
             "settings": settings, "refs": batch, "model": embedding.model, "chunk_tokens": chunk_tokens,
             "overlap": overlap}))
@@ -498,10 +517,13 @@ def _embed_and_write(settings, store, embedding, chunk_tokens, overlap, plan: Pl
         listing = time.perf_counter()
     report.seconds["list"] += time.perf_counter() - listing
     drain()
+    if turns is not None and suspects:
+        # Its other work is written; a source without suspects says so once its cursor moved (ingest_source).
+        turns.other_work_done(settings.name)
     for suspect in suspects:
-        submit([suspect])
-        drain()
-    return failed_refs, removed
+        with turns.alone() if turns is not None else nullcontext():
+            submit([suspect], INTERRUPTED_ALONE)
+            drain()
 
 
 def _set_aside(refs: Iterable[tuple[DocumentRef, bool]], suspects: frozenset[str],

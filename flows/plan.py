@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from vectormill.connectors.base import Changes, DocumentRef, IncrementalSource, Source
 from vectormill.stores.base import VectorStore
 
-from .retry_queue import INTERRUPTED, is_stuck
+from .retry_queue import SUSPECT_REASONS, is_stuck
 
 
 def as_utc(moment: datetime | None) -> datetime | None:
@@ -75,7 +75,7 @@ def plan_source(source: Source, store: VectorStore, counts: MutableMapping[str, 
     queued = {queued.document: (DocumentRef.from_json(queued.ref), is_stuck(queued, max_attempts))
               for queued in queue}
     deletions: list[str] = []
-    suspects = frozenset(q.document for q in queue if q.reason == INTERRUPTED)
+    suspects = frozenset(q.document for q in queue if q.reason in SUSPECT_REASONS)
 
     def wanted(ref: DocumentRef) -> bool:
         """A listed document to fetch: a queued one (unless stuck and unchanged since), or a changed one."""

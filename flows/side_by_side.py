@@ -6,15 +6,20 @@ one source's rate limit or slow listing holds no other. They share:
   write is still whole documents, and each source's cursor still moves last, after what it covers;
 - the embedding pool (`FairEmbedding`): one thread hands embedding calls to the run's
   execution, taken round-robin from one queue per source (`FairQueue`), so a source with much
-  waiting cannot starve one with little, and this process's model runs one call at a time.
+  waiting cannot starve one with little, and this process's model runs one call at a time;
+- the turns of suspects (`SuspectTurns`): documents a dead process was handling go after every
+  source's other work, one at a time, so a suspect that kills the process again is the only
+  document in flight (and is quarantined), and no other source's work or cursor waits on it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import threading
 from collections import deque
 from concurrent.futures import Future
+from collections.abc import Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
 Item = TypeVar("Item")
@@ -155,3 +160,26 @@ class SharedStore:
                 return value(*args, **kwargs)
 
         return locked
+
+
+class SuspectTurns:
+    """Suspects go alone: `alone()` waits until every source of the run said its other work is done (or it
+    ended), then lets one suspect at a time through."""
+
+    def __init__(self, sources: Iterable[str]):
+        self._waiting_for = set(sources)
+        self._done = threading.Condition()
+        self._one = threading.Lock()
+
+    def other_work_done(self, source: str) -> None:
+        """The source has nothing but suspects left (or ended); saying it again changes nothing."""
+        with self._done:
+            self._waiting_for.discard(source)
+            self._done.notify_all()
+
+    @contextlib.contextmanager
+    def alone(self) -> Iterator[None]:
+        with self._done:
+            self._done.wait_for(lambda: not self._waiting_for)
+        with self._one:
+            yield

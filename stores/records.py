@@ -111,8 +111,9 @@ class DocumentFailed:
     already queued keeps its first failure; its attempts count up and its reason and last failure
     are replaced. Written in the same `write` as the cursor that moves past it.
 
-    `attempt` False records the reason of an attempt already counted (a document is queued, its
-    attempt counted, before it is processed, so that a process that dies on it has counted it).
+    `attempt` is added to its attempts: 1 counts one more; 0 records the reason of an attempt already
+    counted (a document is queued, its attempt counted, before it is processed, so that a process that
+    dies on it has counted it); -1 takes back one counted for a document its run did not process.
     """
 
     source: str
@@ -120,7 +121,7 @@ class DocumentFailed:
     ref: str
     reason: str
     failed_at: str  # ISO 8601, UTC
-    attempt: bool = True  # counts one more attempt
+    attempt: int = 1  # added to its attempts
 
 
 @dataclass(frozen=True)

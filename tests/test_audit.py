@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import datetime
 
 import pytest
 
 from vectormill.connectors.base import DocumentRef
 from vectormill.flows.artifacts import audit_markdown
-from vectormill.flows.audit import compare
+from vectormill.flows.audit import audit, compare
 from vectormill.flows.config import load_config
 from vectormill.stores.faiss_store import FaissStore
 from vectormill.stores.records import DocumentFailed
@@ -35,8 +36,16 @@ def test_compare_sorts_documents_into_missing_extra_stale_queued_and_stuck():
     assert (result.missing, result.extra, result.stale, result.queued, result.stuck) == (
         ["new"], ["gone"], ["edited"], 2, 1)
     assert not result.ok and result.listed == 6 and result.stored == 6
-    deep = compare("docs", listed, stored, [], [], content_differs=lambda document: document == "rewritten")
+    assert result.repairs == ("`vectormill backfill --full --source docs` repairs its missing, extra, stale and stuck "
+                              "documents",)
+    deep = compare("docs", listed, stored, [], [], content_differs=lambda document: document == "rewritten",
+                   modified={"rewritten": "2026-03-04T05:06:07.123456+00:00"})
     assert deep.stale == ["edited", "queued", "rewritten"]  # nothing queued here: "queued" is stale too
+    # --full does not fetch a document listed at its stored version: the one rewritten behind it needs a window.
+    assert deep.repairs[1] == ("`vectormill backfill --source docs --since 2026-03-04T05:06:07` redoes the 1 "
+                               "document(s) whose content changed behind an unchanged version")
+    only_rewritten = compare("docs", {"a": "1"}, {"a": "1"}, [], [], content_differs=lambda document: True)
+    assert len(only_rewritten.repairs) == 1 and "`touch` them" in only_rewritten.repairs[0]
     clean = compare("docs", {"a": "1"}, {"a": "1"}, [], [])
     assert clean.ok and set(clean.as_json()) == CONTRACT
     many = compare("docs", {f"d{n:04d}": "1" for n in range(150)}, {}, [], []).as_json()
@@ -100,10 +109,19 @@ def test_the_audit_finds_each_kind_of_damage(tmp_path, prefect_harness):
     assert entry["stale"] == ["note2.md"] and entry["stale_count"] == 1
 
     assert table["code"] == 1 and "docs missing: note0.md" in table["stdout"] and "Traceback" not in table["stderr"]
+    assert "`vectormill backfill --full --source docs` repairs" in " ".join(table["stderr"].split())
 
     # The weekly deployment's flow: the same report, published, and a failed run when the store diverges.
     with pytest.raises(AuditDiverged, match=r"diverges from source\(s\) docs"):
         audit_sources(config_file=str(config))
+
+    # The advice repairs what it names: the window from the rewritten file's modification time redoes it.
+    [found] = audit(load_config(config), "docs", deep=True)
+    [window] = [repair for repair in found.repairs if "--since" in repair]
+    since = window.split("--since ")[1].split("`")[0]
+    ingest(config_file=str(config), sources=["docs"], since=datetime.fromisoformat(since))
+    [after] = audit(load_config(config), "docs", deep=True)
+    assert "note2.md" in found.stale and "note2.md" not in after.stale
 
 
 @pytest.mark.slow

@@ -88,6 +88,8 @@ def everything(tmp_path_factory):
          str(root / "no-store" / "vectormill.toml")],
         ["backfill", "--since", "2026-04-01T01:00:00+02:00", "--until", "2026-03-31T22:30", "--config",
          str(root / "no-store" / "vectormill.toml")],
+        ["search", "", "--config", str(root / "no-store" / "vectormill.toml")],
+        ["search", " \t ", "--json", "--config", str(root / "no-store" / "vectormill.toml")],
     ]
     (root / "new").mkdir()
     with hubspot_server(TOKEN) as server:
@@ -210,3 +212,12 @@ def test_sources_check_without_a_prefect_server_leaves_a_global_rate_limit_out_a
     [check] = json.loads(result["stdout"])
     assert check["ok"] and "prefect_rate_limit 'hubspot-api' not held: no Prefect server" in check["detail"]
     assert not (tmp_path / "prefect-home").exists() or not list((tmp_path / "prefect-home").glob("*.db"))
+
+
+def test_an_empty_search_is_refused_instead_of_answering_arbitrary_hits(everything):
+    searches = [result for (setup, line), result in everything.items() if setup == "" and line[:1] == ("search",)]
+    assert len(searches) == 2
+    for result in searches:
+        assert result["code"] == 2 and result["stdout"] == "", result
+        assert error_lines(result) == ["error: the search text is empty: give the words to look for, e.g. "
+                                       "`vectormill search \"backup schedule\"`"]

@@ -18,7 +18,7 @@ import pytest
 
 from vectormill.flows.config import load_config
 from vectormill.flows.deletions import deletion_refusal
-from vectormill.flows.retry_queue import INTERRUPTED, list_failures
+from vectormill.flows.retry_queue import INTERRUPTED, INTERRUPTED_ALONE, list_failures
 from vectormill.stores.faiss_store import FaissStore
 
 from .cli_process import VECTORMILL, Preloaded, harness_env, run, run_many
@@ -178,10 +178,14 @@ def test_documents_emptied_at_their_source_are_removed_not_kept_stale(tmp_path, 
     config = write_config(tmp_path)
     ingest(config_file=str(config))
     (tmp_path / "pdfs" / "note1.md").write_text("")  # truncated to nothing
+    (tmp_path / "pdfs" / "fresh.pdf").write_bytes(b"")  # new and empty: never stored
 
     summary = ingest(config_file=str(config))
 
-    assert summary["removed"] == [{"source": "docs", "document": "note1.md", "reason": "empty at source"}]
+    assert sorted(summary["removed"], key=lambda entry: entry["document"]) == [
+        {"source": "docs", "document": "fresh.pdf", "reason": "empty at source"},
+        {"source": "docs", "document": "note1.md", "reason": "empty at source"}]
+    # Only what was stored counts as deleted: the never-stored empty PDF is not a deletion.
     assert summary["documents"]["deleted"] == 1 and summary["documents"]["failed"] == 0
     assert summary["retry_queue"] == {"docs": 0}
     assert stored_documents(config) == set(NOTES) - {"note1.md"}
@@ -271,39 +275,130 @@ filesystem.FilesystemSource.fetch = fetch
 
 
 @pytest.mark.slow
-def test_a_document_that_kills_its_process_is_counted_then_skipped_as_stuck(tmp_path, prefect_harness):
+def test_a_document_that_kills_its_process_is_quarantined_without_holding_another_source(tmp_path, prefect_harness):
+    """The issue's acceptance: a run is killed when source A opens one file; source B (a wiki, edited before every run)
+    runs beside it, its edits land and its cursor moves in every run after the first, and the killer is quarantined
+    by its second death (not after max_document_attempts)."""
     notes = {f"note{n}.md": NOTES[f"note{n}.md"] for n in range(5)}
     notes["poison.md"] = "# Poison\n\nThis file kills whatever process reads it.\n"
     write_notes(tmp_path / "pdfs", notes)
-    config = write_config(tmp_path, extra="max_document_attempts = 2\n", fetch_batch_size=2)
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(KILLER)
     env = harness_env(PYTHONPATH=os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")])),
                       PREFECT_LOGGING_LEVEL="WARNING")
 
-    def backfill(runs: Preloaded) -> tuple[int, str]:
-        """Its exit code and stderr."""
+    def backfill(runs: Preloaded) -> tuple[int, str, str]:
+        """Its exit code, stdout and stderr."""
         run = runs.start("backfill", "--json", cwd=tmp_path)
-        _, stderr = run.communicate(timeout=600)
-        return run.returncode, stderr
+        stdout, stderr = run.communicate(timeout=600)
+        return run.returncode, stdout, stderr
 
     def attempts() -> dict[str, tuple[int, str]]:
         return {e.document: (e.attempts, e.reason) for e in list_failures(load_config(config))}
 
-    with Preloaded(env, tmp_path / "runs") as runs:
-        code, stderr = backfill(runs)
+    def wiki_state() -> tuple[dict[str, str], str | None]:
+        with FaissStore.open(load_config(config).store, writable=False) as store:
+            return store.document_versions("wiki"), store.cursor("wiki")
+
+    with MediaWikiServer() as wiki, Preloaded(env, tmp_path / "runs") as runs:
+        wiki.import_pages({f"Runbook {n}": f"Runbook {n}: restart service {n} at midnight." for n in range(3)})
+        config = write_config(tmp_path, fetch_batch_size=2)  # max_document_attempts: the default, 10
+        config.write_text(config.read_text() + f'\n[[sources]]\nname = "wiki"\ntype = "mediawiki"\n'
+                                               f'api_url = "{wiki.api_url}"\nrequests_per_second = 200\nburst = 20\n')
+        code, _, stderr = backfill(runs)
         assert code == -9, stderr[-2000:]
         assert attempts()["poison.md"] == (1, INTERRUPTED)  # counted before it was processed
+        with FaissStore.open(load_config(config).store, writable=False) as store:
+            # The killed run recorded the precision of what it wrote (before its first vectors).
+            assert bool(store.properties().get("precision")) == bool(store.stats()["vectors"])
 
-        code, stderr = backfill(runs)  # the suspects go last, one at a time: the others land, the poison kills again
-        assert code == -9, stderr[-2000:]
-        assert attempts() == {"poison.md": (2, INTERRUPTED)}
+        cursors = [wiki_state()[1]]
+        for run in (1, 2):
+            wiki.advance(1)
+            wiki.edit_page("Runbook 1", f"Runbook 1: since edit {run}, restart service 1 at noon.")
+            code, stdout, stderr = backfill(runs)
+            versions, cursor = wiki_state()
+            assert versions["Runbook 1"] == str(wiki.revision("Runbook 1")), run  # B's edit landed
+            assert cursor not in cursors, run  # B's cursor moved
+            cursors.append(cursor)
+            if run == 1:  # the suspects go after every source's other work, alone: the poison kills again
+                assert code == -9, stderr[-2000:]
+                assert attempts() == {"poison.md": (2, INTERRUPTED_ALONE)}
+            else:  # quarantined: not read again, and the run completes, warning about it
+                assert code == 0, stderr[-2000:]
+                summary = json.loads(stdout.strip().splitlines()[-1])
+                assert [entry["document"] for entry in summary["stuck"]] == ["poison.md"]
+                assert any("poison.md" in warning and "stuck" in warning for warning in summary["warnings"])
+                assert attempts() == {"poison.md": (2, INTERRUPTED_ALONE)}
+                assert not any("embedded in" in warning for warning in summary["warnings"])  # one precision
+    with FaissStore.open(load_config(config).store, writable=False) as store:
+        assert store.properties()["precision"] == summary["precision"]["used"]
     assert stored_documents(config) == set(notes) - {"poison.md"}
 
-    # Stuck: skipped, and the run goes on (in this process: the poison is never read again to kill it).
-    from vectormill.flows.ingest import ingest
 
-    summary = ingest(config_file=str(config))
-    assert [entry["document"] for entry in summary["stuck"]] == ["poison.md"]
-    assert attempts() == {"poison.md": (2, INTERRUPTED)}
+# ---- failures keep their reason; nothing stays stale by attrition ---------------------------------------
+@pytest.mark.slow
+def test_refused_runs_keep_real_reasons_and_warn_until_the_emptied_files_are_deleted(tmp_path, prefect_harness):
+    """The issue's acceptance: with max_document_attempts = 2, four runs refused by the valve make nothing stuck;
+    each warns naming the emptied files, a broken PDF keeps its real reason, and --allow-deletions removes them."""
+    from vectormill.flows.ingest import IngestFailed, ingest
+
+    from .test_retry_queue import best_hit
+
+    write_notes(tmp_path / "pdfs")
+    (tmp_path / "pdfs" / "scan.pdf").write_bytes(b"%PDF-1.4\n1 0 obj << /Type /Catalog")
+    config = write_config(tmp_path, extra="max_document_attempts = 2\n")
+    first = ingest(config_file=str(config))
+    assert first["documents"]["new"] == 6 and first["documents"]["failed"] == 1
+    emptied = sorted(NOTES)[:4]
+    for name in emptied:
+        (tmp_path / "pdfs" / name).write_text("")
+
+    for _ in range(4):
+        with pytest.raises(IngestFailed, match="would delete 4 of its 6 stored documents") as refused:
+            ingest(config_file=str(config))
+        summary = refused.value.summary
+        assert any(all(name in warning for name in emptied) and "deletion refused" in warning
+                   for warning in summary["warnings"]), summary["warnings"]
+        queue = {e.document: e for e in list_failures(load_config(config))}
+        assert set(queue) == {"scan.pdf", *emptied}
+        assert "PDF" in queue["scan.pdf"].reason and queue["scan.pdf"].reason != INTERRUPTED
+        assert all(queue[name].reason.startswith("empty at source, not deleted") and queue[name].attempts == 0
+                   and not queue[name].stuck for name in emptied)
+        assert stored_documents(config) == set(NOTES)
+    assert queue["scan.pdf"].stuck and [s["document"] for s in summary["stuck"]] == ["scan.pdf"]
+    confirmed = ingest(config_file=str(config), allow_deletions=True)
+    assert confirmed["documents"]["deleted"] == 4
+    assert stored_documents(config) == set(NOTES) - set(emptied)
+    assert best_hit(config, NOTES[emptied[0]]).document not in emptied  # no longer answers searches
+    assert [s["document"] for s in confirmed["stuck"]] == ["scan.pdf"]
+    assert any("scan.pdf" in warning and "stuck" in warning for warning in confirmed["warnings"])
+
+
+@pytest.mark.slow
+def test_a_listing_refused_midway_records_not_reached_instead_of_interrupted(tmp_path, monkeypatch, prefect_harness):
+    from vectormill.flows.ingest import IngestFailed, ingest
+
+    token = "pat-na1-0b8d6c3e-2f11-4c5a-9d7e-midway000001"
+    monkeypatch.setenv("HUBSPOT_MIDWAY_TOKEN", token)
+    with hubspot_server(token) as server:
+        for n in range(30):
+            server.app.add("companies", name=f"Company {n}", description=f"Makes widget model {n}.")
+        config = tmp_path / "vectormill.toml"
+        config.write_text('[store]\npath = "store"\n\n[chunking]\ntokens = 64\noverlap = 8\n\n'
+                          '[[sources]]\nname = "crm"\ntype = "hubspot"\ntoken_env = "HUBSPOT_MIDWAY_TOKEN"\n'
+                          f'base_url = "{server.url}"\nobject_type = "companies"\nproperties = ["name", "description"]\n'
+                          'page_size = 5\nfetch_batch_size = 4\nrequests_per_second = 200\nburst = 20\n')
+        server.fail_matching(lambda request: request.param("after") == "MjA=", 400)  # the 5th page: offset 20
+
+        with pytest.raises(IngestFailed, match="HTTP 400"):
+            ingest(config_file=str(config))
+
+        queue = list_failures(load_config(config))
+        assert queue and all(entry.reason.startswith("not reached: the source failed: ") and "HTTP 400" in entry.reason
+                             and entry.attempts == 0 for entry in queue)
+        server.clear_faults()
+        landed = ingest(config_file=str(config))
+        assert landed["documents"]["failed"] == 0 and list_failures(load_config(config)) == []
+        assert len(stored_documents(config, "crm")) == 30

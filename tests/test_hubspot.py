@@ -33,7 +33,7 @@ def server(monkeypatch):
 def source_for(server, **overrides) -> HubSpotSource:
     values = {"name": "crm", "type": "hubspot", "base_url": server.url, "object_type": "companies",
               "properties": ["name", "domain", "description"], "token_env": TOKEN_ENV, "page_size": 10,
-              "requests_per_second": 500, "burst": 20, "max_backoff_seconds": 0.2, "cursor_overlap_seconds": 0}
+              "requests_per_second": 500, "burst": 20, "search_requests_per_second": 500, "max_backoff_seconds": 0.2, "cursor_overlap_seconds": 0}
     return HubSpotSource(HubSpotSourceSettings(**{**values, **overrides}))
 
 
@@ -165,24 +165,28 @@ def test_a_record_edited_while_the_search_pages_skips_no_other(server):
     assert "A" in again
 
 
-def test_search_continues_from_the_last_time_and_id_seen(server):
+def test_search_sends_one_sort_and_drains_a_pages_last_time_by_id(server):
     base = int(time.time() * 1000) - 60_000
     ids = [server.app.add("companies", at_ms=base + n // 3, name=f"Company {n}") for n in range(7)]
     source = source_for(server, page_size=2)
 
     upserts = [ref.id for ref in source.changes_since(iso(base - 1)).upserts]
 
-    assert upserts == [f"companies/{i}" for i in ids]
-    first, second = searches(server)[:2]
-    assert first["sorts"] == [{"propertyName": "hs_lastmodifieddate", "direction": "ASCENDING"},
-                              {"propertyName": "hs_object_id", "direction": "ASCENDING"}]
+    assert sorted(upserts) == sorted(f"companies/{i}" for i in ids) and len(upserts) == len(set(upserts))
+    bodies = searches(server)
+    assert all(len(body["sorts"]) == 1 and "after" not in body for body in bodies)
+    first, second, third = bodies[:3]
+    assert first["sorts"] == [{"propertyName": "hs_lastmodifieddate", "direction": "ASCENDING"}]
     (only,) = first["filterGroups"]
     assert only["filters"][0] == {"propertyName": "hs_lastmodifieddate", "operator": "GT", "value": str(base - 1)}
-    # Records 0 and 1 share a time with record 2: the next query asks for (that time, id > 1's) or a later time.
-    tie, later = second["filterGroups"]
-    assert tie["filters"] == [{"propertyName": "hs_lastmodifieddate", "operator": "EQ", "value": str(base)},
-                              {"propertyName": "hs_object_id", "operator": "GT", "value": ids[1]}]
-    assert later["filters"][0] == {"propertyName": "hs_lastmodifieddate", "operator": "GT", "value": str(base)}
+    # The first page's last time (records 0-2 share it) is not a boundary: its records are read by id.
+    assert second["sorts"] == [{"propertyName": "hs_object_id", "direction": "ASCENDING"}]
+    assert second["filterGroups"] == [{"filters": [
+        {"propertyName": "hs_lastmodifieddate", "operator": "EQ", "value": str(base)}]}]
+    assert third["filterGroups"] == [{"filters": [
+        {"propertyName": "hs_lastmodifieddate", "operator": "EQ", "value": str(base)},
+        {"propertyName": "hs_object_id", "operator": "GT", "value": ids[1]}]}]
+    assert all(len(body["filterGroups"]) == 1 and len(body["filterGroups"][0]["filters"]) <= 2 for body in bodies)
 
 
 def test_search_goes_past_the_result_window_and_through_ties_larger_than_a_page(monkeypatch):
@@ -196,20 +200,113 @@ def test_search_goes_past_the_result_window_and_through_ties_larger_than_a_page(
 
         upserts = [ref.id for ref in source.changes_since(iso(base - 1)).upserts]
 
-        assert upserts == [f"companies/{i}" for i in ids]  # each once, in (time, id) order
+        assert sorted(upserts) == sorted(f"companies/{i}" for i in ids) and len(upserts) == 100  # each once
+        modified = [server.app.objects["companies"][u.split("/")[1]]["updatedAt"] for u in upserts]
+        assert modified == sorted(modified)
         assert all("after" not in body for body in searches(server))
 
 
-def test_results_out_of_keyset_order_stop_the_source_instead_of_skipping(server, monkeypatch):
+def test_results_out_of_order_stop_the_source_instead_of_skipping(server, monkeypatch):
     base = int(time.time() * 1000) - 60_000
     for n in range(4):
-        server.app.add("companies", at_ms=base, name=f"Company {n}")
+        server.app.add("companies", at_ms=base + n, name=f"Company {n}")
     source = source_for(server, page_size=3)
-    # A search that ignores the second sort (ties in descending id order) would let the keyset skip records.
+    # A search that ignored its sort would let the keyset skip records.
     sort = server.app._sorted
-    monkeypatch.setattr(server.app, "_sorted", lambda records, sorts: list(reversed(sort(records, sorts))))
-    with pytest.raises(SourceError, match="not in .hs_lastmodifieddate, hs_object_id. order"):
+    monkeypatch.setattr(server.app, "_sorted", lambda *args: list(reversed(sort(*args))))
+    with pytest.raises(SourceError, match="out of order .the records did not come in ascending hs_lastmodifieddate"):
         list(source.changes_since(iso(base - 1)).upserts)
+
+
+@pytest.mark.parametrize("change, refusal", [
+    ({"sorts": [{"propertyName": "hs_lastmodifieddate", "direction": "ASCENDING"},
+                {"propertyName": "hs_object_id", "direction": "ASCENDING"}]}, "only one sorting rule"),
+    ({"filterGroups": [{"filters": [{"propertyName": "hs_object_id", "operator": "GT", "value": "1"}]}] * 6},
+     "at most 5 filterGroups"),
+    ({"filterGroups": [{"filters": [{"propertyName": "hs_object_id", "operator": "GT", "value": "1"}] * 11}]},
+     "at most 5 filterGroups"),
+    ({"filterGroups": [{"filters": [{"propertyName": "hs_object_id", "operator": "GT", "value": "1"}] * 9}] * 3},
+     "25 filters in all"),
+    ({"limit": 201}, "limit must be between 1 and 200"),
+    ({"after": "10000"}, "pages through at most 10000 results"),
+])
+def test_the_test_server_refuses_what_hubspot_refuses(server, change, refusal):
+    """A double that accepts what HubSpot refuses hid a two-sort search: each documented limit is a 400."""
+    import requests
+
+    add_companies(server, 3)
+    query = {"filterGroups": [], "sorts": [{"propertyName": "hs_lastmodifieddate", "direction": "ASCENDING"}],
+             "properties": ["name"], "limit": 200}
+    url = f"{server.url}/crm/v3/objects/companies/search"
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    assert requests.post(url, json=query, headers=headers, timeout=10).status_code == 200
+
+    answer = requests.post(url, json={**query, **change}, headers=headers, timeout=10)
+
+    assert answer.status_code == 400
+    body = answer.json()
+    assert body["status"] == "error" and body["category"] == "VALIDATION_ERROR" and body["correlationId"]
+    assert refusal in body["message"]
+
+
+def test_the_test_server_orders_ties_neither_by_id_nor_the_same_way_twice(server):
+    import requests
+
+    moment = int(time.time() * 1000) - 60_000
+    ids = [server.app.add("companies", at_ms=moment, name=f"Company {n}") for n in range(20)]
+    query = {"sorts": [{"propertyName": "hs_lastmodifieddate", "direction": "ASCENDING"}], "limit": 100}
+    orders = [[r["id"] for r in requests.post(f"{server.url}/crm/v3/objects/companies/search", json=query, timeout=10,
+                                              headers={"Authorization": f"Bearer {TOKEN}"}).json()["results"]]
+              for _ in range(3)]
+    assert all(sorted(order) == sorted(ids) and order != ids for order in orders)
+    assert len({tuple(order) for order in orders}) == 3
+
+
+def test_450_records_of_one_time_and_edits_while_paging_are_each_read_once_and_none_lost(server):
+    """The issue's acceptance: a bulk stamp of 450 records (more than two pages of ties) and records edited
+    while the search pages; ties shuffled and two sorts refused by the server."""
+    before = int(time.time() * 1000) - 120_000
+    quiet = [server.app.add("companies", at_ms=before, name=f"Quiet {n}") for n in range(30)]
+    bulk_time = before + 1_000
+    bulk = [server.app.add("companies", at_ms=bulk_time, name=f"Bulk {n}") for n in range(450)]
+    later = [server.app.add("companies", at_ms=bulk_time + 1 + n, name=f"Later {n}") for n in range(40)]
+    source = source_for(server, page_size=200)
+    cursor = iso(before)  # the last run's: the quiet records are behind it
+
+    changes = source.changes_since(cursor)
+    first_run = []
+    for ref in changes.upserts:
+        first_run.append(ref.id)
+        if len(first_run) == 150:  # while the search pages: one bulk record read already, one not yet, one later
+            next_millisecond()
+            edited = [bulk[0] if f"companies/{bulk[0]}" in first_run else bulk[1], bulk[-1], later[-1]]
+            for object_id in edited:
+                server.app.update("companies", object_id, description="Edited while the search pages.")
+
+    expected = {f"companies/{i}" for i in bulk + later}
+    assert len(first_run) == len(set(first_run))  # no record twice in one run
+    assert set(first_run) - expected == set()  # exactly the records changed after the cursor…
+    assert expected - set(first_run) <= {f"companies/{i}" for i in edited}  # …but those edited moved past it
+    bodies = searches(server)
+    assert all(len(body["sorts"]) == 1 and body["limit"] <= 200 and "after" not in body for body in bodies)
+
+    second_run = [ref.id for ref in source.changes_since(changes.cursor).upserts]
+    assert sorted(second_run) == sorted(f"companies/{i}" for i in edited)  # every edit fetched, nothing else
+    versions = {f"companies/{i}": r["updatedAt"] for i, r in server.app.objects["companies"].items()}
+    assert all(versions[document] > iso(bulk_time) for document in second_run)
+    assert not set(f"companies/{i}" for i in quiet) & set(first_run + second_run)
+
+
+def test_searches_keep_to_their_own_rate_limit(server):
+    add_companies(server, 60)
+    source = source_for(server, page_size=5, requests_per_second=500, burst=20, search_requests_per_second=20)
+    listed = len(list(source.changes_since(iso(0)).upserts))
+    assert listed == 60
+    times = sorted(r.arrived for r in server.requests if r.path.endswith("/search"))
+    assert len(times) >= 12
+    # At most 1 + 20 * T searches in any window of T seconds (a burst of one, then 20 a second).
+    assert all(later - earlier >= (n - 1) / 20 - 0.02 for n in range(2, 8)
+               for earlier, later in zip(times, times[n - 1:]))
 
 
 def test_listing_completes_through_faults_within_the_rate_limit(server):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from vectormill.flows.config import load_config
+from vectormill.flows.retry_queue import INTERRUPTED_ALONE
 from vectormill.flows.ingest import ingest
 from vectormill.stores.faiss_store import FaissStore
 
@@ -63,6 +64,12 @@ def test_killed_runs_resume_to_exactly_the_uninterrupted_result(tmp_path):
     # The run that finishes the job needs no process of its own (its model is this one's, already loaded).
     finished = ingest(config_file=str(crashed_config))
     assert finished["failures"] == []  # it completed: a failed run raises
+    if finished["stuck"]:
+        # A kill that fell while a suspect was handled alone quarantined it (it cannot be told from a poison pill):
+        # reported and warned about by name, and --full fetches it again.
+        assert all(entry["reason"] == INTERRUPTED_ALONE for entry in finished["stuck"])
+        assert any("stuck" in warning for warning in finished["warnings"])
+        assert ingest(config_file=str(crashed_config), full=True)["stuck"] == []
 
     got, stats, (rows, distinct) = snapshot(crashed_config)
     assert rows == distinct == stats["vectors"] == expected_stats["vectors"]

@@ -132,3 +132,25 @@ def test_an_edit_that_does_not_touch_the_model_keeps_its_loader_and_old_models_a
             break
         time.sleep(0.05)
     assert closed == ["c"]  # b went when d came (its loader had not been patched yet); c when e came
+
+
+def test_at_exit_a_load_under_way_finishes_and_the_embedder_is_closed(monkeypatch):
+    """What the interpreter's exit runs (atexit): a thread left inside torch at teardown aborts the process."""
+    from vectormill.embedding import loader as loader_module
+
+    closed = threading.Event()
+
+    class Closable(Built):
+        def close(self):
+            closed.set()
+
+    builder = Builder(gated=True)
+    building = EmbedderLoader(SETTINGS, lambda settings: (builder(settings), Closable())[1])
+    monkeypatch.setattr(loader_module, "_loaders", loader_module.OrderedDict(building=building))
+    building.start()
+    threading.Timer(0.3, builder.release.set).start()
+
+    loader_module.finish_background_work()
+
+    assert building.loaded and closed.is_set() and not loader_module._loaders
+    loader_module.finish_background_work()  # again: nothing left to do

@@ -456,3 +456,26 @@ def test_ingest_flow_syncs_a_wiki_fully_then_incrementally(tmp_path, prefect_har
         assert cursor == "2024-01-01T00:00:01Z"
         hit = best_hit(config, "Grandmasters prefer the Najdorf variation.")
         assert (hit.document, hit.title, hit.location) == ("Runbook Chess", "Runbook Chess", f"{wiki.url}/index.php/Runbook_Chess")
+
+
+def test_the_test_wiki_clamps_limits_with_a_warning_and_refuses_a_forged_continue(wiki):
+    """As the Action API documents: `rclimit`/`aplimit` above 500 (a user's maximum) or below 1 are clamped and
+    warned about, and a `continue` value that is not the one an answer gave is `badcontinue`."""
+    import requests
+
+    base = {"action": "query", "format": "json", "formatversion": "2"}
+    for n in range(3):
+        wiki.edit_page(f"Runbook {n}", f"Edited text {n}.")
+    over = requests.get(wiki.api_url, params={**base, "generator": "allpages", "gaplimit": 600}, timeout=10).json()
+    assert len(over["query"]["pages"]) == min(MAIN_PAGES, 500)
+    assert 'parameter "gaplimit" must be between 1 and 500' in over["warnings"]["main"]["warnings"]
+    under = requests.get(wiki.api_url, params={**base, "list": "recentchanges", "rclimit": 0}, timeout=10).json()
+    assert len(under["query"]["recentchanges"]) == 1 and "rclimit" in under["warnings"]["main"]["warnings"]
+    paged = requests.get(wiki.api_url, params={**base, "list": "recentchanges", "rclimit": 2, "continue": ""},
+                         timeout=10).json()
+    assert paged["continue"]["continue"] == "-||" and "rccontinue" in paged["continue"]
+    forged = requests.get(wiki.api_url, params={**base, "list": "recentchanges", "rclimit": 2, "continue": "2",
+                                                "rccontinue": paged["continue"]["rccontinue"]}, timeout=10).json()
+    assert forged["error"]["code"] == "badcontinue"
+    assert requests.get(wiki.api_url, params={**base, "list": "recentchanges", "rclimit": 2, **paged["continue"]},
+                        timeout=10).json()["query"]["recentchanges"]

@@ -237,7 +237,9 @@ def test_a_crm_record_is_fetched_again_by_its_ref_until_it_lands_and_dropped_onc
 
         run = server.requests[sent:]
         assert sum(r.method == "GET" and r.path.endswith(f"/companies/{quiet}") for r in run) == 2  # both attempts
-        assert second["documents"]["deleted"] == 1 and second["documents"]["failed"] == 1
+        # The purged record was never stored: off the queue, but not counted as a deletion.
+        assert second["documents"]["deleted"] == 0 and second["documents"]["failed"] == 1
+        assert [r["document"] for r in second["removed"]] == [f"companies/{purged}"]
         assert "HTTP 503" in second["failures"][0]["reason"]
         [queued] = queue_of(config, "crm-queue")
         assert (queued.document, queued.attempts) == (f"companies/{quiet}", 2)

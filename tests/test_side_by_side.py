@@ -125,9 +125,12 @@ def test_throttled_sources_fetch_side_by_side_and_a_failing_one_stops_only_itsel
 
 
 @pytest.mark.slow
-def test_after_a_process_died_mid_run_the_sources_go_one_at_a_time(tmp_path, monkeypatch, prefect_harness):
+def test_after_a_process_died_mid_run_the_sources_go_side_by_side_and_the_suspect_goes_last_alone(
+        tmp_path, monkeypatch, prefect_harness):
     from vectormill.flows.ingest import ingest
     from vectormill.flows.pipeline import embedder_for
+
+    from .servers.mediawiki_server import request_params
 
     monkeypatch.setenv("HUBSPOT_SIDES_TOKEN", TOKEN)
     with hubspot_server(TOKEN) as crm, MediaWikiServer() as wiki:
@@ -141,5 +144,11 @@ def test_after_a_process_died_mid_run_the_sources_go_one_at_a_time(tmp_path, mon
 
         summary = ingest(config_file=str(config))
 
-        assert not overlap(crm, wiki)  # the suspect is fetched with nothing else in flight
+        assert overlap(crm, wiki)  # a suspect holds no source back
+        wiki_fetches = [(request.arrived, request_params(request).get("titles")) for request in wiki.requests
+                        if request_params(request).get("prop") == "info|revisions"]
+        suspect = min(arrived for arrived, title in wiki_fetches if title == "Runbook 5")
+        # Fetched once every source's other work was done: after the CRM's last request and every other page.
+        assert suspect > max(request.arrived for request in crm.requests)
+        assert suspect > max(arrived for arrived, title in wiki_fetches if title != "Runbook 5")
     assert summary["documents"]["new"] == 8 + 6 and summary["retry_queue"] == {"crm": 0, "wiki": 0}

@@ -4,10 +4,12 @@
   (limit ≤ 100; `after` is opaque);
 - `GET /crm/v3/objects/{type}/{id}?properties` → one object, 404 `OBJECT_NOT_FOUND`;
 - `POST /crm/v3/objects/{type}/search` with `filterGroups` (OR of groups whose filters are ANDed;
-  at most 5 groups, 6 filters a group, 18 in all), `sorts` (each breaking the ties of the one
-  before), `properties`, `limit` (≤ 200), `after` → `{"total", "results", "paging"}`; paging past
+  at most 5 groups, 10 filters a group, 25 in all: HubSpot's limits since August 2024), `sorts`
+  (at most one sorting rule: HubSpot documents that only one can be applied to a search),
+  `properties`, `limit` (≤ 200), `after` → `{"total", "results", "paging"}`; paging past
   `search_window` (10,000 at HubSpot) is a 400 and no `paging.next` leads there; archived objects
-  are not searchable;
+  are not searchable. Records that tie on the sort come in no promised order, as at HubSpot:
+  here shuffled anew for each request, never in ascending id order;
 - every request needs `Authorization: Bearer <token>`, else 401 `INVALID_AUTHENTICATION`;
 - errors are `{"status": "error", "message", "correlationId", "category"}`.
 
@@ -18,6 +20,8 @@ Objects carry `id`, `properties` (the requested ones plus `createdate`, `hs_last
 from __future__ import annotations
 
 import base64
+import itertools
+import random
 import threading
 import time
 import uuid
@@ -29,7 +33,8 @@ from .fault_server import FaultServer, Reply, Request
 DEFAULT_PROPERTIES = ("createdate", "hs_lastmodifieddate", "hs_object_id")
 CATEGORIES = {400: "VALIDATION_ERROR", 401: "INVALID_AUTHENTICATION", 403: "MISSING_SCOPES",
               404: "OBJECT_NOT_FOUND", 429: "RATE_LIMITS"}
-MAX_FILTER_GROUPS, MAX_FILTERS_PER_GROUP, MAX_FILTERS = 5, 6, 18  # HubSpot's documented search limits
+MAX_FILTER_GROUPS, MAX_FILTERS_PER_GROUP, MAX_FILTERS = 5, 10, 25  # HubSpot's documented search limits (2024)
+MAX_SORTS, MAX_SEARCH_LIMIT = 1, 200
 OPERATORS = {"GT": lambda a, b: a > b, "GTE": lambda a, b: a >= b, "LT": lambda a, b: a < b,
              "LTE": lambda a, b: a <= b, "EQ": lambda a, b: a == b}
 
@@ -51,6 +56,7 @@ class HubSpotApp:
         self.objects: dict[str, dict[str, dict[str, Any]]] = {}
         self._lock = threading.Lock()
         self._next_id = 1000
+        self._searches = 0  # seeds each search's order of ties: never the same twice
 
     # ---- data ----------------------------------------------------------------------------
     def _now_ms(self, at_ms: int | None) -> int:
@@ -153,8 +159,12 @@ class HubSpotApp:
         limit = int(query.get("limit", 10))
         after = int(query.get("after") or 0)
         groups = query.get("filterGroups") or []
-        if not 1 <= limit <= 200:
-            return self.error(400, f"limit must be between 1 and 200, got {limit}")
+        sorts = query.get("sorts") or []
+        if not 1 <= limit <= MAX_SEARCH_LIMIT:
+            return self.error(400, f"limit must be between 1 and {MAX_SEARCH_LIMIT}, got {limit}")
+        if len(sorts) > MAX_SORTS:
+            return self.error(400, f"There was a problem with the request. sorts: size must be between 0 and "
+                                   f"{MAX_SORTS}: only one sorting rule can be applied to a search")
         if after >= self.search_window:
             return self.error(400, f"after must be less than {self.search_window}: the search API pages through "
                                    f"at most {self.search_window} results")
@@ -169,7 +179,8 @@ class HubSpotApp:
                     for f in group["filters"]) for group in groups)
 
         records = [r for r in self.objects.get(object_type, {}).values() if not r["archived"] and matches(r)]
-        records = self._sorted(records, query.get("sorts") or [])
+        self._searches += 1
+        records = self._sorted(records, sorts, random.Random(self._searches))
         page = records[after:min(after + limit, self.search_window)]
         body: dict[str, Any] = {"total": len(records),
                                 "results": [self._view(r, query.get("properties") or []) for r in page]}
@@ -178,13 +189,21 @@ class HubSpotApp:
         return Reply(200, body)
 
     @staticmethod
-    def _sorted(records: list[dict[str, Any]], sorts: list[dict[str, str]]) -> list[dict[str, Any]]:
-        """By each sort in turn (the first decides, later ones break its ties); by id without sorts."""
+    def _sorted(records: list[dict[str, Any]], sorts: list[dict[str, str]],
+                shuffler: random.Random) -> list[dict[str, Any]]:
+        """By the sort, its ties in an order of `shuffler`'s, never ascending id; by id without a sort."""
         records = sorted(records, key=lambda r: int(r["id"]))
-        for sort in reversed(sorts):
-            records.sort(key=lambda r: to_ms(r["properties"][sort["propertyName"]]),
-                         reverse=sort.get("direction") == "DESCENDING")
-        return records
+        if not sorts:
+            return records
+        (sort,) = sorts
+        key = (lambda r: to_ms(r["properties"][sort["propertyName"]]))
+        ordered: list[dict[str, Any]] = []
+        for _, tied in itertools.groupby(sorted(records, key=key, reverse=sort.get("direction") == "DESCENDING"),
+                                         key=key):
+            tied = list(tied)
+            shuffled = shuffler.sample(tied, len(tied))
+            ordered += shuffled[::-1] if len(tied) > 1 and shuffled == tied else shuffled
+        return ordered
 
 
 def hubspot_server(token: str, search_window: int = 10_000) -> FaultServer:

@@ -277,7 +277,8 @@ def render(text: str, *, edit_sections: bool, limit_report: bool) -> str:
     return '<div class="mw-parser-output">' + "\n".join(blocks) + report + "</div>"
 
 
-def _limit(value: str | None, default: int = 10) -> int:
+def _limit(value: str | None, name: str, warnings: list[str], default: int = 10) -> int:
+    """A module's `limit`: an integer or "max"; out of [1, MAX_LIMIT] it is clamped with a warning, as MediaWiki does."""
     if value is None:
         return default
     if value == "max":
@@ -285,7 +286,9 @@ def _limit(value: str | None, default: int = 10) -> int:
     try:
         number = int(value)
     except ValueError:
-        raise ApiError("badinteger", f'Invalid value "{value}" for integer parameter.') from None
+        raise ApiError("badinteger", f'Invalid value "{value}" for integer parameter "{name}".') from None
+    if not 1 <= number <= MAX_LIMIT:
+        warnings.append(f'The value "{value}" for parameter "{name}" must be between 1 and {MAX_LIMIT}.')
     return max(1, min(number, MAX_LIMIT))
 
 
@@ -299,6 +302,7 @@ class MediaWikiApi:
         self.private = private
         self.sessions: dict[str, dict[str, Any]] = {}
         self.warnings: list[str] = []
+        self._warnings: list[str] = []
 
     def handle(self, method: str, params: dict[str, str], session_id: str | None) -> tuple[dict[str, Any], str | None]:
         """The JSON answer, and a new session id to set as a cookie (or None)."""
@@ -312,7 +316,12 @@ class MediaWikiApi:
             self.sessions[session_id] = {"user": None, "login_token": None}
         session = self.sessions[session_id]
         warnings: list[str] = []
+        self._warnings = warnings  # this request's (requests are handled one at a time, under the state's lock)
         try:
+            if params.get("continue", "") and "||" not in params["continue"]:
+                # The `continue` value is the one the last answer gave, passed back as it is.
+                raise ApiError("badcontinue", "Invalid continue param. You should pass the original value returned "
+                                              "by the previous query.")
             if params.get("format") != "json" or params.get("formatversion") != "2":
                 raise ApiError("badvalue", "this test wiki speaks format=json&formatversion=2 only")
             if params.get("assert") == "user" and session["user"] is None:
@@ -408,7 +417,7 @@ class MediaWikiApi:
         if not namespace.isdigit() or int(namespace) not in NAMESPACES:
             raise ApiError("badvalue", f'Unrecognized value for parameter "{prefix}namespace": {namespace}.')
         namespace = int(namespace)
-        limit = _limit(params.get(prefix + "limit"))
+        limit = _limit(params.get(prefix + "limit"), prefix + "limit", self._warnings)
         start = params.get(prefix + "continue") or params.get(prefix + "from") or ""
         start = start.replace(" ", "_")
         redirects = params.get(prefix + "filterredir", "all")
@@ -478,7 +487,7 @@ class MediaWikiApi:
                 keep) -> tuple[list[dict[str, Any]], dict[str, str] | None]:
         """Entries between start and end in `dir` order, from `continue`, at most `limit` of them."""
         start, end, newer = self._time_range(params, prefix)
-        limit = _limit(params.get(prefix + "limit"))
+        limit = _limit(params.get(prefix + "limit"), prefix + "limit", self._warnings)
         order = sorted(entries, key=lambda e: (e["timestamp"], e[id_key]), reverse=not newer)
         resume = None
         if params.get(prefix + "continue"):
