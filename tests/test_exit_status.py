@@ -55,3 +55,25 @@ def test_a_share_with_broken_pdfs_rerun_ten_times_exits_0_each_time_with_their_r
         assert all(reason != INTERRUPTED and "interrupted" not in reason for reason in reasons.values()), reasons
         assert summary["chunks_embedded"] == 0
     assert summary["documents"]["changed"] == 1 and summary["chunks_reused"] >= 1
+
+
+@pytest.mark.slow
+def test_a_dask_run_of_a_share_with_a_broken_pdf_exits_0_first_and_on_its_rerun(tmp_path, prefect_harness):
+    """The flow process of a Dask run starts and stops a local cluster; what the cluster ran in the background is
+    stopped before the process exits, and the exit status is the outcome (a broken PDF is a warning, not a failure
+    of the run)."""
+    root = tmp_path / "pdfs"
+    root.mkdir()
+    for n in range(2):
+        write_pdf([f"Runbook {n}: the generator of site {n} is tested every Friday."], root / f"runbook-{n}.pdf")
+    (root / "scan-1.pdf").write_bytes(BROKEN["scan-1.pdf"])
+    write_config(tmp_path, extra='\n[execution]\ntask_runner = "dask"\ndask_workers = 1\ndask_threads_per_worker = 1\n')
+
+    for attempt in range(2):  # the first run embeds; the re-run fetches only the broken file again
+        result = run("backfill", "--json", cwd=tmp_path, env=harness_env(), timeout=600)
+        assert result.returncode == 0, (attempt, result.returncode, result.stderr[-3000:])
+        summary = summary_of(result)
+        assert summary["execution"]["task_runner"] == "dask"
+        assert [f["document"] for f in summary["failures"]] == ["scan-1.pdf"], attempt
+        assert "interrupted" not in summary["failures"][0]["reason"]
+    assert summary["documents"]["new"] == 0 and summary["chunks_embedded"] == 0
