@@ -52,7 +52,8 @@ def show_search(text: str, k: int, config_file: Optional[Path], as_json: bool, f
         table.add_column(column, overflow="fold")
     for hit in result.hits:
         snippet = " ".join(hit["text"].split())
-        table.add_row(f"{hit['score']:.3f}", hit["source"], hit["document"], _pages(hit["pages"]),
+        # 4 significant digits: hybrid's fused scores (about 1/61, 1/62, …) all read 0.016 at 3 decimals
+        table.add_row(f"{hit['score']:.4g}", hit["source"], hit["document"], _pages(hit["pages"]),
                       snippet[:200] + ("…" if len(snippet) > 200 else ""))
     console.print(table)
 
