@@ -159,6 +159,9 @@ class Catalog:
     def __init__(self, db: sqlite3.Connection, dimension: int):
         self.db = db
         self.dimension = dimension
+        # Whether chunk and document rows carry checksums, once seen: a column is never dropped, so searches stop
+        # asking SQLite's schema then; until then each asks again (a writer may add them to an older store).
+        self._chunk_checksums = self._document_checksums = False
 
     # ---- opening -------------------------------------------------------------------------
     @classmethod
@@ -565,7 +568,8 @@ class Catalog:
         found: dict[int, tuple] = {}
         damaged = []
         intact = f"c.checksum = {_row_checksum_sql('c.')}" if self.has_checksums() else "1"
-        intact = f"({intact}) AND d.source IS NOT NULL AND {row_checks.intact_document_sql('d.', self.db)}"
+        intact_document = row_checks.intact_document_sql("d.", self.has_document_checksums())
+        intact = f"({intact}) AND d.source IS NOT NULL AND {intact_document}"
         for start in range(0, len(ids), PARAMETERS_PER_STATEMENT):
             part = list(ids[start : start + PARAMETERS_PER_STATEMENT])
             for row in self.db.execute(
@@ -580,7 +584,14 @@ class Catalog:
         return found, damaged
 
     def has_checksums(self) -> bool:
-        return "checksum" in {row[1] for row in self.db.execute("PRAGMA table_info(chunks)")}
+        if not self._chunk_checksums:
+            self._chunk_checksums = "checksum" in {row[1] for row in self.db.execute("PRAGMA table_info(chunks)")}
+        return self._chunk_checksums
+
+    def has_document_checksums(self) -> bool:
+        if not self._document_checksums:
+            self._document_checksums = row_checks.present(self.db)[0]
+        return self._document_checksums
 
     def damaged_rows(self) -> dict[tuple[str, str], int]:
         """Chunk rows whose checksum does not hold, counted by (source, document)."""
@@ -673,8 +684,9 @@ class Catalog:
     def document(self, document: str, source: str | None = None) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
         """Stored documents with this id (of one source, or of every source), each with its chunks in order; and the
         (source, document) of those whose row or a chunk row fails its checksum (damaged: never served)."""
+        intact_document = row_checks.intact_document_sql("", self.has_document_checksums())
         query = (f"SELECT source, document, version, title, location, modified, {self._metadata()}, "
-                 f"{row_checks.intact_document_sql('', self.db)} FROM documents WHERE document = ?"
+                 f"{intact_document} FROM documents WHERE document = ?"
                  + (" AND source = ?" if source is not None else "") + " ORDER BY source")
         intact_chunk = f"checksum IS {ROW_CHECKSUM}" if self.has_checksums() else "1"
         found, damaged = [], []

@@ -89,9 +89,9 @@ def misplaced_chunks(db: sqlite3.Connection) -> dict[tuple[str, str], int]:
         f"segment_checksum != {SEGMENT_CHECKSUM} GROUP BY source, document")}
 
 
-def intact_document_sql(alias: str, db: sqlite3.Connection) -> str:
+def intact_document_sql(alias: str, checksummed: bool) -> str:
     """SQL truth value: the documents row of table alias `alias` (e.g. "d.") holds its checksum (true in a catalog
-    written before document checksums)."""
-    if not present(db)[0]:
+    written before document checksums: `checksummed` False)."""
+    if not checksummed:
         return "1"
     return f"{alias}checksum IS document_checksum({', '.join(alias + column for column in DOCUMENT_COLUMNS)})"
