@@ -159,9 +159,10 @@ class Catalog:
     def __init__(self, db: sqlite3.Connection, dimension: int):
         self.db = db
         self.dimension = dimension
-        # Whether chunk and document rows carry checksums, once seen: a column is never dropped, so searches stop
-        # asking SQLite's schema then; until then each asks again (a writer may add them to an older store).
-        self._chunk_checksums = self._document_checksums = False
+        # Whether chunk and document rows carry checksums and the keyword index exists, once seen: neither is ever
+        # dropped, so searches stop asking SQLite's schema then; until then each asks again (a writer may add them
+        # to an older store).
+        self._chunk_checksums = self._document_checksums = self._keyword_index = False
 
     # ---- opening -------------------------------------------------------------------------
     @classmethod
@@ -588,6 +589,11 @@ class Catalog:
             self._chunk_checksums = "checksum" in {row[1] for row in self.db.execute("PRAGMA table_info(chunks)")}
         return self._chunk_checksums
 
+    def has_keyword_index(self) -> bool:
+        if not self._keyword_index:
+            self._keyword_index = keywords.present(self.db)
+        return self._keyword_index
+
     def has_document_checksums(self) -> bool:
         if not self._document_checksums:
             self._document_checksums = row_checks.present(self.db)[0]
@@ -654,7 +660,7 @@ class Catalog:
         """The `limit` live chunks that best match an FTS5 query (stores/keywords.py builds it from user text) by BM25,
         best first, as (score, faiss id) with score = -bm25 (higher is better); with `chosen`, only chunks of documents
         passing it (before the limit). None: no query, no hits."""
-        if not keywords.present(self.db):
+        if not self.has_keyword_index():
             raise keywords.KeywordIndexMissing(
                 "this store has no keyword index yet: it was written before vectormill kept one; any command that "
                 "opens the store for writing (backfill, store compact) builds it once")

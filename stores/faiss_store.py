@@ -645,7 +645,7 @@ class FaissStore:
     def _keyword_index_present(self) -> bool:
         """Whether the catalog has its keyword index; a hybrid search of one written before it and not opened for
         writing since (a reader cannot build it) ranks by vector only, and says so once."""
-        if keywords.present(self.catalog.db):
+        if self.catalog.has_keyword_index():
             return True
         if "keyword-index" not in self._reported:
             self._reported.add("keyword-index")
